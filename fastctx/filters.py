@@ -1,0 +1,136 @@
+"""Query filters and their evaluation to allowed rows per segment.
+
+A segment is time-sorted, so the time window (time_from/time_to/as_of) is a row range found by
+binary search. Entity, source and kind filters are roaring bitmaps. The result is either a plain
+range (no bitmap needed: the fast path) or a range-clamped bitmap, always with an exact count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from pyroaring import BitMap
+
+from .errors import InvalidQueryError
+
+FILTER_KEYS = ("time_from", "time_to", "entities_any", "entities_all", "sources", "kinds")
+
+
+def _int_or_none(name: str, v: Any) -> Optional[int]:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise InvalidQueryError(f"filter '{name}' must be an integer Unix time or None, got {v!r}")
+    return int(v)
+
+
+def _strings(name: str, v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, str) or not isinstance(v, Sequence) or not all(isinstance(s, str) and s for s in v):
+        raise InvalidQueryError(f"filter '{name}' must be a list of non-empty strings, got {v!r}")
+    return tuple(v)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Hard constraints on seed events. Times are inclusive Unix seconds."""
+    time_from: Optional[int] = None
+    time_to: Optional[int] = None
+    entities_any: tuple[str, ...] = ()
+    entities_all: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    as_of: Optional[int] = None  # only events with time <= as_of exist for this query
+
+    def __post_init__(self):
+        for name in ("time_from", "time_to", "as_of"):
+            object.__setattr__(self, name, _int_or_none(name, getattr(self, name)))
+        for name in ("entities_any", "entities_all", "sources", "kinds"):
+            object.__setattr__(self, name, _strings(name, getattr(self, name)))
+
+    @classmethod
+    def from_dict(cls, d: Optional[Mapping], as_of: Optional[int] = None) -> "Filters":
+        d = dict(d or {})
+        unknown = set(d) - set(FILTER_KEYS)
+        if unknown:
+            raise InvalidQueryError(f"unknown filter field(s) {sorted(unknown)}; known: {list(FILTER_KEYS)}")
+        return cls(as_of=as_of, **d)
+
+    def time_bounds(self) -> tuple[int, int]:
+        lo = self.time_from if self.time_from is not None else np.iinfo(np.int64).min
+        hi = self.time_to if self.time_to is not None else np.iinfo(np.int64).max
+        if self.as_of is not None:
+            hi = min(hi, self.as_of)
+        return lo, hi
+
+    @property
+    def has_bitmap_filters(self) -> bool:
+        return bool(self.entities_any or self.entities_all or self.sources or self.kinds)
+
+
+@dataclass
+class Allowed:
+    """Allowed local rows of one segment: rows in [lo, hi), further restricted by `bitmap` if set."""
+    lo: int
+    hi: int
+    bitmap: Optional[BitMap]
+    count: int
+
+    @property
+    def is_range(self) -> bool:
+        return self.bitmap is None
+
+    def rows(self) -> np.ndarray:
+        if self.bitmap is None:
+            return np.arange(self.lo, self.hi, dtype=np.int64)
+        return np.asarray(self.bitmap.to_array(), dtype=np.int64)
+
+    def contains(self, rows: np.ndarray) -> np.ndarray:
+        """Vectorised membership test for candidate rows (no per-row Python callback)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        inside = (rows >= self.lo) & (rows < self.hi)
+        if self.bitmap is None or not inside.any():
+            return inside
+        hit = BitMap(rows[inside].astype(np.uint32)) & self.bitmap
+        return inside & np.isin(rows, np.asarray(hit.to_array(), dtype=np.int64))
+
+
+def segment_allowed(seg, filters: Filters, entity_ids_any: Sequence[int], entity_ids_all: Sequence[int],
+                    source_codes: Sequence[int], kind_codes: Sequence[int],
+                    extra_mask: Optional[BitMap] = None) -> Allowed:
+    """Evaluate `filters` on segment `seg`. Entity/source/kind names are already resolved to ids
+    (an unknown name resolves to nothing: it matches no row). `extra_mask`, if given, removes rows
+    (e.g. deleted ones) as a bitmap of *disallowed* local rows."""
+    t_lo, t_hi = filters.time_bounds()
+    lo = int(np.searchsorted(seg.times, t_lo, side="left"))
+    hi = int(np.searchsorted(seg.times, t_hi, side="right"))
+    if hi <= lo:
+        return Allowed(lo, lo, None, 0)
+    bitmap: Optional[BitMap] = None
+
+    def narrow(bm: BitMap) -> None:
+        nonlocal bitmap
+        bitmap = bm if bitmap is None else bitmap & bm
+
+    if filters.entities_any:
+        narrow(BitMap.union(*(seg.entity_rows(e) for e in entity_ids_any)) if entity_ids_any else BitMap())
+    for names, ids in ((filters.entities_all, entity_ids_all),):
+        if names:
+            if len(ids) < len(names):  # an unknown entity: nothing can mention all of them
+                narrow(BitMap())
+            for e in ids:
+                narrow(seg.entity_rows(e))
+    for names, codes, group in ((filters.sources, source_codes, "source"), (filters.kinds, kind_codes, "kind")):
+        if names:
+            stored = [seg.bitmaps[group].get(c) for c in codes]
+            narrow(BitMap.union(*(b for b in stored if b is not None)) if any(b is not None for b in stored)
+                   else BitMap())
+    if extra_mask is not None and len(extra_mask):
+        narrow(BitMap(range(lo, hi)) - extra_mask)
+    if bitmap is None:
+        return Allowed(lo, hi, None, hi - lo)
+    if lo > 0 or hi < seg.n:
+        bitmap = bitmap & BitMap(range(lo, hi))
+    return Allowed(lo, hi, bitmap, len(bitmap))

@@ -1,0 +1,46 @@
+"""Tuning knobs, in one place, each named for the trade-off it controls."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+def _check_positive(obj) -> None:
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            raise ValueError(f"{type(obj).__name__}.{f.name} must be >= 0, got {v!r}")
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    """How segments are built."""
+    hnsw_m: int = 16                 # graph degree: higher = better recall, bigger index, slower build
+    hnsw_ef_construction: int = 200  # build-time beam: higher = better graph, slower build
+    hnsw_min_rows: int = 4096        # below this a segment has no HNSW and is always scanned exactly
+    bitmap_min_postings: int = 512   # entities with at least this many events get a stored roaring bitmap
+    threads: int = 2                 # threads for HNSW construction
+    seed: int = 100                  # HNSW level-assignment seed (builds are deterministic)
+    # Implicit supersession: a later event of one of `slot_kinds` that mentions the same "slot"
+    # entity (a name starting with one of `slot_prefixes`) replaces the earlier one as current.
+    slot_prefixes: tuple[str, ...] = ("decision:",)
+    slot_kinds: tuple[str, ...] = ("decision",)
+
+    def __post_init__(self):
+        _check_positive(self)
+        if self.hnsw_m < 2:
+            raise ValueError(f"BuildParams.hnsw_m must be >= 2, got {self.hnsw_m}")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """How seeds are searched; see `planner.plan_segment` for how these pick a strategy."""
+    exact_max_rows: int = 20_000      # allowed rows at or below this: exact scan (no graph at all)
+    hnsw_min_fraction: float = 0.02   # allowed fraction below this: exact scan (over-fetch would be huge)
+    ef_search: int = 64               # HNSW beam for unfiltered search; raised to the over-fetch size
+    overfetch: float = 2.0            # HNSW over-fetch factor on k / allowed fraction
+    max_rounds: int = 4               # over-fetch doublings before falling back to an exact scan
+
+    def __post_init__(self):
+        _check_positive(self)
+        if not 0 <= self.hnsw_min_fraction <= 1:
+            raise ValueError(f"SearchParams.hnsw_min_fraction must be in [0, 1], got {self.hnsw_min_fraction}")

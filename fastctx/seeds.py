@@ -1,0 +1,63 @@
+"""Executes a segment plan: top-k local rows and cosine scores for one query vector."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .filters import Allowed
+from .params import SearchParams
+from .planner import SegmentPlan
+
+EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best scores, best first; ties by position (deterministic)."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(len(scores))
+    return part[np.lexsort((part, -scores[part]))]
+
+
+def exact_search(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, k: int):
+    if allowed.is_range:
+        scores = vectors[allowed.lo:allowed.hi] @ q
+        best = top_k(scores, k)
+        return best + allowed.lo, scores[best].astype(np.float32)
+    rows = allowed.rows()
+    scores = vectors[rows] @ q
+    best = top_k(scores, k)
+    return rows[best], scores[best].astype(np.float32)
+
+
+def _hnsw_query(index, q: np.ndarray, k: int, ef: int):
+    index.set_ef(max(ef, k))
+    labels, dist = index.knn_query(q[None, :], k=k, num_threads=1)
+    return labels[0].astype(np.int64), (1.0 - dist[0]).astype(np.float32)
+
+
+def hnsw_search(index, n: int, q: np.ndarray, allowed: Allowed, k: int, params: SearchParams,
+                vectors: np.ndarray):
+    if allowed.count == n:
+        return _hnsw_query(index, q, min(k, n), params.ef_search)
+    fetch = min(n, math.ceil(k * n / allowed.count * params.overfetch) + 16)
+    for _ in range(params.max_rounds):
+        labels, scores = _hnsw_query(index, q, fetch, max(params.ef_search, fetch))
+        ok = allowed.contains(labels)
+        if ok.sum() >= min(k, allowed.count) or fetch >= n:
+            rows, scores = labels[ok], scores[ok]
+            order = np.lexsort((rows, -scores))[:k]
+            return rows[order], scores[order]
+        fetch = min(n, fetch * 2)
+    return exact_search(vectors, q, allowed, k)  # the filter defeats the graph: scan instead
+
+
+def search_segment(seg, plan: SegmentPlan, allowed: Allowed, q: np.ndarray, k: int, params: SearchParams):
+    """(local rows, scores) best first, at most k."""
+    if plan.strategy == "skip" or k <= 0:
+        return EMPTY
+    if plan.strategy.startswith("exact"):
+        return exact_search(seg.vectors, q, allowed, k)
+    return hnsw_search(seg.hnsw, seg.n, q, allowed, k, params, seg.vectors)

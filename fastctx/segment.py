@@ -1,0 +1,125 @@
+"""Read-only view of one immutable segment: memory-mapped columns, bitmaps, HNSW, payloads."""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import hnswlib
+import msgpack
+import numpy as np
+from pyroaring import BitMap
+
+from .columns import KeyLookup, StringColumn
+from .errors import CorruptIndexError
+from .format import verify_files
+
+
+class Segment:
+    def __init__(self, seg_dir: Path, entry: dict, dim: int, *, verify: bool = False):
+        self.dir, self.entry, self.dim = seg_dir, entry, dim
+        self.name: str = entry["name"]
+        self.n: int = int(entry["n"])
+        self.row_base: int = int(entry["row_base"])
+        self.entity_base: int = int(entry["entity_base"])
+        self.time_min, self.time_max = int(entry["time_min"]), int(entry["time_max"])
+        verify_files(seg_dir, entry["files"], full=verify)
+
+        n = self.n
+        self.times = self._load("time.npy", (n,), np.int64)
+        self.tokens = self._load("tokens.npy", (n,), np.int32)
+        self.source = self._load("source.npy", (n,), np.uint16)
+        self.kind = self._load("kind.npy", (n,), np.uint16)
+        self.vectors = self._load("vectors.npy", (n, dim), np.float32)
+        self.id_keys = self._load("id_keys.npy", (n,), np.uint64)
+        self.ev_ptr = self._load("ev_ptr.npy", (n + 1,), np.int64)
+        self.ev_ent = self._load("ev_ent.npy", (int(self.ev_ptr[-1]),), np.int64)
+        self.post_ent = self._load("post_ent.npy", None, np.int64)
+        self.post_ptr = self._load("post_ptr.npy", (len(self.post_ent) + 1,), np.int64)
+        self.post_rows = self._load("post_rows.npy", (int(self.post_ptr[-1]),), np.int64)
+        self.link_ptr = self._load("link_ptr.npy", (n + 1,), np.int64)
+        self.link_dst = self._load("link_dst.npy", (int(self.link_ptr[-1]),), np.int64)
+        self.link_type = self._load("link_type.npy", (int(self.link_ptr[-1]),), np.int8)
+        self.ent_keys = self._load("ent_keys.npy", (int(entry["n_new_entities"]),), np.uint64)
+        self.ent_flags = self._load("ent_flags.npy", (len(self.ent_keys),), np.uint8)
+        self.payload_off = self._load("payload_off.npy", (n + 1,), np.int64)
+        self.ids = StringColumn(seg_dir, "ids", n)
+        self.entity_names = StringColumn(seg_dir, "entities", len(self.ent_keys))
+        self._check_structure()
+        self.bitmaps = self._load_bitmaps()
+        self.hnsw = self._load_hnsw() if entry.get("hnsw") else None
+
+    # -- loading -----------------------------------------------------------------------------
+    def _load(self, name: str, shape, dtype) -> np.ndarray:
+        path = self.dir / name
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise CorruptIndexError(f"{path}: unreadable .npy file ({e})") from None
+        if arr.dtype != np.dtype(dtype) or (shape is not None and arr.shape != shape):
+            raise CorruptIndexError(
+                f"{path}: dtype {arr.dtype} shape {arr.shape}, expected {np.dtype(dtype)} {shape}")
+        return arr
+
+    def _check_structure(self) -> None:
+        def fail(name, what):
+            raise CorruptIndexError(f"{self.dir / name}: {what}")
+        for name, ptr in (("ev_ptr.npy", self.ev_ptr), ("link_ptr.npy", self.link_ptr),
+                          ("post_ptr.npy", self.post_ptr), ("payload_off.npy", self.payload_off)):
+            if len(ptr) and (ptr[0] != 0 or (np.diff(ptr) < 0).any()):
+                fail(name, "offsets do not start at 0 and ascend")
+        if self.n and (np.diff(self.times) < 0).any():
+            fail("time.npy", "rows are not sorted by time")
+        if len(self.post_rows) and (self.post_rows.min() < 0 or self.post_rows.max() >= self.n):
+            fail("post_rows.npy", "row out of range")
+        if len(self.link_type) and (self.link_type.min() < 0):
+            fail("link_type.npy", "negative link type")
+
+    def _load_bitmaps(self) -> dict:
+        path = self.dir / "bitmaps.msgpack"
+        try:
+            raw = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
+            return {group: {int(k): BitMap.deserialize(v) for k, v in raw[group].items()}
+                    for group in ("source", "kind", "entity")}
+        except Exception as e:  # untrusted bytes: any decoding failure is corruption
+            raise CorruptIndexError(f"{path}: cannot decode bitmaps ({type(e).__name__}: {e})") from None
+
+    def _load_hnsw(self) -> hnswlib.Index:
+        index = hnswlib.Index(space="ip", dim=self.dim)
+        try:
+            index.load_index(str(self.dir / "hnsw.bin"), max_elements=self.n)
+        except RuntimeError as e:
+            raise CorruptIndexError(f"{self.dir / 'hnsw.bin'}: cannot load ({e})") from None
+        if index.get_current_count() != self.n:
+            raise CorruptIndexError(f"{self.dir / 'hnsw.bin'}: holds {index.get_current_count()} items, expected {self.n}")
+        index.set_num_threads(1)
+        return index
+
+    # -- lookups -----------------------------------------------------------------------------
+    @cached_property
+    def id_lookup(self) -> KeyLookup:
+        return KeyLookup(np.asarray(self.id_keys), np.arange(self.n, dtype=np.int64) + self.row_base)
+
+    @cached_property
+    def entity_lookup(self) -> KeyLookup:
+        return KeyLookup(np.asarray(self.ent_keys),
+                         np.arange(len(self.ent_keys), dtype=np.int64) + self.entity_base)
+
+    def entity_rows(self, entity_id: int) -> BitMap:
+        """Local rows mentioning a global entity id, as a bitmap."""
+        stored = self.bitmaps["entity"].get(entity_id)
+        if stored is not None:
+            return stored
+        i = int(np.searchsorted(self.post_ent, entity_id))
+        if i >= len(self.post_ent) or self.post_ent[i] != entity_id:
+            return BitMap()
+        return BitMap(self.post_rows[self.post_ptr[i]:self.post_ptr[i + 1]].astype(np.uint32))
+
+    def payload(self, row: int) -> dict:
+        lo, hi = int(self.payload_off[row]), int(self.payload_off[row + 1])
+        with open(self.dir / "payload.bin", "rb") as f:
+            f.seek(lo)
+            data = f.read(hi - lo)
+        try:
+            return msgpack.unpackb(data)
+        except Exception as e:
+            raise CorruptIndexError(f"{self.dir / 'payload.bin'}: row {row} cannot be decoded ({e})") from None
