@@ -2,11 +2,12 @@
 
 chain   : which of the top seed hits is the situation the query is about? Each candidate is
           expanded over the event graph (explicit links, rare shared entities) in the asked
-          direction; it is scored by its similarity plus the similarity-weighted evidence of what
-          it connects to (a real causal chain is a coherent cluster; a look-alike usually stands
-          alone), and demoted when a near-duplicate of it exists later (an older version of the
-          same thing). The winner's chain fills the budget first, best evidence first; the rest
-          of the budget goes to the next candidates' chains and then to plain seed hits.
+          direction. Its score: similarity, plus its place in the hits' time span (asking "what
+          led here" anchors at the latest matching situation), plus how much of the other hits
+          its chain reaches (a real chain is coherent; a look-alike usually stands alone), minus
+          a penalty when a later near-duplicate exists (an older version of the same thing).
+          The winner's chain fills the budget first, best evidence first; the rest goes to the
+          next candidates' chains and then to plain seed hits.
 current : the top hits are grouped by their slot entity (e.g. `decision:...`) or, lacking
 as_of     one, by their explicit supersession chain; the best group (sum of its two best
           similarities) is followed along the supersession overlay to the version that is
@@ -50,9 +51,10 @@ class AnswerParams:
     max_results: int = 256           # events reached per expansion
     max_edge_visits: int = 20_000    # work cap per expansion
     min_score: float = 0.02
-    coherence: float = 1.0           # weight of connected evidence in a candidate's score
+    coherence: float = 0.1           # weight of the other hits a candidate's chain reaches
+    recency: float = 0.2             # weight of a candidate's place in the hits' time span
     duplicate_cos: float = 0.85      # a later hit this similar marks a candidate as an older version
-    duplicate_penalty: float = 0.5   # multiplies the evidence of such a candidate
+    duplicate_penalty: float = 0.05  # subtracted from such a candidate's score
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
 
 
@@ -161,15 +163,24 @@ class Engine:
         dup = (vecs @ vecs.T) >= p.duplicate_cos
         later = g.times[rows][None, :] > g.times[rows][:, None]
         is_old = (dup & later).any(axis=1)
+        # recency inside the hits' own time span: "what led here" is anchored at the latest
+        # matching situation (back), "what followed" at the earliest (forward)
+        t_hits = g.times[rows].astype(np.float64)
+        span = max(float(t_hits.max() - t_hits.min()), 1.0)
+        recency = (t_hits - t_hits.min()) / span
+        if direction == DIRECTIONS["forward"]:
+            recency = 1.0 - recency
+        elif direction == DIRECTIONS["both"]:
+            recency = np.zeros_like(recency)
+        hit_sim = dict(zip(rows.tolist(), sims.tolist()))
         cands = []
         for i in range(min(p.candidates, len(rows))):
             res = self.expand(rows[i:i + 1], np.ones(1, np.float32), direction, t_lo, exp_hi, allowed)
-            r_rows, r_scores = res[0], res[1].astype(np.float64)
-            member_sims = np.maximum(self._vectors(r_rows) @ q, 0) if len(r_rows) else np.zeros(0)
-            evidence = float((r_scores[1:] * member_sims[1:]).sum())
-            if is_old[i]:
-                evidence *= p.duplicate_penalty
-            cands.append((sims[i] + p.coherence * evidence, i, res))
+            # coherence: how much of the other hits this candidate's chain reaches, and how strongly
+            reach = sum(s * hit_sim.get(r, 0.0) for r, s in zip(res[0][1:].tolist(), res[1][1:].tolist()))
+            score = (sims[i] + p.recency * recency[i] + p.coherence * reach
+                     - p.duplicate_penalty * float(is_old[i]))
+            cands.append((score, i, res))
         cands.sort(key=lambda c: (-c[0], c[1]))
         picked, used, seen = [], 0, set()
 

@@ -1,0 +1,1 @@
+"""fastctx.shards: serving and distribution (gRPC shard servers, coordinator)."""
