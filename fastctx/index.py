@@ -65,12 +65,15 @@ class Index:
         write_marker(path, ["shard-000"], **({"encoder": encoder} if encoder else {}))
         return cls(path, **open_kw)
 
-    def add(self, batch: EventBatch, *, params: BuildParams = BuildParams(),
-            progress: Progress = None) -> BuildReport:
-        """Append `batch` as a new segment (one shard). Nothing changes if it is rejected."""
+    def add(self, events: Union[EventBatch, Sequence[dict]], vectors: Optional[np.ndarray] = None, *,
+            params: BuildParams = BuildParams(), progress: Progress = None) -> BuildReport:
+        """Append events (an `EventBatch`, or orgmem event dicts plus their vectors) as a new
+        segment. Links may point into any earlier segment. A rejected batch changes nothing."""
+        batch = events if isinstance(events, EventBatch) else EventBatch.from_records(events, vectors)
         shard = self.shards[0]
         report = shard.append(batch, params, progress)
         self.shards[0] = Shard(shard.dir)
+        self._engine = None
         return report
 
     # -- reading -------------------------------------------------------------------------------
