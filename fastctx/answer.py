@@ -43,6 +43,7 @@ class AnswerParams:
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
     entity_max_df: int = 64          # ... falling (log) to 0 at this many events: hubs are no evidence
+    entity_max_share: float = 0.02   # ... or at this share of the shard's events, if that is fewer
     time_scale_days: float = 120.0   # entity edges decay as 1 / (1 + |dt| / scale)
     hub_postings: int = 4096         # postings longer than this are scanned only ...
     hub_window_days: float = 30.0    # ... this close in time to the node
@@ -94,7 +95,8 @@ class Engine:
         weights = dict(p.link_weights)
         self.link_weight = np.array([weights.get(t, 0.0) for t in LINK_TYPES], np.float32)
         df = g.entity_df.astype(np.float64)
-        rarity = np.log(p.entity_max_df / np.maximum(df, 1)) / math.log(p.entity_max_df / 2)
+        max_df = max(4.0, min(float(p.entity_max_df), p.entity_max_share * g.n))
+        rarity = np.log(max_df / np.maximum(df, 1)) / math.log(max_df / 2)
         self.ent_weight = (p.entity_weight * np.clip(rarity, 0, 1)).astype(np.float32)
         self.ent_weight[df < 2] = 0  # an entity only one event mentions connects nothing
         self.superseded_by, self.superseded_at = self.shard.supersession
@@ -102,6 +104,12 @@ class Engine:
         self._sup_by = self.superseded_by[self._sup_rows]
         self.allowed = np.ones(self.shard.n, np.uint8)
         self.slot = (self.shard.entity_flags & 1).astype(bool)
+
+    def warm_up(self) -> None:
+        """Compile the kernel for this shard's exact array types (memory maps are read-only
+        arrays to Numba, a different signature from in-memory ones)."""
+        self.expand(np.zeros(1, np.int64), np.ones(1, np.float32), 1, 0, 0, self.allowed)
+        self.expand(np.zeros(1, np.int64), np.ones(1, np.float32), 1, 0, 0, self.allowed_mask(0))
 
     # -- kernel call ---------------------------------------------------------------------------
     def expand(self, seeds: np.ndarray, seed_scores: np.ndarray, direction: int, t_lo: int, t_hi: int,

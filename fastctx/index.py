@@ -189,10 +189,8 @@ class Index:
 
     def warm_up(self) -> None:
         """Compile kernels and build shard-wide views now rather than inside the first query."""
-        from .kernels import warm_up
-        warm_up()
         if len(self.shards) == 1:
-            self.engine()
+            self.engine().warm_up()
 
     def event(self, shard: int, row: int, score: float = float("nan")) -> Event:
         """Fetch one event's payload by address."""
