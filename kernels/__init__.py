@@ -1,0 +1,73 @@
+"""fastctx.kernels: Numba kernels only. Plain arrays in and out; imports numpy and numba alone.
+
+Nothing here imports from ``fastctx``: kernels are leaf code that the index
+layers call with plain, C-contiguous NumPy arrays (dtype conventions in
+``_jit``).  Every kernel is ``njit(cache=True, nogil=True)``; call
+:func:`warm_up` once per process (or ``make warm`` once per machine) so the
+first query does not pay for compilation.
+"""
+
+import numpy as np
+
+from .expand import (
+    DIR_BACK,
+    DIR_BOTH,
+    DIR_FORWARD,
+    VIA_ENTITY,
+    VIA_LINK,
+    VIA_SEED,
+    expand_best_first,
+    expand_ppr_push,
+)
+
+__all__ = [
+    "DIR_BACK",
+    "DIR_BOTH",
+    "DIR_FORWARD",
+    "VIA_ENTITY",
+    "VIA_LINK",
+    "VIA_SEED",
+    "expand_best_first",
+    "expand_ppr_push",
+    "warm_up",
+]
+
+
+def _tiny_graph():
+    """Three events, one link 1 -> 0, one entity shared by all."""
+    i64 = np.int64
+    return dict(
+        times=np.array([0, 10, 20], dtype=i64),
+        allowed=np.ones(3, dtype=np.uint8),
+        out_ptr=np.array([0, 0, 1, 1], dtype=i64),
+        out_dst=np.array([0], dtype=i64),
+        out_type=np.zeros(1, dtype=np.int8),
+        in_ptr=np.array([0, 1, 1, 1], dtype=i64),
+        in_src=np.array([1], dtype=i64),
+        in_type=np.zeros(1, dtype=np.int8),
+        link_weight=np.ones(1, dtype=np.float32),
+        ev_ptr=np.array([0, 1, 2, 3], dtype=i64),
+        ev_ent=np.zeros(3, dtype=i64),
+        ent_ptr=np.array([0, 3], dtype=i64),
+        ent_rows=np.array([0, 1, 2], dtype=i64),
+        ent_weight=np.ones(1, dtype=np.float32),
+    )
+
+
+def warm_up():
+    """Compile (or load from cache) every kernel with the canonical dtypes."""
+    g = _tiny_graph()
+    seeds = np.array([1], dtype=np.int64)
+    seed_scores = np.ones(1, dtype=np.float32)
+    common = (
+        g["times"], g["allowed"], g["out_ptr"], g["out_dst"], g["out_type"],
+        g["in_ptr"], g["in_src"], g["in_type"], g["link_weight"],
+        g["ev_ptr"], g["ev_ent"], g["ent_ptr"], g["ent_rows"],
+        g["ent_weight"],
+        3, -(2**62), 2**62,  # direction, time_lo, time_hi
+        4, 10, 1000,  # max_hops, max_results, max_edge_visits
+        100, 3600, 8,  # hub_postings, hub_window_s, max_per_entity
+        0.0, 86400.0,  # min_score, time_scale_s
+    )
+    expand_best_first(seeds, seed_scores, *common)
+    expand_ppr_push(seeds, seed_scores, *common, 0.15, 1e-4)
