@@ -25,7 +25,7 @@ import numpy as np
 from .corpus import LINK_TYPES
 from .errors import InvalidQueryError
 from .filters import Filters
-from .kernels.expand import expand_best_first
+from .kernels.expand import expand_best_first_batch
 from .types import Event
 
 DIRECTIONS = {"back": 1, "forward": 2, "both": 3}
@@ -37,12 +37,12 @@ DAY = 86_400
 class AnswerParams:
     """Knobs of the causal engine. Defaults are measured on the orgmem yardstick (see docs)."""
     seed_k: int = 64                 # seed hits considered
-    candidates: int = 10             # top hits expanded as possible chain heads
+    candidates: int = 20             # top hits expanded as possible chain heads
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.7), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
-    entity_max_df: int = 64          # ... falling (log) to 0 at this many events: hubs are no evidence
+    entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence
     entity_max_share: float = 0.02   # ... or at this share of the shard's events, if that is fewer
     time_scale_days: float = 120.0   # entity edges decay as 1 / (1 + |dt| / scale)
     hub_postings: int = 4096         # postings longer than this are scanned only ...
@@ -53,9 +53,10 @@ class AnswerParams:
     max_edge_visits: int = 20_000    # work cap per expansion
     min_score: float = 0.02
     coherence: float = 0.1           # weight of the other hits a candidate's chain reaches
-    recency: float = 0.2             # weight of a candidate's place in the hits' time span
+    recency: float = 0.3             # weight of a candidate's place in the hits' time span
     duplicate_cos: float = 0.85      # a later hit this similar marks a candidate as an older version
     duplicate_penalty: float = 0.05  # subtracted from such a candidate's score
+    pool_temperature: float = 0.02   # softmax temperature pooling candidates' chains (0: winner only)
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
 
 
@@ -113,15 +114,20 @@ class Engine:
 
     # -- kernel call ---------------------------------------------------------------------------
     def expand(self, seeds: np.ndarray, seed_scores: np.ndarray, direction: int, t_lo: int, t_hi: int,
-               allowed: np.ndarray):
+               allowed: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        """One independent expansion per seed; a list of (rows, scores, parent, via_kind, via_id,
+        hops) per seed, each best first. One kernel call for all of them."""
         p, g = self.params, self.graph
-        return expand_best_first(
-            seeds.astype(np.int64), seed_scores.astype(np.float32), g.times, allowed,
+        seeds = np.asarray(seeds, np.int64)
+        res_ptr, *out = expand_best_first_batch(
+            np.arange(len(seeds) + 1, dtype=np.int64), seeds, seed_scores.astype(np.float32),
+            g.times, allowed,
             g.out_ptr, g.out_dst, g.out_type, g.in_ptr, g.in_src, g.in_type, self.link_weight,
             g.ev_ptr, g.ev_ent, g.ent_ptr, g.ent_rows, self.ent_weight,
             direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
             p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity, p.min_score,
             float(p.time_scale_days * DAY))
+        return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
 
     def allowed_mask(self, as_of: Optional[int]) -> np.ndarray:
         if as_of is None:
@@ -182,35 +188,42 @@ class Engine:
             recency = np.zeros_like(recency)
         hit_sim = dict(zip(rows.tolist(), sims.tolist()))
         cands = []
-        for i in range(min(p.candidates, len(rows))):
-            res = self.expand(rows[i:i + 1], np.ones(1, np.float32), direction, t_lo, exp_hi, allowed)
+        n_cand = min(p.candidates, len(rows))
+        expansions = self.expand(rows[:n_cand], np.ones(n_cand, np.float32), direction, t_lo, exp_hi, allowed)
+        for i, res in enumerate(expansions):
             # coherence: how much of the other hits this candidate's chain reaches, and how strongly
             reach = sum(s * hit_sim.get(r, 0.0) for r, s in zip(res[0][1:].tolist(), res[1][1:].tolist()))
             score = (sims[i] + p.recency * recency[i] + p.coherence * reach
                      - p.duplicate_penalty * float(is_old[i]))
             cands.append((score, i, res))
         cands.sort(key=lambda c: (-c[0], c[1]))
-        picked, used, seen = [], 0, set()
-
-        def take(row, value, why):
-            nonlocal used
-            tok = int(g_tokens[row])
-            if row in seen or used + tok > budget:
-                return
-            seen.add(row)
-            used += tok
-            picked.append((row, value, why))
-
-        g_tokens = self.shard.tokens
+        # evidence per event, pooled over candidates: each candidate's chain counts with a
+        # softmax weight of its score, so a close runner-up's chain still gets budget and
+        # events several candidates reach are reinforced
+        best = cands[0][0]
+        value: dict[int, float] = {}
+        why: dict[int, tuple[float, str]] = {}
         for rank, (cscore, i, res) in enumerate(cands):
-            r_rows, r_scores, parent, via_kind, via_id = res[0], res[1], res[2], res[3], res[4]
-            for r, s, par, vk, vid in zip(r_rows.tolist(), r_scores.tolist(), parent.tolist(),
-                                          via_kind.tolist(), via_id.tolist()):
-                take(r, float(s) * (cscore if rank else 1.0), self._why(par, vk, vid, rank))
-            if used >= budget:
-                break
-        for r, s in zip(rows.tolist(), sims.tolist()):
-            take(r, s, "vector similarity")
+            w = math.exp((cscore - best) / p.pool_temperature) if p.pool_temperature > 0 else float(rank == 0)
+            if w < 1e-3:
+                continue
+            for r, s, par, vk, vid in zip(res[0].tolist(), res[1].tolist(), res[2].tolist(),
+                                          res[3].tolist(), res[4].tolist()):
+                contrib = w * s
+                value[r] = value.get(r, 0.0) + contrib
+                if contrib > why.get(r, (-1.0, ""))[0]:
+                    why[r] = (contrib, self._why(par, vk, vid, rank))
+        tokens = self.shard.tokens
+        picked, used, seen = [], 0, set()
+        ranked = sorted(value.items(), key=lambda kv: (-kv[1], kv[0]))
+        fill = [(r, s, "vector similarity") for r, s in zip(rows.tolist(), sims.tolist())]
+        for r, v, reason in [(r, v, why[r][1]) for r, v in ranked] + fill:
+            tok = int(tokens[r])
+            if r in seen or used + tok > budget:
+                continue
+            seen.add(r)
+            used += tok
+            picked.append((r, v, reason))
         return picked, None
 
     # -- current / as_of -----------------------------------------------------------------------

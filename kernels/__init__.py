@@ -17,6 +17,7 @@ from .expand import (
     VIA_LINK,
     VIA_SEED,
     expand_best_first,
+    expand_best_first_batch,
     expand_ppr_push,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "VIA_LINK",
     "VIA_SEED",
     "expand_best_first",
+    "expand_best_first_batch",
     "expand_ppr_push",
     "warm_up",
 ]

@@ -672,3 +672,45 @@ def test_ppr_ranks_close_nodes_first_and_parents_are_acyclic():
             seen.add(r)
             r = int(parent[pos[r]])
         assert r == 7
+
+
+def test_batch_equals_separate_calls():
+    """expand_best_first_batch returns exactly the concatenation of single calls."""
+    from fastctx.kernels.expand import expand_best_first_batch
+    rng = np.random.default_rng(7)
+    n = 300
+    times = np.sort(rng.integers(0, 10_000, n)).astype(np.int64)
+    allowed = (rng.random(n) > 0.1).astype(np.uint8)
+    src = rng.integers(0, n, 400)
+    dst = rng.integers(0, n, 400)
+    order = np.argsort(src, kind="stable")
+    out_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=out_ptr[1:])
+    out_dst, out_type = dst[order].astype(np.int64), rng.integers(0, 7, 400).astype(np.int8)
+    order_in = np.lexsort((src, dst))
+    in_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(dst, minlength=n), out=in_ptr[1:])
+    in_src, in_type = src[order_in].astype(np.int64), out_type[np.argsort(order)][order_in]
+    ent = rng.integers(0, 40, n)
+    ev_ptr = np.arange(n + 1, dtype=np.int64)
+    ev_ent = ent.astype(np.int64)
+    post = np.lexsort((np.arange(n), times, ent))
+    ent_ptr = np.zeros(41, np.int64)
+    np.cumsum(np.bincount(ent, minlength=40), out=ent_ptr[1:])
+    ent_rows = post.astype(np.int64)
+    link_w = np.full(7, 0.8, np.float32)
+    ent_w = rng.random(40).astype(np.float32)
+    rest = (3, -10, 20_000, 4, 50, 500, 20, 1000, 8, 0.01, 3600.0)
+    graph = (times, allowed, out_ptr, out_dst, out_type, in_ptr, in_src, in_type, link_w,
+             ev_ptr, ev_ent, ent_ptr, ent_rows, ent_w)
+    groups = [rng.integers(0, n, k).astype(np.int64) for k in (1, 3, 0, 2)]
+    seed_ptr = np.zeros(len(groups) + 1, np.int64)
+    np.cumsum([len(g) for g in groups], out=seed_ptr[1:])
+    seeds = np.concatenate(groups)
+    scores = np.ones(len(seeds), np.float32)
+    res_ptr, *batch = expand_best_first_batch(seed_ptr, seeds, scores, *graph, *rest)
+    for gi, grp in enumerate(groups):
+        single = expand_best_first(grp, np.ones(len(grp), np.float32), *graph, *rest)
+        lo, hi = res_ptr[gi], res_ptr[gi + 1]
+        for got, want in zip(batch, single[:6]):
+            np.testing.assert_array_equal(got[lo:hi], want)
