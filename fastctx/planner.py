@@ -8,7 +8,9 @@ Strategies:
   hnsw-filter  HNSW with adaptive over-fetch, candidates checked against the allowed set in bulk
 
 Exact wins when few rows are allowed (cost ~ allowed rows) or when the allowed fraction is so
-small that over-fetching k / fraction candidates from the graph would cost more than a scan.
+small that over-fetching k / fraction candidates from the graph would cost more than a scan:
+the filtered graph search fetches about k * overfetch / fraction candidates, each costing about
+`hnsw_candidate_cost` exact row scores (measured in bench/bench_seeds.py).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ class SegmentPlan:
                 f"({100 * self.fraction:.2f}%) - {self.reason}")
 
 
-def plan_segment(name: str, n: int, has_hnsw: bool, allowed: Allowed, params: SearchParams) -> SegmentPlan:
+def plan_segment(name: str, n: int, has_hnsw: bool, allowed: Allowed, params: SearchParams,
+                 k: int = 10) -> SegmentPlan:
     a = allowed.count
     exact = "exact-slice" if allowed.is_range else "exact-rows"
     if a == 0:
@@ -48,4 +51,7 @@ def plan_segment(name: str, n: int, has_hnsw: bool, allowed: Allowed, params: Se
         return SegmentPlan(name, n, a, "hnsw", "no filter applies")
     if a / n < params.hnsw_min_fraction:
         return SegmentPlan(name, n, a, exact, f"allowed fraction < hnsw_min_fraction ({params.hnsw_min_fraction})")
-    return SegmentPlan(name, n, a, "hnsw-filter", "over-fetch with bulk bitmap check")
+    fetch_cost = params.hnsw_candidate_cost * k * params.overfetch * n / a
+    if fetch_cost >= a:
+        return SegmentPlan(name, n, a, exact, f"over-fetch cost ~{fetch_cost:.0f} >= {a} rows to scan")
+    return SegmentPlan(name, n, a, "hnsw-filter", f"over-fetch cost ~{fetch_cost:.0f} < {a} rows to scan")

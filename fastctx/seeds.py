@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from .filters import Allowed
+from .kernels.scan import dot_range, dot_rows
 from .params import SearchParams
 from .planner import SegmentPlan
 
@@ -22,14 +23,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def exact_search(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, k: int):
+    q = np.ascontiguousarray(q, dtype=np.float32)
     if allowed.is_range:
-        scores = vectors[allowed.lo:allowed.hi] @ q
+        scores = dot_range(vectors, allowed.lo, allowed.hi, q)
         best = top_k(scores, k)
-        return best + allowed.lo, scores[best].astype(np.float32)
+        return best + allowed.lo, scores[best]
     rows = allowed.rows()
-    scores = vectors[rows] @ q
+    scores = dot_rows(vectors, rows, q)
     best = top_k(scores, k)
-    return rows[best], scores[best].astype(np.float32)
+    return rows[best], scores[best]
 
 
 def _hnsw_query(index, q: np.ndarray, k: int, ef: int):

@@ -9,6 +9,7 @@ first query does not pay for compilation.
 
 import numpy as np
 
+from .scan import dot_range, dot_rows
 from .expand import (
     DIR_BACK,
     DIR_BOTH,
@@ -22,6 +23,8 @@ from .expand import (
 )
 
 __all__ = [
+    "dot_range",
+    "dot_rows",
     "DIR_BACK",
     "DIR_BOTH",
     "DIR_FORWARD",
