@@ -1,13 +1,22 @@
-"""Writes one immutable segment from a validated `EventBatch`.
+"""Computes and writes immutable segments from a validated `EventBatch`.
 
 A segment is sorted by event time, so any time window is a contiguous row range. Rows are
 addressed globally inside a shard as `row_base + local_row`; entity ids are global inside a
-shard too (each segment appends the entities it saw first). Links are resolved to global rows
-at build time; a link to an id that is in neither this batch nor the shard is *dropped* and
+shard too (each segment appends the entities it saw first).
+
+Links are stored as the 64-bit *id key* of their target (not as a row), so they stay valid when
+compaction re-sorts rows; `Shard.graph` resolves them to the live row of that id when a shard is
+opened. A link whose target is not a live event when the segment is computed is *dropped* and
 reported (real exports reference events outside the export), never stored dangling.
+
+Building is two steps, so an in-memory segment (the memtable of events still in the write-ahead
+log) and an on-disk one come from the same code: `compute_segment` returns `SegmentArrays`
+(every column, bitmaps, payloads; no HNSW), `save_segment` writes them and builds the HNSW.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,7 +37,8 @@ Progress = Optional[Callable[[str, int, int], None]]  # (stage, done, total)
 
 @dataclass
 class ShardContext:
-    """What a new segment needs to know about the shard it joins."""
+    """What a new segment needs to know about the shard it joins. `lookup_ids` answers, per id
+    key, a global row of the *live* event with that id (-1 if none): links resolve through it."""
     row_base: int = 0
     entity_base: int = 0
     sources: list[str] = field(default_factory=list)
@@ -44,6 +54,25 @@ class BuildReport:
     dangling_links: int = 0
     dangling_examples: list[tuple[str, str]] = field(default_factory=list)  # (from id, to id)
     new_entities: int = 0
+    skipped: int = 0          # Index.add(on_existing="upsert"): identical events already present
+    updated: int = 0          # ... and events that replaced an older version of their id
+
+
+@dataclass
+class SegmentArrays:
+    """Everything a segment holds except its HNSW graph, in memory."""
+    n: int
+    cols: dict                  # file name -> array (the .npy columns)
+    ids: list                   # external ids, row order
+    entity_names: list          # names of the entities this segment introduces
+    bitmaps: dict               # {"source"|"kind"|"entity": {code: serialized roaring}}
+    payload: bytes
+    n_new_entities: int
+    time_min: int
+    time_max: int
+    sources: list               # the shard dictionaries after this segment
+    kinds: list
+    report: BuildReport
 
 
 def _codes(values: list[str], dictionary: list[str]) -> np.ndarray:
@@ -61,7 +90,7 @@ def _codes(values: list[str], dictionary: list[str]) -> np.ndarray:
     return out
 
 
-def _bitmap_groups(codes: np.ndarray, rows_sorted: bool = True) -> dict[int, bytes]:
+def _bitmap_groups(codes: np.ndarray) -> dict[int, bytes]:
     """{code: serialized roaring bitmap of the rows having it}."""
     out = {}
     order = np.argsort(codes, kind="stable")
@@ -73,43 +102,66 @@ def _bitmap_groups(codes: np.ndarray, rows_sorted: bool = True) -> dict[int, byt
     return out
 
 
-def write_segment(seg_dir: Path, batch: EventBatch, ctx: ShardContext, params: BuildParams,
-                  progress: Progress = None) -> tuple[dict, BuildReport]:
-    """Write `batch` as a segment into the (new, empty) `seg_dir`; return its manifest entry."""
+def event_record(batch: EventBatch, i: int) -> dict:
+    """Row i of a batch as an orgmem event mapping (what `EventBatch.from_records` accepts)."""
+    links = [{"to": t, "type": LINK_TYPES[ty]} for t, ty in zip(
+        batch.link_to[int(np.searchsorted(batch.link_src, i, "left")):int(np.searchsorted(batch.link_src, i, "right"))],
+        batch.link_type[int(np.searchsorted(batch.link_src, i, "left")):int(np.searchsorted(batch.link_src, i, "right"))].tolist())]
+    d = dict(batch.attrs[i]) if batch.attrs[i] else {}
+    d.update({"id": batch.ids[i], "time": int(batch.times[i]), "source": batch.sources[i], "kind": batch.kinds[i],
+              "tokens": int(batch.tokens[i]), "entities": list(batch.entities(i)), "links": links})
+    if batch.texts[i] is not None:
+        d["text"] = batch.texts[i]
+    return d
+
+
+def content_hashes(batch: EventBatch) -> np.ndarray:
+    """blake2b-64 of each event's full content (record and vector): equal hash = same event."""
+    out = np.empty(len(batch), np.uint64)
+    lo = np.searchsorted(batch.link_src, np.arange(len(batch)), "left")
+    hi = np.searchsorted(batch.link_src, np.arange(len(batch)), "right")
+    for i in range(len(batch)):
+        links = [[batch.link_to[j], int(batch.link_type[j])] for j in range(int(lo[i]), int(hi[i]))]
+        rec = [batch.ids[i], int(batch.times[i]), batch.sources[i], batch.kinds[i], int(batch.tokens[i]),
+               list(batch.entities(i)), links, batch.texts[i],
+               json.dumps(batch.attrs[i], sort_keys=True, default=str) if batch.attrs[i] else ""]
+        h = hashlib.blake2b(msgpack.packb(rec), digest_size=8)
+        h.update(np.ascontiguousarray(batch.vectors[i], dtype=np.float32).tobytes())
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
+
+
+def compute_segment(batch: EventBatch, ctx: ShardContext, params: BuildParams, seq: np.ndarray,
+                    chash: Optional[np.ndarray] = None, progress: Progress = None,
+                    intro: Optional[tuple[np.ndarray, np.ndarray, list]] = None) -> SegmentArrays:
+    """Every column of a segment holding `batch` (row i has write sequence number `seq[i]`).
+    `intro` (compaction only): the (keys, flags, names) of the entities the merged segments
+    introduced, kept as they were so global entity ids do not move."""
     n = len(batch)
-    if n == 0:
+    if n == 0 and intro is None:
         raise CorpusError("no events to add", field="events")
     report = BuildReport(n_events=n)
     say = progress or (lambda stage, done, total: None)
     order = np.lexsort((np.arange(n), batch.times))  # by time, ties keep input order
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    files: list[str] = []
+    cols: dict = {}
 
-    def save(name: str, arr: np.ndarray) -> None:
-        np.save(seg_dir / name, np.ascontiguousarray(arr))
-        files.append(name)
-
-    # -- ids: refuse ids already in the shard (updates are a later, explicit operation)
     ids_sorted = [batch.ids[i] for i in order]
     id_keys = keys64(ids_sorted)
-    if len(np.unique(id_keys)) != n:
+    if n and len(np.unique(id_keys)) != n:
         raise CorpusError("two different ids hash to the same 64-bit key; rename one", field="id")
-    existing = ctx.lookup_ids(id_keys)
-    if (existing >= 0).any():
-        i = int(np.flatnonzero(existing >= 0)[0])
-        raise CorpusError(f"id {ids_sorted[i]!r} is already in the index", field="id")
-    save("id_keys.npy", id_keys)
-    files += write_strings(seg_dir, "ids", ids_sorted)
+    cols["id_keys.npy"] = id_keys
+    cols["seq.npy"] = np.asarray(seq, dtype=np.uint64)[order]
+    cols["chash.npy"] = (content_hashes(batch) if chash is None else np.asarray(chash, np.uint64))[order]
 
-    # -- scalar columns
-    save("time.npy", batch.times[order].astype(np.int64))
-    save("tokens.npy", batch.tokens[order].astype(np.int32))
+    cols["time.npy"] = batch.times[order].astype(np.int64)
+    cols["tokens.npy"] = batch.tokens[order].astype(np.int32)
     sources, kinds = list(ctx.sources), list(ctx.kinds)
     source_codes = _codes(batch.sources, sources)[order]
     kind_codes = _codes(batch.kinds, kinds)[order]
-    save("source.npy", source_codes)
-    save("kind.npy", kind_codes)
+    cols["source.npy"] = source_codes
+    cols["kind.npy"] = kind_codes
     say("columns", n, n)
 
     # -- entities: global ids, event->entity CSR and entity->event postings (time-sorted)
@@ -122,45 +174,49 @@ def write_segment(seg_dir: Path, batch: EventBatch, ctx: ShardContext, params: B
         raise CorpusError("two different entities hash to the same 64-bit key", field="entities")
     gid = ctx.lookup_entities(name_keys)
     new = gid < 0
-    gid[new] = ctx.entity_base + np.arange(int(new.sum()))
-    report.new_entities = int(new.sum())
-    save("ent_keys.npy", name_keys[new])
-    is_slot = np.array([nm.startswith(tuple(params.slot_prefixes)) for nm in names[new]], dtype=np.uint8)
-    save("ent_flags.npy", is_slot)  # bit 0: slot entity (implicit supersession)
-    files += write_strings(seg_dir, "entities", list(names[new]))
+    if intro is not None:
+        if new.any():
+            raise CorpusError("compaction: an entity is not known to the shard", field="entities")
+        ent_keys, ent_flags, ent_names = intro
+    else:
+        gid[new] = ctx.entity_base + np.arange(int(new.sum()))
+        ent_keys = name_keys[new]
+        ent_flags = np.array([nm.startswith(tuple(params.slot_prefixes)) for nm in names[new]], dtype=np.uint8)
+        ent_names = list(names[new])
+    report.new_entities = len(ent_keys)
+    cols["ent_keys.npy"] = np.asarray(ent_keys, np.uint64)
+    cols["ent_flags.npy"] = np.asarray(ent_flags, np.uint8)  # bit 0: slot entity (implicit supersession)
     ev_rows = rank[ent_src]
-    ev_ent = gid[inverse.astype(np.int64)] if len(inverse) else np.zeros(0, np.int64)
+    ev_ent = gid[inverse.astype(np.int64).ravel()] if len(inverse) else np.zeros(0, np.int64)
     ev_ptr, ev_ent_sorted = csr_from_pairs(ev_rows, n, ev_ent)
-    save("ev_ptr.npy", ev_ptr)
-    save("ev_ent.npy", ev_ent_sorted)
+    cols["ev_ptr.npy"] = ev_ptr
+    cols["ev_ent.npy"] = ev_ent_sorted.astype(np.int64)
     by_entity = np.lexsort((ev_rows, ev_ent))  # entity, then row (= time order)
     post_ent_all, post_rows = ev_ent[by_entity], ev_rows[by_entity]
     post_ent, first = np.unique(post_ent_all, return_index=True)
     post_ptr = np.append(first, len(post_ent_all)).astype(np.int64)
-    save("post_ent.npy", post_ent.astype(np.int64))
-    save("post_ptr.npy", post_ptr)
-    save("post_rows.npy", post_rows.astype(np.int64))
+    cols["post_ent.npy"] = post_ent.astype(np.int64)
+    cols["post_ptr.npy"] = post_ptr
+    cols["post_rows.npy"] = post_rows.astype(np.int64)
     say("entities", n, n)
 
-    # -- links: resolve to global rows (this batch first, then the shard); drop dangling
-    in_batch = {k: r for k, r in zip(id_keys.tolist(), range(n))}
+    # -- links: keep those whose target is a live event (this batch or the shard), as id keys
+    batch_keys = set(id_keys.tolist())
     to_keys = keys64(batch.link_to)
-    dst = np.fromiter((in_batch.get(k, -1) for k in to_keys.tolist()), dtype=np.int64, count=len(to_keys))
-    local = dst >= 0
-    dst[local] += ctx.row_base
-    if (~local).any():
-        dst[~local] = ctx.lookup_ids(to_keys[~local])
-    ok = dst >= 0
+    ok = np.fromiter((k in batch_keys for k in to_keys.tolist()), dtype=bool, count=len(to_keys))
+    if (~ok).any():
+        ok[~ok] = ctx.lookup_ids(to_keys[~ok]) >= 0
     report.n_links = int(ok.sum())
     report.dangling_links = int((~ok).sum())
     for j in np.flatnonzero(~ok)[:5]:
         report.dangling_examples.append((batch.ids[int(batch.link_src[j])], batch.link_to[int(j)]))
     src_rows = rank[batch.link_src[ok]]
-    link_order = np.lexsort((dst[ok], src_rows))
+    dst = to_keys[ok]
+    link_order = np.lexsort((dst, src_rows))
     link_ptr, = csr_from_pairs(src_rows, n)
-    save("link_ptr.npy", link_ptr)
-    save("link_dst.npy", dst[ok][link_order])
-    save("link_type.npy", batch.link_type[ok][link_order].astype(np.int8))
+    cols["link_ptr.npy"] = link_ptr
+    cols["link_dst.npy"] = dst[link_order].astype(np.uint64)
+    cols["link_type.npy"] = batch.link_type[ok][link_order].astype(np.int8)
     say("links", n, n)
 
     # -- roaring bitmaps for the filters that are not row ranges
@@ -168,8 +224,6 @@ def write_segment(seg_dir: Path, batch: EventBatch, ctx: ShardContext, params: B
     frequent = {int(post_ent[i]): BitMap(post_rows[post_ptr[i]:post_ptr[i + 1]].astype(np.uint32)).serialize()
                 for i in np.flatnonzero(df >= params.bitmap_min_postings)}
     bitmaps = {"source": _bitmap_groups(source_codes), "kind": _bitmap_groups(kind_codes), "entity": frequent}
-    (seg_dir / "bitmaps.msgpack").write_bytes(msgpack.packb(bitmaps))
-    files.append("bitmaps.msgpack")
 
     # -- payloads: the original record, minus what columns already hold
     link_groups: list[list] = [[] for _ in range(n)]
@@ -182,16 +236,34 @@ def write_segment(seg_dir: Path, batch: EventBatch, ctx: ShardContext, params: B
                                     "links": link_groups[i], "attrs": batch.attrs[i]}))
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum([len(b) for b in blobs], out=offsets[1:])
-    (seg_dir / "payload.bin").write_bytes(b"".join(blobs))
-    files.append("payload.bin")
-    save("payload_off.npy", offsets)
+    cols["payload_off.npy"] = offsets
+    payload = b"".join(blobs)
     del blobs
     say("payloads", n, n)
+    cols["vectors.npy"] = np.ascontiguousarray(batch.vectors[order], dtype=np.float32)
+    times_sorted = cols["time.npy"]
+    return SegmentArrays(n=n, cols=cols, ids=ids_sorted, entity_names=ent_names, bitmaps=bitmaps, payload=payload,
+                         n_new_entities=len(ent_keys), time_min=int(times_sorted[0]) if n else 0,
+                         time_max=int(times_sorted[-1]) if n else -1, sources=sources, kinds=kinds, report=report)
 
-    # -- vectors and the HNSW graph
-    vectors = np.ascontiguousarray(batch.vectors[order], dtype=np.float32)
-    save("vectors.npy", vectors)
+
+def save_segment(seg_dir: Path, arrays: SegmentArrays, ctx: ShardContext, params: BuildParams,
+                 progress: Progress = None) -> dict:
+    """Write `arrays` (and an HNSW graph when large enough) into the new, empty `seg_dir`;
+    return the segment's manifest entry."""
+    say = progress or (lambda stage, done, total: None)
+    n = arrays.n
+    files: list[str] = []
+    for name, arr in arrays.cols.items():
+        np.save(seg_dir / name, np.ascontiguousarray(arr))
+        files.append(name)
+    files += write_strings(seg_dir, "ids", arrays.ids)
+    files += write_strings(seg_dir, "entities", arrays.entity_names)
+    (seg_dir / "bitmaps.msgpack").write_bytes(msgpack.packb(arrays.bitmaps))
+    (seg_dir / "payload.bin").write_bytes(arrays.payload)
+    files += ["bitmaps.msgpack", "payload.bin"]
     hnsw = None
+    vectors = arrays.cols["vectors.npy"]
     if n >= params.hnsw_min_rows:
         hnsw = {"space": "ip", "M": params.hnsw_m, "ef_construction": params.hnsw_ef_construction,
                 "seed": params.seed}
@@ -205,12 +277,20 @@ def write_segment(seg_dir: Path, batch: EventBatch, ctx: ShardContext, params: B
             say("hnsw", hi, n)
         index.save_index(str(seg_dir / "hnsw.bin"))
         files.append("hnsw.bin")
+    seq = arrays.cols["seq.npy"]
+    return {"name": seg_dir.name, "n": n, "row_base": ctx.row_base, "entity_base": ctx.entity_base,
+            "n_new_entities": arrays.n_new_entities, "time_min": arrays.time_min, "time_max": arrays.time_max,
+            "seq_min": int(seq.min()) if n else -1, "seq_max": int(seq.max()) if n else -1, "hnsw": hnsw,
+            "files": file_entries(seg_dir, files)}
 
-    times_sorted = batch.times[order]
-    entry = {
-        "name": seg_dir.name, "n": n, "row_base": ctx.row_base, "entity_base": ctx.entity_base,
-        "n_new_entities": report.new_entities, "time_min": int(times_sorted[0]),
-        "time_max": int(times_sorted[-1]), "hnsw": hnsw, "files": file_entries(seg_dir, files),
-    }
-    ctx.sources[:], ctx.kinds[:] = sources, kinds
-    return entry, report
+
+def write_segment(seg_dir: Path, batch: EventBatch, ctx: ShardContext, params: BuildParams,
+                  progress: Progress = None, seq: Optional[np.ndarray] = None) -> tuple[dict, BuildReport]:
+    """Compute and write `batch` as a segment into the (new, empty) `seg_dir`; return its
+    manifest entry and report (ctx.sources / ctx.kinds are updated)."""
+    if seq is None:
+        seq = np.arange(len(batch), dtype=np.uint64)
+    arrays = compute_segment(batch, ctx, params, seq, progress=progress)
+    entry = save_segment(seg_dir, arrays, ctx, params, progress)
+    ctx.sources[:], ctx.kinds[:] = arrays.sources, arrays.kinds
+    return entry, arrays.report

@@ -38,3 +38,7 @@ class IndexExistsError(FastctxError, FileExistsError):
 
 class ShardUnavailableError(FastctxError, ConnectionError):
     """Every replica of a shard failed or timed out."""
+
+
+class IndexLockedError(FastctxError, BlockingIOError):
+    """Another writer holds the index's lock file (one writer at a time; readers need none)."""

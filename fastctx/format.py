@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from .errors import CorruptIndexError, FormatError
 
 FORMAT_NAME = "fastctx-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_MARKER = "fastctx.json"
 MANIFEST = "MANIFEST.json"
 # Files read whole on open are always checksummed; the big mmapped blobs below only by
@@ -28,6 +28,24 @@ MANIFEST = "MANIFEST.json"
 LAZY_CHECKSUM_FILES = frozenset({"vectors.npy", "payload.bin"})
 
 _CHUNK = 1 << 22
+
+
+_CRASH = {}
+
+
+def crashpoint(name: str) -> None:
+    """Test hook for crash tests: with FASTCTX_CRASH_AT="<name>:<k>" in the environment, the
+    k-th time (1-based) this process passes point `name` it kills itself with SIGKILL."""
+    spec = os.environ.get("FASTCTX_CRASH_AT")
+    if not spec:
+        return
+    point, _, k = spec.rpartition(":")
+    if point != name:
+        return
+    _CRASH[name] = _CRASH.get(name, 0) + 1
+    if _CRASH[name] == int(k or 1):
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def crc32_file(path: Path) -> int:
@@ -53,6 +71,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    crashpoint("commit:before-rename")
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -1,6 +1,10 @@
-"""Read-only view of one immutable segment: memory-mapped columns, bitmaps, HNSW, payloads."""
+"""Segments: the read-only view of one immutable on-disk segment (memory-mapped columns, bitmaps,
+HNSW, payloads), and `MemSegment`, the same interface over in-memory arrays (the memtable of
+events still in the write-ahead log; it has no HNSW, so the planner always scans it exactly)."""
 from __future__ import annotations
 
+import mmap
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -14,12 +18,44 @@ from .errors import CorruptIndexError
 from .format import verify_files
 
 
-class Segment:
-    def __init__(self, seg_dir: Path, entry: dict, dim: int, *, verify: bool = False):
+class SegmentBase:
+    name: str
+    n: int
+    row_base: int
+    entity_base: int
+
+    @cached_property
+    def id_lookup(self) -> KeyLookup:
+        return KeyLookup(np.asarray(self.id_keys), np.arange(self.n, dtype=np.int64) + self.row_base)
+
+    @cached_property
+    def entity_lookup(self) -> KeyLookup:
+        return KeyLookup(np.asarray(self.ent_keys),
+                         np.arange(len(self.ent_keys), dtype=np.int64) + self.entity_base)
+
+    def entity_rows(self, entity_id: int) -> BitMap:
+        """Local rows mentioning a global entity id, as a bitmap."""
+        stored = self.bitmaps["entity"].get(entity_id)
+        if stored is not None:
+            return stored
+        i = int(np.searchsorted(self.post_ent, entity_id))
+        if i >= len(self.post_ent) or self.post_ent[i] != entity_id:
+            return BitMap()
+        return BitMap(self.post_rows[self.post_ptr[i]:self.post_ptr[i + 1]].astype(np.uint32))
+
+    def _decode_payload(self, data: bytes, row: int, where) -> dict:
+        try:
+            return msgpack.unpackb(data)
+        except Exception as e:
+            raise CorruptIndexError(f"{where}: row {row} cannot be decoded ({e})") from None
+
+
+class Segment(SegmentBase):
+    def __init__(self, seg_dir: Path, entry: dict, dim: int, *, verify: bool = False, row_base: int | None = None):
         self.dir, self.entry, self.dim = seg_dir, entry, dim
         self.name: str = entry["name"]
         self.n: int = int(entry["n"])
-        self.row_base: int = int(entry["row_base"])
+        self.row_base: int = int(entry["row_base"] if row_base is None else row_base)
         self.entity_base: int = int(entry["entity_base"])
         self.time_min, self.time_max = int(entry["time_min"]), int(entry["time_max"])
         verify_files(seg_dir, entry["files"], full=verify)
@@ -31,13 +67,15 @@ class Segment:
         self.kind = self._load("kind.npy", (n,), np.uint16)
         self.vectors = self._load("vectors.npy", (n, dim), np.float32)
         self.id_keys = self._load("id_keys.npy", (n,), np.uint64)
+        self.seq = self._load("seq.npy", (n,), np.uint64)
+        self.chash = self._load("chash.npy", (n,), np.uint64)
         self.ev_ptr = self._load("ev_ptr.npy", (n + 1,), np.int64)
         self.ev_ent = self._load("ev_ent.npy", (int(self.ev_ptr[-1]),), np.int64)
         self.post_ent = self._load("post_ent.npy", None, np.int64)
         self.post_ptr = self._load("post_ptr.npy", (len(self.post_ent) + 1,), np.int64)
         self.post_rows = self._load("post_rows.npy", (int(self.post_ptr[-1]),), np.int64)
         self.link_ptr = self._load("link_ptr.npy", (n + 1,), np.int64)
-        self.link_dst = self._load("link_dst.npy", (int(self.link_ptr[-1]),), np.int64)
+        self.link_dst = self._load("link_dst.npy", (int(self.link_ptr[-1]),), np.uint64)
         self.link_type = self._load("link_type.npy", (int(self.link_ptr[-1]),), np.int8)
         self.ent_keys = self._load("ent_keys.npy", (int(entry["n_new_entities"]),), np.uint64)
         self.ent_flags = self._load("ent_flags.npy", (len(self.ent_keys),), np.uint8)
@@ -47,6 +85,11 @@ class Segment:
         self._check_structure()
         self.bitmaps = self._load_bitmaps()
         self.hnsw = self._load_hnsw() if entry.get("hnsw") else None
+        # payloads are read through a map opened now: a reader keeps its pinned version readable
+        # even after a compaction removed these files (see docs/FORMAT.md, "Garbage collection")
+        with open(seg_dir / "payload.bin", "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self._payload = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
 
     # -- loading -----------------------------------------------------------------------------
     def _load(self, name: str, shape, dtype) -> np.ndarray:
@@ -94,32 +137,38 @@ class Segment:
         index.set_num_threads(1)
         return index
 
-    # -- lookups -----------------------------------------------------------------------------
-    @cached_property
-    def id_lookup(self) -> KeyLookup:
-        return KeyLookup(np.asarray(self.id_keys), np.arange(self.n, dtype=np.int64) + self.row_base)
+    def payload(self, row: int) -> dict:
+        lo, hi = int(self.payload_off[row]), int(self.payload_off[row + 1])
+        if hi > len(self._payload) or lo > hi:
+            raise CorruptIndexError(f"{self.dir / 'payload.bin'}: row {row} lies outside the file")
+        try:
+            return msgpack.unpackb(self._payload[lo:hi])
+        except Exception as e:
+            raise CorruptIndexError(f"{self.dir / 'payload.bin'}: row {row} cannot be decoded ({e})") from None
 
-    @cached_property
-    def entity_lookup(self) -> KeyLookup:
-        return KeyLookup(np.asarray(self.ent_keys),
-                         np.arange(len(self.ent_keys), dtype=np.int64) + self.entity_base)
 
-    def entity_rows(self, entity_id: int) -> BitMap:
-        """Local rows mentioning a global entity id, as a bitmap."""
-        stored = self.bitmaps["entity"].get(entity_id)
-        if stored is not None:
-            return stored
-        i = int(np.searchsorted(self.post_ent, entity_id))
-        if i >= len(self.post_ent) or self.post_ent[i] != entity_id:
-            return BitMap()
-        return BitMap(self.post_rows[self.post_ptr[i]:self.post_ptr[i + 1]].astype(np.uint32))
+class MemSegment(SegmentBase):
+    """A segment held in memory (`build.SegmentArrays`), standing in for an on-disk `Segment`."""
+
+    def __init__(self, arrays, row_base: int, entity_base: int, name: str = "memtable"):
+        c = arrays.cols
+        self.name, self.n, self.row_base, self.entity_base = name, arrays.n, row_base, entity_base
+        self.entry = {"name": name, "n": arrays.n, "hnsw": None, "files": {}}
+        self.time_min, self.time_max = arrays.time_min, arrays.time_max
+        self.times, self.tokens, self.source, self.kind = c["time.npy"], c["tokens.npy"], c["source.npy"], c["kind.npy"]
+        self.vectors, self.id_keys, self.seq, self.chash = c["vectors.npy"], c["id_keys.npy"], c["seq.npy"], c["chash.npy"]
+        self.ev_ptr, self.ev_ent = c["ev_ptr.npy"], c["ev_ent.npy"]
+        self.post_ent, self.post_ptr, self.post_rows = c["post_ent.npy"], c["post_ptr.npy"], c["post_rows.npy"]
+        self.link_ptr, self.link_dst, self.link_type = c["link_ptr.npy"], c["link_dst.npy"], c["link_type.npy"]
+        self.ent_keys, self.ent_flags = c["ent_keys.npy"], c["ent_flags.npy"]
+        self.payload_off = c["payload_off.npy"]
+        self.ids, self.entity_names = arrays.ids, arrays.entity_names
+        self.bitmaps = {g: {int(k): BitMap.deserialize(v) for k, v in arrays.bitmaps[g].items()}
+                        for g in ("source", "kind", "entity")}
+        self.hnsw = None
+        self._payload = arrays.payload
+        self.arrays = arrays
 
     def payload(self, row: int) -> dict:
         lo, hi = int(self.payload_off[row]), int(self.payload_off[row + 1])
-        with open(self.dir / "payload.bin", "rb") as f:
-            f.seek(lo)
-            data = f.read(hi - lo)
-        try:
-            return msgpack.unpackb(data)
-        except Exception as e:
-            raise CorruptIndexError(f"{self.dir / 'payload.bin'}: row {row} cannot be decoded ({e})") from None
+        return self._decode_payload(self._payload[lo:hi], row, "memtable")

@@ -1,28 +1,42 @@
-"""One shard: a manifest naming immutable segments, plus shard-wide views built from them.
+"""One shard: a manifest naming immutable segments, a deletion overlay, and the memtable of
+events still in the write-ahead log; plus shard-wide views built from them.
 
-Rows and entity ids are global inside a shard (segment row_base / entity_base). The event graph
-the expansion kernels walk is a set of flat arrays over those global rows; with one segment they
-are the segment's own memory maps, with several they are concatenated once on open.
+A `Shard` object is a *pinned version*: it opens every file its manifest names (memory maps and
+open handles) and reads the log when it is constructed, so a writer committing a newer manifest
+and removing files afterwards never changes what it sees (on POSIX an unlinked, still-open file
+stays readable). If files vanish between reading the manifest and opening them, the open is
+retried on the newer manifest.
+
+Rows and entity ids are global inside a shard: disk segments in manifest order, then the
+memtable. Links are stored as id keys and resolved here to the live row of that id; a deleted
+(or replaced) event is hidden by `deleted_mask`, has no edges in `graph` and no place in
+`supersession`.
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time as _time
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from pyroaring import BitMap
 
-from .build import BuildReport, Progress, ShardContext, write_segment
-from .columns import keys64
+from . import wal as walmod
+from .build import BuildReport, Progress, ShardContext, compute_segment, content_hashes, save_segment
+from .columns import KeyLookup, keys64
 from .corpus import EventBatch
 from .errors import CorpusError, CorruptIndexError
-from .format import fsync_dir, read_manifest, write_manifest
+from .format import crc32_file, fsync_dir, read_manifest, write_manifest
 from .params import BuildParams
-from .segment import Segment
+from .segment import MemSegment, Segment, SegmentBase
+
+EMPTY_OVERLAY = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
 
 
 @dataclass
@@ -49,7 +63,7 @@ class Graph:
         return np.diff(self.ent_ptr)
 
 
-def _concat_csr(ptrs: Sequence[np.ndarray], cols: Sequence[Sequence[np.ndarray]]):
+def _concat_csr(ptrs: Sequence[np.ndarray], cols: Sequence[Sequence[np.ndarray]], n_cols: int):
     if len(ptrs) == 1:
         return (ptrs[0], *cols[0])
     ptr = [np.zeros(1, np.int64)]
@@ -57,31 +71,316 @@ def _concat_csr(ptrs: Sequence[np.ndarray], cols: Sequence[Sequence[np.ndarray]]
     for p in ptrs:
         ptr.append(np.asarray(p[1:]) + base)
         base += int(p[-1])
+    if not ptrs:
+        return (np.zeros(1, np.int64), *([np.zeros(0, np.int64)] * n_cols))
     return (np.concatenate(ptr), *(np.concatenate(c) for c in zip(*cols)))
 
 
+# ------------------------------------------------------------------------------------ overlay
+def overlay_arrays(overlay: dict) -> tuple[np.ndarray, np.ndarray]:
+    if not overlay:
+        return EMPTY_OVERLAY
+    keys = np.fromiter(overlay.keys(), np.uint64, len(overlay))
+    seqs = np.fromiter(overlay.values(), np.uint64, len(overlay))
+    order = np.argsort(keys)
+    return keys[order], seqs[order]
+
+
+def deleted_rows(id_keys: np.ndarray, seq: np.ndarray, overlay: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """bool per row: the overlay says this version is deleted (its seq <= the overlay's seq)."""
+    okeys, oseqs = overlay
+    if len(okeys) == 0 or len(id_keys) == 0:
+        return np.zeros(len(id_keys), bool)
+    id_keys = np.asarray(id_keys)
+    pos = np.minimum(np.searchsorted(okeys, id_keys), len(okeys) - 1)
+    return (okeys[pos] == id_keys) & (np.asarray(seq) <= oseqs[pos])
+
+
+def read_overlay(shard_dir: Path, entry: Optional[dict], verify: bool = True) -> dict:
+    if not entry:
+        return {}
+    path = shard_dir / entry["name"]
+    if not path.is_file():
+        raise CorruptIndexError(f"{path}: file is missing (named by the manifest)")
+    if path.stat().st_size != entry["size"] or crc32_file(path) != entry["crc32"]:
+        raise CorruptIndexError(f"{path}: size or checksum mismatch; the deletion overlay is corrupted")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CorruptIndexError(f"{path}: unreadable .npy file ({e})") from None
+    if arr.dtype != np.uint64 or arr.ndim != 2 or arr.shape[1] != 2:
+        raise CorruptIndexError(f"{path}: expected uint64 [m, 2], got {arr.dtype} {arr.shape}")
+    return dict(zip(arr[:, 0].tolist(), arr[:, 1].tolist()))
+
+
+def write_overlay(shard_dir: Path, name: str, overlay: dict) -> Optional[dict]:
+    if not overlay:
+        return None
+    keys, seqs = overlay_arrays(overlay)
+    path = shard_dir / name
+    tmp = shard_dir / (name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.stack([keys, seqs], axis=1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return {"name": name, "size": path.stat().st_size, "crc32": crc32_file(path), "n": len(keys)}
+
+
+# ------------------------------------------------------------------------------------ memtable
+def concat_batches(batches: Sequence[EventBatch]) -> EventBatch:
+    if len(batches) == 1:
+        return batches[0]
+    ptrs, lsrc, base_r, base_e = [np.zeros(1, np.int64)], [], 0, 0
+    for b in batches:
+        ptrs.append(b.entity_ptr[1:] + base_e)
+        lsrc.append(b.link_src + base_r)
+        base_r += len(b)
+        base_e += int(b.entity_ptr[-1])
+    cat = lambda name: [x for b in batches for x in getattr(b, name)]  # noqa: E731
+    return EventBatch(ids=cat("ids"), times=np.concatenate([b.times for b in batches]),
+                      tokens=np.concatenate([b.tokens for b in batches]), sources=cat("sources"), kinds=cat("kinds"),
+                      entity_ptr=np.concatenate(ptrs), entity_names=cat("entity_names"),
+                      link_src=np.concatenate(lsrc).astype(np.int64), link_to=cat("link_to"),
+                      link_type=np.concatenate([b.link_type for b in batches]).astype(np.int8),
+                      texts=cat("texts"), attrs=cat("attrs"),
+                      vectors=np.ascontiguousarray(np.concatenate([b.vectors for b in batches]), np.float32))
+
+
+class MemLog:
+    """What the write-ahead log holds beyond the manifest: added batches (the latest version of
+    each id is live), and deletion-overlay entries for events in disk segments."""
+
+    def __init__(self):
+        self.batches: list[tuple[EventBatch, np.ndarray, np.ndarray]] = []  # (batch, seq, chash)
+        self.live: dict[int, tuple[int, int, int]] = {}    # id key -> (seq, batch no, row)
+        self.overlay_add: dict[int, int] = {}               # id key -> seq (disk rows <= seq are deleted)
+        self.n_added = 0
+
+    def apply_add(self, batch: EventBatch, seq0: int, in_disk, chash: Optional[np.ndarray] = None) -> None:
+        """`in_disk(keys)` -> bool per key: an event with that id exists in a disk segment."""
+        n = len(batch)
+        keys = keys64(batch.ids)
+        seq = np.arange(seq0, seq0 + n, dtype=np.uint64)
+        b = len(self.batches)
+        self.batches.append((batch, seq, content_hashes(batch) if chash is None else chash))
+        disk = in_disk(keys)
+        for i, (k, s, d) in enumerate(zip(keys.tolist(), seq.tolist(), disk.tolist())):
+            self.live[k] = (s, b, i)
+            if d:
+                self.overlay_add[k] = max(self.overlay_add.get(k, 0), s - 1)
+        self.n_added += n
+
+    def apply_delete(self, keys: np.ndarray, seq: int, in_disk) -> int:
+        """Delete the ids `keys` at `seq`; returns how many live events that removed."""
+        # the entry is kept even when no disk row has the id (any more): a stored link may still
+        # name it, and must be recognised as pointing at a deleted event (compaction prunes it)
+        removed = 0
+        for k in np.asarray(keys, np.uint64).tolist():
+            if self.live.pop(k, None) is not None:
+                removed += 1
+            self.overlay_add[k] = max(self.overlay_add.get(k, 0), seq)
+        return removed
+
+    @property
+    def n_live(self) -> int:
+        return len(self.live)
+
+    def live_batch(self) -> Optional[tuple[EventBatch, np.ndarray, np.ndarray]]:
+        """(batch of the live events in log order, their seqs, their content hashes)."""
+        if not self.live:
+            return None
+        by_batch: dict[int, list[int]] = {}
+        for s, b, i in sorted(self.live.values()):
+            by_batch.setdefault(b, []).append(i)
+        parts, seqs, hashes = [], [], []
+        for b, rows in sorted(by_batch.items()):
+            batch, seq, ch = self.batches[b]
+            rows_a = np.asarray(rows, np.int64)
+            parts.append(batch if len(rows) == len(batch) else batch.select(rows_a))
+            seqs.append(seq[rows_a])
+            hashes.append(ch[rows_a])
+        return concat_batches(parts), np.concatenate(seqs), np.concatenate(hashes)
+
+
+def replay_log(shard_dir: Path, manifest: dict, segments: Sequence[Segment], *, repair: bool = False
+               ) -> tuple[MemLog, int, list[str]]:
+    """Replay the manifest's log files into a `MemLog`. Returns (log, next seq, notes). A torn
+    tail is ignored (and, with `repair`, truncated); damage in the middle raises."""
+    log = MemLog()
+    in_disk = disk_key_test(segments)
+    next_seq = int(manifest.get("flushed_seq", 0))
+    notes = []
+    for name in manifest.get("wal", []):
+        path = shard_dir / name
+        if not path.exists():
+            raise CorruptIndexError(f"{path}: write-ahead log named by the manifest is missing")
+        sc = walmod.scan(path)
+        if sc.torn:
+            notes.append(f"{path}: torn tail at byte {sc.good_bytes} of {sc.size}"
+                         + (" (a whole last record failing its checksum)" if sc.complete_tail else "")
+                         + (" (truncated)" if repair else " (ignored)"))
+            if repair:
+                walmod.truncate(path, sc.good_bytes)
+        for rec in sc.records:
+            try:
+                seq = int(rec["seq"])
+                if rec["t"] == "add":
+                    n = len(rec["recs"])
+                    if seq + n <= int(manifest.get("flushed_seq", 0)):
+                        continue
+                    vec = np.frombuffer(rec["vec"], np.float32).reshape(n, int(rec["dim"]))
+                    batch = EventBatch.from_records(rec["recs"], vec, origin=str(path))
+                    log.apply_add(batch, seq, in_disk)
+                    next_seq = max(next_seq, seq + n)
+                elif rec["t"] == "del":
+                    if seq < int(manifest.get("flushed_seq", 0)):
+                        continue
+                    log.apply_delete(keys64(list(rec["ids"])), seq, in_disk)
+                    next_seq = max(next_seq, seq + 1)
+                else:
+                    raise ValueError(f"unknown record type {rec['t']!r}")
+            except CorruptIndexError:
+                raise
+            except Exception as e:
+                raise CorruptIndexError(f"{path}: a log record cannot be replayed ({type(e).__name__}: {e})") from None
+    return log, next_seq, notes
+
+
+def disk_key_test(segments: Sequence[SegmentBase]):
+    def in_disk(keys: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(keys), bool)
+        for seg in segments:
+            out |= seg.id_lookup.get(keys) >= 0
+        return out
+    return in_disk
+
+
+# ------------------------------------------------------------------------------------ opening
+def open_segments(shard_dir: Path, manifest: dict, *, verify: bool = False, cache: Optional[dict] = None
+                  ) -> list[Segment]:
+    out, base = [], 0
+    for e in manifest["segments"]:
+        seg = cache.get(e["name"]) if cache is not None else None
+        if seg is None:
+            seg = Segment(shard_dir / e["name"], e, manifest["dim"], verify=verify, row_base=base)
+            if cache is not None:
+                cache[e["name"]] = seg
+        elif seg.row_base != base:
+            seg = copy.copy(seg)
+            seg.row_base = base
+            seg.__dict__.pop("id_lookup", None)
+        out.append(seg)
+        base += seg.n
+    if cache is not None:  # forget segments this version no longer names (memory under churn)
+        for name in set(cache) - {e["name"] for e in manifest["segments"]}:
+            del cache[name]
+    return out
+
+
 class Shard:
-    def __init__(self, shard_dir: Path, *, verify: bool = False):
+    """A pinned version of one shard (see the module doc)."""
+
+    def __init__(self, shard_dir: Path, *, verify: bool = False, parts: Optional[dict] = None,
+                 params: BuildParams = BuildParams()):
         self.dir = Path(shard_dir)
-        self.manifest = read_manifest(self.dir)
+        if parts is None:
+            parts = load_parts(self.dir, verify=verify)
+        self.manifest: dict = parts["manifest"]
         self.dim: int = self.manifest["dim"]
-        self.sources: list[str] = self.manifest["sources"]
-        self.kinds: list[str] = self.manifest["kinds"]
-        self.n_entities: int = self.manifest["n_entities"]
-        self.segments = [Segment(self.dir / e["name"], e, self.dim, verify=verify)
-                         for e in self.manifest["segments"]]
-        if sum(s.n for s in self.segments) != self.manifest["n_rows"]:
+        disk: list[Segment] = parts["segments"]
+        if sum(s.n for s in disk) != self.manifest["n_rows"]:
             raise CorruptIndexError(f"{self.dir / 'MANIFEST.json'}: n_rows does not match its segments")
+        self.disk_segments = disk
+        self.log: MemLog = parts["log"]
+        self.wal_notes: list[str] = parts.get("notes", [])
+        overlay = dict(parts["overlay"])
+        for k, s in self.log.overlay_add.items():
+            overlay[k] = max(overlay.get(k, 0), s)
+        self.overlay = overlay
+        self._overlay_arrays = overlay_arrays(overlay)
+        self.sources: list[str] = list(self.manifest["sources"])
+        self.kinds: list[str] = list(self.manifest["kinds"])
+        self.n_entities: int = self.manifest["n_entities"]
+        self.segments: list[SegmentBase] = list(disk)
+        self.memtable: Optional[MemSegment] = None
+        live = self.log.live_batch()
+        if live is not None:
+            batch, seq, chash = live
+            ctx = self.context()
+            arrays = compute_segment(batch, ctx, params, seq, chash)
+            self.memtable = MemSegment(arrays, ctx.row_base, ctx.entity_base)
+            self.sources, self.kinds = arrays.sources, arrays.kinds
+            self.n_entities += arrays.n_new_entities
+            self.segments.append(self.memtable)
+        self._n = sum(s.n for s in self.segments)
+
+    def context(self) -> ShardContext:
+        """Where a segment built now over the disk segments joins (the memtable's place)."""
+        return ShardContext(row_base=self.manifest["n_rows"], entity_base=self.manifest["n_entities"],
+                            sources=list(self.manifest["sources"]), kinds=list(self.manifest["kinds"]),
+                            lookup_ids=self.disk_live_ids, lookup_entities=self.lookup_entities_disk)
 
     @property
     def n(self) -> int:
-        return self.manifest["n_rows"]
+        """Rows in the global row space (deleted rows still take a place until compaction)."""
+        return self._n
+
+    @property
+    def version(self) -> int:
+        return self.manifest["version"]
+
+    # -- deletions -----------------------------------------------------------------------------
+    @cached_property
+    def deleted_mask(self) -> np.ndarray:
+        """uint8 per global row: 1 = deleted or replaced by a newer version (never answer it)."""
+        out = np.zeros(self.n, np.uint8)
+        for seg in self.disk_segments:
+            out[seg.row_base:seg.row_base + seg.n] = deleted_rows(seg.id_keys, seg.seq, self._overlay_arrays)
+        return out
+
+    @cached_property
+    def n_deleted(self) -> int:
+        return int(self.deleted_mask.sum())
+
+    def deleted_local(self, seg: SegmentBase) -> Optional[BitMap]:
+        """Deleted local rows of one segment as a bitmap (None when there are none)."""
+        if self.n_deleted == 0 or seg is self.memtable:
+            return None
+        rows = np.flatnonzero(self.deleted_mask[seg.row_base:seg.row_base + seg.n])
+        return BitMap(rows.astype(np.uint32)) if len(rows) else None
+
+    @property
+    def n_live(self) -> int:
+        return self.n - self.n_deleted
 
     # -- lookups across segments ---------------------------------------------------------------
-    def lookup_ids(self, keys: np.ndarray) -> np.ndarray:
+    def disk_live_ids(self, keys: np.ndarray) -> np.ndarray:
+        """Global row of the live version of each id key among disk segments (-1 if none)."""
         out = np.full(len(keys), -1, np.int64)
-        for seg in self.segments:
+        for seg in self.disk_segments:
             hit = seg.id_lookup.get(keys)
+            ok = hit >= 0
+            if ok.any():
+                rows = hit[ok] - seg.row_base
+                dead = deleted_rows(np.asarray(keys, np.uint64)[ok], seg.seq[rows], self._overlay_arrays)
+                idx = np.flatnonzero(ok)[~dead]
+                out[idx] = hit[idx]
+        return out
+
+    def lookup_ids(self, keys: np.ndarray) -> np.ndarray:
+        """Global row of the live version of each id key (-1 if none)."""
+        keys = np.asarray(keys, np.uint64)
+        out = self.disk_live_ids(keys)
+        if self.memtable is not None:
+            hit = self.memtable.id_lookup.get(keys)
+            out = np.where(hit >= 0, hit, out)
+        return out
+
+    def lookup_entities_disk(self, keys: np.ndarray) -> np.ndarray:
+        out = np.full(len(keys), -1, np.int64)
+        for seg in self.disk_segments:
+            hit = seg.entity_lookup.get(keys)
             out = np.where(hit >= 0, hit, out)
         return out
 
@@ -99,7 +398,7 @@ class Shard:
     def codes(self, names: Sequence[str], dictionary: Sequence[str]) -> list[int]:
         return [dictionary.index(v) for v in names if v in dictionary]
 
-    def locate(self, row: int) -> tuple[Segment, int]:
+    def locate(self, row: int) -> tuple[SegmentBase, int]:
         """Segment and local row of a global row."""
         for seg in self.segments:
             if row < seg.row_base + seg.n:
@@ -109,62 +408,92 @@ class Shard:
     def entity_name(self, entity_id: int) -> str:
         for seg in self.segments:
             if entity_id < seg.entity_base + len(seg.ent_keys):
-                return seg.entity_names[entity_id - seg.entity_base]
+                if entity_id >= seg.entity_base:
+                    return seg.entity_names[entity_id - seg.entity_base]
         raise IndexError(f"entity {entity_id} out of range")
 
     # -- shard-wide arrays ---------------------------------------------------------------------
+    def _cat(self, attr: str, dtype) -> np.ndarray:
+        segs = self.segments
+        if not segs:
+            return np.zeros(0, dtype)
+        return getattr(segs[0], attr) if len(segs) == 1 else np.concatenate([getattr(s, attr) for s in segs])
+
     @cached_property
     def times(self) -> np.ndarray:
-        segs = self.segments
-        return segs[0].times if len(segs) == 1 else np.concatenate([s.times for s in segs])
+        return self._cat("times", np.int64)
 
     @cached_property
     def tokens(self) -> np.ndarray:
-        segs = self.segments
-        return segs[0].tokens if len(segs) == 1 else np.concatenate([s.tokens for s in segs])
+        return self._cat("tokens", np.int32)
 
     @cached_property
     def kind_codes(self) -> np.ndarray:
-        segs = self.segments
-        return segs[0].kind if len(segs) == 1 else np.concatenate([s.kind for s in segs])
+        return self._cat("kind", np.uint16)
+
+    @cached_property
+    def live_lookup(self) -> KeyLookup:
+        keys = self._cat("id_keys", np.uint64)
+        rows = np.arange(self.n, dtype=np.int64)
+        live = self.deleted_mask == 0
+        return KeyLookup(np.asarray(keys)[live], rows[live])
 
     @cached_property
     def graph(self) -> Graph:
         segs, n = self.segments, self.n
-        out_ptr, out_dst, out_type = _concat_csr([s.link_ptr for s in segs],
-                                                 [(s.link_dst, s.link_type) for s in segs])
-        ev_ptr, ev_ent = _concat_csr([s.ev_ptr for s in segs], [(s.ev_ent,) for s in segs])
-        if len(out_dst) and (out_dst.min() < 0 or out_dst.max() >= n):
-            raise CorruptIndexError(f"{self.dir}: a link points outside the shard's rows")
+        link_ptr, link_keys, link_type = _concat_csr([s.link_ptr for s in segs],
+                                                     [(s.link_dst, s.link_type) for s in segs], 2)
+        link_keys = np.asarray(link_keys, np.uint64)
+        ev_ptr, ev_ent = _concat_csr([s.ev_ptr for s in segs], [(s.ev_ent,) for s in segs], 1)
+        dst = self.live_lookup.get(link_keys)
+        missing = dst < 0
+        if missing.any():  # the target was deleted (the overlay knows it) or the file is damaged
+            okeys, _ = self._overlay_arrays
+            known = np.isin(link_keys[missing], okeys)
+            if not known.all():
+                raise CorruptIndexError(f"{self.dir}: a link points outside the shard's rows "
+                                        f"(target id key {int(link_keys[missing][~known][0]):#x} is in no segment)")
+        src = np.repeat(np.arange(n, dtype=np.int64), np.diff(link_ptr))
+        keep = ~missing
+        if self.n_deleted:
+            keep &= self.deleted_mask[src] == 0
+        if keep.all():
+            out_ptr, out_dst, out_type = np.asarray(link_ptr, np.int64), dst, np.asarray(link_type, np.int8)
+        else:
+            src, out_dst, out_type = src[keep], dst[keep], np.asarray(link_type)[keep].astype(np.int8)
+            out_ptr = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(src, minlength=n), out=out_ptr[1:])
+        out_dst = np.ascontiguousarray(out_dst, np.int64)
         # reverse links: group sources by destination (sources ascending inside each group)
         src = np.repeat(np.arange(n, dtype=np.int64), np.diff(out_ptr))
         order = np.lexsort((src, out_dst))
         in_ptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(out_dst, minlength=n), out=in_ptr[1:])
-        if len(segs) == 1 and len(segs[0].post_ent) == self.n_entities:
+        if len(segs) == 1 and len(segs[0].post_ent) == self.n_entities and not self.n_deleted:
             ent_ptr, ent_rows = segs[0].post_ptr, segs[0].post_rows  # every entity is local
         else:
             ent_ptr, ent_rows = self._merged_postings()
-        return Graph(self.times, out_ptr, out_dst, out_type, in_ptr, src[order], out_type[order],
-                     ev_ptr, ev_ent, ent_ptr, ent_rows)
+        return Graph(self.times, out_ptr, out_dst, out_type, in_ptr, src[order],
+                     np.ascontiguousarray(out_type[order], np.int8), np.asarray(ev_ptr, np.int64),
+                     np.asarray(ev_ent, np.int64), ent_ptr, ent_rows)
 
     @cached_property
     def entity_flags(self) -> np.ndarray:
-        segs = self.segments
-        return segs[0].ent_flags if len(segs) == 1 else np.concatenate([s.ent_flags for s in segs])
+        return self._cat("ent_flags", np.uint8)
 
     @cached_property
     def supersession(self) -> tuple[np.ndarray, np.ndarray]:
         """(superseded_by, superseded_at) per global row; -1 where the event is still current.
         Explicit `supersedes`/`reverts` links, and implicit slot supersession: consecutive events of
-        a slot kind on the same slot entity. The earliest superseder wins."""
+        a slot kind on the same slot entity. The earliest superseder wins. Deleted rows take no
+        part (they have no links and no postings in `graph`)."""
         from .corpus import LINK_TYPES
         g, n = self.graph, self.n
         src = np.repeat(np.arange(n, dtype=np.int64), np.diff(g.out_ptr))
         explicit = np.isin(g.out_type, [LINK_TYPES.index("supersedes"), LINK_TYPES.index("reverts")])
         old, new = [g.out_dst[explicit]], [src[explicit]]
-        slot_kinds = [self.kinds.index(k) for k in self.manifest.get("params", {}).get("slot_kinds", [])
-                      if k in self.kinds]
+        params = self.manifest.get("params") or {"slot_kinds": list(BuildParams().slot_kinds)}
+        slot_kinds = [self.kinds.index(k) for k in params.get("slot_kinds", []) if k in self.kinds]
         slot_ents = np.flatnonzero(self.entity_flags & 1)
         if len(slot_ents) and slot_kinds:
             df = np.diff(g.ent_ptr)[slot_ents]
@@ -175,7 +504,7 @@ class Shard:
             same = ent[1:] == ent[:-1]  # postings are time-sorted: pair each with the next
             old.append(rows[:-1][same])
             new.append(rows[1:][same])
-        old_a, new_a = np.concatenate(old), np.concatenate(new)
+        old_a, new_a = np.concatenate(old).astype(np.int64), np.concatenate(new).astype(np.int64)
         at = self.times[new_a]
         valid = at >= self.times[old_a]
         old_a, new_a, at = old_a[valid], new_a[valid], at[valid]
@@ -190,30 +519,75 @@ class Shard:
         return by, when
 
     def _merged_postings(self) -> tuple[np.ndarray, np.ndarray]:
-        ent = np.concatenate([np.repeat(s.post_ent, np.diff(s.post_ptr)) for s in self.segments])
-        rows = np.concatenate([np.asarray(s.post_rows) + s.row_base for s in self.segments])
+        segs = self.segments
+        if not segs:
+            return np.zeros(self.n_entities + 1, np.int64), np.zeros(0, np.int64)
+        ent = np.concatenate([np.repeat(s.post_ent, np.diff(s.post_ptr)) for s in segs]).astype(np.int64)
+        rows = np.concatenate([np.asarray(s.post_rows) + s.row_base for s in segs]).astype(np.int64)
+        if self.n_deleted:
+            keep = self.deleted_mask[rows] == 0
+            ent, rows = ent[keep], rows[keep]
         order = np.lexsort((rows, self.times[rows], ent))
         ptr = np.zeros(self.n_entities + 1, np.int64)
         np.cumsum(np.bincount(ent, minlength=self.n_entities), out=ptr[1:])
         return ptr, rows[order]
 
-    # -- writing -------------------------------------------------------------------------------
-    def append(self, batch: EventBatch, params: BuildParams, progress: Progress = None) -> BuildReport:
-        """Write `batch` as a new segment and commit a new manifest version. On any error the
-        shard is exactly as it was (the half-written segment directory is removed)."""
-        if batch.dim != self.dim:
-            raise CorpusError(f"vectors have dim {batch.dim}, the index has dim {self.dim}", field="vectors")
-        return append_segment(self.dir, self.manifest, batch, params, progress,
-                              lookup_ids=self.lookup_ids, lookup_entities=self.lookup_entities)
+
+def load_parts(shard_dir: Path, *, verify: bool = False, cache: Optional[dict] = None, repair: bool = False,
+               attempts: int = 50) -> dict:
+    """Read the manifest and open everything it names (segments, overlay, log). Retries when a
+    writer replaced the manifest and removed files in between."""
+    for attempt in range(attempts):
+        manifest = read_manifest(shard_dir)
+        try:
+            segments = open_segments(shard_dir, manifest, verify=verify, cache=cache)
+            overlay = read_overlay(shard_dir, manifest.get("deletes"))
+            log, next_seq, notes = replay_log(shard_dir, manifest, segments, repair=repair)
+            return {"manifest": manifest, "segments": segments, "overlay": overlay, "log": log,
+                    "next_seq": next_seq, "notes": notes}
+        except (CorruptIndexError, FileNotFoundError):
+            try:
+                changed = read_manifest(shard_dir)["version"] != manifest["version"]
+            except Exception:
+                changed = False
+            if not changed or attempt == attempts - 1:
+                raise
+            _time.sleep(0.001 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
+# ------------------------------------------------------------------------------------ writing
 def new_manifest(dim: int) -> dict:
     return {"version": 0, "dim": int(dim), "segments": [], "sources": [], "kinds": [],
-            "n_rows": 0, "n_entities": 0, "next_segment": 1}
+            "n_rows": 0, "n_entities": 0, "next_segment": 1, "wal": [], "next_wal": 1,
+            "next_seq": 0, "flushed_seq": 0, "deletes": None}
+
+
+def write_segment_dir(shard_dir: Path, name: str, arrays, ctx: ShardContext, params: BuildParams,
+                      progress: Progress = None) -> dict:
+    """Write a segment into a temporary directory, fsync it, rename it to `name`; its entry.
+    A leftover directory of that name (from a crash before its manifest commit) is replaced."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=shard_dir))
+    try:
+        entry = save_segment(tmp, arrays, ctx, params, progress)
+        entry["name"] = name
+        for f in os.listdir(tmp):
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        if (shard_dir / name).exists():
+            shutil.rmtree(shard_dir / name)
+        os.rename(tmp, shard_dir / name)
+        fsync_dir(shard_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return entry
 
 
 def append_segment(shard_dir: Path, manifest: dict, batch: EventBatch, params: BuildParams,
                    progress: Progress = None, lookup_ids=None, lookup_entities=None) -> BuildReport:
+    """Write `batch` as one new segment and commit (used by `build`: an index born whole)."""
     if len(batch) == 0:
         raise CorpusError("no events to add", field="events")
     manifest.setdefault("params", {"slot_prefixes": list(params.slot_prefixes),
@@ -222,29 +596,110 @@ def append_segment(shard_dir: Path, manifest: dict, batch: EventBatch, params: B
                        sources=list(manifest["sources"]), kinds=list(manifest["kinds"]))
     if lookup_ids is not None:
         ctx.lookup_ids, ctx.lookup_entities = lookup_ids, lookup_entities
+    seq0 = int(manifest.get("next_seq", 0))
+    seq = np.arange(seq0, seq0 + len(batch), dtype=np.uint64)
+    arrays = compute_segment(batch, ctx, params, seq, progress=progress)
     name = f"seg-{manifest['next_segment']:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=shard_dir))
-    try:
-        entry, report = write_segment(tmp, batch, ctx, params, progress)
-        entry["name"] = name
-        for f in os.listdir(tmp):
-            with open(tmp / f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.rename(tmp, shard_dir / name)
-        fsync_dir(shard_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    entry = write_segment_dir(shard_dir, name, arrays, ctx, params, progress)
     new = {**manifest, "version": manifest["version"] + 1, "segments": manifest["segments"] + [entry],
-           "sources": ctx.sources, "kinds": ctx.kinds, "n_rows": manifest["n_rows"] + len(batch),
-           "n_entities": manifest["n_entities"] + report.new_entities,
-           "next_segment": manifest["next_segment"] + 1}
+           "sources": arrays.sources, "kinds": arrays.kinds, "n_rows": manifest["n_rows"] + len(batch),
+           "n_entities": manifest["n_entities"] + arrays.n_new_entities,
+           "next_segment": manifest["next_segment"] + 1, "next_seq": seq0 + len(batch),
+           "flushed_seq": max(int(manifest.get("flushed_seq", 0)), seq0 + len(batch))}
     write_manifest(shard_dir, new)
     manifest.clear()
     manifest.update(new)
-    return report
+    return arrays.report
 
 
 def create_shard(shard_dir: Path, dim: int) -> None:
     shard_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(shard_dir, new_manifest(dim))
+
+
+def collect_garbage(shard_dir: Path, manifest: dict) -> list[str]:
+    """Remove what `manifest` does not reference: segment directories (and half-written ones),
+    log files, overlay files, temporary files. Writer only, right after a commit (or on taking
+    the lock). Safe for readers: see the module doc and docs/FORMAT.md."""
+    keep = {e["name"] for e in manifest["segments"]} | set(manifest.get("wal", []))
+    if manifest.get("deletes"):
+        keep.add(manifest["deletes"]["name"])
+    keep.add("MANIFEST.json")
+    removed = []
+    for p in shard_dir.iterdir():
+        name = p.name
+        ours = (name.startswith(("seg-", ".seg-", "wal-", "del-")) or name.endswith(".tmp"))
+        if not ours or name in keep:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        removed.append(name)
+    if removed:
+        fsync_dir(shard_dir)
+    return removed
+
+
+# ------------------------------------------------------------------------------------ compaction
+def merge_segments(sh: Shard, segs: Sequence[Segment]):
+    """The live rows of adjacent segments `segs` as one batch, with their seqs and content
+    hashes, plus the entities the segments introduced (kept in order: global ids stay put)."""
+    from .corpus import LINK_CODE
+    ids, times, tokens, sources, kinds, ptr, names, lsrc, lto, ltype, texts, attrs, vecs = \
+        [], [], [], [], [], [0], [], [], [], [], [], [], []
+    seqs, hashes = [], []
+    for seg in segs:
+        live = np.flatnonzero(sh.deleted_mask[seg.row_base:seg.row_base + seg.n] == 0)
+        for r in live.tolist():
+            p = seg.payload(r)
+            k = len(ids)
+            ids.append(seg.ids[r])
+            sources.append(sh.sources[int(seg.source[r])])
+            kinds.append(sh.kinds[int(seg.kind[r])])
+            ents = list(p.get("entities") or [])
+            names.extend(ents)
+            ptr.append(len(names))
+            for to, ty in p.get("links") or []:
+                lsrc.append(k)
+                lto.append(to)
+                ltype.append(LINK_CODE[ty])
+            texts.append(p.get("text"))
+            attrs.append(p.get("attrs") or {})
+        times.append(np.asarray(seg.times[live]))
+        tokens.append(np.asarray(seg.tokens[live]))
+        vecs.append(np.asarray(seg.vectors[live]))
+        seqs.append(np.asarray(seg.seq[live]))
+        hashes.append(np.asarray(seg.chash[live]))
+    dim = sh.dim
+    batch = EventBatch(ids=ids, times=np.concatenate(times).astype(np.int64), tokens=np.concatenate(tokens).astype(np.int32),
+                       sources=sources, kinds=kinds, entity_ptr=np.asarray(ptr, np.int64), entity_names=names,
+                       link_src=np.asarray(lsrc, np.int64), link_to=lto, link_type=np.asarray(ltype, np.int8),
+                       texts=texts, attrs=attrs,
+                       vectors=np.ascontiguousarray(np.concatenate(vecs).reshape(-1, dim), np.float32))
+    intro = (np.concatenate([np.asarray(s.ent_keys) for s in segs]).astype(np.uint64),
+             np.concatenate([np.asarray(s.ent_flags) for s in segs]).astype(np.uint8),
+             [s.entity_names[i] for s in segs for i in range(len(s.ent_keys))])
+    return batch, np.concatenate(seqs).astype(np.uint64), np.concatenate(hashes).astype(np.uint64), intro
+
+
+def prune_overlay(overlay: dict, segments: Sequence[Segment], sh: Shard) -> dict:
+    """Overlay entries still needed once `segments` are the shard's disk segments: an entry is
+    kept while a stored row it hides remains, or while a stored link names that id and no live
+    version of it exists (the link must then be recognised as pointing at a deleted event)."""
+    if not overlay:
+        return {}
+    okeys, oseqs = overlay_arrays(overlay)
+    needed = np.zeros(len(okeys), bool)
+    no_live = sh.lookup_ids(okeys) < 0
+    for seg in segments:
+        keys = np.asarray(seg.id_keys)
+        pos = np.minimum(np.searchsorted(okeys, keys), len(okeys) - 1)
+        hit = (okeys[pos] == keys) & (np.asarray(seg.seq) <= oseqs[pos])
+        needed[pos[hit]] = True
+        if len(seg.link_dst):
+            needed |= np.isin(okeys, np.asarray(seg.link_dst)) & no_live
+    return {int(k): int(s) for k, s in zip(okeys[needed].tolist(), oseqs[needed].tolist())}
