@@ -12,13 +12,21 @@ current : the top hits are grouped by their slot entity (e.g. `decision:...`) or
 as_of     one, by their explicit supersession chain; the best group (sum of its two best
           similarities) is followed along the supersession overlay to the version that is
           current now, or at `as_of` (events and supersessions after as_of are invisible).
+
+The engine reads the event graph only through a small *graph access protocol* (`GraphAccess`):
+merged seeds, per-row attributes (times, tokens, vectors, supersession, slot entity), batched
+best-first expansion, the reverse supersession overlay, ids, entity names and payloads.
+`LocalGraph` serves it from one local shard's arrays and the Numba kernel (the embedded case);
+`fastctx.shards.coordinator.DistributedGraph` serves it from shard servers, reproducing the
+kernel's semantics hop by hop. The engine code is the same for both, so both give one answer.
+Every call is batched, so a remote implementation pays round trips per stage, not per row.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -37,7 +45,7 @@ DAY = 86_400
 class AnswerParams:
     """Knobs of the causal engine. Defaults are measured on the orgmem yardstick (see docs)."""
     seed_k: int = 64                 # seed hits considered
-    candidates: int = 20             # top hits expanded as possible chain heads
+    candidates: int = 40             # top hits expanded as possible chain heads
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.7), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8))
@@ -68,6 +76,8 @@ class Answer:
     seeds: list[Event] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     budget_tokens: int = 0
+    partial: bool = False                                      # some shard did not answer
+    missing_shards: list[int] = field(default_factory=list)   # ... which ones
 
     @property
     def tokens(self) -> int:
@@ -82,46 +92,152 @@ class Answer:
     def to_dict(self) -> dict:
         from dataclasses import asdict
         return {"type": self.query_type, "current": self.current.id if self.current else None,
-                "events": [asdict(e) for e in self.events], "timings_ms": self.timings}
+                "events": [asdict(e) for e in self.events], "timings_ms": self.timings,
+                "budget_tokens": self.budget_tokens, "partial": self.partial,
+                "missing_shards": list(self.missing_shards)}
 
 
-class Engine:
-    """Runs causal queries over one shard of an `Index` (the embedded, one-shard case)."""
+# ------------------------------------------------------------------------------------ weights
+def link_weights(p: AnswerParams) -> np.ndarray:
+    """float32 weight per link type code (LINK_TYPES order)."""
+    weights = dict(p.link_weights)
+    return np.array([weights.get(t, 0.0) for t in LINK_TYPES], np.float32)
+
+
+def entity_weights(df: np.ndarray, n_events: int, p: AnswerParams) -> np.ndarray:
+    """float32 rarity weight of entities with document frequencies `df` among `n_events` events.
+    Computed per distinct df with scalar `math.log`, so a shard holding a few entities and a
+    whole-corpus engine get bit-identical weights for equal df (no SIMD/tail differences)."""
+    df = np.asarray(df, np.int64)
+    out = np.zeros(len(df), np.float32)
+    if len(df) == 0:
+        return out
+    max_df = max(4.0, min(float(p.entity_max_df), p.entity_max_share * n_events))
+    uniq, inv = np.unique(df, return_inverse=True)
+    vals = np.empty(len(uniq), np.float32)
+    for i, d in enumerate(uniq.tolist()):
+        rarity = math.log(max_df / max(float(d), 1.0)) / math.log(max_df / 2)
+        vals[i] = 0.0 if d < 2 else np.float32(p.entity_weight * min(max(rarity, 0.0), 1.0))
+    return vals[inv.ravel()]
+
+
+# ------------------------------------------------------------------------------------ protocol
+class GraphAccess(Protocol):
+    """What the engine needs from the event graph. Rows are this graph's row ids (global rows
+    of the corpus for a partitioned index); every call takes and returns batches."""
+    missing: Sequence[int]
+
+    def seeds(self, q: np.ndarray, k: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64, similarities float64) best first, ties by row."""
+
+    def times(self, rows: Sequence[int]) -> np.ndarray: ...
+
+    def tokens(self, rows: Sequence[int]) -> np.ndarray: ...
+
+    def vectors(self, rows: Sequence[int]) -> np.ndarray: ...
+
+    def supersession(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(superseded_by row or -1, superseded_at) per row."""
+
+    def superseded(self, rows: Sequence[int]) -> list[list[int]]:
+        """Per row, the rows whose superseded_by is that row, ascending."""
+
+    def slot_entity(self, rows: Sequence[int]) -> np.ndarray:
+        """Per row, the smallest id of a slot entity it mentions, or -1."""
+
+    def expand(self, seeds: np.ndarray, seed_scores: np.ndarray, direction: int, t_lo: int, t_hi: int,
+               as_of: Optional[int]) -> list[tuple[np.ndarray, ...]]:
+        """One independent best-first expansion per seed (the kernel contract of
+        kernels/expand.py, allowed = time <= as_of)."""
+
+    def ids(self, rows: Sequence[int]) -> list[str]: ...
+
+    def entity_names(self, pairs: Sequence[tuple[int, int]]) -> list[str]:
+        """Names of entity ids, each asked with a row that mentions it."""
+
+    def events(self, rows: Sequence[int], scores: Sequence[float], as_of: Optional[int]) -> list[Optional[Event]]:
+        """Payloads, with superseded_by/at set when visible at as_of (None: unavailable)."""
+
+
+class LocalGraph:
+    """`GraphAccess` over one local shard: its arrays and the Numba kernel."""
 
     def __init__(self, index, shard_no: int = 0, params: AnswerParams = AnswerParams()):
         self.index, self.shard_no, self.params = index, shard_no, params
         self.shard = index.shards[shard_no]
-        p, g = params, self.shard.graph
+        g = self.shard.graph
         self.graph = g
-        weights = dict(p.link_weights)
-        self.link_weight = np.array([weights.get(t, 0.0) for t in LINK_TYPES], np.float32)
-        df = g.entity_df.astype(np.float64)
-        max_df = max(4.0, min(float(p.entity_max_df), p.entity_max_share * g.n))
-        rarity = np.log(max_df / np.maximum(df, 1)) / math.log(max_df / 2)
-        self.ent_weight = (p.entity_weight * np.clip(rarity, 0, 1)).astype(np.float32)
-        self.ent_weight[df < 2] = 0  # an entity only one event mentions connects nothing
+        self.link_weight = link_weights(params)
+        self.ent_weight = entity_weights(g.entity_df, g.n, params)
         self.superseded_by, self.superseded_at = self.shard.supersession
         self._sup_rows = np.argsort(self.superseded_by, kind="stable")  # reverse overlay: who did r supersede
         self._sup_by = self.superseded_by[self._sup_rows]
-        self.allowed = np.ones(self.shard.n, np.uint8)
+        # deleted rows are never walked through or returned (the graph already drops their edges;
+        # the mask keeps that true even for a seed or a window edge case)
+        self.allowed = (self.shard.deleted_mask == 0).astype(np.uint8)
         self.slot = (self.shard.entity_flags & 1).astype(bool)
+        self.missing: list[int] = []
 
     def warm_up(self) -> None:
         """Compile the kernel for this shard's exact array types (memory maps are read-only
         arrays to Numba, a different signature from in-memory ones)."""
-        self.expand(np.zeros(1, np.int64), np.ones(1, np.float32), 1, 0, 0, self.allowed)
-        self.expand(np.zeros(1, np.int64), np.ones(1, np.float32), 1, 0, 0, self.allowed_mask(0))
+        one = np.zeros(1, np.int64)
+        self.expand(one, np.ones(1, np.float32), 1, 0, 0, None)
+        self.expand(one, np.ones(1, np.float32), 1, 0, 0, 0)
 
-    # -- kernel call ---------------------------------------------------------------------------
-    def expand(self, seeds: np.ndarray, seed_scores: np.ndarray, direction: int, t_lo: int, t_hi: int,
-               allowed: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    def allowed_mask(self, as_of: Optional[int]) -> np.ndarray:
+        if as_of is None:
+            return self.allowed
+        return ((self.graph.times <= as_of) & (self.allowed == 1)).astype(np.uint8)
+
+    def seeds(self, q, k, filters):
+        hits = self.index.search(q, k=k, filters=filters)
+        n_hits = int(hits.counts[0])
+        mine = hits.shards[0, :n_hits] == self.shard_no
+        return hits.rows[0, :n_hits][mine], hits.scores[0, :n_hits][mine].astype(np.float64)
+
+    def times(self, rows):
+        return self.graph.times[np.asarray(rows, np.int64)]
+
+    def tokens(self, rows):
+        return np.asarray(self.shard.tokens)[np.asarray(rows, np.int64)]
+
+    def vectors(self, rows):
+        segs = self.shard.segments
+        if len(segs) == 1:
+            return np.asarray(segs[0].vectors[np.asarray(rows, np.int64)])
+        out = np.empty((len(rows), self.shard.dim), np.float32)
+        for j, r in enumerate(np.asarray(rows).tolist()):
+            seg, local = self.shard.locate(r)
+            out[j] = seg.vectors[local]
+        return out
+
+    def supersession(self, rows):
+        rows = np.asarray(rows, np.int64)
+        return self.superseded_by[rows], self.superseded_at[rows]
+
+    def superseded(self, rows):
+        return [self._sup_rows[np.searchsorted(self._sup_by, f):np.searchsorted(self._sup_by, f, "right")].tolist()
+                for f in rows]
+
+    def slot_entity(self, rows):
+        g = self.graph
+        out = np.full(len(rows), -1, np.int64)
+        for j, r in enumerate(rows):
+            ents = g.ev_ent[g.ev_ptr[r]:g.ev_ptr[r + 1]]
+            slots = ents[self.slot[ents]]
+            if len(slots):
+                out[j] = int(slots.min())
+        return out
+
+    def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
         """One independent expansion per seed; a list of (rows, scores, parent, via_kind, via_id,
         hops) per seed, each best first. One kernel call for all of them."""
         p, g = self.params, self.graph
         seeds = np.asarray(seeds, np.int64)
         res_ptr, *out = expand_best_first_batch(
-            np.arange(len(seeds) + 1, dtype=np.int64), seeds, seed_scores.astype(np.float32),
-            g.times, allowed,
+            np.arange(len(seeds) + 1, dtype=np.int64), seeds, np.asarray(seed_scores, np.float32),
+            g.times, self.allowed_mask(as_of),
             g.out_ptr, g.out_dst, g.out_type, g.in_ptr, g.in_src, g.in_type, self.link_weight,
             g.ev_ptr, g.ev_ent, g.ent_ptr, g.ent_rows, self.ent_weight,
             direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
@@ -129,57 +245,101 @@ class Engine:
             float(p.time_scale_days * DAY))
         return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
 
-    def allowed_mask(self, as_of: Optional[int]) -> np.ndarray:
-        if as_of is None:
-            return self.allowed
-        return (self.graph.times <= as_of).astype(np.uint8)
+    def ids(self, rows):
+        out = []
+        for r in rows:
+            seg, local = self.shard.locate(int(r))
+            out.append(seg.ids[local])
+        return out
+
+    def entity_names(self, pairs):
+        return [self.shard.entity_name(int(e)) for _, e in pairs]
+
+    def events(self, rows, scores, as_of):
+        out = []
+        for r, s in zip(rows, scores):
+            e = self.index.event(self.shard_no, int(r), float(s))
+            by, at = int(self.superseded_by[r]), int(self.superseded_at[r])
+            if by >= 0 and (as_of is None or at <= as_of):
+                e.superseded_by, e.superseded_at = self.ids([by])[0], at
+            out.append(e)
+        return out
+
+
+# ------------------------------------------------------------------------------------ engine
+def check_query(query_type, direction, budget) -> None:
+    if query_type not in QUERY_TYPES:
+        raise InvalidQueryError(f"type must be one of {QUERY_TYPES}, got {query_type!r}")
+    if direction not in DIRECTIONS:
+        raise InvalidQueryError(f"direction must be one of {tuple(DIRECTIONS)}, got {direction!r}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
+        raise InvalidQueryError(f"budget_tokens must be a positive integer, got {budget!r}")
+
+
+class Engine:
+    """Runs causal queries over a `GraphAccess`: by default one shard of an `Index` (the
+    embedded, one-shard case); `Engine(graph=...)` runs the same logic over any other."""
+
+    def __init__(self, index=None, shard_no: int = 0, params: AnswerParams = AnswerParams(), *, graph=None):
+        self.index, self.shard_no, self.params = index, shard_no, params
+        self.g = graph if graph is not None else LocalGraph(index, shard_no, params)
+
+    def warm_up(self) -> None:
+        if hasattr(self.g, "warm_up"):
+            self.g.warm_up()
 
     # -- entry point ---------------------------------------------------------------------------
-    def run(self, q: np.ndarray, query_type: str, filters: Filters, direction: str, budget: int) -> Answer:
-        if query_type not in QUERY_TYPES:
-            raise InvalidQueryError(f"type must be one of {QUERY_TYPES}, got {query_type!r}")
-        if direction not in DIRECTIONS:
-            raise InvalidQueryError(f"direction must be one of {tuple(DIRECTIONS)}, got {direction!r}")
-        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
-            raise InvalidQueryError(f"budget_tokens must be a positive integer, got {budget!r}")
+    def run(self, q: np.ndarray, query_type: str, filters: Filters, direction: str, budget: int,
+            graph=None) -> Answer:
+        """Answer one query. `graph` overrides the engine's graph for this call (a coordinator
+        passes a per-query view)."""
+        check_query(query_type, direction, budget)
+        g = graph if graph is not None else self.g
         t0 = time.perf_counter()
-        hits = self.index.search(q, k=self.params.seed_k, filters=filters)
-        n_hits = int(hits.counts[0])
-        rows = hits.rows[0, :n_hits][hits.shards[0, :n_hits] == self.shard_no]
-        sims = hits.scores[0, :n_hits][hits.shards[0, :n_hits] == self.shard_no].astype(np.float64)
+        rows, sims = g.seeds(q, self.params.seed_k, filters)
+        rows, sims = np.asarray(rows, np.int64), np.asarray(sims, np.float64)
         t1 = time.perf_counter()
         if query_type == "chain":
-            picked, current = self._chain(q, rows, sims, filters, DIRECTIONS[direction], budget)
+            picked, current = self._chain(g, rows, sims, filters, DIRECTIONS[direction], budget)
         else:
-            picked, current = self._current(rows, sims, filters, budget)
+            picked, current = self._current(g, rows, sims, filters, budget)
         t2 = time.perf_counter()
-        events = [self._event(r, s, why, filters.as_of) for r, s, why in picked]
+        picked = self._explain(g, picked)
+        got = g.events([r for r, _, _ in picked], [s for _, s, _ in picked], filters.as_of)
+        events = []
+        for e, (_, _, why) in zip(got, picked):
+            if e is not None:
+                e.why = why
+                events.append(e)
         events.sort(key=lambda e: (e.time, e.id))
-        cur = self._event(current, 0.0, None, filters.as_of) if current is not None else None
-        if cur is not None:
-            cur.score = next((e.score for e in events if e.row == cur.row), 0.0)
+        cur = None
+        if current is not None:
+            cur = g.events([current], [0.0], filters.as_of)[0]
+            if cur is not None:
+                cur.score = next((e.score for e in events if e.row == cur.row), 0.0)
         t3 = time.perf_counter()
         return Answer(query_type, events, cur, [], {"seeds_ms": 1e3 * (t1 - t0), "expand_ms": 1e3 * (t2 - t1),
-                                                    "fetch_ms": 1e3 * (t3 - t2)}, int(budget))
+                                                    "fetch_ms": 1e3 * (t3 - t2)}, int(budget),
+                      partial=bool(g.missing), missing_shards=sorted(g.missing))
 
     # -- chain ---------------------------------------------------------------------------------
-    def _chain(self, q, rows, sims, filters: Filters, direction: int, budget: int):
-        p, g = self.params, self.graph
+    def _chain(self, g, rows, sims, filters: Filters, direction: int, budget: int):
+        p = self.params
         if len(rows) == 0:
             return [], None
         t_lo, t_hi = filters.time_bounds()
         slack = int(p.window_slack_days * DAY)
         t_lo = max(t_lo - slack, np.iinfo(np.int64).min // 2) if filters.time_from is not None else t_lo
         exp_hi = np.iinfo(np.int64).max if filters.as_of is None else filters.as_of
-        allowed = self.allowed_mask(filters.as_of)
-        vecs = self._vectors(rows)
+        vecs = g.vectors(rows)
+        times = np.asarray(g.times(rows), np.int64)
         # older versions: a later hit that is a near-duplicate
         dup = (vecs @ vecs.T) >= p.duplicate_cos
-        later = g.times[rows][None, :] > g.times[rows][:, None]
+        later = times[None, :] > times[:, None]
         is_old = (dup & later).any(axis=1)
         # recency inside the hits' own time span: "what led here" is anchored at the latest
         # matching situation (back), "what followed" at the earliest (forward)
-        t_hits = g.times[rows].astype(np.float64)
+        t_hits = times.astype(np.float64)
         span = max(float(t_hits.max() - t_hits.min()), 1.0)
         recency = (t_hits - t_hits.min()) / span
         if direction == DIRECTIONS["forward"]:
@@ -189,7 +349,7 @@ class Engine:
         hit_sim = dict(zip(rows.tolist(), sims.tolist()))
         cands = []
         n_cand = min(p.candidates, len(rows))
-        expansions = self.expand(rows[:n_cand], np.ones(n_cand, np.float32), direction, t_lo, exp_hi, allowed)
+        expansions = g.expand(rows[:n_cand], np.ones(n_cand, np.float32), direction, t_lo, exp_hi, filters.as_of)
         for i, res in enumerate(expansions):
             # coherence: how much of the other hits this candidate's chain reaches, and how strongly
             reach = sum(s * hit_sim.get(r, 0.0) for r, s in zip(res[0][1:].tolist(), res[1][1:].tolist()))
@@ -202,7 +362,7 @@ class Engine:
         # events several candidates reach are reinforced
         best = cands[0][0]
         value: dict[int, float] = {}
-        why: dict[int, tuple[float, str]] = {}
+        why: dict[int, tuple] = {}   # row -> (contribution, parent, via_kind, via_id, rank)
         for rank, (cscore, i, res) in enumerate(cands):
             w = math.exp((cscore - best) / p.pool_temperature) if p.pool_temperature > 0 else float(rank == 0)
             if w < 1e-3:
@@ -211,14 +371,14 @@ class Engine:
                                           res[3].tolist(), res[4].tolist()):
                 contrib = w * s
                 value[r] = value.get(r, 0.0) + contrib
-                if contrib > why.get(r, (-1.0, ""))[0]:
-                    why[r] = (contrib, self._why(par, vk, vid, rank))
-        tokens = self.shard.tokens
-        picked, used, seen = [], 0, set()
+                if contrib > why.get(r, (-1.0,))[0]:
+                    why[r] = (contrib, par, vk, vid, rank)
         ranked = sorted(value.items(), key=lambda kv: (-kv[1], kv[0]))
-        fill = [(r, s, "vector similarity") for r, s in zip(rows.tolist(), sims.tolist())]
-        for r, v, reason in [(r, v, why[r][1]) for r, v in ranked] + fill:
-            tok = int(tokens[r])
+        order = [(r, v, why[r][1:]) for r, v in ranked] + [(r, s, "vector similarity")
+                                                           for r, s in zip(rows.tolist(), sims.tolist())]
+        tokens = g.tokens([r for r, _, _ in order])
+        picked, used, seen = [], 0, set()
+        for (r, v, reason), tok in zip(order, np.asarray(tokens, np.int64).tolist()):
             if r in seen or used + tok > budget:
                 continue
             seen.add(r)
@@ -227,24 +387,28 @@ class Engine:
         return picked, None
 
     # -- current / as_of -----------------------------------------------------------------------
-    def _current(self, rows, sims, filters: Filters, budget: int):
-        g = self.graph
+    def _current(self, g, rows, sims, filters: Filters, budget: int):
         if len(rows) == 0:
             return [], None
         as_of = filters.as_of
+        row_list = rows.tolist()
+        slots = np.asarray(g.slot_entity(row_list), np.int64).tolist()
+        no_slot = [r for r, s in zip(row_list, slots) if s < 0]
+        latest = dict(zip(no_slot, self._latest(g, no_slot, as_of)))
         groups: dict[tuple, list[float]] = {}
         first_row: dict[tuple, int] = {}
-        for r, s in zip(rows.tolist(), sims.tolist()):
-            key = self._group_key(r, as_of)
+        for r, s, slot in zip(row_list, sims.tolist(), slots):
+            key = ("slot", slot) if slot >= 0 else ("version", latest[r])
             groups.setdefault(key, []).append(s)
             first_row.setdefault(key, r)
         best = max(groups, key=lambda k: (sum(sorted(groups[k], reverse=True)[:2]), -first_row[k]))
-        current = self._latest(first_row[best], as_of)
+        current = self._latest(g, [first_row[best]], as_of)[0]
         # the answer: the current fact first, then its earlier versions (flagged), then context
+        chain = self._versions(g, current, as_of)
+        order = [current] + chain + row_list
+        tokens = np.asarray(g.tokens(order), np.int64).tolist()
         picked, used, seen = [], 0, set()
-        chain = self._versions(current, as_of)
-        for r in [current] + chain + rows.tolist():
-            tok = int(self.shard.tokens[r])
+        for r, tok in zip(order, tokens):
             if r in seen or used + tok > budget:
                 continue
             seen.add(r)
@@ -253,63 +417,56 @@ class Engine:
             picked.append((r, 1.0 if r == current else 0.5, why))
         return picked, current
 
-    def _group_key(self, row: int, as_of: Optional[int]) -> tuple:
-        g = self.graph
-        ents = g.ev_ent[g.ev_ptr[row]:g.ev_ptr[row + 1]]
-        slots = ents[self.slot[ents]]
-        if len(slots):
-            return ("slot", int(slots.min()))
-        return ("version", self._latest(row, as_of))
+    @staticmethod
+    def _latest(g, rows: list[int], as_of: Optional[int]) -> list[int]:
+        """Follow superseded_by from each row to the version current now (or at as_of); all rows
+        advance together, one batched lookup per step."""
+        cur = list(rows)
+        seen = [{r} for r in rows]
+        active = list(range(len(rows)))
+        while active:
+            by, at = g.supersession([cur[i] for i in active])
+            nxt = []
+            for i, b, a in zip(active, np.asarray(by).tolist(), np.asarray(at).tolist()):
+                if b < 0 or (as_of is not None and a > as_of) or b in seen[i]:
+                    continue
+                seen[i].add(b)
+                cur[i] = b
+                nxt.append(i)
+            active = nxt
+        return cur
 
-    def _latest(self, row: int, as_of: Optional[int]) -> int:
-        """Follow superseded_by to the version current now (or at as_of)."""
-        seen = {row}
-        while True:
-            nxt, at = int(self.superseded_by[row]), int(self.superseded_at[row])
-            if nxt < 0 or (as_of is not None and at > as_of) or nxt in seen:
-                return row
-            seen.add(nxt)
-            row = nxt
-
-    def _versions(self, current: int, as_of: Optional[int]) -> list[int]:
+    @staticmethod
+    def _versions(g, current: int, as_of: Optional[int]) -> list[int]:
         """Earlier versions that `current` (transitively) superseded, latest first."""
-        at = self.superseded_at
         out, frontier = [], [current]
         while frontier:
-            prev = [int(r) for f in frontier
-                    for r in self._sup_rows[np.searchsorted(self._sup_by, f):np.searchsorted(self._sup_by, f, "right")]]
-            prev = [r for r in prev if (as_of is None or at[r] <= as_of) and r not in out and r != current]
+            prev = [int(r) for lst in g.superseded(frontier) for r in lst]
+            at = np.asarray(g.supersession(prev)[1]).tolist() if prev else []
+            prev = [r for r, a in zip(prev, at) if (as_of is None or a <= as_of) and r not in out and r != current]
             out += prev
             frontier = prev
-        return sorted(out, key=lambda r: -int(self.graph.times[r]))
+        if not out:
+            return out
+        t = dict(zip(out, np.asarray(g.times(out)).tolist()))
+        return sorted(out, key=lambda r: -int(t[r]))
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _vectors(self, rows: np.ndarray) -> np.ndarray:
-        segs = self.shard.segments
-        if len(segs) == 1:
-            return np.asarray(segs[0].vectors[np.asarray(rows, np.int64)])
-        out = np.empty((len(rows), self.shard.dim), np.float32)
-        for j, r in enumerate(np.asarray(rows).tolist()):
-            seg, local = self.shard.locate(r)
-            out[j] = seg.vectors[local]
+    # -- why-paths -----------------------------------------------------------------------------
+    def _explain(self, g, picked):
+        """Turn deferred why-paths (parent, via_kind, via_id, rank) into text, in two batched
+        lookups (parent ids, entity names) for the picked rows only."""
+        deferred = [(j, why) for j, (_, _, why) in enumerate(picked) if isinstance(why, tuple)]
+        parents = sorted({why[0] for _, why in deferred if why[1] != 0})
+        pid = dict(zip(parents, g.ids(parents))) if parents else {}
+        ents = sorted({(why[0], why[2]) for _, why in deferred if why[1] not in (0, 1)})
+        ename = dict(zip([e for _, e in ents], g.entity_names(ents))) if ents else {}
+        out = list(picked)
+        for j, (par, vk, vid, rank) in deferred:
+            if vk == 0:
+                text = "seed: similar to the question" if rank == 0 else "seed (alternative head)"
+            elif vk == 1:
+                text = f"{LINK_TYPES[vid]} link with {pid[par]}"
+            else:
+                text = f"shares {ename[vid]} with {pid[par]}"
+            out[j] = (picked[j][0], picked[j][1], text)
         return out
-
-    def _why(self, parent: int, via_kind: int, via_id: int, rank: int) -> str:
-        if via_kind == 0:
-            return "seed: similar to the question" if rank == 0 else "seed (alternative head)"
-        pid = self._id(parent)
-        if via_kind == 1:
-            return f"{LINK_TYPES[via_id]} link with {pid}"
-        return f"shares {self.shard.entity_name(int(via_id))} with {pid}"
-
-    def _id(self, row: int) -> str:
-        seg, local = self.shard.locate(int(row))
-        return seg.ids[local]
-
-    def _event(self, row: int, score: float, why: Optional[str], as_of: Optional[int]) -> Event:
-        e = self.index.event(self.shard_no, int(row), float(score))
-        e.why = why
-        by, at = int(self.superseded_by[row]), int(self.superseded_at[row])
-        if by >= 0 and (as_of is None or at <= as_of):
-            e.superseded_by, e.superseded_at = self._id(by), at
-        return e

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 import tempfile
 import textwrap
@@ -23,7 +24,7 @@ def _date(value: Optional[str], name: str) -> Optional[int]:
     """YYYY-MM-DD[THH:MM[:SS]] (UTC) or Unix seconds -> Unix seconds."""
     if value is None:
         return None
-    if value.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]{1,18}", value.strip()):   # ASCII digits only, within int64
         return int(value)
     try:
         d = dt.datetime.fromisoformat(value)
@@ -70,7 +71,12 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing index directory.")
 @click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True, help="HNSW build threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quiet: bool) -> None:
+@click.option("--shards", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="Partition into this many independently servable shards (by a hash of the event id).")
+@click.option("--shard-key", default="id", show_default=True,
+              help="What the partition hashes: id, source, kind or attr:NAME.")
+def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quiet: bool, shards: int,
+          shard_key: str) -> None:
     """Build INDEX_DIR from an orgmem-v1 CORPUS_DIR (atomically: all or nothing)."""
     from .index import build as build_index
     from .params import BuildParams
@@ -78,7 +84,8 @@ def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quie
     t0 = time.perf_counter()
     try:
         idx, report = build_index(corpus_dir, index_dir, overwrite=overwrite,
-                                  params=BuildParams(threads=threads), progress=bars)
+                                  params=BuildParams(threads=threads), progress=bars, shards=shards,
+                                  shard_key=shard_key)
     except FastctxError as e:
         bars.close()
         _fail(e)
@@ -89,6 +96,38 @@ def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quie
     if report.dangling_links:
         ex = ", ".join(f"{a} -> {b}" for a, b in report.dangling_examples)
         click.echo(f"note: dropped {report.dangling_links} link(s) to ids not in the corpus (e.g. {ex})")
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--batch", "batch_size", type=click.IntRange(1, 10_000_000), default=1000, show_default=True,
+              help="Events per durable batch (one log record, one fsync).")
+@click.option("--flush/--no-flush", default=True, show_default=True,
+              help="Turn the log into a segment at the end.")
+def add(index_dir: Path, corpus_dir: Path, batch_size: int, flush: bool) -> None:
+    """Append CORPUS_DIR's events to INDEX_DIR, durably, batch by batch.
+
+    Prints `acked <total so far>` after each durable batch. Idempotent: an event whose id and
+    content are already in the index is skipped (so an interrupted add can be run again); a
+    same-id event with different content replaces the old version."""
+    from .corpus import read_events
+    from .index import Index
+    try:
+        batch = read_events(corpus_dir)
+        idx = Index(index_dir, writable=True)
+        if batch.dim != idx.dim:
+            raise FastctxError(f"{corpus_dir / 'vectors.npy'}: dim {batch.dim}, index dim {idx.dim}")
+        n = len(batch)
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            idx.add(batch.select(np.arange(lo, hi)), on_existing="upsert")
+            click.echo(f"acked {hi}")
+        if flush:
+            idx.flush()
+        idx.close()
+    except FastctxError as e:
+        _fail(e)
 
 
 def _print_answer(ans, width: int = 100) -> None:
@@ -136,6 +175,9 @@ def query(index_dir, text, entities, entities_all, sources, kinds, since, until,
         f = Filters(time_from=_date(since, "--since"), time_to=_date(until, "--until"),
                     entities_any=entities, entities_all=entities_all, sources=sources, kinds=kinds)
         qtype = qtype or ("as_of" if as_of_t is not None else "chain")
+        if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
+            from .shards import open_local
+            idx = open_local(index_dir)
         ans = idx.query(text, type=qtype, filters=f, as_of=as_of_t, direction=direction, budget_tokens=budget)
     except FastctxError as e:
         _fail(e)
@@ -146,21 +188,34 @@ def query(index_dir, text, entities, entities_all, sources, kinds, since, until,
 
 
 @main.command("eval")
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Results file (orgmem results format, one JSON line per query).")
+@click.option("--remote", default=None, metavar="HOST:PORT",
+              help="Ask a coordinator server instead of a local index: `eval --remote H:P CORPUS_DIR`.")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(index_dir: Path, corpus_dir: Path, out: Path, quiet: bool) -> None:
-    """Run every query of CORPUS_DIR/queries.jsonl against INDEX_DIR (never reads truth.jsonl)."""
+def eval_cmd(paths: tuple, out: Path, remote: Optional[str], quiet: bool) -> None:
+    """Run every query of CORPUS_DIR/queries.jsonl against INDEX_DIR (never reads truth.jsonl).
+
+    Usage: eval INDEX_DIR CORPUS_DIR --out R.jsonl, or eval --remote HOST:PORT CORPUS_DIR --out R.jsonl."""
     from .corpus import read_queries
     from .index import Index
+    if len(paths) != (1 if remote else 2):
+        raise click.UsageError("expected INDEX_DIR CORPUS_DIR, or --remote HOST:PORT CORPUS_DIR")
+    corpus_dir = paths[-1]
     try:
-        idx = Index(index_dir)
+        if remote:
+            from . import connect
+            idx = connect(remote)
+            dim = int(idx.stats()["dim"])
+        else:
+            idx = Index(paths[0])
+            dim = idx.dim
         queries, qvecs = read_queries(corpus_dir)
-        if qvecs.shape[1] != idx.dim:
-            raise FastctxError(f"{corpus_dir / 'query_vectors.npy'}: dim {qvecs.shape[1]}, index dim {idx.dim}")
-        idx.warm_up()
+        if qvecs.shape[1] != dim:
+            raise FastctxError(f"{corpus_dir / 'query_vectors.npy'}: dim {qvecs.shape[1]}, index dim {dim}")
+        if not remote:
+            idx.warm_up()
         lat = []
         tmp = out.with_name(out.name + ".tmp")
         with open(tmp, "w") as f:
@@ -169,14 +224,70 @@ def eval_cmd(index_dir: Path, corpus_dir: Path, out: Path, quiet: bool) -> None:
                 ans = idx.query_spec(q, v)
                 ms = 1e3 * (time.perf_counter() - t0)
                 lat.append(ms)
-                f.write(json.dumps({"qid": q["qid"], "events": [e.id for e in ans.events],
-                                    "current": ans.current.id if ans.current else None,
-                                    "latency_ms": round(ms, 3)}) + "\n")
+                rec = {"qid": q["qid"], "events": [e.id for e in ans.events],
+                       "current": ans.current.id if ans.current else None, "latency_ms": round(ms, 3)}
+                if getattr(ans, "partial", False):
+                    rec.update(partial=True, missing_shards=list(ans.missing_shards))
+                f.write(json.dumps(rec) + "\n")
         tmp.replace(out)
     except FastctxError as e:
         _fail(e)
     click.echo(f"wrote {out}: {len(lat)} queries, latency p50 {np.percentile(lat, 50):.2f} ms, "
                f"p99 {np.percentile(lat, 99):.2f} ms")
+
+
+@main.group()
+def serve() -> None:
+    """Serve a shard, or a coordinator over shard servers, over gRPC."""
+
+
+@serve.command("shard")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--shard", "shard_no", required=True, type=click.IntRange(0, 4095))
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True)
+def serve_shard(index_dir: Path, shard_no: int, port: int, host: str, workers: int) -> None:
+    """Serve shard K of a partitioned index (stages Search, Expand, Fetch, Stats + health)."""
+    from .shards.server import ShardServer, serve_forever
+    try:
+        srv = ShardServer(index_dir, shard_no, port=port, host=host, workers=workers)
+    except (FastctxError, OSError) as e:
+        _fail(e)
+    click.echo(f"shard {shard_no} of {index_dir} serving on {srv.address}", err=True)
+    serve_forever(srv)
+
+
+def _shard_map(specs) -> dict:
+    out = {}
+    for spec in specs:
+        k, sep, addrs = spec.partition("=")
+        if not sep or not k.strip().isdigit() or not addrs:
+            raise click.BadParameter(f"{spec!r}: expected K=host:port[,host:port...]", param_hint="--shard")
+        out.setdefault(int(k), []).extend(a.strip() for a in addrs.split(",") if a.strip())
+    return out
+
+
+@serve.command("coordinator")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--shard", "shard_specs", multiple=True, required=True, metavar="K=HOST:PORT[,HOST:PORT]",
+              help="A shard and its replicas; repeat for every shard.")
+@click.option("--call-timeout", type=float, default=2.0, show_default=True, help="Seconds per shard call.")
+@click.option("--hedge-ms", type=float, default=250.0, show_default=True,
+              help="Send a slow call to another replica after this long (0: never).")
+@click.option("--deadline", type=float, default=10.0, show_default=True, help="Default seconds per query.")
+@click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True)
+def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, workers) -> None:
+    """Serve queries over shard servers (stateless: run several side by side)."""
+    from .shards.coordinator import Coordinator
+    from .shards.server import CoordinatorServer, serve_forever
+    from .shards.transport import remote_cluster
+    cluster = remote_cluster(_shard_map(shard_specs), call_timeout_s=call_timeout,
+                             hedge_s=hedge_ms / 1e3 if hedge_ms > 0 else None)
+    srv = CoordinatorServer(Coordinator(cluster, deadline_s=deadline), port=port, host=host, workers=workers)
+    click.echo(f"coordinator over {len(cluster.shards)} shard(s) serving on {srv.address}", err=True)
+    serve_forever(srv)
 
 
 @main.command()

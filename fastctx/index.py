@@ -5,6 +5,8 @@ per segment, and results merge with a fixed tie-break (score desc, then shard, t
 """
 from __future__ import annotations
 
+import builtins
+import fcntl
 import os
 import shutil
 import tempfile
@@ -15,20 +17,33 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .build import BuildReport, Progress
+from . import shard as shardmod
+from . import wal as walmod
+from .build import BuildReport, Progress, ShardContext, compute_segment, content_hashes, event_record
+from .columns import keys64
+from .compaction import CompactionPolicy, SegmentMeta
+from .compaction import plan as compact_plan
 from .corpus import EventBatch, read_events, read_meta
 from .encoder import Encoder, HashingEncoder
-from .errors import FormatError, IndexExistsError, InvalidQueryError
+from .errors import CorpusError, FormatError, IndexExistsError, IndexLockedError, InvalidQueryError
 from .filters import Filters, segment_allowed
-from .format import INDEX_MARKER, read_marker, write_marker
+from .format import INDEX_MARKER, crashpoint, fsync_dir, read_marker, write_marker
 from .params import BuildParams, SearchParams
 from .planner import SegmentPlan, plan_segment
 from .seeds import search_segment, top_k
-from .shard import Shard, create_shard
+from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
+                    open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
+from .wal import WalWriter
 
 QueryInput = Union[str, Sequence[str], np.ndarray]
 MAX_K = 10_000
+LOCK_FILE = "LOCK"
+
+
+def _filters(filter_kw: dict) -> Filters:
+    """Filters from keyword arguments, with unknown names reported as a query error."""
+    return Filters.from_dict({k: v for k, v in filter_kw.items() if k != "as_of"}, as_of=filter_kw.get("as_of"))
 
 
 def _encoder_from_marker(marker: dict) -> Optional[Encoder]:
@@ -39,20 +54,64 @@ def _encoder_from_marker(marker: dict) -> Optional[Encoder]:
 
 
 class Index:
-    """An open index directory. Thread-compatible for readers (one writer at a time)."""
+    """An open index directory: a pinned version of each shard plus, once this handle writes,
+    the writer state (lock, write-ahead log). Readers need no lock and may be many; one writer
+    at a time holds `INDEX/LOCK` (fcntl.flock), taken by `writable=True` or by the first
+    add / delete / flush / compact, and held until `close()`."""
 
     def __init__(self, path: Union[str, Path], *, verify: bool = False, encoder: Optional[Encoder] = None,
-                 search_params: SearchParams = SearchParams()):
+                 search_params: SearchParams = SearchParams(), writable: bool = False,
+                 build_params: BuildParams = BuildParams(), memtable_max_rows: int = 200_000,
+                 compaction: CompactionPolicy = CompactionPolicy()):
         self.path = Path(path)
         if not (self.path / INDEX_MARKER).exists():
             raise FormatError(f"{self.path}: not a fastctx index (no {INDEX_MARKER})")
         self.marker = read_marker(self.path)
-        self.shards = [Shard(self.path / name, verify=verify) for name in self.marker["shards"]]
-        self.dim = self.shards[0].dim
+        self.search_params = search_params
+        self.build_params = build_params
+        self.memtable_max_rows = memtable_max_rows
+        self.compaction = compaction
+        self._lockf = None
+        self._wal: Optional[WalWriter] = None
+        self._seg_cache: dict = {}
+        self._engine = None
+        self._shards: Optional[list] = None
+        self._verify = verify
+        self._parts = [load_parts(self.path / name, verify=verify, cache=self._seg_cache if i == 0 else None)
+                       for i, name in enumerate(self.marker["shards"])]
+        self.dim = self._parts[0]["manifest"]["dim"]
         self.encoder = encoder or _encoder_from_marker(self.marker)
         if self.encoder is not None and self.encoder.dim != self.dim:
             raise InvalidQueryError(f"encoder dim {self.encoder.dim} != index dim {self.dim}")
-        self.search_params = search_params
+        if verify:
+            _ = self.shards
+        if writable:
+            self._take_lock()
+
+    # -- pinned versions -----------------------------------------------------------------------
+    @property
+    def shards(self) -> list:
+        """The pinned `Shard` of each shard (rebuilt lazily after a write)."""
+        if self._shards is None:
+            self._shards = [Shard(self.path / name, parts=parts, params=self.build_params)
+                            for name, parts in zip(self.marker["shards"], self._parts)]
+        return self._shards
+
+    @shards.setter
+    def shards(self, value) -> None:
+        self._shards = value
+
+    def _changed(self) -> None:
+        self._shards = None
+        self._engine = None
+
+    def refresh(self) -> "Index":
+        """Pin the latest committed version (and log) of every shard (for long-lived readers)."""
+        if self._lockf is None:
+            self._parts = [load_parts(self.path / name, cache=self._seg_cache if i == 0 else None)
+                           for i, name in enumerate(self.marker["shards"])]
+            self._changed()
+        return self
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
@@ -62,24 +121,276 @@ class Index:
         if any(path.iterdir()):
             raise IndexExistsError(f"{path}: directory is not empty")
         create_shard(path / "shard-000", dim)
+        (path / LOCK_FILE).touch()
         write_marker(path, ["shard-000"], **({"encoder": encoder} if encoder else {}))
         return cls(path, **open_kw)
 
+    # -- the writer ----------------------------------------------------------------------------
+    @property
+    def writable(self) -> bool:
+        return self._lockf is not None
+
+    def _take_lock(self) -> None:
+        if self._lockf is not None:
+            return
+        if len(self.marker["shards"]) != 1:
+            raise InvalidQueryError("writing goes through shard-000 only; this index has several shards")
+        f = builtins.open(self.path / LOCK_FILE, "a+b")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            f.close()
+            raise IndexLockedError(f"{self.path / LOCK_FILE}: another writer holds this index's lock "
+                                   "(one writer at a time; readers need no lock)") from None
+        self._lockf = f
+        try:
+            # the latest committed state, with a torn log tail cut off and orphans removed
+            shard_dir = self.path / self.marker["shards"][0]
+            self._parts[0] = load_parts(shard_dir, cache=self._seg_cache, repair=True)
+            collect_garbage(shard_dir, self._parts[0]["manifest"])
+            self._changed()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def _shard_dir(self) -> Path:
+        return self.path / self.marker["shards"][0]
+
+    def _commit(self, manifest: dict) -> None:
+        shardmod.write_manifest(self._shard_dir, manifest)
+        crashpoint("commit:after-rename")
+
+    def _ensure_wal(self) -> WalWriter:
+        if self._wal is not None:
+            return self._wal
+        parts = self._parts[0]
+        m = parts["manifest"]
+        if m.get("wal"):
+            self._wal = WalWriter(self._shard_dir / m["wal"][-1])
+            return self._wal
+        name = f"wal-{m.get('next_wal', 1):06d}.log"
+        path = self._shard_dir / name
+        WalWriter(path).close()
+        fsync_dir(self._shard_dir)
+        new = {**m, "version": m["version"] + 1, "wal": [name], "next_wal": m.get("next_wal", 1) + 1}
+        try:
+            self._commit(new)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        parts["manifest"] = new
+        self._changed()
+        self._wal = WalWriter(path)
+        return self._wal
+
+    def _existing(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(live event with this id exists, its content hash) per id key."""
+        parts = self._parts[0]
+        log: MemLog = parts["log"]
+        exists = np.zeros(len(keys), bool)
+        chash = np.zeros(len(keys), np.uint64)
+        for seg in parts["segments"]:
+            hit = seg.id_lookup.get(keys)
+            for j in np.flatnonzero(hit >= 0).tolist():
+                k, local = int(keys[j]), int(hit[j]) - seg.row_base
+                s = int(seg.seq[local])
+                dead = max(parts["overlay"].get(k, -1), log.overlay_add.get(k, -1))
+                if s > dead:
+                    exists[j], chash[j] = True, seg.chash[local]
+        for j, k in enumerate(keys.tolist()):
+            live = log.live.get(k)
+            if live is not None:
+                exists[j], chash[j] = True, log.batches[live[1]][2][live[2]]
+        return exists, chash
+
     def add(self, events: Union[EventBatch, Sequence[dict]], vectors: Optional[np.ndarray] = None, *,
-            params: BuildParams = BuildParams(), progress: Progress = None) -> BuildReport:
-        """Append events (an `EventBatch`, or orgmem event dicts plus their vectors) as a new
-        segment. Links may point into any earlier segment. A rejected batch changes nothing."""
+            params: Optional[BuildParams] = None, progress: Progress = None, on_existing: str = "error",
+            sync: bool = True) -> BuildReport:
+        """Append events durably: when this returns they are in the write-ahead log (one record,
+        one fsync per call: group commit) and queryable (searched exactly until `flush`).
+
+        on_existing: "error" refuses an id already live in the index (nothing changes);
+        "upsert" skips an event whose id *and* content are already there, and treats a same-id
+        event with different content as an update (the old version disappears from answers).
+        Links resolve to live events (this batch, the log, the segments); others are dropped
+        and reported. A rejected batch changes nothing."""
+        if on_existing not in ("error", "upsert"):
+            raise InvalidQueryError(f"on_existing must be 'error' or 'upsert', got {on_existing!r}")
         batch = events if isinstance(events, EventBatch) else EventBatch.from_records(events, vectors)
-        shard = self.shards[0]
-        report = shard.append(batch, params, progress)
-        self.shards[0] = Shard(shard.dir)
-        self._engine = None
+        if params is not None:
+            self.build_params = params
+        if batch.dim != self.dim:
+            raise CorpusError(f"vectors have dim {batch.dim}, the index has dim {self.dim}", field="vectors")
+        if len(batch) == 0:
+            raise CorpusError("no events to add", field="events")
+        self._take_lock()
+        keys = keys64(batch.ids)
+        if len(np.unique(keys)) != len(keys):
+            raise CorpusError("two different ids hash to the same 64-bit key; rename one", field="id")
+        report = BuildReport()
+        exists, old_hash = self._existing(keys)
+        chash = content_hashes(batch)
+        if exists.any():
+            if on_existing == "error":
+                i = int(np.flatnonzero(exists)[0])
+                raise CorpusError(f"id {batch.ids[i]!r} is already in the index", field="id")
+            same = exists & (old_hash == chash)
+            report.skipped, report.updated = int(same.sum()), int((exists & ~same).sum())
+            if same.any():
+                keep = np.flatnonzero(~same)
+                batch, keys, chash = batch.select(keep), keys[keep], chash[keep]
+        report.n_events = len(batch)
+        if len(batch) == 0:
+            return report
+        # link report: targets live now (this batch, the log, the segments)
+        to_keys = keys64(batch.link_to)
+        ok = np.isin(to_keys, keys)
+        if (~ok).any():
+            ok[~ok] = self._existing(to_keys[~ok])[0]
+        report.n_links, report.dangling_links = int(ok.sum()), int((~ok).sum())
+        for j in np.flatnonzero(~ok)[:5]:
+            report.dangling_examples.append((batch.ids[int(batch.link_src[j])], batch.link_to[int(j)]))
+        parts = self._parts[0]
+        seq0 = int(parts["next_seq"])
+        rec = walmod.encode({"t": "add", "seq": seq0, "dim": self.dim,
+                             "recs": [event_record(batch, i) for i in range(len(batch))],
+                             "vec": np.ascontiguousarray(batch.vectors, np.float32).tobytes()})
+        w = self._ensure_wal()
+        w.sync = sync
+        crashpoint("add:before-write")
+        w.append([rec])
+        crashpoint("add:after-write")
+        parts["log"].apply_add(batch, seq0, disk_key_test(parts["segments"]), chash)
+        parts["next_seq"] = seq0 + len(batch)
+        self._changed()
+        if parts["log"].n_added >= self.memtable_max_rows:  # logged rows, live or replaced
+            self.flush()
         return report
 
-    # -- reading -------------------------------------------------------------------------------
+    def upsert(self, events, vectors=None, **kw) -> BuildReport:
+        return self.add(events, vectors, on_existing="upsert", **kw)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete events by id, durably (a log record); returns how many live events that hid.
+        Deleted events never appear in search results or answers; compaction drops them."""
+        if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
+            raise InvalidQueryError("delete() takes a list of non-empty id strings")
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return 0
+        self._take_lock()
+        keys = keys64(ids)
+        exists, _ = self._existing(keys)
+        if not exists.any():
+            return 0
+        parts = self._parts[0]
+        seq = int(parts["next_seq"])
+        rec = walmod.encode({"t": "del", "seq": seq, "ids": [i for i, e in zip(ids, exists) if e]})
+        self._ensure_wal().append([rec])
+        parts["log"].apply_delete(keys[exists], seq, disk_key_test(parts["segments"]))
+        parts["next_seq"] = seq + 1
+        self._changed()
+        return int(exists.sum())
+
+    def flush(self, progress: Progress = None) -> Optional[dict]:
+        """Turn the log into an immutable segment (and the overlay file) and commit a new
+        manifest version; the old log files are then removed. Returns the new segment's entry
+        (None when there was nothing to flush)."""
+        self._take_lock()
+        parts = self._parts[0]
+        log: MemLog = parts["log"]
+        if not log.batches and not log.overlay_add:
+            return None
+        sh = self.shards[0]
+        m = parts["manifest"]
+        d = self._shard_dir
+        new_wal = f"wal-{m.get('next_wal', 1):06d}.log"
+        WalWriter(d / new_wal).close()
+        entries, entry = list(m["segments"]), None
+        new = {**m}
+        if sh.memtable is not None:
+            ctx = sh.context()
+            arrays = sh.memtable.arrays
+            entry = write_segment_dir(d, f"seg-{m['next_segment']:06d}", arrays, ctx, self.build_params, progress)
+            crashpoint("flush:segment-written")
+            entries.append(entry)
+            new.update(sources=arrays.sources, kinds=arrays.kinds, n_rows=m["n_rows"] + arrays.n,
+                       n_entities=m["n_entities"] + arrays.n_new_entities, next_segment=m["next_segment"] + 1)
+        overlay = sh.overlay
+        deletes = m.get("deletes")
+        if log.overlay_add:
+            deletes = write_overlay(d, f"del-{m['version'] + 1:06d}.npy", overlay)
+        fsync_dir(d)
+        new.update(version=m["version"] + 1, segments=entries, wal=[new_wal], next_wal=m.get("next_wal", 1) + 1,
+                   next_seq=int(parts["next_seq"]), flushed_seq=int(parts["next_seq"]), deletes=deletes)
+        new.setdefault("params", {"slot_prefixes": list(self.build_params.slot_prefixes),
+                                  "slot_kinds": list(self.build_params.slot_kinds)})
+        crashpoint("flush:before-commit")
+        self._commit(new)
+        if self._wal is not None:
+            self._wal.close()
+        self._wal = None
+        self._parts[0] = {"manifest": new, "segments": open_segments(d, new, cache=self._seg_cache),
+                          "overlay": overlay, "log": MemLog(), "next_seq": parts["next_seq"], "notes": []}
+        self._changed()
+        collect_garbage(d, new)
+        return entry
+
+    def compact(self, *, force: bool = False, policy: Optional[CompactionPolicy] = None,
+                progress: Progress = None) -> list[tuple[int, int]]:
+        """Merge runs of adjacent small segments (chosen by `compaction.plan`, a pure function of
+        segment metadata), dropping deleted and replaced rows for good and rebuilding their HNSW.
+        Readers keep querying their pinned version meanwhile. Returns the merged ranges."""
+        self._take_lock()
+        sh = self.shards[0]
+        policy = policy or self.compaction
+        disk = sh.disk_segments
+        metas = [SegmentMeta(s.n, int(sh.deleted_mask[s.row_base:s.row_base + s.n].sum())) for s in disk]
+        runs = compact_plan(metas, policy, force=force)
+        if not runs:
+            return []
+        parts = self._parts[0]
+        m, d = parts["manifest"], self._shard_dir
+        entries = list(m["segments"])
+        next_segment = m["next_segment"]
+        for i, j in sorted(runs, reverse=True):
+            batch, seq, chash, intro = merge_segments(sh, disk[i:j])
+            ctx = ShardContext(row_base=disk[i].row_base, entity_base=disk[i].entity_base,
+                               sources=list(m["sources"]), kinds=list(m["kinds"]),
+                               lookup_ids=sh.lookup_ids, lookup_entities=sh.lookup_entities_disk)
+            if len(batch) == 0 and len(intro[0]) == 0:
+                entries[i:j] = []          # nothing live and no entities to carry: gone
+                continue
+            arrays = compute_segment(batch, ctx, self.build_params, seq, chash, intro=intro)
+            entries[i:j] = [write_segment_dir(d, f"seg-{next_segment:06d}", arrays, ctx, self.build_params,
+                                              progress)]
+            next_segment += 1
+            crashpoint("compact:segment-written")
+        base = 0
+        for e in entries:
+            e["row_base"] = base
+            base += e["n"]
+        new_segments = open_segments(d, {**m, "segments": entries}, cache=self._seg_cache)
+        overlay = prune_overlay(parts["overlay"], new_segments, sh)
+        deletes = m.get("deletes")
+        if overlay != parts["overlay"]:
+            deletes = write_overlay(d, f"del-{m['version'] + 1:06d}.npy", overlay)
+        fsync_dir(d)
+        new = {**m, "version": m["version"] + 1, "segments": entries, "n_rows": base,
+               "next_segment": next_segment, "deletes": deletes}
+        crashpoint("compact:before-commit")
+        self._commit(new)
+        self._parts[0] = {**parts, "manifest": new, "segments": new_segments, "overlay": overlay}
+        self._changed()
+        collect_garbage(d, new)
+        return runs
+
+        # -- reading -------------------------------------------------------------------------------
     @property
     def n(self) -> int:
-        return sum(s.n for s in self.shards)
+        """Live events (deleted and replaced versions are not counted)."""
+        return sum(s.n_live for s in self.shards)
 
     def _vectors(self, query: QueryInput) -> tuple[np.ndarray, bool]:
         """(float32 [nq, dim] unit rows, was_batch)."""
@@ -89,7 +400,12 @@ class Index:
                 raise InvalidQueryError("this index has no text encoder recorded; pass encoder= to Index() "
                                         "or query with vectors")
             return self.encoder.encode(texts).astype(np.float32), not isinstance(query, str)
-        q = np.asarray(query, dtype=np.float32)
+        try:
+            q = np.asarray(query, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InvalidQueryError(f"query must be text or a float vector / matrix: {e}") from None
+        if q.size == 0:
+            raise InvalidQueryError(f"query vector is empty: expected ({self.dim},) or (nq, {self.dim})")
         batch = q.ndim == 2
         q = q.reshape(-1, q.shape[-1]) if q.ndim in (1, 2) else q
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -102,22 +418,24 @@ class Index:
         return np.ascontiguousarray(q / norms), batch
 
     def _resolve(self, shard: Shard, f: Filters):
+        if not f.has_bitmap_filters:
+            return [], [], [], []
         return (shard.entity_ids(f.entities_any), shard.entity_ids(f.entities_all),
                 shard.codes(f.sources, shard.sources), shard.codes(f.kinds, shard.kinds))
 
-    def plans(self, filters: Filters) -> list[tuple[int, Any, Any, SegmentPlan]]:
+    def plans(self, filters: Filters, k: int = 10) -> list[tuple[int, Any, Any, SegmentPlan]]:
         out = []
         for si, shard in enumerate(self.shards):
             resolved = self._resolve(shard, filters)
             for seg in shard.segments:
-                allowed = segment_allowed(seg, filters, *resolved)
+                allowed = segment_allowed(seg, filters, *resolved, extra_mask=shard.deleted_local(seg))
                 out.append((si, seg, allowed, plan_segment(seg.name, seg.n, seg.hnsw is not None,
-                                                           allowed, self.search_params)))
+                                                           allowed, self.search_params, k)))
         return out
 
-    def explain(self, filters: Optional[Filters] = None, **filter_kw) -> list[SegmentPlan]:
+    def explain(self, filters: Optional[Filters] = None, k: int = 10, **filter_kw) -> list[SegmentPlan]:
         """The plan each segment would run for these filters (no vector needed)."""
-        return [p for *_, p in self.plans(filters or Filters(**filter_kw))]
+        return [p for *_, p in self.plans(filters or _filters(filter_kw), k)]
 
     def search(self, query: QueryInput, k: int = 10, *, filters: Optional[Filters] = None, **filter_kw) -> Hits:
         """Filtered top-k seed events for one query or a batch (text or vectors).
@@ -126,11 +444,11 @@ class Index:
             raise InvalidQueryError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
-        f = filters or Filters(**filter_kw)
+        f = filters or _filters(filter_kw)
         t0 = time.perf_counter()
         qs, _ = self._vectors(query)
         t_enc = time.perf_counter()
-        plans = self.plans(f)
+        plans = self.plans(f, k)
         t_plan = time.perf_counter()
         nq = len(qs)
         shards = np.full((nq, k), -1, np.int32)
@@ -168,9 +486,9 @@ class Index:
         type: chain | current | as_of. as_of hides every event (and supersession) after that time."""
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
-        f = filters or Filters(**filter_kw)
+        f = filters or _filters(filter_kw)
         if as_of is not None:
-            f = replace(f, as_of=int(as_of))
+            f = replace(f, as_of=as_of)  # Filters validates it
         if type == "as_of" and f.as_of is None:
             raise InvalidQueryError("an as_of query needs as_of=<unix time>")
         qv, batch = self._vectors(query)
@@ -189,6 +507,12 @@ class Index:
 
     def warm_up(self) -> None:
         """Compile kernels and build shard-wide views now rather than inside the first query."""
+        from .kernels.scan import dot_range, dot_rows
+        q = np.zeros(self.dim, np.float32)
+        for shard in self.shards:
+            for seg in shard.segments:  # each distinct array type (memory map or in memory) compiles once
+                dot_rows(seg.vectors, np.zeros(min(1, seg.n), np.int64), q)
+                dot_range(seg.vectors, 0, min(1, seg.n), q)
         if len(self.shards) == 1:
             self.engine().warm_up()
 
@@ -203,22 +527,39 @@ class Index:
                      attrs=p.get("attrs", {}), shard=shard, row=row)
 
     def stats(self) -> dict:
-        segs = [s for sh in self.shards for s in sh.segments]
+        segs = [s for sh in self.shards for s in sh.disk_segments]
+        every = [s for sh in self.shards for s in sh.segments if s.n]
         return {
             "path": str(self.path), "events": self.n, "dim": self.dim, "shards": len(self.shards),
             "segments": len(segs), "entities": sum(sh.n_entities for sh in self.shards),
-            "links": sum(int(s.link_ptr[-1]) for s in segs),
-            "tokens": int(sum(int(np.asarray(s.tokens, dtype=np.int64).sum()) for s in segs)),
-            "time_min": min((s.time_min for s in segs), default=None),
-            "time_max": max((s.time_max for s in segs), default=None),
+            "links": sum(int(s.link_ptr[-1]) for s in every),
+            "tokens": int(sum(int(np.asarray(s.tokens, dtype=np.int64).sum()) for s in every)),
+            "time_min": min((s.time_min for s in every), default=None),
+            "time_max": max((s.time_max for s in every), default=None),
             "hnsw_segments": sum(s.hnsw is not None for s in segs),
             "bytes_on_disk": sum(f["size"] for s in segs for f in s.entry["files"].values()),
             "sources": sorted({x for sh in self.shards for x in sh.sources}),
             "kinds": sorted({x for sh in self.shards for x in sh.kinds}),
+            "version": self.shards[0].version if self.shards else None,
+            "memtable_events": sum(sh.memtable.n if sh.memtable is not None else 0 for sh in self.shards),
+            "deleted_rows": sum(sh.n_deleted for sh in self.shards),
+            "wal_files": sum(len(sh.manifest.get("wal", [])) for sh in self.shards),
+            "wal_bytes": sum((sh.dir / w).stat().st_size for sh in self.shards for w in sh.manifest.get("wal", [])
+                             if (sh.dir / w).exists()),
         }
 
     def close(self) -> None:
-        self.shards = []
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
+        if self._lockf is not None:
+            try:
+                fcntl.flock(self._lockf.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._lockf.close()
+                self._lockf = None
+        self._shards = []
+        self._engine = None
 
     def __enter__(self):
         return self
@@ -232,9 +573,15 @@ def open(path: Union[str, Path], **kw) -> Index:  # noqa: A001 - mirrors builtin
 
 
 def build(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, overwrite: bool = False,
-          params: BuildParams = BuildParams(), progress: Progress = None) -> tuple[Index, BuildReport]:
+          params: BuildParams = BuildParams(), progress: Progress = None, shards: int = 1,
+          shard_key: str = "id") -> tuple[Index, BuildReport]:
     """Build an index from an orgmem-v1 corpus folder. The index appears whole or not at all:
-    it is built in a temporary sibling directory and renamed into place."""
+    it is built in a temporary sibling directory and renamed into place. `shards` > 1 writes
+    that many independently servable shards (fastctx/partition.py)."""
+    if shards != 1:
+        from .partition import build_partitioned
+        return build_partitioned(corpus_dir, index_dir, shards=shards, key=shard_key, overwrite=overwrite,
+                                 params=params, progress=progress)
     corpus_dir, index_dir = Path(corpus_dir), Path(index_dir)
     if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
         raise IndexExistsError(f"{index_dir}: exists and is not empty (use overwrite=True / --overwrite)")
@@ -248,8 +595,9 @@ def build(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, overwrit
     try:
         shard_dir = tmp / "shard-000"
         create_shard(shard_dir, batch.dim)
+        (tmp / LOCK_FILE).touch()
         write_marker(tmp, ["shard-000"], **({"encoder": encoder_spec} if encoder_spec else {}))
-        from .shard import append_segment, read_manifest  # local: avoids a cycle at import time
+        from .shard import append_segment, read_manifest
         report = append_segment(shard_dir, read_manifest(shard_dir), batch, params, progress)
         if index_dir.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.old.", dir=index_dir.parent))
@@ -271,6 +619,11 @@ def verify(path: Union[str, Path]) -> list[str]:
     try:
         idx = Index(path, verify=True)
         for shard in idx.shards:
+            # a torn log tail is normal after a crash (it was never acknowledged) but a *whole*
+            # last record failing its checksum is damage (or power loss): report it
+            bad = [n for n in shard.wal_notes if "whole last record" in n]
+            if bad:
+                return [bad[0].replace(" (ignored)", "") + ": the write-ahead log's last record is corrupted"]
             g = shard.graph
             if len(g.ev_ent) and (g.ev_ent.min() < 0 or g.ev_ent.max() >= shard.n_entities):
                 return [f"{shard.dir}: an event names an entity id out of range"]
@@ -278,7 +631,7 @@ def verify(path: Union[str, Path]) -> list[str]:
                     np.arange(len(g.ent_ptr) - 1), np.diff(g.ent_ptr))) == 0] < 0).any():
                 return [f"{shard.dir}: entity postings are not time-sorted"]
             for seg in shard.segments:
-                for row in (0, seg.n - 1):
+                for row in sorted({0, seg.n - 1}) if seg.n else ():
                     seg.payload(row)
     except FastctxError as e:
         return [str(e)]

@@ -1,0 +1,130 @@
+"""Sharded serving: embedded 1 shard vs N shard servers + a coordinator on loopback.
+
+    python bench/bench_sharded.py --corpus CORPUS_DIR --work WORK_DIR [--shards 4] [--queries 200]
+
+Builds WORK_DIR/one (1 shard) and WORK_DIR/sharded (N shards) unless present, starts N shard
+server *processes* (`fastctx serve shard`) plus one extra replica of shard 0, a coordinator
+in this process behind its gRPC server, and a client (`fastctx.connect`). Reports per mode:
+p50 / p99 latency, queries/s (one client, sequential), bytes on the wire per query (client <->
+coordinator and coordinator <-> shards), the coordinator's own overhead (distributed minus
+embedded latency, and the time the coordinator spends outside shard calls is not separated:
+see docs/SHARDED.md), and p99 while a replica of shard 0 is killed mid-run. Also checks how
+many answers equal the embedded ones (ids and order).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fastctx.corpus import read_queries
+from fastctx.index import Index, build
+from fastctx.shards.coordinator import Coordinator
+from fastctx.shards.server import CoordinatorServer, connect
+from fastctx.shards.transport import remote_cluster
+
+
+def _start_shard(exe, index, k):
+    p = subprocess.Popen([str(exe), "serve", "shard", "--index", str(index), "--shard", str(k), "--port", "0"],
+                         stderr=subprocess.PIPE, text=True)
+    while True:
+        line = p.stderr.readline()
+        if not line and p.poll() is not None:
+            raise RuntimeError(f"shard {k} exited")
+        if "serving on" in line:
+            return p, line.strip().rsplit(" ", 1)[-1]
+
+
+def _pct(xs):
+    xs = np.asarray(xs)
+    return {"p50_ms": round(float(np.percentile(xs, 50)), 2), "p99_ms": round(float(np.percentile(xs, 99)), 2),
+            "mean_ms": round(float(xs.mean()), 2), "qps": round(1e3 / float(xs.mean()), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", required=True, type=Path)
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    res: dict = {"corpus": str(a.corpus), "shards": a.shards}
+    for name, n in (("one", 1), ("sharded", a.shards)):
+        if not (a.work / name / "fastctx.json").exists():
+            t0 = time.perf_counter()
+            build(a.corpus, a.work / name, shards=n, overwrite=True)
+            res[f"build_{name}_s"] = round(time.perf_counter() - t0, 1)
+    queries, qvecs = read_queries(a.corpus)
+    queries, qvecs = queries[:a.queries], qvecs[:a.queries]
+    one = Index(a.work / "one")
+    res["events"] = one.n
+    one.warm_up()
+    lat, answers = [], []
+    for q, v in zip(queries, qvecs):
+        t0 = time.perf_counter()
+        ans = one.query_spec(q, v)
+        lat.append(1e3 * (time.perf_counter() - t0))
+        answers.append([e.id for e in ans.events])
+    res["embedded_1_shard"] = _pct(lat)
+    exe = Path(sys.executable).parent / "fastctx"
+    procs, addrs = [], {}
+    try:
+        for k in range(a.shards):
+            p, addr = _start_shard(exe, a.work / "sharded", k)
+            procs.append(p)
+            addrs[k] = [addr]
+        p, addr = _start_shard(exe, a.work / "sharded", 0)   # a second replica of shard 0
+        procs.append(p)
+        addrs[0].append(addr)
+        replica = p
+        cluster = remote_cluster(addrs, call_timeout_s=2.0, hedge_s=0.25)
+        coord = Coordinator(cluster)
+        srv = CoordinatorServer(coord, port=0).start()
+        client = connect(srv.address)
+        for q, v in list(zip(queries, qvecs))[:5]:   # warm caches and connections
+            client.query_spec(q, v)
+
+        def run(kill_at=None):
+            lat, same, b_client, b_shards, waves, rpcs, partial = [], 0, 0, 0, 0, 0, 0
+            for i, (q, v) in enumerate(zip(queries, qvecs)):
+                if kill_at is not None and i == kill_at:
+                    procs[0].kill()          # the preferred replica of shard 0 dies mid-run
+                t0 = time.perf_counter()
+                ans = client.query_spec(q, v)
+                lat.append(1e3 * (time.perf_counter() - t0))
+                same += [e.id for e in ans.events] == answers[i]
+                b_client += sum(client.last_bytes)
+                b_shards += ans.timings["bytes_out"] + ans.timings["bytes_in"]
+                waves += ans.timings["waves"]
+                rpcs += ans.timings["rpcs"]
+                partial += ans.partial
+            n = len(lat)
+            return {**_pct(lat), "identical_to_embedded": f"{same}/{n}", "partial": partial,
+                    "bytes_client_per_query": int(b_client / n), "bytes_shards_per_query": int(b_shards / n),
+                    "expand_waves_per_query": round(waves / n, 1), "shard_rpcs_per_query": round(rpcs / n, 1)}
+
+        res[f"grpc_{a.shards}_shards"] = run()
+        res["coordinator_overhead_p50_ms"] = round(res[f"grpc_{a.shards}_shards"]["p50_ms"]
+                                                   - res["embedded_1_shard"]["p50_ms"], 2)
+        res[f"grpc_{a.shards}_shards_replica_killed"] = run(kill_at=len(queries) // 3)
+        client.close()
+        srv.stop(0)
+        coord.close()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    print(json.dumps(res, indent=1))
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

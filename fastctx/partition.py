@@ -1,0 +1,270 @@
+"""Partitioned builds: one corpus -> N independently servable shard directories.
+
+`build_partitioned(corpus, index, shards=N)` assigns every event to a shard by a hash of a key
+(default the event id: ``blake2b-64(id) % N``; or ``source``, ``kind``, ``attr:NAME``), writes
+each shard with the ordinary segment writer (`create_shard` + `append_segment`), and adds to
+each shard directory one sidecar file, ``PARTITION.npz`` (plus ``PARTITION.json``), holding what
+a shard cannot know by itself because it is a whole-corpus fact:
+
+* ``grow``: the *global row* of each local row: the row the event would have in a one-shard
+  build of the same corpus (events sorted by (time, input order)). Local rows are increasing in
+  global rows. Every tie-break of the engine that uses a row (heap order, in-link order,
+  postings order, seed merge, group order) uses the global row, so N shards give the answers
+  of one shard exactly;
+* ``gent`` / ``ent_df`` / ``ent_hold_*``: the global id of each local entity (the rank of its
+  name among all entity names, as in a one-shard build), its global document frequency (rarity
+  weights and the hub test need it) and which shards mention it;
+* ``out_*`` / ``in_*``: every explicit link of the local rows, in and out, *including links to
+  and from other shards*, with the other end's global row, time and shard, in one-shard CSR
+  order (out-links by target id key, in-links by source row). The segments keep only links
+  whose two ends are local (a segment cannot name a row it does not hold);
+* ``sup_*`` / ``rev_*``: the supersession overlay computed over the whole corpus (an event's
+  superseder may live on another shard) and its reverse (who each row superseded).
+
+A shard directory plus the index marker is all a shard server needs: copy ``fastctx.json`` and
+``shard-K/`` to a node and serve it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from .columns import keys64
+from .corpus import LINK_TYPES, EventBatch, read_events, read_meta
+from .errors import CorruptIndexError, IndexExistsError, InvalidQueryError
+from .params import BuildParams
+
+SIDECAR = "PARTITION.npz"
+SIDECAR_META = "PARTITION.json"
+SIDECAR_VERSION = 1
+MAX_SHARDS = 4096
+
+
+def shard_of(batch: EventBatch, n_shards: int, key: str = "id") -> np.ndarray:
+    """Shard number of each event: blake2b-64 of the key's string value, modulo n_shards."""
+    if key == "id":
+        values = batch.ids
+    elif key == "source":
+        values = batch.sources
+    elif key == "kind":
+        values = batch.kinds
+    elif key.startswith("attr:") and len(key) > 5:
+        name = key[5:]
+        values = [str((a or {}).get(name, i)) for a, i in zip(batch.attrs, batch.ids)]
+    else:
+        raise InvalidQueryError(f"shard key must be 'id', 'source', 'kind' or 'attr:NAME', got {key!r}")
+    return (keys64(list(values)) % np.uint64(n_shards)).astype(np.int64)
+
+
+def global_graph(batch: EventBatch, params: BuildParams) -> dict:
+    """The one-shard graph of the whole corpus in global rows (same arithmetic as a one-shard
+    `build` + `Shard.graph` + `Shard.supersession`)."""
+    n = len(batch)
+    order = np.lexsort((np.arange(n), batch.times))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    times = batch.times[order].astype(np.int64)
+    id_keys = keys64(batch.ids)
+    key_sorted = np.argsort(id_keys)
+    # -- links (targets outside the corpus are dropped, as a one-shard build drops them)
+    to_keys = keys64(batch.link_to)
+    pos = np.searchsorted(id_keys[key_sorted], to_keys)
+    pos = np.minimum(pos, max(n - 1, 0))
+    ok = id_keys[key_sorted][pos] == to_keys if n else np.zeros(len(to_keys), bool)
+    src = rank[batch.link_src[ok]]
+    dkey = to_keys[ok]
+    dst = rank[key_sorted[pos[ok]]]
+    typ = batch.link_type[ok].astype(np.int8)
+    lo = np.lexsort((dkey, src))
+    src, dst, typ = src[lo], dst[lo], typ[lo]
+    out_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=out_ptr[1:])
+    io = np.lexsort((src, dst))
+    in_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(dst, minlength=n), out=in_ptr[1:])
+    # -- entities: global id = rank of the name among all names
+    names = np.asarray(batch.entity_names, dtype=object)
+    if len(names):
+        uniq, inverse = np.unique(names, return_inverse=True)
+    else:
+        uniq, inverse = np.array([], dtype=object), np.zeros(0, np.int64)
+    ev_src = rank[np.repeat(np.arange(n, dtype=np.int64), np.diff(batch.entity_ptr))]
+    ev_ent = inverse.astype(np.int64).ravel()
+    eo = np.argsort(ev_src, kind="stable")
+    ev_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(ev_src, minlength=n), out=ev_ptr[1:])
+    ev_ent_sorted = ev_ent[eo]
+    by_ent = np.lexsort((ev_src, ev_ent))
+    post_ent, post_rows = ev_ent[by_ent], ev_src[by_ent]
+    n_ent = len(uniq)
+    ent_ptr = np.zeros(n_ent + 1, np.int64)
+    np.cumsum(np.bincount(post_ent, minlength=n_ent), out=ent_ptr[1:])
+    slot = np.array([str(s).startswith(tuple(params.slot_prefixes)) for s in uniq], bool)
+    # -- supersession (Shard.supersession over the whole corpus)
+    kinds_sorted = np.asarray(batch.kinds, dtype=object)[order]
+    explicit = np.isin(typ, [LINK_TYPES.index("supersedes"), LINK_TYPES.index("reverts")])
+    old, new = [dst[explicit]], [src[explicit]]
+    slot_ents = np.flatnonzero(slot)
+    if len(slot_ents) and params.slot_kinds:
+        df = np.diff(ent_ptr)[slot_ents]
+        ent = np.repeat(slot_ents, df)
+        rows = np.concatenate([post_rows[ent_ptr[e]:ent_ptr[e + 1]] for e in slot_ents])
+        keep = np.isin(kinds_sorted[rows], list(params.slot_kinds))
+        ent, rows = ent[keep], rows[keep]
+        same = ent[1:] == ent[:-1]
+        old.append(rows[:-1][same])
+        new.append(rows[1:][same])
+    old_a, new_a = np.concatenate(old).astype(np.int64), np.concatenate(new).astype(np.int64)
+    at = times[new_a]
+    valid = at >= times[old_a]
+    old_a, new_a, at = old_a[valid], new_a[valid], at[valid]
+    so = np.lexsort((new_a, at, old_a))
+    old_a, new_a, at = old_a[so], new_a[so], at[so]
+    first = np.ones(len(old_a), bool)
+    first[1:] = old_a[1:] != old_a[:-1]
+    sup_by = np.full(n, -1, np.int64)
+    sup_at = np.full(n, -1, np.int64)
+    sup_by[old_a[first]] = new_a[first]
+    sup_at[old_a[first]] = at[first]
+    return dict(n=n, order=order, rank=rank, times=times, out_ptr=out_ptr, out_dst=dst, out_type=typ,
+                in_ptr=in_ptr, in_src=src[io], in_type=typ[io], ev_ptr=ev_ptr, ev_ent=ev_ent_sorted,
+                ent_names=uniq, ent_ptr=ent_ptr, ent_rows=post_rows, sup_by=sup_by, sup_at=sup_at,
+                n_links=int(ok.sum()), dangling=int((~ok).sum()))
+
+
+def _gather_csr(ptr: np.ndarray, rows: np.ndarray, *cols: np.ndarray):
+    """CSR restricted to `rows` (in that order): (new ptr, gathered columns)."""
+    lo, cnt = ptr[rows], ptr[rows + 1] - ptr[rows]
+    new_ptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(cnt, out=new_ptr[1:])
+    idx = np.repeat(lo - new_ptr[:-1], cnt) + np.arange(int(new_ptr[-1]), dtype=np.int64)
+    return (new_ptr, *(c[idx] for c in cols))
+
+
+def sidecar_arrays(g: dict, shard_no: np.ndarray, k: int, n_shards: int, local_names: list) -> dict:
+    """The PARTITION.npz arrays of shard k (see the module doc)."""
+    grow = np.flatnonzero(shard_no == k).astype(np.int64)  # shard_no is indexed by global row
+    times = g["times"]
+    out_ptr, out_dst, out_type = _gather_csr(g["out_ptr"], grow, g["out_dst"], g["out_type"])
+    in_ptr, in_src, in_type = _gather_csr(g["in_ptr"], grow, g["in_src"], g["in_type"])
+    sup_by = g["sup_by"][grow]
+    # reverse overlay: rows each local row superseded (ascending global row)
+    olds = np.flatnonzero(g["sup_by"] >= 0)
+    by = g["sup_by"][olds]
+    ro = np.lexsort((olds, by))
+    olds, by = olds[ro], by[ro]
+    rev_ptr = np.zeros(len(grow) + 1, np.int64)
+    lo = np.searchsorted(by, grow, "left")
+    hi = np.searchsorted(by, grow, "right")
+    np.cumsum(hi - lo, out=rev_ptr[1:])
+    rev_idx = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())]) \
+        if len(grow) else np.zeros(0, np.int64)
+    rev_rows = olds[rev_idx.astype(np.int64)] if len(rev_idx) else np.zeros(0, np.int64)
+    # entities: local id (rank among the shard's own names) -> global id
+    uniq = g["ent_names"]
+    gent = np.searchsorted(uniq, np.asarray(sorted(local_names), dtype=object)).astype(np.int64) \
+        if local_names else np.zeros(0, np.int64)
+    ent_df = np.diff(g["ent_ptr"])[gent] if len(gent) else np.zeros(0, np.int64)
+    holders = [np.unique(shard_no[g["ent_rows"][g["ent_ptr"][e]:g["ent_ptr"][e + 1]]]) for e in gent.tolist()]
+    hold_ptr = np.zeros(len(gent) + 1, np.int64)
+    np.cumsum([len(h) for h in holders], out=hold_ptr[1:])
+    hold = np.concatenate(holders).astype(np.int32) if holders else np.zeros(0, np.int32)
+    return dict(
+        grow=grow, gent=gent, ent_df=ent_df.astype(np.int64), hold_ptr=hold_ptr, hold=hold,
+        out_ptr=out_ptr, out_dst=out_dst, out_type=out_type.astype(np.int8), out_time=times[out_dst],
+        out_shard=shard_no[out_dst].astype(np.int32),
+        in_ptr=in_ptr, in_src=in_src, in_type=in_type.astype(np.int8), in_time=times[in_src],
+        in_shard=shard_no[in_src].astype(np.int32),
+        sup_by=sup_by, sup_at=g["sup_at"][grow], sup_shard=np.where(sup_by >= 0, shard_no[np.maximum(sup_by, 0)], -1
+                                                                     ).astype(np.int32),
+        rev_ptr=rev_ptr, rev_rows=rev_rows, rev_time=times[rev_rows], rev_shard=shard_no[rev_rows].astype(np.int32),
+    )
+
+
+def write_sidecar(shard_dir: Path, arrays: dict, meta: dict) -> None:
+    tmp = shard_dir / (SIDECAR + ".part")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, shard_dir / SIDECAR)
+    (shard_dir / SIDECAR_META).write_text(json.dumps({"version": SIDECAR_VERSION, **meta}))
+
+
+def read_sidecar(shard_dir: Path) -> tuple[dict, dict]:
+    """(arrays, meta) of a partitioned shard; CorruptIndexError if absent or unreadable."""
+    try:
+        meta = json.loads((Path(shard_dir) / SIDECAR_META).read_text())
+        with np.load(Path(shard_dir) / SIDECAR, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise CorruptIndexError(f"{shard_dir}: not a partitioned shard (no readable {SIDECAR}: {e})") from None
+    if meta.get("version") != SIDECAR_VERSION:
+        raise CorruptIndexError(f"{shard_dir / SIDECAR_META}: unsupported version {meta.get('version')!r}")
+    return arrays, meta
+
+
+def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, shards: int,
+                      key: str = "id", overwrite: bool = False, params: BuildParams = BuildParams(),
+                      progress=None):
+    """Build `shards` shard directories from one corpus (atomically, like `build`). Returns
+    (Index, BuildReport); the report counts links over the whole corpus (a cross-shard link is
+    not dangling)."""
+    from .build import BuildReport
+    from .encoder import HashingEncoder
+    from .format import write_marker
+    from .index import LOCK_FILE, Index
+    from .shard import append_segment, create_shard, read_manifest
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
+    corpus_dir, index_dir = Path(corpus_dir), Path(index_dir)
+    if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
+        raise IndexExistsError(f"{index_dir}: exists and is not empty (use overwrite=True / --overwrite)")
+    meta = read_meta(corpus_dir)
+    batch = read_events(corpus_dir, progress=(lambda done: progress("read", done, meta["n_events"]))
+                        if progress else None)
+    encoder = (meta.get("params") or {}).get("encoder")
+    encoder_spec = {"name": encoder, "dim": batch.dim} if encoder == HashingEncoder.name else None
+    g = global_graph(batch, params)
+    shard_in = shard_of(batch, shards, key)          # by input row
+    shard_no = shard_in[g["order"]]                  # by global row
+    names = [f"shard-{k:03d}" for k in range(shards)]
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.build.", dir=index_dir.parent))
+    report = BuildReport(n_events=len(batch), n_links=g["n_links"], dangling_links=g["dangling"])
+    try:
+        (tmp / LOCK_FILE).touch()
+        write_marker(tmp, names, partition={"key": key, "shards": shards, "hash": "blake2b-64 mod N"},
+                     **({"encoder": encoder_spec} if encoder_spec else {}))
+        for k, name in enumerate(names):
+            rows_in = g["order"][shard_no == k]      # input rows of shard k, in global-row order
+            shard_dir = tmp / name
+            create_shard(shard_dir, batch.dim)
+            sub = batch.select(rows_in)
+            if len(sub):
+                r = append_segment(shard_dir, read_manifest(shard_dir), sub, params,
+                                   (lambda s, d, t, k=k: progress(f"{s}[{k}]", d, t)) if progress else None)
+                report.new_entities += r.new_entities
+            local_names = sorted(set(sub.entity_names))
+            arrays = sidecar_arrays(g, shard_no, k, shards, local_names)
+            write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": g["n"],
+                                              "n_entities_global": len(g["ent_names"]), "dim": batch.dim,
+                                              "slot_kinds": list(params.slot_kinds),
+                                              "encoder": encoder_spec})
+        if index_dir.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.old.", dir=index_dir.parent))
+            os.rename(index_dir, trash / "old")
+            os.rename(tmp, index_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, index_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Index(index_dir), report

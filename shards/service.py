@@ -1,0 +1,307 @@
+"""The per-shard stages of a partitioned index, as plain functions of plain messages.
+
+`ShardService` opens one shard directory of a partitioned index (see fastctx/partition.py) and
+answers four stages, each a dict in, dict out (numpy arrays inside), validated by
+`shards.wire`. A gRPC server (`shards.server`) and an in-process client (`LocalShardClient`)
+both call these methods, so local and remote shards speak one protocol.
+
+* ``Stats``  - shard number, global sizes, encoder, dimension.
+* ``Search`` - filtered seeds, light hits only: global rows and scores, best first.
+* ``Expand`` - one hop for a frontier: for owned rows, their eligible explicit links (both ends'
+  rules of kernels/expand.py checked here, with each link's visit position), the entities they
+  mention (global id, global df, holder shards) and this shard's part of every entity walk; for
+  walks asked by the coordinator (rows owned elsewhere), this shard's part of those walks.
+  A walk part lists, per side, postings entries nearest first (time, global row, eligible) up
+  to ``max_per_entity`` eligible ones, cut where the time window or hub window closes the side:
+  the coordinator merges the parts of all holder shards and replays the kernel's walk exactly.
+* ``Fetch``  - per-row attributes (time, tokens, vector, supersession, slot entity, reverse
+  supersession, id) and payloads of winners; entity names.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from fastctx.answer import AnswerParams, entity_weights
+from fastctx.errors import InvalidQueryError
+from fastctx.filters import Filters
+from fastctx.index import Index
+from fastctx.partition import read_sidecar
+
+from . import wire
+
+I64_MAX = np.iinfo(np.int64).max
+
+
+class ShardIndex(Index):
+    """An `Index` that opens only one named shard of an index directory."""
+
+    def __init__(self, path, shard_name: str, **kw):
+        self._only = shard_name
+        super().__init__(path, **kw)
+
+    @property
+    def marker(self) -> dict:
+        return self._marker
+
+    @marker.setter
+    def marker(self, value: dict) -> None:
+        if self._only not in value.get("shards", []):
+            raise InvalidQueryError(f"{getattr(self, 'path', '')}: the index has no shard {self._only!r}")
+        self._marker = {**value, "shards": [self._only]}
+
+
+class ShardService:
+    """One shard of a partitioned index, serving the shard stages (see the module doc)."""
+
+    def __init__(self, index_dir, shard: int):
+        index_dir = Path(index_dir)
+        name = f"shard-{int(shard):03d}"
+        self.index = ShardIndex(index_dir, name)
+        self.sc, self.meta = read_sidecar(index_dir / name)
+        if int(self.meta["shard"]) != int(shard):
+            raise InvalidQueryError(f"{index_dir / name}: sidecar says shard {self.meta['shard']}, not {shard}")
+        self.shard_no = int(shard)
+        sh = self.index.shards[0]
+        self.sh = sh
+        g = sh.graph
+        self.grow = np.asarray(self.sc["grow"], np.int64)
+        if len(self.grow) != sh.n:
+            raise InvalidQueryError(f"{index_dir / name}: sidecar has {len(self.grow)} rows, shard has {sh.n}")
+        self.times = np.asarray(g.times, np.int64)
+        self.ev_ptr, self.ev_ent = np.asarray(g.ev_ptr), np.asarray(g.ev_ent)
+        self.ent_ptr, self.ent_rows = np.asarray(g.ent_ptr), np.asarray(g.ent_rows)
+        self.gent = np.asarray(self.sc["gent"], np.int64)
+        self.ent_df = np.asarray(self.sc["ent_df"], np.int64)
+        self.local_ent = {int(e): i for i, e in enumerate(self.gent.tolist())}
+        self.slot = (sh.entity_flags & 1).astype(bool) if sh.n_entities else np.zeros(0, bool)
+        # postings keys in (time, global row) order, per entity slice
+        self.post_t = self.times[self.ent_rows] if len(self.ent_rows) else np.zeros(0, np.int64)
+        self.post_g = self.grow[self.ent_rows] if len(self.ent_rows) else np.zeros(0, np.int64)
+        self.n_global = int(self.meta["n_global"])
+        self._weights: dict = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def local_rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        loc = np.searchsorted(self.grow, rows)
+        loc = np.minimum(loc, max(len(self.grow) - 1, 0))
+        if len(rows) and (len(self.grow) == 0 or (self.grow[loc] != rows).any()):
+            bad = rows[(self.grow[loc] != rows)] if len(self.grow) else rows
+            raise wire.WireError(f"field 'rows': row {int(bad[0])} is not on shard {self.shard_no}")
+        return loc
+
+    def _ent_w(self, p: dict) -> np.ndarray:
+        key = (p["entity_weight"], p["entity_max_df"], p["entity_max_share"])
+        w = self._weights.get(key)
+        if w is None:
+            ap = AnswerParams(entity_weight=p["entity_weight"], entity_max_df=p["entity_max_df"],
+                              entity_max_share=p["entity_max_share"])
+            w = self._weights[key] = entity_weights(self.ent_df, self.n_global, ap)
+        return w
+
+    # -- stages --------------------------------------------------------------------------------
+    def Stats(self, req: dict) -> dict:
+        return {"shard": self.shard_no, "n_shards": int(self.meta["n_shards"]), "n_global": self.n_global,
+                "n_local": int(self.sh.n), "dim": int(self.index.dim), "encoder": self.meta.get("encoder"),
+                "key": self.meta.get("key"), "n_entities_global": int(self.meta["n_entities_global"]),
+                "version": int(self.sh.version)}
+
+    def Search(self, req: dict) -> dict:
+        q = np.asarray(req["vectors"], np.float32)
+        if q.shape[1] != self.index.dim:
+            raise wire.WireError(f"field 'vectors' has dim {q.shape[1]}, the index has dim {self.index.dim}")
+        try:
+            f = Filters.from_dict(req.get("filters") or {}, as_of=req.get("as_of"))
+            hits = self.index.search(q, k=req["k"], filters=f)
+        except InvalidQueryError as e:
+            raise wire.WireError(str(e)) from None
+        rows = np.where(hits.rows >= 0, self.grow[np.maximum(hits.rows, 0)] if len(self.grow) else -1, -1)
+        return {"rows": rows.astype(np.int64), "scores": hits.scores.astype(np.float32),
+                "counts": hits.counts.astype(np.int64)}
+
+    def Fetch(self, req: dict) -> dict:
+        loc = self.local_rows(req["rows"])
+        out: dict = {}
+        for f in req["fields"]:
+            if f == "time":
+                out[f] = self.times[loc]
+            elif f == "tokens":
+                out[f] = np.asarray(self.sh.tokens)[loc].astype(np.int64)
+            elif f == "vector":
+                out[f] = self._vectors(loc)
+            elif f == "sup":
+                out["sup_by"], out["sup_at"] = self.sc["sup_by"][loc], self.sc["sup_at"][loc]
+                out["sup_shard"] = self.sc["sup_shard"][loc]
+            elif f == "slot":
+                out[f] = self._slots(loc)
+            elif f == "rev":
+                lo, hi = self.sc["rev_ptr"][loc], self.sc["rev_ptr"][loc + 1]
+                ptr = np.zeros(len(loc) + 1, np.int64)
+                np.cumsum(hi - lo, out=ptr[1:])
+                idx = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())] or
+                                     [np.zeros(0, np.int64)]).astype(np.int64)
+                out["rev_ptr"], out["rev_rows"] = ptr, self.sc["rev_rows"][idx]
+                out["rev_time"], out["rev_shard"] = self.sc["rev_time"][idx], self.sc["rev_shard"][idx]
+                out["rev_at"] = np.repeat(self.times[loc], hi - lo)
+            elif f == "id":
+                out[f] = [self._id(int(r)) for r in loc.tolist()]
+            elif f == "payload":
+                out[f] = [self._payload(int(r)) for r in loc.tolist()]
+            elif f == "entity_names":
+                ents = req.get("entities")
+                if ents is None or len(ents) != len(loc):
+                    raise wire.WireError("field 'entities' must give one entity id per row for entity_names")
+                out[f] = [self._entity_name(int(e)) for e in np.asarray(ents).tolist()]
+        return out
+
+    def Expand(self, req: dict) -> dict:
+        p = req["params"]
+        out: dict = {}
+        rows = req.get("rows")
+        if rows is not None and len(rows):
+            out.update(self._rows(self.local_rows(rows), p))
+        wu, wt, we = req.get("walk_u"), req.get("walk_t"), req.get("walk_e")
+        if wu is not None and len(wu):
+            if wt is None or we is None or not len(wu) == len(wt) == len(we):
+                raise wire.WireError("fields 'walk_u', 'walk_t', 'walk_e' must have one entry per walk")
+            out.update({"w_" + k: v for k, v in self._walks(wu, wt, we, p).items()})
+        return out
+
+    # -- expand: owned rows --------------------------------------------------------------------
+    def _rows(self, loc: np.ndarray, p: dict) -> dict:
+        sc, direction = self.sc, p["direction"]
+        lw = np.asarray(p["link_weight"], np.float32)
+        t_lo, t_hi, as_of = p["t_lo"], p["t_hi"], p["as_of"]
+        ew = self._ent_w(p)
+        l_ptr, l_v, l_type, l_pos, l_time, l_shard, l_total = [0], [], [], [], [], [], []
+        e_ptr, e_gid, e_df, e_hold_ptr, e_hold = [0], [], [], [0], []
+        walk_u, walk_t, walk_le = [], [], []
+        for r in loc.tolist():
+            u, t_u = int(self.grow[r]), int(self.times[r])
+            pos = 0
+            for on, (ptr, nbr, typ, tim, shd) in ((direction & 1, ("out_ptr", "out_dst", "out_type", "out_time",
+                                                                    "out_shard")),
+                                                  (direction & 2, ("in_ptr", "in_src", "in_type", "in_time",
+                                                                   "in_shard"))):
+                if not on:
+                    continue
+                a, b = int(sc[ptr][r]), int(sc[ptr][r + 1])
+                for j in range(a, b):
+                    pos += 1
+                    t = int(sc[typ][j])
+                    if t < 0 or t >= len(lw) or not float(lw[t]) > 0.0:
+                        continue
+                    v, tv = int(sc[nbr][j]), int(sc[tim][j])
+                    if v == u or (as_of is not None and tv > as_of) or tv < t_lo or tv > t_hi:
+                        continue
+                    if direction == 1 and tv > t_u or direction == 2 and tv < t_u:
+                        continue
+                    l_v.append(v)
+                    l_type.append(t)
+                    l_pos.append(pos)
+                    l_time.append(tv)
+                    l_shard.append(int(sc[shd][j]))
+            l_total.append(pos)
+            l_ptr.append(len(l_v))
+            if direction & 3 and p["max_per_entity"] > 0:
+                for le in self.ev_ent[self.ev_ptr[r]:self.ev_ptr[r + 1]].tolist():
+                    if not float(ew[le]) > 0.0:
+                        continue
+                    e_gid.append(int(self.gent[le]))
+                    e_df.append(int(self.ent_df[le]))
+                    h = sc["hold"][sc["hold_ptr"][le]:sc["hold_ptr"][le + 1]]
+                    e_hold.extend(h.tolist())
+                    e_hold_ptr.append(len(e_hold))
+                    walk_u.append(u)
+                    walk_t.append(t_u)
+                    walk_le.append(le)
+            e_ptr.append(len(e_gid))
+        i64 = lambda x: np.asarray(x, np.int64)  # noqa: E731
+        out = {"l_ptr": i64(l_ptr), "l_v": i64(l_v), "l_type": np.asarray(l_type, np.int8), "l_pos": i64(l_pos),
+               "l_time": i64(l_time), "l_shard": np.asarray(l_shard, np.int32), "l_total": i64(l_total),
+               "e_ptr": i64(e_ptr), "e_gid": i64(e_gid), "e_df": i64(e_df), "e_hold_ptr": i64(e_hold_ptr),
+               "e_hold": np.asarray(e_hold, np.int32)}
+        # this shard's part of each of those walks (one per entity entry, duplicates included)
+        walks = self._walk_parts(walk_u, walk_t, walk_le, p)
+        out.update({"ew_" + k: v for k, v in walks.items()})
+        return out
+
+    # -- expand: entity walks ------------------------------------------------------------------
+    def _walks(self, wu, wt, we, p) -> dict:
+        le = [self.local_ent.get(int(e), -1) for e in np.asarray(we).tolist()]
+        return self._walk_parts(np.asarray(wu).tolist(), np.asarray(wt).tolist(), le, p)
+
+    def _walk_parts(self, wu, wt, wle, p) -> dict:
+        """Per walk: entries (global row, time, eligible, side 0=lo/1=hi), each side nearest first."""
+        direction, mpe = p["direction"], p["max_per_entity"]
+        t_lo, t_hi, as_of = p["t_lo"], p["t_hi"], p["as_of"]
+        ptr, rows, times, elig, side = [0], [], [], [], []
+        for u, t_u, le in zip(wu, wt, wle):
+            if le >= 0 and mpe > 0:
+                a, b = int(self.ent_ptr[le]), int(self.ent_ptr[le + 1])
+                pt, pg = self.post_t[a:b], self.post_g[a:b]
+                lim = p["hub_window_s"] if int(self.ent_df[le]) > p["hub_postings"] else I64_MAX
+                if direction == 1:
+                    lo, hi = int(np.searchsorted(pt, t_u, "right")) - 1, b - a
+                elif direction == 2:
+                    lo, hi = -1, int(np.searchsorted(pt, t_u, "left"))
+                else:
+                    x = int(np.searchsorted(pt, t_u, "left"))
+                    y = int(np.searchsorted(pt, t_u, "right"))
+                    pos = x + int(np.searchsorted(pg[x:y], u, "left"))
+                    lo, hi = pos - 1, pos
+                for s, start, step in ((0, lo, -1), (1, hi, 1)):
+                    taken, i = 0, start
+                    while 0 <= i < b - a and taken < mpe:
+                        tx = int(pt[i])
+                        if tx < t_lo or tx > t_hi or abs(tx - t_u) > lim:
+                            break
+                        v = int(pg[i])
+                        ok = v != u and (as_of is None or tx <= as_of)
+                        taken += ok
+                        rows.append(v)
+                        times.append(tx)
+                        elig.append(ok)
+                        side.append(s)
+                        i += step
+            ptr.append(len(rows))
+        return {"ptr": np.asarray(ptr, np.int64), "rows": np.asarray(rows, np.int64),
+                "time": np.asarray(times, np.int64), "elig": np.asarray(elig, np.bool_),
+                "side": np.asarray(side, np.int8)}
+
+    # -- fetch helpers -------------------------------------------------------------------------
+    def _vectors(self, loc: np.ndarray) -> np.ndarray:
+        segs = self.sh.segments
+        if len(segs) == 1:
+            return np.asarray(segs[0].vectors[loc], np.float32)
+        out = np.empty((len(loc), self.sh.dim), np.float32)
+        for j, r in enumerate(loc.tolist()):
+            seg, local = self.sh.locate(r)
+            out[j] = seg.vectors[local]
+        return out
+
+    def _slots(self, loc: np.ndarray) -> np.ndarray:
+        out = np.full(len(loc), -1, np.int64)
+        for j, r in enumerate(loc.tolist()):
+            ents = self.ev_ent[self.ev_ptr[r]:self.ev_ptr[r + 1]]
+            slots = ents[self.slot[ents]] if len(ents) else ents
+            if len(slots):
+                out[j] = int(self.gent[slots].min())
+        return out
+
+    def _id(self, r: int) -> str:
+        seg, local = self.sh.locate(r)
+        return seg.ids[local]
+
+    def _payload(self, r: int) -> dict:
+        e = self.index.event(0, r)
+        return {"id": e.id, "time": e.time, "source": e.source, "kind": e.kind, "tokens": e.tokens,
+                "text": e.text, "entities": list(e.entities), "links": [list(x) for x in e.links],
+                "attrs": e.attrs}
+
+    def _entity_name(self, gid: int) -> Optional[str]:
+        le = self.local_ent.get(gid)
+        return None if le is None else self.sh.entity_name(le)

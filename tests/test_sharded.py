@@ -1,0 +1,319 @@
+"""Sharded serving over gRPC: partitioned builds, shard servers, the coordinator, failover,
+partial answers, deadlines, hostile requests, and the CLI. Real servers on 127.0.0.1 with
+ephemeral ports, started and stopped here."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import msgpack
+import numpy as np
+import pytest
+
+from conftest import T0, HOUR, make_corpus, query_vectors_near
+
+from fastctx.errors import InvalidQueryError, ShardUnavailableError
+from fastctx.index import build
+from fastctx.shards import open_local, wire
+from fastctx.shards.coordinator import Coordinator
+from fastctx.shards.server import CoordinatorServer, ShardServer, connect
+from fastctx.shards.transport import remote_cluster
+
+N_SHARDS = 4
+SCORE_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharded")
+    c = make_corpus(root / "corpus", 1500, seed=3, dim=16, n_buckets=120)
+    one, _ = build(c.dir, root / "one")
+    four, report = build(c.dir, root / "four", shards=N_SHARDS)
+    return {"root": root, "corpus": c, "one": one, "four_dir": root / "four", "report": report,
+            "queries": query_vectors_near(c.centers, 8, seed=4)}
+
+
+def _cases(qs):
+    for qi, q in enumerate(qs):
+        for typ in ("chain", "current", "as_of"):
+            for d in ("back", "forward", "both"):
+                kw = {}
+                if typ == "as_of":
+                    kw["as_of"] = T0 + 300 * HOUR
+                if qi % 3 == 1:
+                    kw["entities_any"] = ["customer:c3"]
+                if qi % 3 == 2:
+                    kw["time_from"] = T0 + 60 * HOUR
+                yield q, dict(type=typ, direction=d, budget_tokens=2000 + 500 * (qi % 3), **kw)
+
+
+def _same(a, b, where=""):
+    assert [e.id for e in a.events] == [e.id for e in b.events], where
+    np.testing.assert_allclose([e.score for e in a.events], [e.score for e in b.events], rtol=SCORE_TOL,
+                               atol=SCORE_TOL, err_msg=where)
+    assert [e.why for e in a.events] == [e.why for e in b.events], where
+    assert [e.superseded_by for e in a.events] == [e.superseded_by for e in b.events], where
+    assert (a.current.id if a.current else None) == (b.current.id if b.current else None), where
+
+
+class Cluster:
+    """Shard servers (replicas per shard) + a coordinator server, all on loopback."""
+
+    def __init__(self, index_dir, replicas=(1,) * N_SHARDS, call_timeout_s=2.0, hedge_s=0.25, deadline_s=10.0):
+        self.shards = {k: [ShardServer(index_dir, k, port=0).start() for _ in range(r)]
+                       for k, r in enumerate(replicas)}
+        self.cluster = remote_cluster({k: [s.address for s in v] for k, v in self.shards.items()},
+                                      call_timeout_s=call_timeout_s, hedge_s=hedge_s, down_s=30.0)
+        self.coord = Coordinator(self.cluster, deadline_s=deadline_s)
+        self.server = CoordinatorServer(self.coord, port=0).start()
+        self.client = connect(self.server.address)
+
+    def stop(self):
+        self.client.close()
+        self.server.stop(0)
+        self.coord.close()
+        for v in self.shards.values():
+            for s in v:
+                s.stop(0)
+
+
+@pytest.fixture(scope="module")
+def cluster(world):
+    c = Cluster(world["four_dir"], replicas=(2, 1, 1, 1))
+    yield c
+    c.stop()
+
+
+# ------------------------------------------------------------------------------------ build
+def test_partitioned_build_layout(world):
+    d = world["four_dir"]
+    marker = json.loads((d / "fastctx.json").read_text())
+    assert marker["shards"] == [f"shard-{k:03d}" for k in range(N_SHARDS)]
+    assert marker["partition"]["key"] == "id"
+    sizes = [json.loads((d / f"shard-{k:03d}" / "PARTITION.json").read_text()) for k in range(N_SHARDS)]
+    assert all(s["n_global"] == 1500 for s in sizes)
+    from fastctx.index import Index
+    four = Index(d)
+    assert four.n == 1500 and len(four.shards) == N_SHARDS
+    assert min(sh.n for sh in four.shards) > 200          # a hash spreads events evenly
+    # cross-shard links are not dangling: the report counts the whole corpus
+    one_links = world["one"].stats()["links"]
+    assert world["report"].n_links == one_links and world["report"].dangling_links == 0
+
+
+# ------------------------------------------------------------------------------------ identity
+def test_in_process_coordinator_equals_embedded(world):
+    co = open_local(world["four_dir"])
+    for i, (q, kw) in enumerate(_cases(world["queries"])):
+        _same(world["one"].query(q, **kw), co.query(q, **kw), f"case {i} {kw}")
+
+
+def test_four_servers_equal_one_embedded_shard(world, cluster):
+    n = 0
+    for i, (q, kw) in enumerate(_cases(world["queries"])):
+        a = world["one"].query(q, **kw)
+        b = cluster.client.query(q, **kw)
+        assert not b.partial
+        _same(a, b, f"case {i} {kw}")
+        n += 1
+    assert n == 8 * 9
+
+
+def test_side_by_side_coordinators_agree(world, cluster):
+    other = Coordinator(remote_cluster({k: [s.address for s in v] for k, v in cluster.shards.items()}))
+    try:
+        for q, kw in list(_cases(world["queries"]))[:9]:
+            _same(cluster.client.query(q, **kw), other.query(q, **kw))
+    finally:
+        other.close()
+
+
+# ------------------------------------------------------------------------------------ failures
+def test_killed_replica_mid_run_every_query_answered(world):
+    c = Cluster(world["four_dir"], replicas=(2, 2, 1, 1), hedge_s=None)
+    try:
+        cases = list(_cases(world["queries"]))[:27]
+        for i, (q, kw) in enumerate(cases):
+            if i == 5:
+                c.shards[0][0].stop(0)       # the preferred replica of shard 0 dies
+            if i == 15:
+                c.shards[1][1].stop(0)
+            b = c.client.query(q, **kw)
+            assert not b.partial, (i, b.missing_shards)
+            _same(world["one"].query(q, **kw), b, f"case {i}")
+    finally:
+        c.stop()
+
+
+def test_all_replicas_down_gives_partial_answer_naming_the_shard(world):
+    c = Cluster(world["four_dir"], replicas=(1, 1, 1, 1))
+    try:
+        for s in c.shards[2]:
+            s.stop(0)
+        for q, kw in list(_cases(world["queries"]))[:9]:
+            ans = c.client.query(q, **kw)
+            assert ans.partial and ans.missing_shards == [2]
+            assert all(e.shard != 2 for e in ans.events)
+        with pytest.raises(ShardUnavailableError, match=r"\[2\]"):
+            c.client.query(world["queries"][0], require_all=True)
+    finally:
+        c.stop()
+
+
+def test_hanging_shard_deadline_holds_answer_partial_on_time(world):
+    c = Cluster(world["four_dir"], replicas=(1, 1, 1, 1), call_timeout_s=0.4, hedge_s=None)
+    try:
+        c.shards[3][0].delay_s = 30.0   # every call to shard 3 hangs
+        t0 = time.monotonic()
+        ans = c.client.query(world["queries"][0], deadline_s=1.0)
+        took = time.monotonic() - t0
+        assert ans.partial and ans.missing_shards == [3]
+        assert took < 1.5, took
+        # a whole-query deadline shorter than one call also holds
+        t0 = time.monotonic()
+        ans = c.client.query(world["queries"][1], type="current", deadline_s=0.2)
+        assert time.monotonic() - t0 < 0.8 and ans.partial
+    finally:
+        c.shards[3][0].delay_s = 0
+        c.stop()
+
+
+def test_hedged_request_beats_a_slow_replica(world):
+    c = Cluster(world["four_dir"], replicas=(2, 1, 1, 1), call_timeout_s=5.0, hedge_s=0.05)
+    try:
+        c.coord.shard_stats()
+        c.shards[0][0].delay_s = 3.0    # slow, not dead
+        t0 = time.monotonic()
+        q, kw = next(iter(_cases(world["queries"])))
+        ans = c.client.query(q, **kw)
+        assert time.monotonic() - t0 < 2.5 and not ans.partial
+        _same(world["one"].query(q, **kw), ans)
+        assert ans.timings["hedges"] >= 1
+    finally:
+        c.shards[0][0].delay_s = 0
+        c.stop()
+
+
+# ------------------------------------------------------------------------------------ hostile input
+def _raw(address, service, method, payload: bytes):
+    ch = grpc.insecure_channel(address)
+    try:
+        return ch.unary_unary(f"/{service}/{method}")(payload, timeout=5)
+    finally:
+        ch.close()
+
+
+def _refused(address, service, method, payload, match=None):
+    with pytest.raises(grpc.RpcError) as ei:
+        _raw(address, service, method, payload)
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (ei.value.code(), ei.value.details())
+    if match:
+        assert match in ei.value.details(), ei.value.details()
+
+
+def test_malformed_and_hostile_requests_refused_cleanly(world, cluster):
+    shard = cluster.shards[1][0].address
+    coord = cluster.server.address
+    vec = np.ones((1, 16), np.float32)
+    enc = lambda m: wire.encode({"v": 1, **m})  # noqa: E731
+    _refused(shard, "fastctx.Shard", "Search", b"\xc1\xff garbage", "msgpack")
+    _refused(shard, "fastctx.Shard", "Search", b"")
+    _refused(shard, "fastctx.Shard", "Search", msgpack.packb([1, 2, 3]))
+    _refused(shard, "fastctx.Shard", "Search", wire.encode({"v": 99, "vectors": vec, "k": 5}), "'v'")
+    _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": 10 ** 9}), "'k'")
+    _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": "5"}), "'k'")
+    _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": 5, "evil": 1}), "evil")
+    _refused(shard, "fastctx.Shard", "Search", enc({"vectors": np.ones((1, 7), np.float32), "k": 5}), "dim")
+    _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": 5, "filters": {"sources": 3}}), "sources")
+    bad_arr = {"__nd__": 1, "dtype": "<f4", "shape": [1000000, 1000000], "data": b"\0" * 16}
+    _refused(shard, "fastctx.Shard", "Search", msgpack.packb({"v": 1, "vectors": bad_arr, "k": 5}), "bytes")
+    obj_arr = {"__nd__": 1, "dtype": "|O", "shape": [1], "data": b"\0" * 8}
+    _refused(shard, "fastctx.Shard", "Search", msgpack.packb({"v": 1, "vectors": obj_arr, "k": 5}), "dtype")
+    _refused(shard, "fastctx.Shard", "Fetch", enc({"rows": np.array([10 ** 12]), "fields": ["id"]}), "not on shard")
+    _refused(shard, "fastctx.Shard", "Fetch", enc({"rows": np.array([0]), "fields": ["password"]}), "fields")
+    _refused(shard, "fastctx.Shard", "Expand", enc({"rows": np.array([0]), "params": {"direction": 1}}), "params")
+    # coordinator: huge budget, wrong types, unknown fields, both text and vector
+    _refused(coord, "fastctx.Coordinator", "Query", enc({"vector": vec[0], "budget_tokens": 10 ** 12}), "budget")
+    _refused(coord, "fastctx.Coordinator", "Query", enc({"vector": vec[0], "type": "everything"}), "type")
+    _refused(coord, "fastctx.Coordinator", "Query", enc({"vector": "abc"}), "vector")
+    _refused(coord, "fastctx.Coordinator", "Query", enc({"vector": vec[0], "x": 1}), "x")
+    _refused(coord, "fastctx.Coordinator", "Query", enc({"vector": vec[0][:3]}), "shape")
+    _refused(coord, "fastctx.Coordinator", "Query", enc({"vector": vec[0], "filters": {"kinds": ["a"] * 5000}}))
+    _refused(coord, "fastctx.Coordinator", "Query", enc({"vector": vec[0] * np.nan}), "NaN")
+    _refused(coord, "fastctx.Coordinator", "Query", enc({"vector": vec[0], "type": "as_of"}), "as_of")
+    with pytest.raises(grpc.RpcError) as ei:       # above the message limit: gRPC refuses it
+        _raw(shard, "fastctx.Shard", "Search", b"\0" * (wire.MAX_MESSAGE_BYTES + 10))
+    assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(InvalidQueryError):
+        cluster.client.query(world["queries"][0], budget_tokens=-5)
+    # ... and everyone keeps serving
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    for addr in (shard, coord):
+        with grpc.insecure_channel(addr) as ch:
+            st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert st.status == health_pb2.HealthCheckResponse.SERVING
+    q, kw = next(iter(_cases(world["queries"])))
+    _same(world["one"].query(q, **kw), cluster.client.query(q, **kw))
+
+
+# ------------------------------------------------------------------------------------ CLI
+def _wait_listening(proc, pattern: str, timeout: float = 60.0) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stderr.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}")
+            continue
+        if pattern in line:
+            return line.strip().rsplit(" ", 1)[-1]
+    raise AssertionError("server did not start in time")
+
+
+@pytest.mark.slow
+def test_cli_serve_shards_coordinator_and_remote_eval(text_corpus, tmp_path):
+    exe = Path(sys.executable).parent / "fastctx"
+    idx = tmp_path / "idx"
+    subprocess.run([str(exe), "build", str(text_corpus.dir), str(idx), "--shards", "2", "--quiet"], check=True,
+                   capture_output=True, timeout=120)
+    procs = []
+    try:
+        addrs = []
+        for k in range(2):
+            p = subprocess.Popen([str(exe), "serve", "shard", "--index", str(idx), "--shard", str(k), "--port", "0"],
+                                 stderr=subprocess.PIPE, text=True)
+            procs.append(p)
+            addrs.append(_wait_listening(p, "serving on"))
+        p = subprocess.Popen([str(exe), "serve", "coordinator", "--port", "0",
+                              "--shard", f"0={addrs[0]}", "--shard", f"1={addrs[1]}"], stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        coord = _wait_listening(p, "serving on")
+        out = tmp_path / "r.jsonl"
+        r = subprocess.run([str(exe), "eval", "--remote", coord, str(text_corpus.dir), "--out", str(out), "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        got = [json.loads(x) for x in out.read_text().splitlines()]
+        local = tmp_path / "l.jsonl"
+        one = tmp_path / "one"
+        subprocess.run([str(exe), "build", str(text_corpus.dir), str(one), "--quiet"], check=True, capture_output=True)
+        subprocess.run([str(exe), "eval", str(one), str(text_corpus.dir), "--out", str(local), "--quiet"], check=True,
+                       capture_output=True)
+        want = [json.loads(x) for x in local.read_text().splitlines()]
+        assert [(g["qid"], g["events"], g["current"]) for g in got] == \
+               [(w["qid"], w["events"], w["current"]) for w in want]
+        with connect(coord) as client:
+            ans = client.query("what is the payments retry limit decision", type="current")
+            assert ans.current.id == "d2"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
