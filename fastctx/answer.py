@@ -337,15 +337,19 @@ class Engine:
         dup = (vecs @ vecs.T) >= p.duplicate_cos
         later = times[None, :] > times[:, None]
         is_old = (dup & later).any(axis=1)
-        # recency inside the hits' own time span: "what led here" is anchored at the latest
-        # matching situation (back), "what followed" at the earliest (forward)
+        # recency inside the asked time window: a question scoped to a window is about the
+        # situation at its end, so "what led here" is anchored at the latest matching event
+        # (back), "what followed" at the earliest (forward). No window, no such prior.
         t_hits = times.astype(np.float64)
-        span = max(float(t_hits.max() - t_hits.min()), 1.0)
-        recency = (t_hits - t_hits.min()) / span
-        if direction == DIRECTIONS["forward"]:
-            recency = 1.0 - recency
-        elif direction == DIRECTIONS["both"]:
-            recency = np.zeros_like(recency)
+        recency = np.zeros_like(t_hits)
+        if filters.time_from is not None or filters.time_to is not None:
+            w_lo = float(filters.time_from) if filters.time_from is not None else t_hits.min()
+            w_hi = float(filters.time_to) if filters.time_to is not None else t_hits.max()
+            recency = np.clip((t_hits - w_lo) / max(w_hi - w_lo, 1.0), 0.0, 1.0)
+            if direction == DIRECTIONS["forward"]:
+                recency = 1.0 - recency
+            elif direction == DIRECTIONS["both"]:
+                recency[:] = 0.0
         hit_sim = dict(zip(rows.tolist(), sims.tolist()))
         cands = []
         n_cand = min(p.candidates, len(rows))
