@@ -36,7 +36,8 @@ class SearchParams:
     """How seeds are searched; see `planner.plan_segment` for how these pick a strategy."""
     exact_max_rows: int = 2048        # allowed rows at or below this: exact scan (no graph at all)
     hnsw_min_fraction: float = 0.005  # allowed fraction below this: exact scan (over-fetch would be huge)
-    hnsw_candidate_cost: float = 10.0 # one over-fetched HNSW candidate costs about this many exact row scores
+    hnsw_candidate_cost: float = 12.0 # one over-fetched HNSW candidate costs about this many gathered row scores
+    slice_row_cost: float = 0.3       # a row of a contiguous (time-window) scan, relative to a gathered row
     ef_search: int = 64               # HNSW beam for unfiltered search; raised to the over-fetch size
     overfetch: float = 2.0            # HNSW over-fetch factor on k / allowed fraction
     max_rounds: int = 4               # over-fetch doublings before falling back to an exact scan

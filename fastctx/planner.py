@@ -10,7 +10,8 @@ Strategies:
 Exact wins when few rows are allowed (cost ~ allowed rows) or when the allowed fraction is so
 small that over-fetching k / fraction candidates from the graph would cost more than a scan:
 the filtered graph search fetches about k * overfetch / fraction candidates, each costing about
-`hnsw_candidate_cost` exact row scores (measured in bench/bench_seeds.py).
+`hnsw_candidate_cost` gathered row scores; a row of a contiguous time-window scan costs
+`slice_row_cost` of a gathered one (both measured in bench/bench_seeds.py).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def plan_segment(name: str, n: int, has_hnsw: bool, allowed: Allowed, params: Se
     if a / n < params.hnsw_min_fraction:
         return SegmentPlan(name, n, a, exact, f"allowed fraction < hnsw_min_fraction ({params.hnsw_min_fraction})")
     fetch_cost = params.hnsw_candidate_cost * k * params.overfetch * n / a
-    if fetch_cost >= a:
-        return SegmentPlan(name, n, a, exact, f"over-fetch cost ~{fetch_cost:.0f} >= {a} rows to scan")
-    return SegmentPlan(name, n, a, "hnsw-filter", f"over-fetch cost ~{fetch_cost:.0f} < {a} rows to scan")
+    scan_cost = a * (params.slice_row_cost if allowed.is_range else 1.0)
+    if fetch_cost >= scan_cost:
+        return SegmentPlan(name, n, a, exact, f"over-fetch cost ~{fetch_cost:.0f} >= scan cost ~{scan_cost:.0f}")
+    return SegmentPlan(name, n, a, "hnsw-filter", f"over-fetch cost ~{fetch_cost:.0f} < scan cost ~{scan_cost:.0f}")

@@ -396,7 +396,13 @@ class Shard:
         return [int(g) for g in self.lookup_entities(keys64(list(names))) if g >= 0]
 
     def codes(self, names: Sequence[str], dictionary: Sequence[str]) -> list[int]:
-        return [dictionary.index(v) for v in names if v in dictionary]
+        """Codes of the known names (unknown ones match nothing). Dictionary lookups are cached
+        per shard version: a filter may list hundreds of kinds."""
+        cache = self.__dict__.setdefault("_code_maps", {})
+        index = cache.get(id(dictionary))
+        if index is None:
+            index = cache[id(dictionary)] = {v: i for i, v in enumerate(dictionary)}
+        return [index[v] for v in names if v in index]
 
     def locate(self, row: int) -> tuple[SegmentBase, int]:
         """Segment and local row of a global row."""

@@ -144,7 +144,8 @@ def test_thresholds_switch_strategy_exactly_at_the_allowed_count(world, kw_name)
     assert plan(SearchParams(exact_max_rows=0, hnsw_min_fraction=frac * 0.99, hnsw_candidate_cost=G)) == "hnsw-filter"
     # the over-fetch cost rule: graph while k * overfetch / fraction candidates cost less than a scan
     cost = lambda c: plan(SearchParams(exact_max_rows=0, hnsw_min_fraction=0.0, hnsw_candidate_cost=c))
-    per = a / (K * 2.0 * N / a)  # candidate cost at which over-fetching costs exactly `a` row scores
+    scan = a * (SearchParams().slice_row_cost if "time" in kw_name else 1.0)
+    per = scan / (K * 2.0 * N / a)  # candidate cost at which over-fetching costs exactly the scan
     assert cost(per * 1.01) == exact
     assert cost(per * 0.99) == "hnsw-filter"
     # nothing allowed: skip, whatever the thresholds
