@@ -33,7 +33,7 @@ import numpy as np
 from .corpus import LINK_TYPES
 from .errors import InvalidQueryError
 from .filters import Filters
-from .kernels.expand import expand_best_first_batch
+from .kernels.expand import expand_best_first_batch, expand_ppr_push_batch
 from .types import Event
 
 DIRECTIONS = {"back": 1, "forward": 2, "both": 3}
@@ -45,6 +45,11 @@ DAY = 86_400
 class AnswerParams:
     """Knobs of the causal engine. Defaults are measured on the orgmem yardstick (see docs)."""
     seed_k: int = 64                 # seed hits considered
+    # "best_first" (max-product paths; the sharded coordinator reproduces it exactly) or "ppr"
+    # (personalized PageRank push; embedded only for now; measured in the issue notes)
+    expansion: str = "best_first"
+    ppr_alpha: float = 0.3           # PPR teleport probability
+    ppr_epsilon: float = 1e-3        # PPR push threshold
     candidates: int = 40             # top hits expanded as possible chain heads
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.7), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
@@ -66,6 +71,10 @@ class AnswerParams:
     duplicate_penalty: float = 0.05  # subtracted from such a candidate's score
     pool_temperature: float = 0.02   # softmax temperature pooling candidates' chains (0: winner only)
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
+
+    def __post_init__(self):
+        if self.expansion not in ("best_first", "ppr"):
+            raise InvalidQueryError(f"AnswerParams.expansion must be 'best_first' or 'ppr', got {self.expansion!r}")
 
 
 @dataclass
@@ -235,15 +244,26 @@ class LocalGraph:
         hops) per seed, each best first. One kernel call for all of them."""
         p, g = self.params, self.graph
         seeds = np.asarray(seeds, np.int64)
-        res_ptr, *out = expand_best_first_batch(
-            np.arange(len(seeds) + 1, dtype=np.int64), seeds, np.asarray(seed_scores, np.float32),
-            g.times, self.allowed_mask(as_of),
-            g.out_ptr, g.out_dst, g.out_type, g.in_ptr, g.in_src, g.in_type, self.link_weight,
-            g.ev_ptr, g.ev_ent, g.ent_ptr, g.ent_rows, self.ent_weight,
-            direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
-            p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity, p.min_score,
-            float(p.time_scale_days * DAY))
-        return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
+        args = (np.arange(len(seeds) + 1, dtype=np.int64), seeds, np.asarray(seed_scores, np.float32),
+                g.times, self.allowed_mask(as_of),
+                g.out_ptr, g.out_dst, g.out_type, g.in_ptr, g.in_src, g.in_type, self.link_weight,
+                g.ev_ptr, g.ev_ent, g.ent_ptr, g.ent_rows, self.ent_weight,
+                direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
+                p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity)
+        scale = float(p.time_scale_days * DAY)
+        if p.expansion == "best_first":
+            res_ptr, *out = expand_best_first_batch(*args, p.min_score, scale)
+            return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
+        res_ptr, *out = expand_ppr_push_batch(*args, 0.0, scale, p.ppr_alpha, p.ppr_epsilon)
+        groups = []
+        for i in range(len(seeds)):  # best first, scores relative to the group's best (the seed: 1)
+            part = [a[res_ptr[i]:res_ptr[i + 1]] for a in out]
+            order = np.lexsort((part[0], -part[1]))
+            part = [a[order] for a in part]
+            if len(part[1]):
+                part[1] = (part[1] / part[1][0]).astype(np.float32)
+            groups.append(tuple(part))
+        return groups
 
     def ids(self, rows):
         out = []

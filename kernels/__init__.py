@@ -20,6 +20,7 @@ from .expand import (
     expand_best_first,
     expand_best_first_batch,
     expand_ppr_push,
+    expand_ppr_push_batch,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "expand_best_first",
     "expand_best_first_batch",
     "expand_ppr_push",
+    "expand_ppr_push_batch",
     "warm_up",
 ]
 

@@ -824,6 +824,28 @@ def _rank_by_score(ni, p, max_results, min_score):
 
 
 @njit
+def _concat_groups(parts, res_ptr):
+    """Concatenate per-group kernel outputs (a list of 7-tuples) behind ``res_ptr``."""
+    total = res_ptr[res_ptr.shape[0] - 1]
+    rows = np.empty(total, dtype=np.int64)
+    scores = np.empty(total, dtype=np.float32)
+    parent = np.empty(total, dtype=np.int64)
+    via_kind = np.empty(total, dtype=np.int8)
+    via_id = np.empty(total, dtype=np.int64)
+    hops = np.empty(total, dtype=np.int32)
+    for g in range(len(parts)):
+        lo, hi = res_ptr[g], res_ptr[g + 1]
+        out = parts[g]
+        rows[lo:hi] = out[0]
+        scores[lo:hi] = out[1]
+        parent[lo:hi] = out[2]
+        via_kind[lo:hi] = out[3]
+        via_id[lo:hi] = out[4]
+        hops[lo:hi] = out[5]
+    return res_ptr, rows, scores, parent, via_kind, via_id, hops
+
+
+@njit
 def expand_best_first_batch(seed_ptr, seeds, seed_scores, times, allowed, out_ptr, out_dst,
                             out_type, in_ptr, in_src, in_type, link_weight, ev_ptr,
                             ev_ent, ent_ptr, ent_rows, ent_weight, direction,
@@ -852,20 +874,29 @@ def expand_best_first_batch(seed_ptr, seeds, seed_scores, times, allowed, out_pt
             time_scale_s)
         parts.append(out)
         res_ptr[g + 1] = res_ptr[g] + out[0].shape[0]
-    total = res_ptr[n_groups]
-    rows = np.empty(total, dtype=np.int64)
-    scores = np.empty(total, dtype=np.float32)
-    parent = np.empty(total, dtype=np.int64)
-    via_kind = np.empty(total, dtype=np.int8)
-    via_id = np.empty(total, dtype=np.int64)
-    hops = np.empty(total, dtype=np.int32)
+    return _concat_groups(parts, res_ptr)
+
+
+@njit
+def expand_ppr_push_batch(seed_ptr, seeds, seed_scores, times, allowed, out_ptr, out_dst,
+                          out_type, in_ptr, in_src, in_type, link_weight, ev_ptr,
+                          ev_ent, ent_ptr, ent_rows, ent_weight, direction,
+                          time_lo, time_hi, max_hops, max_results,
+                          max_edge_visits, hub_postings, hub_window_s,
+                          max_per_entity, min_score, time_scale_s, alpha, epsilon):
+    """Independent ``expand_ppr_push`` runs, one per seed group, in one call; the same layout
+    as ``expand_best_first_batch`` returns."""
+    n_groups = seed_ptr.shape[0] - 1
+    res_ptr = np.zeros(n_groups + 1, dtype=np.int64)
+    parts = []
     for g in range(n_groups):
-        lo, hi = res_ptr[g], res_ptr[g + 1]
-        out = parts[g]
-        rows[lo:hi] = out[0]
-        scores[lo:hi] = out[1]
-        parent[lo:hi] = out[2]
-        via_kind[lo:hi] = out[3]
-        via_id[lo:hi] = out[4]
-        hops[lo:hi] = out[5]
-    return res_ptr, rows, scores, parent, via_kind, via_id, hops
+        lo, hi = seed_ptr[g], seed_ptr[g + 1]
+        out = expand_ppr_push(
+            seeds[lo:hi], seed_scores[lo:hi], times, allowed, out_ptr, out_dst, out_type,
+            in_ptr, in_src, in_type, link_weight, ev_ptr, ev_ent, ent_ptr, ent_rows,
+            ent_weight, direction, time_lo, time_hi, max_hops, max_results,
+            max_edge_visits, hub_postings, hub_window_s, max_per_entity, min_score,
+            time_scale_s, alpha, epsilon)
+        parts.append(out)
+        res_ptr[g + 1] = res_ptr[g] + out[0].shape[0]
+    return _concat_groups(parts, res_ptr)

@@ -56,6 +56,8 @@ class DistributedGraph:
         self.nb: dict[int, tuple[list, int]] = {}
         self.waves = 0
         p = self.params
+        if p.expansion != "best_first":
+            raise InvalidQueryError(f"the coordinator runs expansion='best_first' only, got {p.expansion!r}")
         self.lw = [float(x) for x in link_weights(p).tolist()]
         self._ew: dict[int, float] = {}
         self.ts = float(p.time_scale_days * DAY)

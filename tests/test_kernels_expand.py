@@ -714,3 +714,38 @@ def test_batch_equals_separate_calls():
         lo, hi = res_ptr[gi], res_ptr[gi + 1]
         for got, want in zip(batch, single[:6]):
             np.testing.assert_array_equal(got[lo:hi], want)
+
+
+def test_ppr_batch_equals_separate_calls():
+    """expand_ppr_push_batch returns exactly the concatenation of single calls."""
+    from fastctx.kernels.expand import expand_ppr_push_batch
+    rng = np.random.default_rng(11)
+    n = 200
+    times = np.sort(rng.integers(0, 5_000, n)).astype(np.int64)
+    allowed = np.ones(n, np.uint8)
+    src, dst = rng.integers(0, n, 300), rng.integers(0, n, 300)
+    order = np.argsort(src, kind="stable")
+    out_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=out_ptr[1:])
+    out_type = rng.integers(0, 7, 300).astype(np.int8)
+    in_order = np.lexsort((src, dst))
+    in_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(dst, minlength=n), out=in_ptr[1:])
+    ent = rng.integers(0, 30, n)
+    ent_ptr = np.zeros(31, np.int64)
+    np.cumsum(np.bincount(ent, minlength=30), out=ent_ptr[1:])
+    graph = (times, allowed, out_ptr, dst[order].astype(np.int64), out_type[order], in_ptr,
+             src[in_order].astype(np.int64), out_type[in_order], np.full(7, 0.8, np.float32),
+             np.arange(n + 1, dtype=np.int64), ent.astype(np.int64), ent_ptr,
+             np.lexsort((np.arange(n), times, ent)).astype(np.int64), rng.random(30).astype(np.float32))
+    rest = (3, -10, 10_000, 4, 50, 500, 20, 1000, 8, 0.0, 3600.0, 0.2, 1e-3)
+    groups = [rng.integers(0, n, k).astype(np.int64) for k in (2, 0, 1)]
+    seed_ptr = np.zeros(len(groups) + 1, np.int64)
+    np.cumsum([len(g) for g in groups], out=seed_ptr[1:])
+    res_ptr, *batch = expand_ppr_push_batch(seed_ptr, np.concatenate(groups),
+                                            np.ones(seed_ptr[-1], np.float32), *graph, *rest)
+    for gi, grp in enumerate(groups):
+        single = expand_ppr_push(grp, np.ones(len(grp), np.float32), *graph, *rest)
+        lo, hi = res_ptr[gi], res_ptr[gi + 1]
+        for got, want in zip(batch, single[:6]):
+            np.testing.assert_array_equal(got[lo:hi], want)
