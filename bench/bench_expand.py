@@ -62,8 +62,8 @@ def run(index_dir: Path, corpus_dir: Path, n_queries: int, min_score: float, per
     from scipy.sparse.csgraph import dijkstra
 
     idx = Index(index_dir)
-    engine = idx.engine()
-    engine.warm_up()
+    idx.engine().warm_up()
+    engine = idx.engine().g  # the local graph access: its arrays, weights and allowed mask
     back = DIRECTIONS["back"]
     queries, qv = read_queries(corpus_dir)
     seeds = []
