@@ -500,8 +500,8 @@ def fmt_setting(m, r) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"| filter | frac | allowed | fastctx plan | fastctx R@k / QPS (params) | hnswlib-callable R@k / QPS (ef) "
-            f"| faiss R@k / QPS (ef) | numpy QPS | fc/hnswlib | fc/faiss | fc/numpy |")
+    head = ("| filter | frac | allowed | fastctx plan | fastctx R@k / QPS (params) | hnswlib-callable R@k / QPS (ef) "
+            "| faiss R@k / QPS (ef) | numpy QPS | fc/hnswlib | fc/faiss | fc/numpy |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         cells = [r["filter"], f"{r['fraction']:g}", str(r["allowed"]), r["fastctx"]["strategy"]]

@@ -83,7 +83,6 @@ def main() -> None:
         p, addr = _start_shard(exe, a.work / "sharded", 0)   # a second replica of shard 0
         procs.append(p)
         addrs[0].append(addr)
-        replica = p
         cluster = remote_cluster(addrs, call_timeout_s=2.0, hedge_s=0.25)
         coord = Coordinator(cluster)
         srv = CoordinatorServer(coord, port=0).start()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Iterable
@@ -163,3 +165,15 @@ def read_manifest(shard_dir: Path) -> dict:
 def write_manifest(shard_dir: Path, manifest: dict) -> None:
     manifest = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
     write_json_atomic(shard_dir / MANIFEST, manifest)
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Move a fully built directory into place, replacing `target` if it exists. A reader sees
+    the old directory or the new one; the old one is removed only after the swap."""
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.rename(target, trash / "old")
+        os.rename(tmp, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, target)

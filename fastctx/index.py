@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import builtins
 import fcntl
-import os
 import shutil
 import tempfile
 import time
@@ -27,10 +26,10 @@ from .corpus import EventBatch, read_events, read_meta
 from .encoder import Encoder, HashingEncoder
 from .errors import CorpusError, FormatError, IndexExistsError, IndexLockedError, InvalidQueryError
 from .filters import Filters, segment_allowed
-from .format import INDEX_MARKER, crashpoint, fsync_dir, read_marker, write_marker
+from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marker, write_marker
 from .params import BuildParams, SearchParams
 from .planner import SegmentPlan, plan_segment
-from .seeds import search_segment, top_k
+from .seeds import search_segment
 from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
                     open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
@@ -599,13 +598,7 @@ def build(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, overwrit
         write_marker(tmp, ["shard-000"], **({"encoder": encoder_spec} if encoder_spec else {}))
         from .shard import append_segment, read_manifest
         report = append_segment(shard_dir, read_manifest(shard_dir), batch, params, progress)
-        if index_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.old.", dir=index_dir.parent))
-            os.rename(index_dir, trash / "old")
-            os.rename(tmp, index_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, index_dir)
+        publish_dir(tmp, index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

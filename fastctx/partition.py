@@ -31,14 +31,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
 from .columns import keys64
-from .corpus import LINK_TYPES, EventBatch, read_events, read_meta
+from .corpus import EventBatch, read_events, read_meta
 from .errors import CorruptIndexError, IndexExistsError, InvalidQueryError
 from .params import BuildParams
+from .supersession import supersession_overlay
 
 SIDECAR = "PARTITION.npz"
 SIDECAR_META = "PARTITION.json"
@@ -108,30 +109,8 @@ def global_graph(batch: EventBatch, params: BuildParams) -> dict:
     slot = np.array([str(s).startswith(tuple(params.slot_prefixes)) for s in uniq], bool)
     # -- supersession (Shard.supersession over the whole corpus)
     kinds_sorted = np.asarray(batch.kinds, dtype=object)[order]
-    explicit = np.isin(typ, [LINK_TYPES.index("supersedes"), LINK_TYPES.index("reverts")])
-    old, new = [dst[explicit]], [src[explicit]]
-    slot_ents = np.flatnonzero(slot)
-    if len(slot_ents) and params.slot_kinds:
-        df = np.diff(ent_ptr)[slot_ents]
-        ent = np.repeat(slot_ents, df)
-        rows = np.concatenate([post_rows[ent_ptr[e]:ent_ptr[e + 1]] for e in slot_ents])
-        keep = np.isin(kinds_sorted[rows], list(params.slot_kinds))
-        ent, rows = ent[keep], rows[keep]
-        same = ent[1:] == ent[:-1]
-        old.append(rows[:-1][same])
-        new.append(rows[1:][same])
-    old_a, new_a = np.concatenate(old).astype(np.int64), np.concatenate(new).astype(np.int64)
-    at = times[new_a]
-    valid = at >= times[old_a]
-    old_a, new_a, at = old_a[valid], new_a[valid], at[valid]
-    so = np.lexsort((new_a, at, old_a))
-    old_a, new_a, at = old_a[so], new_a[so], at[so]
-    first = np.ones(len(old_a), bool)
-    first[1:] = old_a[1:] != old_a[:-1]
-    sup_by = np.full(n, -1, np.int64)
-    sup_at = np.full(n, -1, np.int64)
-    sup_by[old_a[first]] = new_a[first]
-    sup_at[old_a[first]] = at[first]
+    sup_by, sup_at = supersession_overlay(times, src, dst, typ, ent_ptr, post_rows, np.flatnonzero(slot),
+                                          np.isin(kinds_sorted, list(params.slot_kinds)))
     return dict(n=n, order=order, rank=rank, times=times, out_ptr=out_ptr, out_dst=dst, out_type=typ,
                 in_ptr=in_ptr, in_src=src[io], in_type=typ[io], ev_ptr=ev_ptr, ev_ent=ev_ent_sorted,
                 ent_names=uniq, ent_ptr=ent_ptr, ent_rows=post_rows, sup_by=sup_by, sup_at=sup_at,
@@ -218,7 +197,7 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
     not dangling)."""
     from .build import BuildReport
     from .encoder import HashingEncoder
-    from .format import write_marker
+    from .format import publish_dir, write_marker
     from .index import LOCK_FILE, Index
     from .shard import append_segment, create_shard, read_manifest
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
@@ -257,13 +236,7 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
                                               "n_entities_global": len(g["ent_names"]), "dim": batch.dim,
                                               "slot_kinds": list(params.slot_kinds),
                                               "encoder": encoder_spec})
-        if index_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.old.", dir=index_dir.parent))
-            os.rename(index_dir, trash / "old")
-            os.rename(tmp, index_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, index_dir)
+        publish_dir(tmp, index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,6 +34,7 @@ from .corpus import EventBatch
 from .errors import CorpusError, CorruptIndexError
 from .format import crc32_file, fsync_dir, read_manifest, write_manifest
 from .params import BuildParams
+from .supersession import supersession_overlay
 from .segment import MemSegment, Segment, SegmentBase
 
 EMPTY_OVERLAY = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
@@ -493,36 +494,13 @@ class Shard:
         Explicit `supersedes`/`reverts` links, and implicit slot supersession: consecutive events of
         a slot kind on the same slot entity. The earliest superseder wins. Deleted rows take no
         part (they have no links and no postings in `graph`)."""
-        from .corpus import LINK_TYPES
         g, n = self.graph, self.n
-        src = np.repeat(np.arange(n, dtype=np.int64), np.diff(g.out_ptr))
-        explicit = np.isin(g.out_type, [LINK_TYPES.index("supersedes"), LINK_TYPES.index("reverts")])
-        old, new = [g.out_dst[explicit]], [src[explicit]]
         params = self.manifest.get("params") or {"slot_kinds": list(BuildParams().slot_kinds)}
-        slot_kinds = [self.kinds.index(k) for k in params.get("slot_kinds", []) if k in self.kinds]
-        slot_ents = np.flatnonzero(self.entity_flags & 1)
-        if len(slot_ents) and slot_kinds:
-            df = np.diff(g.ent_ptr)[slot_ents]
-            ent = np.repeat(slot_ents, df)
-            rows = np.concatenate([g.ent_rows[g.ent_ptr[e]:g.ent_ptr[e + 1]] for e in slot_ents])
-            keep = np.isin(self.kind_codes[rows], slot_kinds)
-            ent, rows = ent[keep], rows[keep]
-            same = ent[1:] == ent[:-1]  # postings are time-sorted: pair each with the next
-            old.append(rows[:-1][same])
-            new.append(rows[1:][same])
-        old_a, new_a = np.concatenate(old).astype(np.int64), np.concatenate(new).astype(np.int64)
-        at = self.times[new_a]
-        valid = at >= self.times[old_a]
-        old_a, new_a, at = old_a[valid], new_a[valid], at[valid]
-        order = np.lexsort((new_a, at, old_a))
-        old_a, new_a, at = old_a[order], new_a[order], at[order]
-        first = np.ones(len(old_a), bool)
-        first[1:] = old_a[1:] != old_a[:-1]
-        by = np.full(n, -1, np.int64)
-        when = np.full(n, -1, np.int64)
-        by[old_a[first]] = new_a[first]
-        when[old_a[first]] = at[first]
-        return by, when
+        slot_kinds = self.codes(params.get("slot_kinds", []), self.kinds)
+        return supersession_overlay(
+            np.asarray(self.times), np.repeat(np.arange(n, dtype=np.int64), np.diff(g.out_ptr)), g.out_dst,
+            g.out_type, g.ent_ptr, g.ent_rows, np.flatnonzero(self.entity_flags & 1),
+            np.isin(self.kind_codes, slot_kinds))
 
     def _merged_postings(self) -> tuple[np.ndarray, np.ndarray]:
         segs = self.segments

@@ -24,7 +24,6 @@ side behind a load balancer.
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from dataclasses import replace
 from typing import Optional, Sequence, Union

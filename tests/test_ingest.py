@@ -18,7 +18,6 @@ from fastctx.cli import main
 from fastctx.compaction import CompactionPolicy, SegmentMeta
 from fastctx.errors import CorruptIndexError, IndexLockedError
 from fastctx.index import Index, build, verify
-from fastctx.params import BuildParams
 
 DIM = 16
 

@@ -4,7 +4,6 @@ ephemeral ports, started and stopped here."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

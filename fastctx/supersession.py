@@ -1,0 +1,48 @@
+"""The supersession overlay: for every event, which later event stopped it being current, and when.
+
+Two sources of evidence: explicit `supersedes`/`reverts` links (the link's source supersedes its
+target at the source's time), and implicit slot supersession (consecutive events of a slot kind
+that mention the same slot entity, e.g. successive `decision` events on `decision:card-vault`).
+When several events supersede one, the earliest wins. A revert of a revert makes the original's
+line current again through the newest event, which `current` answers follow to its end.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .corpus import LINK_TYPES
+
+_EXPLICIT = (LINK_TYPES.index("supersedes"), LINK_TYPES.index("reverts"))
+
+
+def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.ndarray,
+                         link_type: np.ndarray, ent_ptr: np.ndarray, ent_rows: np.ndarray,
+                         slot_entities: np.ndarray, slot_kind_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(superseded_by, superseded_at) int64 per row, -1 where the event is still current.
+
+    `ent_ptr`/`ent_rows` are time-sorted postings; `slot_entities` the ids of slot entities;
+    `slot_kind_row[r]` whether row r is of a slot kind."""
+    n = len(times)
+    explicit = np.isin(link_type, _EXPLICIT)
+    old, new = [np.asarray(link_dst[explicit], np.int64)], [np.asarray(link_src[explicit], np.int64)]
+    if len(slot_entities):
+        ent = np.repeat(slot_entities, np.diff(ent_ptr)[slot_entities])
+        rows = np.concatenate([np.asarray(ent_rows[ent_ptr[e]:ent_ptr[e + 1]], np.int64) for e in slot_entities])
+        keep = slot_kind_row[rows]
+        ent, rows = ent[keep], rows[keep]
+        same = ent[1:] == ent[:-1]  # postings are time-sorted: each is superseded by the next
+        old.append(rows[:-1][same])
+        new.append(rows[1:][same])
+    old_a, new_a = np.concatenate(old), np.concatenate(new)
+    at = times[new_a]
+    valid = at >= times[old_a]
+    old_a, new_a, at = old_a[valid], new_a[valid], at[valid]
+    order = np.lexsort((new_a, at, old_a))
+    old_a, new_a, at = old_a[order], new_a[order], at[order]
+    first = np.ones(len(old_a), bool)
+    first[1:] = old_a[1:] != old_a[:-1]
+    by = np.full(n, -1, np.int64)
+    when = np.full(n, -1, np.int64)
+    by[old_a[first]] = new_a[first]
+    when[old_a[first]] = at[first]
+    return by, when
