@@ -1,4 +1,15 @@
-"""fastctx: on-disk retrieval index for organizational memory."""
+"""fastctx: on-disk retrieval index for organizational memory.
+
+    import fastctx
+    idx, report = fastctx.build("corpus/", "index/")      # or fastctx.open("index/")
+    answer = idx.query("what led to the double charges?", type="chain")
+"""
+from .errors import (CorpusError, CorruptIndexError, FastctxError, FormatError, IndexExistsError,
+                     IndexLockedError, InvalidQueryError, ShardUnavailableError)
+from .filters import Filters
+from .index import Index, build, open, verify  # noqa: A004 - fastctx.open mirrors builtins.open on purpose
+from .types import Event, Hits
+
 __version__ = "0.1.0"
 
 
@@ -6,3 +17,8 @@ def connect(address: str, **kw):
     """A client of a coordinator server ("host:port") with `Index.query`'s API (see shards/)."""
     from .shards.server import connect as _connect
     return _connect(address, **kw)
+
+
+__all__ = ["Index", "build", "open", "verify", "connect", "Filters", "Hits", "Event", "FastctxError",
+           "CorpusError", "CorruptIndexError", "FormatError", "IndexExistsError", "IndexLockedError",
+           "InvalidQueryError", "ShardUnavailableError", "__version__"]
