@@ -571,6 +571,18 @@ def open(path: Union[str, Path], **kw) -> Index:  # noqa: A001 - mirrors builtin
     return Index(path, **kw)
 
 
+def read_for_build(corpus_dir: Path, index_dir: Path, overwrite: bool, progress: Progress):
+    """Refuse a non-empty target (unless overwriting), then read and validate the corpus.
+    Returns (batch, encoder spec to record in the index marker or None)."""
+    if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
+        raise IndexExistsError(f"{index_dir}: exists and is not empty (use overwrite=True / --overwrite)")
+    meta = read_meta(corpus_dir)
+    batch = read_events(corpus_dir, progress=(lambda done: progress("read", done, meta["n_events"]))
+                        if progress else None)
+    encoder = (meta.get("params") or {}).get("encoder")
+    return batch, ({"name": encoder, "dim": batch.dim} if encoder == HashingEncoder.name else None)
+
+
 def build(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, overwrite: bool = False,
           params: BuildParams = BuildParams(), progress: Progress = None, shards: int = 1,
           shard_key: str = "id") -> tuple[Index, BuildReport]:
@@ -582,13 +594,7 @@ def build(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, overwrit
         return build_partitioned(corpus_dir, index_dir, shards=shards, key=shard_key, overwrite=overwrite,
                                  params=params, progress=progress)
     corpus_dir, index_dir = Path(corpus_dir), Path(index_dir)
-    if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
-        raise IndexExistsError(f"{index_dir}: exists and is not empty (use overwrite=True / --overwrite)")
-    meta = read_meta(corpus_dir)
-    batch = read_events(corpus_dir, progress=(lambda done: progress("read", done, meta["n_events"]))
-                        if progress else None)
-    encoder = (meta.get("params") or {}).get("encoder")
-    encoder_spec = {"name": encoder, "dim": batch.dim} if encoder == HashingEncoder.name else None
+    batch, encoder_spec = read_for_build(corpus_dir, index_dir, overwrite, progress)
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.build.", dir=index_dir.parent))
     try:

@@ -36,8 +36,8 @@ from typing import Union
 import numpy as np
 
 from .columns import keys64
-from .corpus import EventBatch, read_events, read_meta
-from .errors import CorruptIndexError, IndexExistsError, InvalidQueryError
+from .corpus import EventBatch
+from .errors import CorruptIndexError, InvalidQueryError
 from .params import BuildParams
 from .supersession import supersession_overlay
 
@@ -196,20 +196,13 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
     (Index, BuildReport); the report counts links over the whole corpus (a cross-shard link is
     not dangling)."""
     from .build import BuildReport
-    from .encoder import HashingEncoder
     from .format import publish_dir, write_marker
-    from .index import LOCK_FILE, Index
+    from .index import LOCK_FILE, Index, read_for_build
     from .shard import append_segment, create_shard, read_manifest
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
     corpus_dir, index_dir = Path(corpus_dir), Path(index_dir)
-    if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
-        raise IndexExistsError(f"{index_dir}: exists and is not empty (use overwrite=True / --overwrite)")
-    meta = read_meta(corpus_dir)
-    batch = read_events(corpus_dir, progress=(lambda done: progress("read", done, meta["n_events"]))
-                        if progress else None)
-    encoder = (meta.get("params") or {}).get("encoder")
-    encoder_spec = {"name": encoder, "dim": batch.dim} if encoder == HashingEncoder.name else None
+    batch, encoder_spec = read_for_build(corpus_dir, index_dir, overwrite, progress)
     g = global_graph(batch, params)
     shard_in = shard_of(batch, shards, key)          # by input row
     shard_no = shard_in[g["order"]]                  # by global row

@@ -279,6 +279,15 @@ def open_segments(shard_dir: Path, manifest: dict, *, verify: bool = False, cach
     return out
 
 
+def _lookup_entities(segments, keys: np.ndarray) -> np.ndarray:
+    """Global entity ids of 64-bit name keys across `segments`, -1 where unknown."""
+    out = np.full(len(keys), -1, np.int64)
+    for seg in segments:
+        hit = seg.entity_lookup.get(keys)
+        out = np.where(hit >= 0, hit, out)
+    return out
+
+
 class Shard:
     """A pinned version of one shard (see the module doc)."""
 
@@ -379,18 +388,10 @@ class Shard:
         return out
 
     def lookup_entities_disk(self, keys: np.ndarray) -> np.ndarray:
-        out = np.full(len(keys), -1, np.int64)
-        for seg in self.disk_segments:
-            hit = seg.entity_lookup.get(keys)
-            out = np.where(hit >= 0, hit, out)
-        return out
+        return _lookup_entities(self.disk_segments, keys)
 
     def lookup_entities(self, keys: np.ndarray) -> np.ndarray:
-        out = np.full(len(keys), -1, np.int64)
-        for seg in self.segments:
-            hit = seg.entity_lookup.get(keys)
-            out = np.where(hit >= 0, hit, out)
-        return out
+        return _lookup_entities(self.segments, keys)
 
     def entity_ids(self, names: Sequence[str]) -> list[int]:
         """Global ids of the known entity names (unknown names are left out)."""

@@ -479,6 +479,26 @@ def _neighbour_bound(u, direction, out_ptr, in_ptr, ev_ptr, ev_ent, ent_ptr,
 
 
 @njit
+def _neighbours_into(u, direction, times, allowed, out_ptr, out_dst, out_type,
+                     in_ptr, in_src, in_type, link_weight, ev_ptr, ev_ent, ent_ptr,
+                     ent_rows, ent_weight, time_lo, time_hi, hub_postings,
+                     hub_window_s, max_per_entity, time_scale_s, bv, bw, bk, bi,
+                     budget):
+    """`_neighbours` after growing the candidate buffers to the bound it can reach; returns the
+    (possibly new) buffers with (count, edges examined, budget hit). Shared by both kernels."""
+    need = _neighbour_bound(u, direction, out_ptr, in_ptr, ev_ptr, ev_ent,
+                            ent_ptr, ent_weight, max_per_entity, budget)
+    if need > bv.shape[0]:
+        bv, bw, bk, bi = _new_buf(max(need, 2 * bv.shape[0]))
+    count, ex, budget_hit = _neighbours(
+        u, direction, times, allowed, out_ptr, out_dst, out_type, in_ptr,
+        in_src, in_type, link_weight, ev_ptr, ev_ent, ent_ptr, ent_rows,
+        ent_weight, time_lo, time_hi, hub_postings, hub_window_s,
+        max_per_entity, time_scale_s, bv, bw, bk, bi, budget)
+    return bv, bw, bk, bi, count, ex, budget_hit
+
+
+@njit
 def _seed_ok(r, n, times, allowed, time_lo, time_hi):
     return 0 <= r < n and allowed[r] != 0 and time_lo <= times[r] <= time_hi
 
@@ -600,11 +620,7 @@ def expand_best_first(seeds, seed_scores, times, allowed, out_ptr, out_dst,
         if n_out >= max_results or budget_hit or ni[su, _HOPS] >= max_hops:
             continue
         budget = max_edge_visits - examined
-        need = _neighbour_bound(u, direction, out_ptr, in_ptr, ev_ptr, ev_ent,
-                                ent_ptr, ent_weight, max_per_entity, budget)
-        if need > bv.shape[0]:
-            bv, bw, bk, bi = _new_buf(max(need, 2 * bv.shape[0]))
-        count, ex, budget_hit = _neighbours(
+        bv, bw, bk, bi, count, ex, budget_hit = _neighbours_into(
             u, direction, times, allowed, out_ptr, out_dst, out_type, in_ptr,
             in_src, in_type, link_weight, ev_ptr, ev_ent, ent_ptr, ent_rows,
             ent_weight, time_lo, time_hi, hub_postings, hub_window_s,
@@ -741,11 +757,7 @@ def expand_ppr_push(seeds, seed_scores, times, allowed, out_ptr, out_dst,
             continue
         u = ni[s, _ROW]
         budget = max_edge_visits - examined
-        need = _neighbour_bound(u, direction, out_ptr, in_ptr, ev_ptr, ev_ent,
-                                ent_ptr, ent_weight, max_per_entity, budget)
-        if need > bv.shape[0]:
-            bv, bw, bk, bi = _new_buf(max(need, 2 * bv.shape[0]))
-        count, ex, budget_hit = _neighbours(
+        bv, bw, bk, bi, count, ex, budget_hit = _neighbours_into(
             u, direction, times, allowed, out_ptr, out_dst, out_type, in_ptr,
             in_src, in_type, link_weight, ev_ptr, ev_ent, ent_ptr, ent_rows,
             ent_weight, time_lo, time_hi, hub_postings, hub_window_s,
