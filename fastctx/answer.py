@@ -2,10 +2,11 @@
 
 chain   : which of the top seed hits is the situation the query is about? Each candidate is
           expanded over the event graph (explicit links, rare shared entities) in the asked
-          direction. Its score: similarity, plus its place in the hits' time span (asking "what
-          led here" anchors at the latest matching situation), plus how much of the other hits
-          its chain reaches (a real chain is coherent; a look-alike usually stands alone), minus
-          a penalty when a later near-duplicate exists (an older version of the same thing).
+          direction. Its score: similarity, plus its place in the query's time window (asking
+          "what led here" anchors at the latest matching situation), plus the relevance of its
+          chain (how much the events it reaches are about the query: a look-alike usually stands
+          alone or sits among unrelated events), minus a penalty growing with how close a later
+          hit is (an older version of the same thing).
           The winner's chain fills the budget first, best evidence first; the rest goes to the
           next candidates' chains and then to plain seed hits.
 current : the top hits are grouped by their slot entity (e.g. `decision:...`) or, lacking
@@ -44,13 +45,15 @@ DAY = 86_400
 @dataclass(frozen=True)
 class AnswerParams:
     """Knobs of the causal engine. Defaults are measured on the orgmem yardstick (see docs)."""
-    seed_k: int = 64                 # seed hits considered
+    seed_k: int = 256                # seed hits considered by chain queries ...
+    current_seed_k: int = 1024       # ... and by current/as_of ones (no expansion, so more are cheap;
+                                     # a fact's versions and mentions then group together)
     # "best_first" (max-product paths; the sharded coordinator reproduces it exactly) or "ppr"
     # (personalized PageRank push; embedded only for now; measured in the issue notes)
     expansion: str = "best_first"
     ppr_alpha: float = 0.3           # PPR teleport probability
     ppr_epsilon: float = 1e-3        # PPR push threshold
-    candidates: int = 40             # top hits expanded as possible chain heads
+    candidates: int = 128            # top hits expanded as possible chain heads
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.7), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8))
@@ -65,10 +68,10 @@ class AnswerParams:
     max_results: int = 256           # events reached per expansion
     max_edge_visits: int = 20_000    # work cap per expansion
     min_score: float = 0.02
-    coherence: float = 0.1           # weight of the other hits a candidate's chain reaches
-    recency: float = 0.3             # weight of a candidate's place in the hits' time span
-    duplicate_cos: float = 0.85      # a later hit this similar marks a candidate as an older version
-    duplicate_penalty: float = 0.05  # subtracted from such a candidate's score
+    relevance: float = 1.0           # weight of how much a candidate's chain is about the query
+    recency: float = 0.4             # weight of a candidate's place in the query's time window
+    older_version_cos: float = 0.6   # a later hit more similar than this marks an older version ...
+    older_version_penalty: float = 1.0  # ... penalised by this times the excess similarity
     pool_temperature: float = 0.02   # softmax temperature pooling candidates' chains (0: winner only)
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
 
@@ -316,11 +319,12 @@ class Engine:
         check_query(query_type, direction, budget)
         g = graph if graph is not None else self.g
         t0 = time.perf_counter()
-        rows, sims = g.seeds(q, self.params.seed_k, filters)
+        k = self.params.seed_k if query_type == "chain" else self.params.current_seed_k
+        rows, sims = g.seeds(q, k, filters)
         rows, sims = np.asarray(rows, np.int64), np.asarray(sims, np.float64)
         t1 = time.perf_counter()
         if query_type == "chain":
-            picked, current = self._chain(g, rows, sims, filters, DIRECTIONS[direction], budget)
+            picked, current = self._chain(g, q, rows, sims, filters, DIRECTIONS[direction], budget)
         else:
             picked, current = self._current(g, rows, sims, filters, budget)
         t2 = time.perf_counter()
@@ -343,7 +347,39 @@ class Engine:
                       partial=bool(g.missing), missing_shards=sorted(g.missing))
 
     # -- chain ---------------------------------------------------------------------------------
-    def _chain(self, g, rows, sims, filters: Filters, direction: int, budget: int):
+    @staticmethod
+    def _recency(times: np.ndarray, filters: Filters, direction: int) -> np.ndarray:
+        """Place of each hit inside the asked time window: a question scoped to a window is about
+        the situation at its end, so "what led here" is anchored at the latest matching event
+        (back), "what followed" at the earliest (forward). No window, no such prior."""
+        t = times.astype(np.float64)
+        if (filters.time_from is None and filters.time_to is None) or direction == DIRECTIONS["both"]:
+            return np.zeros_like(t)
+        w_lo = float(filters.time_from) if filters.time_from is not None else t.min()
+        w_hi = float(filters.time_to) if filters.time_to is not None else t.max()
+        recency = np.clip((t - w_lo) / max(w_hi - w_lo, 1.0), 0.0, 1.0)
+        return 1.0 - recency if direction == DIRECTIONS["forward"] else recency
+
+    @staticmethod
+    def _chain_relevance(g, q: np.ndarray, expansions) -> np.ndarray:
+        """Per candidate, how much its chain is about the query: the evidence-weighted mean query
+        similarity of the events its expansion reaches (the candidate itself excluded), counting
+        at most one unit of evidence. A look-alike standing alone, or one whose neighbourhood is
+        about something else, gets little; a situation with a relevant history gets the most."""
+        reached = [res[0][1:] for res in expansions]
+        flat = np.concatenate(reached) if reached else np.zeros(0, np.int64)
+        qsim = np.maximum(np.asarray(g.vectors(flat), np.float64) @ np.asarray(q, np.float64), 0.0) if len(flat) else flat
+        out = np.zeros(len(expansions))
+        at = 0
+        for i, res in enumerate(expansions):
+            ev = res[1][1:].astype(np.float64)
+            mass = ev.sum()
+            if mass > 0:
+                out[i] = float(ev @ qsim[at:at + len(ev)]) / mass * min(mass, 1.0)
+            at += len(ev)
+        return out
+
+    def _chain(self, g, q, rows, sims, filters: Filters, direction: int, budget: int):
         p = self.params
         if len(rows) == 0:
             return [], None
@@ -353,33 +389,19 @@ class Engine:
         exp_hi = np.iinfo(np.int64).max if filters.as_of is None else filters.as_of
         vecs = g.vectors(rows)
         times = np.asarray(g.times(rows), np.int64)
-        # older versions: a later hit that is a near-duplicate
-        dup = (vecs @ vecs.T) >= p.duplicate_cos
+        # older versions: the closer a later hit is to a candidate, the likelier the candidate
+        # is a superseded copy of it
         later = times[None, :] > times[:, None]
-        is_old = (dup & later).any(axis=1)
-        # recency inside the asked time window: a question scoped to a window is about the
-        # situation at its end, so "what led here" is anchored at the latest matching event
-        # (back), "what followed" at the earliest (forward). No window, no such prior.
-        t_hits = times.astype(np.float64)
-        recency = np.zeros_like(t_hits)
-        if filters.time_from is not None or filters.time_to is not None:
-            w_lo = float(filters.time_from) if filters.time_from is not None else t_hits.min()
-            w_hi = float(filters.time_to) if filters.time_to is not None else t_hits.max()
-            recency = np.clip((t_hits - w_lo) / max(w_hi - w_lo, 1.0), 0.0, 1.0)
-            if direction == DIRECTIONS["forward"]:
-                recency = 1.0 - recency
-            elif direction == DIRECTIONS["both"]:
-                recency[:] = 0.0
-        hit_sim = dict(zip(rows.tolist(), sims.tolist()))
-        cands = []
+        later_cos = np.where(later, vecs.astype(np.float64) @ vecs.T.astype(np.float64), -1.0).max(axis=1)
+        older = np.maximum(later_cos - p.older_version_cos, 0.0)
+        recency = self._recency(times, filters, direction)
         n_cand = min(p.candidates, len(rows))
         expansions = g.expand(rows[:n_cand], np.ones(n_cand, np.float32), direction, t_lo, exp_hi, filters.as_of)
+        relevance = self._chain_relevance(g, q, expansions)
+        cands = []
         for i, res in enumerate(expansions):
-            # coherence: how much of the other hits this candidate's chain reaches, and how strongly
-            reach = sum(s * hit_sim.get(r, 0.0) for r, s in zip(res[0][1:].tolist(), res[1][1:].tolist()))
-            score = (sims[i] + p.recency * recency[i] + p.coherence * reach
-                     - p.duplicate_penalty * float(is_old[i]))
-            cands.append((score, i, res))
+            score = sims[i] + p.recency * recency[i] + p.relevance * relevance[i] - p.older_version_penalty * older[i]
+            cands.append((float(score), i, res))
         cands.sort(key=lambda c: (-c[0], c[1]))
         # evidence per event, pooled over candidates: each candidate's chain counts with a
         # softmax weight of its score, so a close runner-up's chain still gets budget and
