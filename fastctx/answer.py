@@ -45,15 +45,14 @@ DAY = 86_400
 @dataclass(frozen=True)
 class AnswerParams:
     """Knobs of the causal engine. Defaults are measured on the orgmem yardstick (see docs)."""
-    seed_k: int = 256                # seed hits considered by chain queries ...
-    current_seed_k: int = 1024       # ... and by current/as_of ones (no expansion, so more are cheap;
-                                     # a fact's versions and mentions then group together)
+    seed_k: int = 1024               # seed hits considered (their mean is what "specific" is relative
+                                     # to; a fact's versions and mentions group together among them)
     # "best_first" (max-product paths; the sharded coordinator reproduces it exactly) or "ppr"
     # (personalized PageRank push; embedded only for now; measured in the issue notes)
     expansion: str = "best_first"
     ppr_alpha: float = 0.3           # PPR teleport probability
     ppr_epsilon: float = 1e-3        # PPR push threshold
-    candidates: int = 128            # top hits expanded as possible chain heads
+    candidates: int = 64             # hits expanded as possible chain heads
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.7), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8))
@@ -68,10 +67,10 @@ class AnswerParams:
     max_results: int = 256           # events reached per expansion
     max_edge_visits: int = 20_000    # work cap per expansion
     min_score: float = 0.02
-    relevance: float = 1.0           # weight of how much a candidate's chain is about the query
-    recency: float = 0.4             # weight of a candidate's place in the query's time window
+    relevance: float = 0.8           # weight of how much a candidate's chain is about the query
+    recency: float = 0.6             # weight of a candidate's place in the query's time window
     older_version_cos: float = 0.6   # a later hit more similar than this marks an older version ...
-    older_version_penalty: float = 1.0  # ... penalised by this times the excess similarity
+    older_version_penalty: float = 1.3  # ... penalised by this times the excess similarity
     pool_temperature: float = 0.02   # softmax temperature pooling candidates' chains (0: winner only)
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
 
@@ -319,8 +318,7 @@ class Engine:
         check_query(query_type, direction, budget)
         g = graph if graph is not None else self.g
         t0 = time.perf_counter()
-        k = self.params.seed_k if query_type == "chain" else self.params.current_seed_k
-        rows, sims = g.seeds(q, k, filters)
+        rows, sims = g.seeds(q, self.params.seed_k, filters)
         rows, sims = np.asarray(rows, np.int64), np.asarray(sims, np.float64)
         t1 = time.perf_counter()
         if query_type == "chain":
@@ -361,6 +359,17 @@ class Engine:
         return 1.0 - recency if direction == DIRECTIONS["forward"] else recency
 
     @staticmethod
+    def _specific_similarity(vecs: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Cosine of each hit to the query after removing what all the hits share (their mean):
+        the words every hit has (the service, the topic) stop counting, and what is specific to
+        the query's situation decides. Plain similarity when there are too few hits to tell."""
+        if len(vecs) < 8:
+            return vecs @ np.asarray(q, np.float64)
+        mean = vecs.mean(axis=0)
+        qc, vc = np.asarray(q, np.float64) - mean, vecs - mean
+        return (vc @ qc) / np.maximum(np.linalg.norm(vc, axis=1) * np.linalg.norm(qc), 1e-12)
+
+    @staticmethod
     def _chain_relevance(g, q: np.ndarray, expansions) -> np.ndarray:
         """Per candidate, how much its chain is about the query: the evidence-weighted mean query
         similarity of the events its expansion reaches (the candidate itself excluded), counting
@@ -387,21 +396,25 @@ class Engine:
         slack = int(p.window_slack_days * DAY)
         t_lo = max(t_lo - slack, np.iinfo(np.int64).min // 2) if filters.time_from is not None else t_lo
         exp_hi = np.iinfo(np.int64).max if filters.as_of is None else filters.as_of
-        vecs = g.vectors(rows)
+        vecs = np.asarray(g.vectors(rows), np.float64)
         times = np.asarray(g.times(rows), np.int64)
-        # older versions: the closer a later hit is to a candidate, the likelier the candidate
-        # is a superseded copy of it
-        later = times[None, :] > times[:, None]
-        later_cos = np.where(later, vecs.astype(np.float64) @ vecs.T.astype(np.float64), -1.0).max(axis=1)
-        older = np.maximum(later_cos - p.older_version_cos, 0.0)
+        specific = self._specific_similarity(vecs, q)
         recency = self._recency(times, filters, direction)
-        n_cand = min(p.candidates, len(rows))
-        expansions = g.expand(rows[:n_cand], np.ones(n_cand, np.float32), direction, t_lo, exp_hi, filters.as_of)
+        # possible chain heads: the hits that look most like the asked situation, less a penalty
+        # growing with how close a later hit is (an older version of it). The penalty only
+        # lowers a score, so it is computed for a pool of twice the candidates, not all hits.
+        base = specific + p.recency * recency
+        pool = np.lexsort((np.arange(len(rows)), -base))[:2 * p.candidates]
+        later = times[None, :] > times[pool][:, None]
+        later_cos = np.where(later, vecs[pool] @ vecs.T, -1.0).max(axis=1)
+        prior = base[pool] - p.older_version_penalty * np.maximum(later_cos - p.older_version_cos, 0.0)
+        chosen = pool[np.lexsort((pool, -prior))[:p.candidates]]
+        prior = dict(zip(pool.tolist(), prior.tolist()))
+        expansions = g.expand(rows[chosen], np.ones(len(chosen), np.float32), direction, t_lo, exp_hi, filters.as_of)
         relevance = self._chain_relevance(g, q, expansions)
         cands = []
-        for i, res in enumerate(expansions):
-            score = sims[i] + p.recency * recency[i] + p.relevance * relevance[i] - p.older_version_penalty * older[i]
-            cands.append((float(score), i, res))
+        for i, rel, res in zip(chosen.tolist(), relevance.tolist(), expansions):
+            cands.append((prior[i] + p.relevance * rel, i, res))
         cands.sort(key=lambda c: (-c[0], c[1]))
         # evidence per event, pooled over candidates: each candidate's chain counts with a
         # softmax weight of its score, so a close runner-up's chain still gets budget and
