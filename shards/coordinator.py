@@ -76,13 +76,23 @@ class DistributedGraph:
 
     def _by_owner(self, rows) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
+        owner = self.owner
         for r in rows:
-            out.setdefault(self.owner[r], []).append(r)
+            k = owner[r]
+            lst = out.get(k)
+            if lst is None:
+                out[k] = [r]
+            else:
+                lst.append(r)
         return out
 
     def _fetch(self, rows: Sequence[int], fields: list[str], extra: Optional[dict] = None) -> None:
         """Fill the caches of `fields` for `rows` (one Fetch per owner shard)."""
-        need = sorted({int(r) for r in rows if any(r not in self.cache[f] for f in fields)})
+        rows = set(map(int, rows))
+        need = set()
+        for f in fields:
+            need.update(rows.difference(self.cache[f].keys()))
+        need = sorted(need)
         if not need:
             return
         groups = self._by_owner(need)
