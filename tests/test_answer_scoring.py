@@ -1,0 +1,73 @@
+"""The engine's head-choice signals on hand-made vectors: query-specific similarity, chain
+relevance and recency (each checked against a direct computation or an obvious ordering)."""
+from __future__ import annotations
+
+import numpy as np
+
+from fastctx.answer import DIRECTIONS, Engine
+from fastctx.filters import Filters
+
+
+def _unit(v):
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_specific_similarity_is_centred_cosine():
+    rng = np.random.default_rng(0)
+    vecs = np.array([_unit(x) for x in rng.normal(size=(20, 8))])
+    q = _unit(rng.normal(size=8))
+    got = Engine._specific_similarity(vecs, q)
+    mean = vecs.mean(axis=0)
+    want = [float(np.dot(v - mean, q - mean) / (np.linalg.norm(v - mean) * np.linalg.norm(q - mean))) for v in vecs]
+    assert np.allclose(got, want)
+
+
+def test_specific_similarity_prefers_what_only_the_query_and_one_hit_share():
+    # every hit shares the "topic" axis with the query; one also shares the query's own detail
+    topic, detail = np.eye(6)[0], np.eye(6)[1]
+    rng = np.random.default_rng(1)
+    generic = [_unit(topic + 0.1 * rng.normal(size=6) * (np.arange(6) >= 2)) for _ in range(15)]
+    specific = _unit(0.5 * topic + 0.8 * detail + 0.3 * np.eye(6)[5])
+    vecs = np.array(generic + [specific])
+    q = _unit(topic + 0.5 * detail)
+    assert np.argmax(vecs @ q) != len(vecs) - 1                                  # plain: a look-alike
+    assert np.argmax(Engine._specific_similarity(vecs, q)) == len(vecs) - 1     # centred: the one
+
+
+def test_specific_similarity_falls_back_to_plain_with_few_hits():
+    vecs = np.array([_unit([1, 0, 0]), _unit([1, 1, 0])])
+    q = _unit([1, 0.2, 0])
+    assert np.allclose(Engine._specific_similarity(vecs, q), vecs @ q)
+
+
+class _Vectors:
+    def __init__(self, table):
+        self.table = table
+
+    def vectors(self, rows):
+        return np.array([self.table[int(r)] for r in rows]).reshape(len(rows), -1)
+
+
+def test_chain_relevance_is_evidence_weighted_query_similarity_capped_at_one_unit():
+    q = _unit([1, 0, 0])
+    table = {0: _unit([1, 0, 0]), 1: _unit([1, 1, 0]), 2: _unit([0, 1, 0]), 3: _unit([-1, 0, 0]), 9: q}
+    g = _Vectors(table)
+    alone = (np.array([9]), np.array([1.0], np.float32))
+    small = (np.array([9, 1]), np.array([1.0, 0.5], np.float32))                 # mass 0.5
+    big = (np.array([9, 1, 2, 3]), np.array([1.0, 0.8, 0.8, 0.4], np.float32))  # mass 2.0
+    got = Engine._chain_relevance(g, q, [alone, small, big])
+    s1 = float(table[1] @ q)
+    assert got[0] == 0.0                                   # nothing reached: no evidence
+    assert np.isclose(got[1], s1 * 0.5)                    # mean similarity x mass (< 1)
+    # negative similarities count as zero; mass above one counts as one
+    assert np.isclose(got[2], (0.8 * s1 + 0.8 * 0.0 + 0.4 * 0.0) / 2.0)
+
+
+def test_recency_inside_the_window_by_direction():
+    times = np.array([100, 150, 200])
+    f = Filters(time_from=100, time_to=200)
+    assert np.allclose(Engine._recency(times, f, DIRECTIONS["back"]), [0, 0.5, 1])
+    assert np.allclose(Engine._recency(times, f, DIRECTIONS["forward"]), [1, 0.5, 0])
+    assert np.allclose(Engine._recency(times, f, DIRECTIONS["both"]), 0)
+    assert np.allclose(Engine._recency(times, Filters(), DIRECTIONS["back"]), 0)   # no window, no prior
