@@ -22,6 +22,7 @@ from .expand import (
     expand_ppr_push,
     expand_ppr_push_batch,
 )
+from .walks import walk_parts
 
 __all__ = [
     "dot_range",
@@ -36,6 +37,7 @@ __all__ = [
     "expand_best_first_batch",
     "expand_ppr_push",
     "expand_ppr_push_batch",
+    "walk_parts",
     "warm_up",
 ]
 
@@ -78,3 +80,6 @@ def warm_up():
     )
     expand_best_first(seeds, seed_scores, *common)
     expand_ppr_push(seeds, seed_scores, *common, 0.15, 1e-4)
+    one = np.zeros(1, dtype=np.int64)
+    walk_parts(one, one, one, g["ent_ptr"], g["times"], g["ent_rows"], np.array([3], dtype=np.int64),
+               3, 8, -(2**62), 2**62, 2**62, 3600, 100)

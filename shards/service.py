@@ -28,6 +28,7 @@ from fastctx.answer import AnswerParams, entity_weights
 from fastctx.errors import InvalidQueryError
 from fastctx.filters import Filters
 from fastctx.index import Index
+from fastctx.kernels.walks import walk_parts
 from fastctx.partition import read_sidecar
 
 from . import wire
@@ -235,42 +236,15 @@ class ShardService:
         return self._walk_parts(np.asarray(wu).tolist(), np.asarray(wt).tolist(), le, p)
 
     def _walk_parts(self, wu, wt, wle, p) -> dict:
-        """Per walk: entries (global row, time, eligible, side 0=lo/1=hi), each side nearest first."""
-        direction, mpe = p["direction"], p["max_per_entity"]
-        t_lo, t_hi, as_of = p["t_lo"], p["t_hi"], p["as_of"]
-        ptr, rows, times, elig, side = [0], [], [], [], []
-        for u, t_u, le in zip(wu, wt, wle):
-            if le >= 0 and mpe > 0:
-                a, b = int(self.ent_ptr[le]), int(self.ent_ptr[le + 1])
-                pt, pg = self.post_t[a:b], self.post_g[a:b]
-                lim = p["hub_window_s"] if int(self.ent_df[le]) > p["hub_postings"] else I64_MAX
-                if direction == 1:
-                    lo, hi = int(np.searchsorted(pt, t_u, "right")) - 1, b - a
-                elif direction == 2:
-                    lo, hi = -1, int(np.searchsorted(pt, t_u, "left"))
-                else:
-                    x = int(np.searchsorted(pt, t_u, "left"))
-                    y = int(np.searchsorted(pt, t_u, "right"))
-                    pos = x + int(np.searchsorted(pg[x:y], u, "left"))
-                    lo, hi = pos - 1, pos
-                for s, start, step in ((0, lo, -1), (1, hi, 1)):
-                    taken, i = 0, start
-                    while 0 <= i < b - a and taken < mpe:
-                        tx = int(pt[i])
-                        if tx < t_lo or tx > t_hi or abs(tx - t_u) > lim:
-                            break
-                        v = int(pg[i])
-                        ok = v != u and (as_of is None or tx <= as_of)
-                        taken += ok
-                        rows.append(v)
-                        times.append(tx)
-                        elig.append(ok)
-                        side.append(s)
-                        i += step
-            ptr.append(len(rows))
-        return {"ptr": np.asarray(ptr, np.int64), "rows": np.asarray(rows, np.int64),
-                "time": np.asarray(times, np.int64), "elig": np.asarray(elig, np.bool_),
-                "side": np.asarray(side, np.int8)}
+        """Per walk: entries (global row, time, eligible, side 0=lo/1=hi), each side nearest first
+        (the Numba kernel `walk_parts`)."""
+        i64 = lambda x: np.ascontiguousarray(x, np.int64)  # noqa: E731
+        as_of = I64_MAX if p["as_of"] is None else int(p["as_of"])
+        ptr, rows, times, elig, side = walk_parts(
+            i64(wu), i64(wt), i64(wle), self.ent_ptr, self.post_t, self.post_g, self.ent_df,
+            int(p["direction"]), int(p["max_per_entity"]), int(p["t_lo"]), int(p["t_hi"]), as_of,
+            int(p["hub_window_s"]), int(p["hub_postings"]))
+        return {"ptr": ptr, "rows": rows, "time": times, "elig": elig, "side": side}
 
     # -- fetch helpers -------------------------------------------------------------------------
     def _vectors(self, loc: np.ndarray) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""A shard's part of entity walks, for the sharded expansion (see fastctx/shards/service.py).
+
+In the sharded layout an entity's postings are spread over the shards holding its events. For
+each walk (node u at time t_u, entity e), a shard lists its own postings of e outwards from t_u,
+each side nearest first, as the single-shard kernel would visit them; the coordinator merges
+the shards' parts by (time, global row) and replays the kernel's walk. Each side stops at the
+time window, the hub window, or after ``max_per_entity`` eligible entries (an entry is eligible
+when it is not u itself and not after ``as_of``); ineligible entries are listed too, flagged,
+because they still count as examined edges.
+
+Postings of local entity ``le`` are ``[ent_ptr[le], ent_ptr[le + 1])`` of ``post_t`` (times,
+ascending) and ``post_g`` (global rows, ascending within equal times).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import INT64_MAX, njit
+
+
+@njit
+def _first_at_least(a, lo, hi, x):
+    """First index in [lo, hi) with a[i] >= x (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit
+def _first_above(a, lo, hi, x):
+    """First index in [lo, hi) with a[i] > x (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit
+def walk_parts(walk_u, walk_t, walk_le, ent_ptr, post_t, post_g, ent_df, direction, max_per_entity,
+               t_lo, t_hi, as_of, hub_window_s, hub_postings):
+    """Per walk w: entries ``[ptr[w], ptr[w + 1])`` of (rows, times, eligible, side), side 0 the
+    earlier side (walking down), 1 the later one (walking up). ``walk_le[w] < 0``: the shard
+    does not hold the entity (no entries). Pass ``as_of = INT64_MAX`` for none."""
+    n = walk_u.shape[0]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    cap = 16 + 4 * n
+    rows = np.empty(cap, dtype=np.int64)
+    times = np.empty(cap, dtype=np.int64)
+    elig = np.empty(cap, dtype=np.bool_)
+    side = np.empty(cap, dtype=np.int8)
+    m = 0
+    for w in range(n):
+        le, u, t_u = walk_le[w], walk_u[w], walk_t[w]
+        if le >= 0 and max_per_entity > 0:
+            a, b = ent_ptr[le], ent_ptr[le + 1]
+            lim = hub_window_s if ent_df[le] > hub_postings else INT64_MAX
+            if direction == 1:
+                lo, hi = _first_above(post_t, a, b, t_u) - 1, b
+            elif direction == 2:
+                lo, hi = a - 1, _first_at_least(post_t, a, b, t_u)
+            else:
+                x = _first_at_least(post_t, a, b, t_u)
+                y = _first_above(post_t, a, b, t_u)
+                p = _first_at_least(post_g, x, y, u)
+                lo, hi = p - 1, p
+            for s in range(2):
+                i = lo if s == 0 else hi
+                step = -1 if s == 0 else 1
+                taken = 0
+                while a <= i < b and taken < max_per_entity:
+                    tx = post_t[i]
+                    d = tx - t_u if tx >= t_u else t_u - tx
+                    if tx < t_lo or tx > t_hi or d > lim:
+                        break
+                    v = post_g[i]
+                    ok = v != u and tx <= as_of
+                    if ok:
+                        taken += 1
+                    if m == cap:
+                        cap *= 2
+                        rows = _grown(rows, cap, m)
+                        times = _grown(times, cap, m)
+                        elig = _grown(elig, cap, m)
+                        side = _grown(side, cap, m)
+                    rows[m], times[m], elig[m], side[m] = v, tx, ok, s
+                    m += 1
+                    i += step
+        ptr[w + 1] = m
+    return ptr, rows[:m].copy(), times[:m].copy(), elig[:m].copy(), side[:m].copy()
+
+
+@njit
+def _grown(a, cap, m):
+    b = np.empty(cap, dtype=a.dtype)
+    b[:m] = a[:m]
+    return b
