@@ -40,10 +40,16 @@ def _start_shard(exe, index, k):
             return p, line.strip().rsplit(" ", 1)[-1]
 
 
-def _pct(xs):
+def _pct(xs, types=None):
+    """Latency percentiles, overall and (given each query's type) per query type."""
     xs = np.asarray(xs)
-    return {"p50_ms": round(float(np.percentile(xs, 50)), 2), "p99_ms": round(float(np.percentile(xs, 99)), 2),
-            "mean_ms": round(float(xs.mean()), 2), "qps": round(1e3 / float(xs.mean()), 1)}
+    out = {"p50_ms": round(float(np.percentile(xs, 50)), 2), "p99_ms": round(float(np.percentile(xs, 99)), 2),
+           "mean_ms": round(float(xs.mean()), 2), "qps": round(1e3 / float(xs.mean()), 1)}
+    for t in sorted(set(types or ())):
+        sub = xs[np.asarray(types) == t]
+        out[f"{t}_p50_ms"] = round(float(np.percentile(sub, 50)), 2)
+        out[f"{t}_p99_ms"] = round(float(np.percentile(sub, 99)), 2)
+    return out
 
 
 def main() -> None:
@@ -72,7 +78,8 @@ def main() -> None:
         ans = one.query_spec(q, v)
         lat.append(1e3 * (time.perf_counter() - t0))
         answers.append([e.id for e in ans.events])
-    res["embedded_1_shard"] = _pct(lat)
+    types = [q["type"] for q in queries]
+    res["embedded_1_shard"] = _pct(lat, types)
     exe = Path(sys.executable).parent / "fastctx"
     procs, addrs = [], {}
     try:
@@ -105,7 +112,7 @@ def main() -> None:
                 rpcs += ans.timings["rpcs"]
                 partial += ans.partial
             n = len(lat)
-            return {**_pct(lat), "identical_to_embedded": f"{same}/{n}", "partial": partial,
+            return {**_pct(lat, types), "identical_to_embedded": f"{same}/{n}", "partial": partial,
                     "bytes_client_per_query": int(b_client / n), "bytes_shards_per_query": int(b_shards / n),
                     "expand_waves_per_query": round(waves / n, 1), "shard_rpcs_per_query": round(rpcs / n, 1)}
 
