@@ -1,14 +1,15 @@
 """Causal-chain answers: seeds -> graph expansion -> rerank -> token-budgeted timeline.
 
-chain   : which of the top seed hits is the situation the query is about? Each candidate is
-          expanded over the event graph (explicit links, rare shared entities) in the asked
-          direction. Its score: similarity, plus its place in the query's time window (asking
-          "what led here" anchors at the latest matching situation), plus the relevance of its
-          chain (how much the events it reaches are about the query: a look-alike usually stands
-          alone or sits among unrelated events), minus a penalty growing with how close a later
-          hit is (an older version of the same thing).
-          The winner's chain fills the budget first, best evidence first; the rest goes to the
-          next candidates' chains and then to plain seed hits.
+chain   : which of the seed hits is the situation the query is about? Hits are first ranked by
+          query-specific similarity (cosine after subtracting the mean of all the hits, so the
+          words every hit shares stop counting), plus their place in the query's time window
+          (asking "what led here" anchors at the latest matching situation), minus a penalty
+          growing with how close a later hit is (an older version of the same thing). The best
+          `candidates` are expanded over the event graph (explicit links, rare shared entities)
+          in the asked direction and gain the relevance of their chain (how much the events
+          they reach are about the query: a look-alike usually stands alone or sits among
+          unrelated events). The winner's chain fills the budget first, best evidence first;
+          the rest goes to the next candidates' chains and then to plain seed hits.
 current : the top hits are grouped by their slot entity (e.g. `decision:...`) or, lacking
 as_of     one, by their explicit supersession chain; the best group (sum of its two best
           similarities) is followed along the supersession overlay to the version that is
