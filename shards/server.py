@@ -88,6 +88,7 @@ class ShardServer(_Server):
     def __init__(self, index_dir, shard: int, port: int = 0, host: str = "127.0.0.1", workers: int = 8):
         from .service import ShardService
         self.service = ShardService(index_dir, shard)
+        self.service.warm_up()
         super().__init__(SHARD_SERVICE, {m: getattr(self.service, m) for m in wire.SHARD_SCHEMAS},
                          wire.SHARD_SCHEMAS, port, host, workers)
 

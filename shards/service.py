@@ -84,6 +84,14 @@ class ShardService:
         self.n_global = int(self.meta["n_global"])
         self._weights: dict = {}
 
+    def warm_up(self) -> None:
+        """Compile (or load) the kernels for this shard's exact array types before serving, so
+        the first request does not spend its deadline compiling."""
+        self.index.warm_up()
+        none = np.zeros(0, np.int64)
+        self._walk_parts(none, none, none, {"direction": 1, "max_per_entity": 1, "t_lo": 0, "t_hi": 0,
+                                            "as_of": None, "hub_window_s": 0, "hub_postings": 0})
+
     # -- helpers -------------------------------------------------------------------------------
     def local_rows(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
