@@ -409,13 +409,12 @@ class Engine:
         later = times[None, :] > times[pool][:, None]
         later_cos = np.where(later, vecs[pool] @ vecs.T, -1.0).max(axis=1)
         prior = base[pool] - p.older_version_penalty * np.maximum(later_cos - p.older_version_cos, 0.0)
-        chosen = pool[np.lexsort((pool, -prior))[:p.candidates]]
-        prior = dict(zip(pool.tolist(), prior.tolist()))
+        top = np.lexsort((pool, -prior))[:p.candidates]
+        chosen = pool[top]
         expansions = g.expand(rows[chosen], np.ones(len(chosen), np.float32), direction, t_lo, exp_hi, filters.as_of)
         relevance = self._chain_relevance(g, q, expansions)
-        cands = []
-        for i, rel, res in zip(chosen.tolist(), relevance.tolist(), expansions):
-            cands.append((prior[i] + p.relevance * rel, i, res))
+        cands = [(float(pr + p.relevance * rel), i, res)
+                 for i, pr, rel, res in zip(chosen.tolist(), prior[top].tolist(), relevance.tolist(), expansions)]
         cands.sort(key=lambda c: (-c[0], c[1]))
         # evidence per event, pooled over candidates: each candidate's chain counts with a
         # softmax weight of its score, so a close runner-up's chain still gets budget and
