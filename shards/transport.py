@@ -245,7 +245,8 @@ class Cluster:
 
 def remote_cluster(shard_addresses: dict[int, Sequence[str]], **kw) -> Cluster:
     n = sum(len(a) for a in shard_addresses.values())
-    pool = ThreadPoolExecutor(max_workers=max(8, 4 * n), thread_name_prefix="fastctx-shard-call")
+    # enough threads for several concurrent queries, each calling every replica at once
+    pool = ThreadPoolExecutor(max_workers=max(32, 8 * n), thread_name_prefix="fastctx-shard-call")
     cluster = Cluster({k: [RemoteReplica(a, pool) for a in addrs] for k, addrs in shard_addresses.items()}, **kw)
     cluster.pools.append(pool)
     return cluster
