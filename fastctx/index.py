@@ -504,15 +504,16 @@ class Index:
         return self.query(q, type=spec.get("type", "chain"), filters=f, direction=spec.get("direction", "back"),
                           budget_tokens=spec.get("budget_tokens", 4000))
 
-    def warm_up(self) -> None:
-        """Compile kernels and build shard-wide views now rather than inside the first query."""
+    def warm_up(self, engine: bool = True) -> None:
+        """Compile kernels and build shard-wide views now rather than inside the first query.
+        `engine=False` warms the seed search only (a shard server never runs the engine)."""
         from .kernels.scan import dot_range, dot_rows
         q = np.zeros(self.dim, np.float32)
         for shard in self.shards:
             for seg in shard.segments:  # each distinct array type (memory map or in memory) compiles once
                 dot_rows(seg.vectors, np.zeros(min(1, seg.n), np.int64), q)
                 dot_range(seg.vectors, 0, min(1, seg.n), q)
-        if len(self.shards) == 1:
+        if engine and len(self.shards) == 1:
             self.engine().warm_up()
 
     def event(self, shard: int, row: int, score: float = float("nan")) -> Event:

@@ -87,7 +87,7 @@ class ShardService:
     def warm_up(self) -> None:
         """Compile (or load) the kernels for this shard's exact array types before serving, so
         the first request does not spend its deadline compiling."""
-        self.index.warm_up()
+        self.index.warm_up(engine=False)
         none = np.zeros(0, np.int64)
         self._walk_parts(none, none, none, {"direction": 1, "max_per_entity": 1, "t_lo": 0, "t_hi": 0,
                                             "as_of": None, "hub_window_s": 0, "hub_postings": 0})
@@ -241,7 +241,7 @@ class ShardService:
     # -- expand: entity walks ------------------------------------------------------------------
     def _walks(self, wu, wt, we, p) -> dict:
         le = [self.local_ent.get(int(e), -1) for e in np.asarray(we).tolist()]
-        return self._walk_parts(np.asarray(wu).tolist(), np.asarray(wt).tolist(), le, p)
+        return self._walk_parts(wu, wt, le, p)
 
     def _walk_parts(self, wu, wt, wle, p) -> dict:
         """Per walk: entries (global row, time, eligible, side 0=lo/1=hi), each side nearest first
