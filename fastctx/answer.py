@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
 import numpy as np
@@ -36,6 +36,7 @@ from .corpus import LINK_TYPES
 from .errors import InvalidQueryError
 from .filters import Filters
 from .kernels.expand import expand_best_first_batch, expand_ppr_push_batch
+from .results import Answer  # noqa: F401 - re-exported (shards import it from here)
 from .types import Event
 
 DIRECTIONS = {"back": 1, "forward": 2, "both": 3}
@@ -78,35 +79,6 @@ class AnswerParams:
     def __post_init__(self):
         if self.expansion not in ("best_first", "ppr"):
             raise InvalidQueryError(f"AnswerParams.expansion must be 'best_first' or 'ppr', got {self.expansion!r}")
-
-
-@dataclass
-class Answer:
-    query_type: str
-    events: list[Event]
-    current: Optional[Event] = None
-    seeds: list[Event] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    budget_tokens: int = 0
-    partial: bool = False                                      # some shard did not answer
-    missing_shards: list[int] = field(default_factory=list)   # ... which ones
-
-    @property
-    def tokens(self) -> int:
-        return sum(e.tokens for e in self.events)
-
-    def headline(self) -> str:
-        s = f"{len(self.events)} events, {self.tokens}/{self.budget_tokens} tokens"
-        if self.current is not None:
-            s += f"; current: {self.current.id} ({self.current.date})"
-        return s
-
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-        return {"type": self.query_type, "current": self.current.id if self.current else None,
-                "events": [asdict(e) for e in self.events], "timings_ms": self.timings,
-                "budget_tokens": self.budget_tokens, "partial": self.partial,
-                "missing_shards": list(self.missing_shards)}
 
 
 # ------------------------------------------------------------------------------------ weights
