@@ -25,6 +25,7 @@ Every call is batched, so a remote implementation pays round trips per stage, no
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -33,11 +34,13 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from .corpus import LINK_TYPES
+from .derive import FLAG_NO_WALK, bm25, query_words
 from .errors import InvalidQueryError
 from .filters import Filters
 from .kernels.expand import expand_best_first_batch, expand_ppr_push_batch
 from .results import Answer  # noqa: F401 - re-exported (shards import it from here)
 from .types import Event
+from .view import View
 
 DIRECTIONS = {"back": 1, "forward": 2, "both": 3}
 QUERY_TYPES = ("chain", "current", "as_of")
@@ -55,8 +58,9 @@ class AnswerParams:
     ppr_alpha: float = 0.3           # PPR teleport probability
     ppr_epsilon: float = 1e-3        # PPR push threshold
     candidates: int = 64             # hits expanded as possible chain heads
+    # a reply is conversation structure (what came next), not a cause: weaker than a reference
     link_weights: tuple[tuple[str, float], ...] = (
-        ("reply", 0.7), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
+        ("reply", 0.5), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence
@@ -75,6 +79,13 @@ class AnswerParams:
     older_version_penalty: float = 1.3  # ... penalised by this times the excess similarity
     pool_temperature: float = 0.02   # softmax temperature pooling candidates' chains (0: winner only)
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
+    lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)
+    lexical: float = 0.3             # weight of a hit's lexical match (0..1, relative to the best)
+                                     # beside its query-specific similarity
+    evidence_floor: float = 0.05     # without `fill`, an answer ends at events whose pooled
+                                     # evidence is below this share of the best event's
+    bm25_k1: float = 1.2             # textbook BM25 constants (presence only: tf = 1)
+    bm25_b: float = 0.75
 
     def __post_init__(self):
         if self.expansion not in ("best_first", "ppr"):
@@ -103,6 +114,19 @@ def entity_weights(df: np.ndarray, n_events: int, p: AnswerParams) -> np.ndarray
         rarity = math.log(max_df / max(float(d), 1.0)) / math.log(max_df / 2)
         vals[i] = 0.0 if d < 2 else np.float32(p.entity_weight * min(max(rarity, 0.0), 1.0))
     return vals[inv.ravel()]
+
+
+def filter_rows(index, shard_no: int, rows: np.ndarray, filters: Filters, view: View) -> np.ndarray:
+    """bool per row (ascending shard rows): passes `filters` (time window and as_of included),
+    is live and visible in `view` — the seed rules, for rows found another way (lexical)."""
+    ok = np.zeros(len(rows), bool)
+    for si, seg, allowed, _ in index.plans(filters, 1, view):
+        if si != shard_no:
+            continue
+        inside = (rows >= seg.row_base) & (rows < seg.row_base + seg.n)
+        if inside.any():
+            ok[inside] = allowed.contains(rows[inside] - seg.row_base)
+    return ok
 
 
 # ------------------------------------------------------------------------------------ protocol
@@ -153,6 +177,9 @@ class LocalGraph:
         self.graph = g
         self.link_weight = link_weights(params)
         self.ent_weight = entity_weights(g.entity_df, g.n, params)
+        flags = np.asarray(self.shard.entity_flags)
+        if len(flags) == len(self.ent_weight):  # words and access lists are no relation
+            self.ent_weight[(flags & FLAG_NO_WALK) != 0] = 0.0
         self.superseded_by, self.superseded_at = self.shard.supersession
         self._sup_rows = np.argsort(self.superseded_by, kind="stable")  # reverse overlay: who did r supersede
         self._sup_by = self.superseded_by[self._sup_rows]
@@ -161,6 +188,22 @@ class LocalGraph:
         self.allowed = (self.shard.deleted_mask == 0).astype(np.uint8)
         self.slot = (self.shard.entity_flags & 1).astype(bool)
         self.missing: list[int] = []
+        self.view = View()
+
+    def for_view(self, view: View) -> "LocalGraph":
+        """This graph as one asker sees it: rows outside the view's scope or access are neither
+        seeds nor walked nor returned."""
+        if not view.restricts:
+            return self
+        g = copy.copy(self)
+        g.view = view
+        hidden = view.hidden_mask(self.shard)
+        if hidden is not None:
+            g.allowed = ((self.allowed == 1) & ~hidden).astype(np.uint8)
+        return g
+
+    def visible(self, rows) -> np.ndarray:
+        return self.allowed[np.asarray(rows, np.int64)] == 1
 
     def warm_up(self) -> None:
         """Compile the kernel for this shard's exact array types (memory maps are read-only
@@ -175,10 +218,27 @@ class LocalGraph:
         return ((self.graph.times <= as_of) & (self.allowed == 1)).astype(np.uint8)
 
     def seeds(self, q, k, filters):
-        hits = self.index.search(q, k=k, filters=filters)
+        hits = self.index.search(q, k=k, filters=filters, view=self.view)
         n_hits = int(hits.counts[0])
         mine = hits.shards[0, :n_hits] == self.shard_no
         return hits.rows[0, :n_hits][mine], hits.scores[0, :n_hits][mine].astype(np.float64)
+
+    def lexical(self, names, k, filters):
+        """(rows, BM25 scores) of the best `k` rows matching the query's words and terms (derived
+        entities, see derive.py), under `filters` and the view; best first, ties by row."""
+        p, g = self.params, self.graph
+        ids = self.shard.entity_ids(names)
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.float64))
+        if not ids or g.n == 0:
+            return empty
+        doc_len = np.diff(g.ev_ptr)
+        postings = [g.ent_rows[g.ent_ptr[e]:g.ent_ptr[e + 1]] for e in ids]
+        rows, scores = bm25(postings, [len(x) for x in postings], g.n, doc_len, float(doc_len.sum()) / g.n,
+                            p.bm25_k1, p.bm25_b)
+        keep = filter_rows(self.index, self.shard_no, rows, filters, self.view)
+        rows, scores = rows[keep], scores[keep]
+        top = np.lexsort((rows, -scores))[:k]
+        return rows[top], scores[top]
 
     def times(self, rows):
         return self.graph.times[np.asarray(rows, np.int64)]
@@ -201,8 +261,11 @@ class LocalGraph:
         return self.superseded_by[rows], self.superseded_at[rows]
 
     def superseded(self, rows):
-        return [self._sup_rows[np.searchsorted(self._sup_by, f):np.searchsorted(self._sup_by, f, "right")].tolist()
-                for f in rows]
+        out = []
+        for f in rows:
+            prev = self._sup_rows[np.searchsorted(self._sup_by, f):np.searchsorted(self._sup_by, f, "right")]
+            out.append(prev[self.allowed[prev] == 1].tolist())
+        return out
 
     def slot_entity(self, rows):
         g = self.graph
@@ -255,7 +318,7 @@ class LocalGraph:
         for r, s in zip(rows, scores):
             e = self.index.event(self.shard_no, int(r), float(s))
             by, at = int(self.superseded_by[r]), int(self.superseded_at[r])
-            if by >= 0 and (as_of is None or at <= as_of):
+            if by >= 0 and (as_of is None or at <= as_of) and self.allowed[by] == 1:
                 e.superseded_by, e.superseded_at = self.ids([by])[0], at
             out.append(e)
         return out
@@ -285,19 +348,19 @@ class Engine:
 
     # -- entry point ---------------------------------------------------------------------------
     def run(self, q: np.ndarray, query_type: str, filters: Filters, direction: str, budget: int,
-            graph=None) -> Answer:
+            graph=None, *, view: View = View(), text: Optional[str] = None, fill: bool = False) -> Answer:
         """Answer one query. `graph` overrides the engine's graph for this call (a coordinator
-        passes a per-query view)."""
+        passes a per-query one); `view` limits what the asker may see; `text` (the query's words)
+        adds lexical seeds; `fill` pads the answer with similar events up to the budget."""
         check_query(query_type, direction, budget)
-        g = graph if graph is not None else self.g
+        g = (graph if graph is not None else self.g).for_view(view)
         t0 = time.perf_counter()
-        rows, sims = g.seeds(q, self.params.seed_k, filters)
-        rows, sims = np.asarray(rows, np.int64), np.asarray(sims, np.float64)
+        rows, sims, lex = self._seeds(g, q, filters, text)
         t1 = time.perf_counter()
         if query_type == "chain":
-            picked, current = self._chain(g, q, rows, sims, filters, DIRECTIONS[direction], budget)
+            picked, current = self._chain(g, q, rows, sims, lex, filters, DIRECTIONS[direction], budget, fill)
         else:
-            picked, current = self._current(g, rows, sims, filters, budget)
+            picked, current = self._current(g, rows, sims, lex, filters, budget, fill)
         t2 = time.perf_counter()
         picked = self._explain(g, picked)
         got = g.events([r for r, _, _ in picked], [s for _, s, _ in picked], filters.as_of)
@@ -316,6 +379,30 @@ class Engine:
         return Answer(query_type, events, cur, [], {"seeds_ms": 1e3 * (t1 - t0), "expand_ms": 1e3 * (t2 - t1),
                                                     "fetch_ms": 1e3 * (t3 - t2)}, int(budget),
                       partial=bool(g.missing), missing_shards=sorted(g.missing))
+
+    # -- seeds ---------------------------------------------------------------------------------
+    def _seeds(self, g, q, filters: Filters, text: Optional[str]):
+        """Vector seeds, plus the rows the query's own words match best (BM25 over the derived
+        word and term entities). Returns rows, their vector similarities, and their lexical
+        match in [0, 1] relative to the best lexical score (0 without text)."""
+        rows, sims = g.seeds(q, self.params.seed_k, filters)
+        rows, sims = np.asarray(rows, np.int64), np.asarray(sims, np.float64)
+        lex = np.zeros(len(rows))
+        names = query_words(text)
+        if not names or not hasattr(g, "lexical"):
+            return rows, sims, lex
+        lrows, lscores = g.lexical(names, self.params.lexical_k, filters)
+        lrows, lscores = np.asarray(lrows, np.int64), np.asarray(lscores, np.float64)
+        if len(lrows) == 0:
+            return rows, sims, lex
+        new = lrows[~np.isin(lrows, rows)]
+        if len(new):
+            vsim = np.asarray(g.vectors(new), np.float64) @ np.asarray(q, np.float64)
+            rows, sims = np.concatenate([rows, new]), np.concatenate([sims, vsim])
+        pos = dict(zip(lrows.tolist(), (lscores / lscores.max()).tolist()))
+        lex = np.array([pos.get(r, 0.0) for r in rows.tolist()])
+        order = np.lexsort((rows, -(sims + self.params.lexical * lex)))
+        return rows[order], sims[order], lex[order]
 
     # -- chain ---------------------------------------------------------------------------------
     @staticmethod
@@ -361,7 +448,7 @@ class Engine:
             at += len(ev)
         return out
 
-    def _chain(self, g, q, rows, sims, filters: Filters, direction: int, budget: int):
+    def _chain(self, g, q, rows, sims, lex, filters: Filters, direction: int, budget: int, fill: bool):
         p = self.params
         if len(rows) == 0:
             return [], None
@@ -376,7 +463,7 @@ class Engine:
         # possible chain heads: the hits that look most like the asked situation, less a penalty
         # growing with how close a later hit is (an older version of it). The penalty only
         # lowers a score, so it is computed for a pool of twice the candidates, not all hits.
-        base = specific + p.recency * recency
+        base = specific + p.recency * recency + p.lexical * lex
         pool = np.lexsort((np.arange(len(rows)), -base))[:2 * p.candidates]
         later = times[None, :] > times[pool][:, None]
         later_cos = np.where(later, vecs[pool] @ vecs.T, -1.0).max(axis=1)
@@ -405,9 +492,16 @@ class Engine:
                 if contrib > why.get(r, (-1.0,))[0]:
                     why[r] = (contrib, par, vk, vid, rank)
         ranked = sorted(value.items(), key=lambda kv: (-kv[1], kv[0]))
-        order = [(r, v, why[r][1:]) for r, v in ranked] + [(r, s, "vector similarity")
-                                                           for r, s in zip(rows.tolist(), sims.tolist())]
-        tokens = g.tokens([r for r, _, _ in order])
+        floor = 0.0 if fill else p.evidence_floor * ranked[0][1]
+        order = [(r, v, why[r][1:]) for r, v in ranked if v >= floor]
+        if fill:
+            order += [(r, s, "vector similarity") for r, s in zip(rows.tolist(), sims.tolist())]
+        return self._pack(g, order, budget), None
+
+    @staticmethod
+    def _pack(g, order, budget: int):
+        """The events of `order` (best first) that fit the budget, each once."""
+        tokens = g.tokens([r for r, _, _ in order]) if order else []
         picked, used, seen = [], 0, set()
         for (r, v, reason), tok in zip(order, np.asarray(tokens, np.int64).tolist()):
             if r in seen or used + tok > budget:
@@ -415,13 +509,14 @@ class Engine:
             seen.add(r)
             used += tok
             picked.append((r, v, reason))
-        return picked, None
+        return picked
 
     # -- current / as_of -----------------------------------------------------------------------
-    def _current(self, g, rows, sims, filters: Filters, budget: int):
+    def _current(self, g, rows, sims, lex, filters: Filters, budget: int, fill: bool):
         if len(rows) == 0:
             return [], None
         as_of = filters.as_of
+        sims = sims + self.params.lexical * lex
         row_list = rows.tolist()
         slots = np.asarray(g.slot_entity(row_list), np.int64).tolist()
         no_slot = [r for r, s in zip(row_list, slots) if s < 0]
@@ -436,17 +531,16 @@ class Engine:
         current = self._latest(g, [first_row[best]], as_of)[0]
         # the answer: the current fact first, then its earlier versions (flagged), then context
         chain = self._versions(g, current, as_of)
-        order = [current] + chain + row_list
-        tokens = np.asarray(g.tokens(order), np.int64).tolist()
-        picked, used, seen = [], 0, set()
-        for r, tok in zip(order, tokens):
-            if r in seen or used + tok > budget:
-                continue
-            seen.add(r)
-            used += tok
-            why = "current version" if r == current else ("earlier version" if r in chain else "vector similarity")
-            picked.append((r, 1.0 if r == current else 0.5, why))
-        return picked, current
+        # the answer: the current fact, its earlier versions (flagged), and what else mentions
+        # its slot among the hits; further look-alikes only with `fill`
+        slot_of = dict(zip(row_list, slots))
+        mine = slot_of.get(first_row[best], -1)
+        related = [r for r in row_list if mine >= 0 and slot_of[r] == mine]
+        order = ([(current, 1.0, "current version")] + [(r, 0.5, "earlier version") for r in chain]
+                 + [(r, 0.5, "mentions the same fact") for r in related])
+        if fill:
+            order += [(r, 0.25, "vector similarity") for r in row_list]
+        return self._pack(g, order, budget), current
 
     @staticmethod
     def _latest(g, rows: list[int], as_of: Optional[int]) -> list[int]:
@@ -455,15 +549,21 @@ class Engine:
         cur = list(rows)
         seen = [{r} for r in rows]
         active = list(range(len(rows)))
+        walk = list(rows)   # may pass through versions the asker cannot see; lands only on visible ones
         while active:
-            by, at = g.supersession([cur[i] for i in active])
+            by, at = g.supersession([walk[i] for i in active])
             nxt = []
             for i, b, a in zip(active, np.asarray(by).tolist(), np.asarray(at).tolist()):
                 if b < 0 or (as_of is not None and a > as_of) or b in seen[i]:
                     continue
                 seen[i].add(b)
-                cur[i] = b
+                walk[i] = b
                 nxt.append(i)
+            if nxt:
+                vis = np.asarray(g.visible([walk[i] for i in nxt])).tolist()
+                for i, v in zip(nxt, vis):
+                    if v:
+                        cur[i] = walk[i]
             active = nxt
         return cur
 

@@ -28,6 +28,7 @@ from pyroaring import BitMap
 
 from .columns import csr_from_pairs, keys64, write_strings
 from .corpus import LINK_TYPES, EventBatch
+from .derive import entity_flags, with_derived
 from .errors import CorpusError
 from .format import file_entries
 from .params import BuildParams
@@ -164,11 +165,13 @@ def compute_segment(batch: EventBatch, ctx: ShardContext, params: BuildParams, s
     cols["kind.npy"] = kind_codes
     say("columns", n, n)
 
-    # -- entities: global ids, event->entity CSR and entity->event postings (time-sorted)
-    counts = np.diff(batch.entity_ptr)
+    # -- entities (the user's and the derived ones): global ids, event->entity CSR and
+    # entity->event postings (time-sorted)
+    full = with_derived(batch)
+    counts = np.diff(full.entity_ptr)
     ent_src = np.repeat(np.arange(n, dtype=np.int64), counts)
-    names, inverse = np.unique(np.asarray(batch.entity_names, dtype=object), return_inverse=True) \
-        if batch.entity_names else (np.array([], dtype=object), np.array([], dtype=np.int64))
+    names, inverse = np.unique(np.asarray(full.entity_names, dtype=object), return_inverse=True) \
+        if full.entity_names else (np.array([], dtype=object), np.array([], dtype=np.int64))
     name_keys = keys64(list(names))
     if len(np.unique(name_keys)) != len(names):
         raise CorpusError("two different entities hash to the same 64-bit key", field="entities")
@@ -181,11 +184,11 @@ def compute_segment(batch: EventBatch, ctx: ShardContext, params: BuildParams, s
     else:
         gid[new] = ctx.entity_base + np.arange(int(new.sum()))
         ent_keys = name_keys[new]
-        ent_flags = np.array([nm.startswith(tuple(params.slot_prefixes)) for nm in names[new]], dtype=np.uint8)
+        ent_flags = entity_flags(names[new], params.slot_prefixes)
         ent_names = list(names[new])
     report.new_entities = len(ent_keys)
     cols["ent_keys.npy"] = np.asarray(ent_keys, np.uint64)
-    cols["ent_flags.npy"] = np.asarray(ent_flags, np.uint8)  # bit 0: slot entity (implicit supersession)
+    cols["ent_flags.npy"] = np.asarray(ent_flags, np.uint8)  # derive.FLAG_* bits
     ev_rows = rank[ent_src]
     ev_ent = gid[inverse.astype(np.int64).ravel()] if len(inverse) else np.zeros(0, np.int64)
     ev_ptr, ev_ent_sorted = csr_from_pairs(ev_rows, n, ev_ent)

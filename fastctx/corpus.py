@@ -332,6 +332,8 @@ def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | N
             for e in ents:
                 if type(e) is not str_ or not e:
                     fail(k, "entities", f"expected a list of non-empty strings, element {_got(e)}")
+                if e[0] == "~":
+                    fail(k, "entities", f"names starting with '~' are reserved for derived entities, got {_show(e)}")
             ne = len_(ents)
             if ne > 1 and len_(set_(ents)) != ne:
                 ents = list(dict.fromkeys(ents))
@@ -352,6 +354,10 @@ def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | N
             fail(k, "text", f"expected a string or null, {_got(txt)}")
         if len_(d) > 8 or not known.issuperset(d):
             extra = {key: val for key, val in d.items() if key not in known}
+            acl = extra.get("acl")
+            if acl is not None and (type(acl) is not list_ or not all(
+                    type(p) is str_ and p and not p.isspace() and p == p.strip() for p in acl)):
+                fail(k, "acl", f"expected a list of principals (non-empty strings), {_got(acl)}")
             attrs_app(extra if extra else empty_attrs)
         else:
             attrs_app(empty_attrs)

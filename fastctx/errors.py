@@ -42,3 +42,8 @@ class ShardUnavailableError(FastctxError, ConnectionError):
 
 class IndexLockedError(FastctxError, BlockingIOError):
     """Another writer holds the index's lock file (one writer at a time; readers need none)."""
+
+
+class AccessDeniedError(FastctxError, PermissionError):
+    """A query would see events it may not: an index holding access lists was asked without
+    principals (pass the asker's principals, or unrestricted access explicitly)."""

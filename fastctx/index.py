@@ -24,7 +24,8 @@ from .compaction import CompactionPolicy, SegmentMeta
 from .compaction import plan as compact_plan
 from .corpus import EventBatch, read_events, read_meta
 from .encoder import Encoder, HashingEncoder
-from .errors import CorpusError, FormatError, IndexExistsError, IndexLockedError, InvalidQueryError
+from .errors import (AccessDeniedError, CorpusError, FormatError, IndexExistsError, IndexLockedError,
+                     InvalidQueryError)
 from .filters import Filters, segment_allowed
 from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marker, write_marker
 from .params import BuildParams, SearchParams
@@ -33,6 +34,7 @@ from .seeds import search_segment
 from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
                     open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
+from .view import View, holds_acl
 from .wal import WalWriter
 
 QueryInput = Union[str, Sequence[str], np.ndarray]
@@ -422,12 +424,16 @@ class Index:
         return (shard.entity_ids(f.entities_any), shard.entity_ids(f.entities_all),
                 shard.codes(f.sources, shard.sources), shard.codes(f.kinds, shard.kinds))
 
-    def plans(self, filters: Filters, k: int = 10) -> list[tuple[int, Any, Any, SegmentPlan]]:
+    def plans(self, filters: Filters, k: int = 10, view: Optional[View] = None) -> list[tuple[int, Any, Any, SegmentPlan]]:
         out = []
         for si, shard in enumerate(self.shards):
             resolved = self._resolve(shard, filters)
             for seg in shard.segments:
-                allowed = segment_allowed(seg, filters, *resolved, extra_mask=shard.deleted_local(seg))
+                hide = shard.deleted_local(seg)
+                if view is not None and view.restricts:
+                    vh = view.hidden(shard, seg)
+                    hide = vh if hide is None else (hide if vh is None else hide | vh)
+                allowed = segment_allowed(seg, filters, *resolved, extra_mask=hide)
                 out.append((si, seg, allowed, plan_segment(seg.name, seg.n, seg.hnsw is not None,
                                                            allowed, self.search_params, k)))
         return out
@@ -436,18 +442,22 @@ class Index:
         """The plan each segment would run for these filters (no vector needed)."""
         return [p for *_, p in self.plans(filters or _filters(filter_kw), k)]
 
-    def search(self, query: QueryInput, k: int = 10, *, filters: Optional[Filters] = None, **filter_kw) -> Hits:
+    def search(self, query: QueryInput, k: int = 10, *, filters: Optional[Filters] = None,
+               scope=None, principals=None, unrestricted: bool = False, view: Optional[View] = None,
+               **filter_kw) -> Hits:
         """Filtered top-k seed events for one query or a batch (text or vectors).
-        Filters: time_from, time_to, as_of, entities_any, entities_all, sources, kinds."""
+        Filters: time_from, time_to, as_of, entities_any, entities_all, sources, kinds.
+        `scope` / `principals` limit what may be returned (see `view.py`)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
             raise InvalidQueryError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
         f = filters or _filters(filter_kw)
+        view = view if view is not None else self.view(scope, principals, unrestricted)
         t0 = time.perf_counter()
         qs, _ = self._vectors(query)
         t_enc = time.perf_counter()
-        plans = self.plans(f, k)
+        plans = self.plans(f, k, view)
         t_plan = time.perf_counter()
         nq = len(qs)
         shards = np.full((nq, k), -1, np.int32)
@@ -479,10 +489,25 @@ class Index:
             self._engine = Engine(self)
         return self._engine
 
+    def view(self, scope=None, principals=None, unrestricted: bool = False) -> View:
+        """The asker's view. An index holding access lists refuses an asker who names no
+        principals, unless unrestricted access is asked for explicitly."""
+        v = View.make(scope, principals)
+        if v.principals is None and not unrestricted and any(holds_acl(sh) for sh in self.shards):
+            raise AccessDeniedError(f"{self.path}: this index holds access lists; pass principals=[...] "
+                                    "(who asks) or unrestricted=True")
+        return v
+
     def query(self, query: Union[str, np.ndarray], *, type: str = "chain", filters: Optional[Filters] = None,
-              as_of: Optional[int] = None, direction: str = "back", budget_tokens: int = 4000, **filter_kw):
+              as_of: Optional[int] = None, direction: str = "back", budget_tokens: int = 4000,
+              scope=None, principals=None, unrestricted: bool = False, fill: bool = False,
+              text: Optional[str] = None, **filter_kw):
         """Causal answer for one query (text or vector): a token-budgeted timeline with why-paths.
-        type: chain | current | as_of. as_of hides every event (and supersession) after that time."""
+        type: chain | current | as_of. as_of hides every event (and supersession) after that time.
+        scope: filter keys every returned event must satisfy (expansion never leaves it).
+        principals: who asks (events with an access list naming none of them are invisible).
+        fill: pad the answer with further similar events up to the budget (off: the answer
+        ends where the evidence does). text: the query's words when `query` is a vector."""
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
         f = filters or _filters(filter_kw)
@@ -490,19 +515,26 @@ class Index:
             f = replace(f, as_of=as_of)  # Filters validates it
         if type == "as_of" and f.as_of is None:
             raise InvalidQueryError("an as_of query needs as_of=<unix time>")
+        view = self.view(scope, principals, unrestricted)
         qv, batch = self._vectors(query)
         if batch or len(qv) != 1:
             raise InvalidQueryError("query() answers one query at a time; loop over a batch")
-        return self.engine().run(qv[0], type, f, direction, budget_tokens)
+        if text is None and isinstance(query, str):
+            text = query
+        return self.engine().run(qv[0], type, f, direction, budget_tokens, view=view, text=text, fill=fill)
 
-    def query_spec(self, spec: dict, vector: Optional[np.ndarray] = None):
-        """Answer one query in the orgmem queries.jsonl form (vector, or its `text`)."""
+    def query_spec(self, spec: dict, vector: Optional[np.ndarray] = None, *, unrestricted: bool = False,
+                   fill: bool = False):
+        """Answer one query in the orgmem queries.jsonl form (vector, or its `text`; `scope` and
+        `principals` as the format defines them)."""
         f = Filters.from_dict(spec.get("filters"), as_of=spec.get("as_of"))
         q = vector if vector is not None else spec.get("text")
         if q is None:
             raise InvalidQueryError(f"query {spec.get('qid')!r} has neither a vector nor text")
         return self.query(q, type=spec.get("type", "chain"), filters=f, direction=spec.get("direction", "back"),
-                          budget_tokens=spec.get("budget_tokens", 4000))
+                          budget_tokens=spec.get("budget_tokens", 4000), scope=spec.get("scope"),
+                          principals=spec.get("principals"), unrestricted=unrestricted, fill=fill,
+                          text=spec.get("text"))
 
     def warm_up(self, engine: bool = True) -> None:
         """Compile kernels and build shard-wide views now rather than inside the first query.

@@ -37,6 +37,7 @@ import numpy as np
 
 from .columns import keys64
 from .corpus import EventBatch
+from .derive import with_derived
 from .errors import CorruptIndexError, InvalidQueryError
 from .params import BuildParams
 from .supersession import supersession_overlay
@@ -66,6 +67,7 @@ def shard_of(batch: EventBatch, n_shards: int, key: str = "id") -> np.ndarray:
 def global_graph(batch: EventBatch, params: BuildParams) -> dict:
     """The one-shard graph of the whole corpus in global rows (same arithmetic as a one-shard
     `build` + `Shard.graph` + `Shard.supersession`)."""
+    batch = with_derived(batch)
     n = len(batch)
     order = np.lexsort((np.arange(n), batch.times))
     rank = np.empty(n, np.int64)
@@ -223,7 +225,7 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
                 r = append_segment(shard_dir, read_manifest(shard_dir), sub, params,
                                    (lambda s, d, t, k=k: progress(f"{s}[{k}]", d, t)) if progress else None)
                 report.new_entities += r.new_entities
-            local_names = sorted(set(sub.entity_names))
+            local_names = sorted(set(with_derived(sub).entity_names))
             arrays = sidecar_arrays(g, shard_no, k, shards, local_names)
             write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": g["n"],
                                               "n_entities_global": len(g["ent_names"]), "dim": batch.dim,

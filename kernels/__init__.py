@@ -82,4 +82,4 @@ def warm_up():
     expand_ppr_push(seeds, seed_scores, *common, 0.15, 1e-4)
     one = np.zeros(1, dtype=np.int64)
     walk_parts(one, one, one, g["ent_ptr"], g["times"], g["ent_rows"], np.array([3], dtype=np.int64),
-               3, 8, -(2**62), 2**62, 2**62, 3600, 100)
+               3, 8, -(2**62), 2**62, 2**62, 3600, 100, np.zeros(0, dtype=np.uint8))

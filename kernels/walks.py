@@ -44,11 +44,13 @@ def _first_above(a, lo, hi, x):
 
 @njit
 def walk_parts(walk_u, walk_t, walk_le, ent_ptr, post_t, post_g, ent_df, direction, max_per_entity,
-               t_lo, t_hi, as_of, hub_window_s, hub_postings):
+               t_lo, t_hi, as_of, hub_window_s, hub_postings, post_ok):
     """Per walk w: entries ``[ptr[w], ptr[w + 1])`` of (rows, times, eligible, side), side 0 the
     earlier side (walking down), 1 the later one (walking up). ``walk_le[w] < 0``: the shard
-    does not hold the entity (no entries). Pass ``as_of = INT64_MAX`` for none."""
+    does not hold the entity (no entries). Pass ``as_of = INT64_MAX`` for none. ``post_ok`` (uint8
+    per posting, or empty for all): 0 marks a posting the asker may not see (never eligible)."""
     n = walk_u.shape[0]
+    all_ok = post_ok.shape[0] == 0
     ptr = np.zeros(n + 1, dtype=np.int64)
     cap = 16 + 4 * n
     rows = np.empty(cap, dtype=np.int64)
@@ -80,7 +82,7 @@ def walk_parts(walk_u, walk_t, walk_le, ent_ptr, post_t, post_g, ent_df, directi
                     if tx < t_lo or tx > t_hi or d > lim:
                         break
                     v = post_g[i]
-                    ok = v != u and tx <= as_of
+                    ok = v != u and tx <= as_of and (all_ok or post_ok[i] != 0)
                     if ok:
                         taken += 1
                     if m == cap:

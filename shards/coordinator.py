@@ -32,9 +32,10 @@ import numpy as np
 
 from fastctx.answer import DAY, Answer, AnswerParams, Engine, check_query, entity_weights, link_weights
 from fastctx.encoder import HashingEncoder
-from fastctx.errors import InvalidQueryError, ShardUnavailableError
+from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
 from fastctx.filters import Filters
 from fastctx.types import Event
+from fastctx.view import View
 
 from .transport import CallStats, Cluster
 
@@ -51,7 +52,8 @@ class DistributedGraph:
         self.missing: set[int] = set()
         self.stats = CallStats()
         self.owner: dict[int, int] = {}
-        self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "sup", "slot", "id", "rev", "vector")}
+        self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "sup", "slot", "id", "rev", "vector",
+                                                         "visible")}
         self.nb: dict[int, tuple[list, int]] = {}
         self.waves = 0
         p = self.params
@@ -60,6 +62,26 @@ class DistributedGraph:
         self.lw = [float(x) for x in link_weights(p).tolist()]
         self._ew: dict[int, float] = {}
         self.ts = float(p.time_scale_days * DAY)
+        self.view = View()
+        self.vmsg: Optional[dict] = None   # the view on the wire (None: unrestricted)
+
+    def for_view(self, view: View) -> "DistributedGraph":
+        """One graph per query: the view travels with every shard request; shards never send
+        what it hides, and link targets are checked before they are walked."""
+        self.view = view
+        self.vmsg = view.to_msg() if view.restricts else None
+        return self
+
+    def _with_view(self, req: dict) -> dict:
+        if self.vmsg is not None:
+            req["view"] = self.vmsg
+        return req
+
+    def visible(self, rows) -> np.ndarray:
+        rows = [int(r) for r in rows]
+        if self.vmsg is None:
+            return np.ones(len(rows), bool)
+        return np.asarray(self._get("visible", rows, 0), bool)
 
     # -- transport -----------------------------------------------------------------------------
     def _scatter(self, method: str, reqs: dict[int, dict]) -> dict[int, dict]:
@@ -96,7 +118,7 @@ class DistributedGraph:
         if not need:
             return
         groups = self._by_owner(need)
-        res = self._scatter("Fetch", {k: {"rows": np.asarray(v, np.int64), "fields": fields}
+        res = self._scatter("Fetch", {k: self._with_view({"rows": np.asarray(v, np.int64), "fields": fields})
                                       for k, v in groups.items()})
         for k, v in groups.items():
             out = res.get(k)
@@ -139,7 +161,8 @@ class DistributedGraph:
     def seeds(self, q, k, filters: Filters):
         f = {n: getattr(filters, n) for n in ("time_from", "time_to")} | \
             {n: list(getattr(filters, n)) for n in ("entities_any", "entities_all", "sources", "kinds")}
-        req = {"vectors": np.asarray(q, np.float32)[None, :], "k": int(k), "filters": f, "as_of": filters.as_of}
+        req = self._with_view({"vectors": np.asarray(q, np.float32)[None, :], "k": int(k), "filters": f,
+                               "as_of": filters.as_of})
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
         cand = []
         for s, out in res.items():
@@ -153,6 +176,26 @@ class DistributedGraph:
         rows = np.array([r for _, r, _ in cand], np.int64)
         sims = np.array([np.float32(-sc) for sc, _, _ in cand], np.float32).astype(np.float64)
         return rows, sims
+
+    def lexical(self, names, k, filters: Filters):
+        """Lexical seeds: each shard scores its own postings with the corpus-wide df (one round)."""
+        f = {n: getattr(filters, n) for n in ("time_from", "time_to")} | \
+            {n: list(getattr(filters, n)) for n in ("entities_any", "entities_all", "sources", "kinds")}
+        st = self.c.shard_stats()
+        avg = sum(int(v.get("doc_len_sum", 0)) for v in st["shards"].values()) / max(self.n, 1)
+        p = self.params
+        req = self._with_view({"words": list(names), "k": int(k), "filters": f, "as_of": filters.as_of,
+                               "avg_len": float(avg), "bm25": np.array([p.bm25_k1, p.bm25_b], np.float64)})
+        res = self._scatter("Search", {s: req for s in self.cluster.shards})
+        cand = []
+        for s, out in res.items():
+            for r, sc in zip(out["rows"].tolist(), out["scores"].tolist()):
+                cand.append((-sc, r, s))
+        cand.sort()
+        cand = cand[:k]
+        for _, r, s in cand:
+            self.owner[r] = s
+        return np.array([r for _, r, _ in cand], np.int64), np.array([-sc for sc, _, _ in cand], np.float64)
 
     def times(self, rows):
         return np.asarray(self._get("time", rows, 0), np.int64)
@@ -175,7 +218,12 @@ class DistributedGraph:
         return by, np.array([a for _, a in got], np.int64)
 
     def superseded(self, rows):
-        return [[x for x in lst if self.owner.get(x) not in self.missing] for lst in self._get("rev", rows, [])]
+        out = [[x for x in lst if self.owner.get(x) not in self.missing] for lst in self._get("rev", rows, [])]
+        if self.vmsg is not None:
+            flat = sorted({x for lst in out for x in lst})
+            ok = dict(zip(flat, self.visible(flat).tolist()))
+            out = [[x for x in lst if ok[x]] for lst in out]
+        return out
 
     def slot_entity(self, rows):
         return np.asarray(self._get("slot", rows, -1), np.int64)
@@ -199,7 +247,8 @@ class DistributedGraph:
     def events(self, rows, scores, as_of):
         rows = [int(r) for r in rows]
         groups = self._by_owner(rows)
-        res = self._scatter("Fetch", {k: {"rows": np.asarray(v, np.int64), "fields": ["payload", "sup"]}
+        res = self._scatter("Fetch", {k: self._with_view({"rows": np.asarray(v, np.int64),
+                                                          "fields": ["payload", "sup"]})
                                       for k, v in groups.items()})
         got: dict[int, tuple] = {}
         for k, v in groups.items():
@@ -210,9 +259,12 @@ class DistributedGraph:
                 b, a, s = int(out["sup_by"][j]), int(out["sup_at"][j]), int(out["sup_shard"][j])
                 if b >= 0:
                     self.owner[b] = s
-                got[r] = (out["payload"][j], b, a)
+                if out["payload"][j] is not None:
+                    got[r] = (out["payload"][j], b, a)
         sup = sorted({b for _, b, a in got.values() if b >= 0 and (as_of is None or a <= as_of)
                       and self.owner.get(b) not in self.missing})
+        if sup and self.vmsg is not None:   # a superseder the asker cannot see is not named
+            sup = [b for b, ok in zip(sup, self.visible(sup).tolist()) if ok]
         sup_ids = dict(zip(sup, self.ids(sup))) if sup else {}
         out_events: list[Optional[Event]] = []
         for r, sc in zip(rows, scores):
@@ -242,7 +294,8 @@ class DistributedGraph:
                 "link_weight": link_weights(p).astype(np.float64), "hub_postings": int(p.hub_postings),
                 "hub_window_s": int(p.hub_window_days * DAY), "max_per_entity": int(p.max_per_entity),
                 "entity_weight": float(p.entity_weight), "entity_max_df": int(p.entity_max_df),
-                "entity_max_share": float(p.entity_max_share), "max_edge_visits": int(p.max_edge_visits)}
+                "entity_max_share": float(p.entity_max_share), "max_edge_visits": int(p.max_edge_visits),
+                **({"view": self.vmsg} if self.vmsg is not None else {})}
 
     def _wave(self, rows: list[int], pmsg: dict) -> None:
         """Fetch the full neighbour enumeration (kernel order, with visit positions) of `rows`."""
@@ -283,6 +336,10 @@ class DistributedGraph:
                             if h != k and h not in self.missing:
                                 need.setdefault(h, set()).add(key)
                 todo.append((u, links, int(out["l_total"][j]), ents))
+        if self.vmsg is not None:   # never walk through a link target the asker cannot see
+            targets = sorted({e[0] for _, links, _, _ in todo for e in links})
+            ok = dict(zip(targets, self.visible(targets).tolist()))
+            todo = [(u, [e for e in links if ok[e[0]]], total, ents) for u, links, total, ents in todo]
         if need:
             reqs = {}
             order = {}
@@ -463,7 +520,8 @@ class Coordinator:
                 raise InvalidQueryError(f"the index has {n_shards} shards; the coordinator was given "
                                         f"{self.cluster.shards}")
             self._stats = {"n_global": int(one["n_global"]), "n_shards": n_shards, "dim": int(one["dim"]),
-                           "encoder": one.get("encoder"), "shards": {k: v for k, v in res.items()}}
+                           "encoder": one.get("encoder"), "shards": {k: v for k, v in res.items()},
+                           "acl": any(bool(v.get("acl")) for v in res.values())}
         return self._stats
 
     @property
@@ -503,10 +561,15 @@ class Coordinator:
     # -- queries -------------------------------------------------------------------------------
     def query(self, query: Union[str, np.ndarray], *, type: str = "chain", filters: Optional[Filters] = None,
               as_of: Optional[int] = None, direction: str = "back", budget_tokens: int = 4000,
-              require_all: bool = False, deadline_s: Optional[float] = None, **filter_kw) -> Answer:
+              require_all: bool = False, deadline_s: Optional[float] = None, scope=None, principals=None,
+              unrestricted: bool = False, fill: bool = False, text: Optional[str] = None, **filter_kw) -> Answer:
         """Same arguments and answer as `Index.query`, plus `require_all` (fail instead of a
         partial answer when a shard is down) and `deadline_s` (the whole query's deadline).
         The answer's `partial` / `missing_shards` say which shards did not contribute."""
+        view = View.make(scope, principals)
+        if view.principals is None and not unrestricted and self.shard_stats().get("acl"):
+            raise AccessDeniedError("this index holds access lists; pass principals=[...] (who asks) "
+                                    "or unrestricted=True")
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
         f = filters or Filters.from_dict({k: v for k, v in filter_kw.items()})
@@ -519,7 +582,9 @@ class Coordinator:
         q = self._vector(query)
         deadline = time.monotonic() + (deadline_s if deadline_s is not None else self.deadline_s)
         g = DistributedGraph(self, deadline, bool(require_all))
-        ans = self.engine.run(q, type, f, direction, int(budget_tokens), graph=g)
+        if text is None and isinstance(query, str):
+            text = query
+        ans = self.engine.run(q, type, f, direction, int(budget_tokens), graph=g, view=view, text=text, fill=fill)
         ans.partial, ans.missing_shards = bool(g.missing), sorted(g.missing)
         ans.timings.update({"total_ms": 1e3 * (time.perf_counter() - t0), "waves": g.waves, "rpcs": g.stats.calls,
                             "bytes_out": g.stats.bytes_out, "bytes_in": g.stats.bytes_in,
@@ -533,7 +598,8 @@ class Coordinator:
         if q is None:
             raise InvalidQueryError(f"query {spec.get('qid')!r} has neither a vector nor text")
         return self.query(q, type=spec.get("type", "chain"), filters=f, direction=spec.get("direction", "back"),
-                          budget_tokens=spec.get("budget_tokens", 4000), **kw)
+                          budget_tokens=spec.get("budget_tokens", 4000), scope=spec.get("scope"),
+                          principals=spec.get("principals"), text=spec.get("text"), **kw)
 
     def close(self) -> None:
         self.cluster.close()

@@ -24,12 +24,15 @@ from typing import Optional
 
 import numpy as np
 
-from fastctx.answer import AnswerParams, entity_weights
+from fastctx.answer import AnswerParams, entity_weights, filter_rows
+from fastctx.columns import keys64
+from fastctx.derive import FLAG_NO_WALK, bm25
 from fastctx.errors import InvalidQueryError
 from fastctx.filters import Filters
 from fastctx.index import Index
 from fastctx.kernels.walks import walk_parts
 from fastctx.partition import read_sidecar
+from fastctx.view import View, holds_acl
 
 from . import wire
 
@@ -83,6 +86,7 @@ class ShardService:
         self.post_g = self.grow[self.ent_rows] if len(self.ent_rows) else np.zeros(0, np.int64)
         self.n_global = int(self.meta["n_global"])
         self._weights: dict = {}
+        self._views: dict = {}   # view key -> (hidden rows mask or None, post_ok per posting)
 
     def warm_up(self) -> None:
         """Compile (or load) the kernels for this shard's exact array types before serving, so
@@ -102,6 +106,26 @@ class ShardService:
             raise wire.WireError(f"field 'rows': row {int(bad[0])} is not on shard {self.shard_no}")
         return loc
 
+    def _view(self, msg) -> tuple[View, Optional[np.ndarray], np.ndarray]:
+        """(view, hidden local rows or None, per-posting visibility for the walks) of a request's
+        `view`, cached per distinct view (a few askers ask many queries)."""
+        try:
+            view = View.from_msg(msg)
+        except InvalidQueryError as e:
+            raise wire.WireError(str(e)) from None
+        if not view.restricts:
+            return view, None, np.zeros(0, np.uint8)
+        key = repr(view)
+        got = self._views.get(key)
+        if got is None:
+            hidden = view.hidden_mask(self.sh)
+            post_ok = (np.zeros(0, np.uint8) if hidden is None
+                       else (~hidden[self.ent_rows]).astype(np.uint8))
+            if len(self._views) >= 64:
+                self._views.pop(next(iter(self._views)))
+            got = self._views[key] = (hidden, post_ok)
+        return (view,) + got
+
     def _ent_w(self, p: dict) -> np.ndarray:
         key = (p["entity_weight"], p["entity_max_df"], p["entity_max_share"])
         w = self._weights.get(key)
@@ -109,6 +133,8 @@ class ShardService:
             ap = AnswerParams(entity_weight=p["entity_weight"], entity_max_df=p["entity_max_df"],
                               entity_max_share=p["entity_max_share"])
             w = self._weights[key] = entity_weights(self.ent_df, self.n_global, ap)
+            if len(self.sh.entity_flags) == len(w):   # words and access lists are no relation
+                w[(np.asarray(self.sh.entity_flags) & FLAG_NO_WALK) != 0] = 0.0
         return w
 
     # -- stages --------------------------------------------------------------------------------
@@ -116,23 +142,44 @@ class ShardService:
         return {"shard": self.shard_no, "n_shards": int(self.meta["n_shards"]), "n_global": self.n_global,
                 "n_local": int(self.sh.n), "dim": int(self.index.dim), "encoder": self.meta.get("encoder"),
                 "key": self.meta.get("key"), "n_entities_global": int(self.meta["n_entities_global"]),
-                "version": int(self.sh.version)}
+                "version": int(self.sh.version), "acl": holds_acl(self.sh),
+                "doc_len_sum": int(self.ev_ptr[-1]) if len(self.ev_ptr) else 0}
 
     def Search(self, req: dict) -> dict:
-        q = np.asarray(req["vectors"], np.float32)
-        if q.shape[1] != self.index.dim:
-            raise wire.WireError(f"field 'vectors' has dim {q.shape[1]}, the index has dim {self.index.dim}")
+        """Vector seeds (`vectors`) or lexical seeds (`words`: the query's derived word/term
+        entity names, scored with the corpus-wide df the sidecar holds and `avg_len`)."""
         try:
             f = Filters.from_dict(req.get("filters") or {}, as_of=req.get("as_of"))
-            hits = self.index.search(q, k=req["k"], filters=f)
+            view = self._view(req.get("view"))[0]
+            if req.get("words") is not None:
+                return self._lexical(req["words"], req["k"], f, view, req.get("avg_len") or 1.0, req.get("bm25"))
+            if req.get("vectors") is None:
+                raise wire.WireError("a Search needs 'vectors' or 'words'")
+            q = np.asarray(req["vectors"], np.float32)
+            if q.shape[1] != self.index.dim:
+                raise wire.WireError(f"field 'vectors' has dim {q.shape[1]}, the index has dim {self.index.dim}")
+            hits = self.index.search(q, k=req["k"], filters=f, view=view)
         except InvalidQueryError as e:
             raise wire.WireError(str(e)) from None
         rows = np.where(hits.rows >= 0, self.grow[np.maximum(hits.rows, 0)] if len(self.grow) else -1, -1)
         return {"rows": rows.astype(np.int64), "scores": hits.scores.astype(np.float32),
                 "counts": hits.counts.astype(np.int64)}
 
+    def _lexical(self, words, k, f, view, avg_len, bm) -> dict:
+        k1, b = (float(bm[0]), float(bm[1])) if bm is not None and len(bm) == 2 else (1.2, 0.75)
+        known = [(w, le) for w, le in zip(words, self.sh.lookup_entities(keys64(list(words))).tolist()) if le >= 0]
+        postings = [self.ent_rows[self.ent_ptr[le]:self.ent_ptr[le + 1]] for _, le in known]
+        rows, scores = bm25(postings, [int(self.ent_df[le]) for _, le in known], self.n_global,
+                            np.diff(self.ev_ptr), float(avg_len), k1, b)
+        keep = filter_rows(self.index, 0, rows, f, view)
+        rows, scores = self.grow[rows[keep]] if len(self.grow) else rows[keep], scores[keep]
+        top = np.lexsort((rows, -scores))[:k]
+        return {"rows": rows[top].astype(np.int64), "scores": scores[top].astype(np.float64)}
+
     def Fetch(self, req: dict) -> dict:
         loc = self.local_rows(req["rows"])
+        _, hidden, _ = self._view(req.get("view"))
+        seen = np.ones(len(loc), bool) if hidden is None else ~hidden[loc]
         out: dict = {}
         for f in req["fields"]:
             if f == "time":
@@ -157,8 +204,10 @@ class ShardService:
                 out["rev_at"] = np.repeat(self.times[loc], hi - lo)
             elif f == "id":
                 out[f] = [self._id(int(r)) for r in loc.tolist()]
-            elif f == "payload":
-                out[f] = [self._payload(int(r)) for r in loc.tolist()]
+            elif f == "payload":   # what the asker may not see is never sent
+                out[f] = [self._payload(int(r)) if ok else None for r, ok in zip(loc.tolist(), seen.tolist())]
+            elif f == "visible":
+                out[f] = seen.astype(np.uint8)
             elif f == "entity_names":
                 ents = req.get("entities")
                 if ents is None or len(ents) != len(loc):
@@ -248,10 +297,11 @@ class ShardService:
         (the Numba kernel `walk_parts`)."""
         i64 = lambda x: np.ascontiguousarray(x, np.int64)  # noqa: E731
         as_of = I64_MAX if p["as_of"] is None else int(p["as_of"])
+        post_ok = self._view(p.get("view"))[2]
         ptr, rows, times, elig, side = walk_parts(
             i64(wu), i64(wt), i64(wle), self.ent_ptr, self.post_t, self.post_g, self.ent_df,
             int(p["direction"]), int(p["max_per_entity"]), int(p["t_lo"]), int(p["t_hi"]), as_of,
-            int(p["hub_window_s"]), int(p["hub_postings"]))
+            int(p["hub_window_s"]), int(p["hub_postings"]), post_ok)
         return {"ptr": ptr, "rows": rows, "time": times, "elig": elig, "side": side}
 
     # -- fetch helpers -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ engine: unknown fields, wrong types, out-of-range numbers and oversized arrays r
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgpack
@@ -30,6 +31,34 @@ _I64 = np.iinfo(np.int64)
 
 class WireError(ValueError):
     """A malformed or out-of-range message (-> INVALID_ARGUMENT)."""
+
+
+TOO_COSTLY = "request exceeds a per-request limit"
+
+
+class CostError(WireError):
+    """A well-formed request whose estimated cost exceeds `Limits` (-> RESOURCE_EXHAUSTED, with
+    a message starting with `TOO_COSTLY`: every replica would refuse it, so callers do not retry)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits of a server, checked against a cost estimated from the request's
+    sizes (and the shard's own arrays) before any work is done; plus the concurrency cap."""
+    max_cells: int = 2_000_000          # values a request may produce (hits, walk entries, fetched values)
+    max_loop: int = 1_000_000           # rows, links and entity entries walked by interpreted code
+    max_reply_bytes: int = MAX_MESSAGE_BYTES // 2
+    max_payload_rows: int = 4_096       # full events (text, attrs) in one Fetch
+    max_concurrent: int = 16            # RPCs in progress per server; more are refused at once
+
+    def check(self, method: str, cells: int = 0, loop: int = 0, nbytes: int = 0, payload_rows: int = 0) -> None:
+        for what, got, lim in (("values produced", cells, self.max_cells),
+                               ("rows/links/entity entries examined", loop, self.max_loop),
+                               ("estimated reply bytes", nbytes, self.max_reply_bytes),
+                               ("payload rows", payload_rows, self.max_payload_rows)):
+            if got > lim:
+                raise CostError(f"{TOO_COSTLY}: {method} would need {got:,} {what}, the limit is {lim:,}; "
+                                f"split it into smaller requests")
 
 
 def _default(obj):
@@ -155,6 +184,15 @@ def _filters(name, v):
     return check_fields(v, spec, where=f"{name}.")
 
 
+def _view(name, v):
+    """Who asks: {"scope": filters or None, "principals": [str] or None} (see fastctx/view.py)."""
+    if v is None:
+        return None
+    spec = {"scope": lambda n, x: None if x is None else _filters(n, x),
+            "principals": lambda n, x: None if x is None else _strs(n, x)}
+    return check_fields(v, spec, where=f"{name}.")
+
+
 def _show(v) -> str:
     if isinstance(v, np.ndarray):
         return f"array {v.dtype} {list(v.shape)}"
@@ -187,20 +225,23 @@ EXPAND_PARAMS = {
     "direction": _int(1, 3), "t_lo": I64, "t_hi": I64, "as_of": _int(_I64.min, _I64.max, True),
     "link_weight": _nd("f", (1,), 64), "hub_postings": _int(0, _I64.max), "hub_window_s": _int(0, _I64.max),
     "max_per_entity": _int(0, 100_000), "entity_weight": _float(0, 1e6), "entity_max_df": _int(0, _I64.max),
-    "entity_max_share": _float(0, 1), "max_edge_visits": _int(0, 100_000_000),
+    "entity_max_share": _float(0, 1), "max_edge_visits": _int(0, 100_000_000), "view": _view,
 }
 SHARD_SCHEMAS = {
     "Stats": ({}, ()),
     "Search": ({"vectors": _nd("f", (2,), MAX_NQ), "k": _int(1, MAX_K), "filters": _filters,
-                "as_of": _int(_I64.min, _I64.max, True)}, ("vectors", "k")),
+                "as_of": _int(_I64.min, _I64.max, True), "view": _view, "words": _strs,
+                "avg_len": _float(0, 1e12), "bm25": _nd("f", (1,), 2, True)}, ("k",)),
     "Expand": ({"rows": _nd("i", (1,), MAX_ROWS, True), "walk_u": _nd("i", (1,), MAX_WALKS, True),
                 "walk_t": _nd("i", (1,), MAX_WALKS, True), "walk_e": _nd("i", (1,), MAX_WALKS, True),
-                "params": lambda n, v: check_fields(v, EXPAND_PARAMS, tuple(EXPAND_PARAMS), n + ".")},
+                "params": lambda n, v: check_fields(v, EXPAND_PARAMS, tuple(k for k in EXPAND_PARAMS if k != "view"),
+                                                    n + ".")},
                ("params",)),
     "Fetch": ({"rows": _nd("i", (1,), MAX_ROWS), "fields": lambda n, v: _fields(n, v),
-               "entities": _nd("i", (1,), MAX_ROWS, True)}, ("rows", "fields")),
+               "entities": _nd("i", (1,), MAX_ROWS, True), "view": _view}, ("rows", "fields")),
 }
-FETCH_FIELDS = frozenset({"time", "tokens", "vector", "sup", "slot", "rev", "id", "payload", "entity_names"})
+FETCH_FIELDS = frozenset({"time", "tokens", "vector", "sup", "slot", "rev", "id", "payload", "entity_names",
+                          "visible"})
 
 
 def _fields(name, v):
@@ -215,5 +256,7 @@ COORD_SCHEMAS = {
                "type": _str({"chain", "current", "as_of"}), "direction": _str({"back", "forward", "both"}),
                "budget_tokens": _int(1, MAX_BUDGET), "filters": _filters,
                "as_of": _int(_I64.min, _I64.max, True), "require_all": _bool,
+               "scope": lambda n, x: None if x is None else _filters(n, x),
+               "principals": lambda n, x: None if x is None else _strs(n, x), "fill": _bool,
                "deadline_ms": _int(1, MAX_DEADLINE_MS)}, ()),
 }

@@ -15,12 +15,13 @@ I64_MAX = np.iinfo(np.int64).max
 
 
 def walk_parts_reference(wu, wt, wle, ent_ptr, post_t, post_g, ent_df, direction, mpe, t_lo, t_hi, as_of,
-                         hub_window_s, hub_postings):
+                         hub_window_s, hub_postings, post_ok):
     ptr, rows, times, elig, side = [0], [], [], [], []
     for u, t_u, le in zip(wu, wt, wle):
         if le >= 0 and mpe > 0:
             a, b = ent_ptr[le], ent_ptr[le + 1]
             pt, pg = list(post_t[a:b]), list(post_g[a:b])
+            vis = [True] * (b - a) if not len(post_ok) else [bool(x) for x in post_ok[a:b]]
             lim = hub_window_s if ent_df[le] > hub_postings else I64_MAX
             if direction == 1:
                 lo, hi = bisect.bisect_right(pt, t_u) - 1, len(pt)
@@ -36,7 +37,7 @@ def walk_parts_reference(wu, wt, wle, ent_ptr, post_t, post_g, ent_df, direction
                     tx = pt[i]
                     if tx < t_lo or tx > t_hi or abs(tx - t_u) > lim:
                         break
-                    ok = pg[i] != u and tx <= as_of
+                    ok = pg[i] != u and tx <= as_of and vis[i]
                     taken += ok
                     rows.append(pg[i])
                     times.append(tx)
@@ -69,18 +70,21 @@ def cases(draw):
     as_of = draw(st.sampled_from([I64_MAX, 5, 12, 20, 30]))
     params = dict(direction=draw(st.sampled_from([1, 2, 3])), mpe=draw(st.integers(0, 5)), t_lo=t_lo, t_hi=t_hi,
                   as_of=as_of, hub_window_s=draw(st.integers(0, 10)), hub_postings=draw(st.integers(0, 8)))
-    return wu, wt, wle, ptr, pt, pg, df, params
+    post_ok = draw(st.sampled_from([[], None]))
+    if post_ok is None:
+        post_ok = [int(draw(st.booleans())) for _ in pt]
+    return wu, wt, wle, ptr, pt, pg, df, params, post_ok
 
 
 @settings(max_examples=300, deadline=None)
 @given(cases())
 def test_walk_parts_matches_reference(case):
-    wu, wt, wle, ptr, pt, pg, df, p = case
+    wu, wt, wle, ptr, pt, pg, df, p, ok = case
     i64 = lambda x: np.asarray(x, np.int64)  # noqa: E731
     got = walk_parts(i64(wu), i64(wt), i64(wle), i64(ptr), i64(pt), i64(pg), i64(df), p["direction"], p["mpe"],
-                     p["t_lo"], p["t_hi"], p["as_of"], p["hub_window_s"], p["hub_postings"])
+                     p["t_lo"], p["t_hi"], p["as_of"], p["hub_window_s"], p["hub_postings"], np.asarray(ok, np.uint8))
     want = walk_parts_reference(wu, wt, wle, ptr, pt, pg, df, p["direction"], p["mpe"], p["t_lo"], p["t_hi"],
-                                p["as_of"], p["hub_window_s"], p["hub_postings"])
+                                p["as_of"], p["hub_window_s"], p["hub_postings"], ok)
     for g, w in zip(got, want):
         assert g.tolist() == list(w)
 
@@ -92,7 +96,7 @@ def test_many_entries_grow_the_buffers():
     ptr = np.array([0, n], np.int64)
     one = np.zeros(1, np.int64)
     out = walk_parts(np.array([250], np.int64), np.array([250], np.int64), one, ptr, pt, pg,
-                     np.array([n], np.int64), 3, 1000, 0, n, I64_MAX, I64_MAX, 10 ** 9)
+                     np.array([n], np.int64), 3, 1000, 0, n, I64_MAX, I64_MAX, 10 ** 9, np.zeros(0, np.uint8))
     assert out[0].tolist() == [0, n]
     assert sorted(out[1].tolist()) == list(range(n))
     assert out[2][~out[3]].tolist() == [250]               # the walk's own row: listed, not eligible

@@ -1,0 +1,199 @@
+"""Entities derived from an event's own content, at build and at add, deterministic, no model.
+
+Three kinds, each a reserved entity type starting with `~` (a user entity may not start with `~`):
+
+- `~t:NAME`  identifier-like terms of the text: code identifiers (snake_case, camelCase,
+             CONSTANT_CASE), dotted and qualified names, call-like names (`f()`), file paths,
+             exception and error names, config keys (`a.b=`, `--flag`), ticket-like ids
+             (`ABC-123`, `#123`), version strings, quoted names. Two events naming the same
+             rare thing connect through it, weighted by rarity like any entity.
+- `~w:WORD`  the event's words (text and the names of its entities), lower-cased, crudely
+             stemmed, stop words dropped: the vocabulary the query's own words are matched
+             against (lexical seeds). Never walked by expansion (a shared word is no relation).
+- `~acl:P`   one per principal of the event's access list, plus `~acl:*` on every event that
+             has a non-empty access list; never walked: they exist so that roaring bitmaps answer
+             "who may see which rows" (see `view.py`).
+
+`ENT_FLAGS` bits record what an entity is for: slot (implicit supersession), not walked,
+lexical (matched against query words).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+FLAG_SLOT = 1        # implicit supersession slot (e.g. decision:...)
+FLAG_NO_WALK = 2     # never followed by expansion (words, access lists)
+FLAG_LEXICAL = 4     # matched against the query's words
+
+TERM, WORD, ACL = "~t:", "~w:", "~acl:"
+ACL_ANY = ACL + "*"          # on every event with a non-empty access list
+RESERVED_PREFIX = "~"
+
+_MAX_TEXT = 20_000           # characters of text looked at per event (bounds build cost)
+_MAX_TERMS = 64              # identifier terms kept per event
+_MAX_WORDS = 256             # distinct words kept per event
+
+_STOP = frozenset("""
+a about above after again against all am an and any are aren't as at be because been before being below
+between both but by can can't cannot could couldn't did didn't do does doesn't doing don't down during each
+few for from further had hadn't has hasn't have haven't having he he'd he'll he's her here here's hers herself
+him himself his how how's i i'd i'll i'm i've if in into is isn't it it's its itself let's me more most
+mustn't my myself no nor not of off on once only or other ought our ours ourselves out over own same shan't
+she she'd she'll she's should shouldn't so some such than that that's the their theirs them themselves then
+there there's these they they'd they'll they're they've this those through to too under until up very was
+wasn't we we'd we'll we're we've were weren't what what's when when's where where's which while who who's
+whom why why's with won't would wouldn't you you'd you'll you're you've your yours yourself yourselves
+also just get got like one two yes yeah oh ok okay really well much many thing things will shall may might
+""".split())
+
+_WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9']*")
+_TERM_RES = (
+    re.compile(r"(?:[A-Za-z0-9_.-]+/)+[A-Za-z0-9_.-]+"),                     # paths a/b/c.py
+    re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::)[A-Za-z_][A-Za-z0-9_]*)+\b"),  # dotted / qualified
+    re.compile(r"\b[A-Za-z]*_[A-Za-z0-9_]+\b"),                                # snake_case, CONSTANT_CASE
+    re.compile(r"\b[a-z]+[A-Z][A-Za-z0-9]*\b"),                                # camelCase
+    re.compile(r"\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b"),                      # PascalCase, FooError
+    re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*(?=\()"),                             # call-like f(
+    re.compile(r"\b[A-Z][A-Z0-9]+-\d+\b"),                                     # ABC-123
+    re.compile(r"(?<![\w&])#\d{2,}\b"),                                        # #123
+    re.compile(r"\bv?\d+\.\d+(?:\.\d+)+[a-z0-9]*\b"),                          # versions 1.2.3
+    re.compile(r"--[a-z][a-z0-9-]+"),                                          # --flags
+    re.compile(r"[`'\"]([A-Za-z_][\w.:/-]{2,60})[`'\"]"),                      # quoted names
+)
+
+
+def stem(word: str) -> str:
+    """A crude, deterministic English stem: enough to match "charges"/"charge", "retried"/"retry"."""
+    w = word.lower()
+    if w.endswith("'s"):
+        w = w[:-2]
+    w = w.strip("'")
+    if len(w) > 5 and w.endswith("ing"):
+        w = w[:-3]
+    elif len(w) > 4 and w.endswith("ied"):
+        w = w[:-3] + "y"
+    elif len(w) > 4 and w.endswith("ed"):
+        w = w[:-2]
+    elif len(w) > 4 and w.endswith("ies"):
+        w = w[:-3] + "y"
+    elif len(w) > 3 and w.endswith("es") and w[-3] in "sxz":
+        w = w[:-2]
+    elif len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        w = w[:-1]
+    return w
+
+
+def words(text: str) -> list[str]:
+    """Distinct stemmed content words of `text`, in first-seen order."""
+    out: dict[str, None] = {}
+    for m in _WORD_RE.finditer(text[:_MAX_TEXT]):
+        raw = m.group(0).lower()
+        if raw in _STOP or len(raw) < 2:
+            continue
+        w = stem(raw)
+        if len(w) >= 2 and w not in _STOP:
+            out.setdefault(w)
+            if len(out) >= _MAX_WORDS:
+                break
+    return list(out)
+
+
+def terms(text: str) -> list[str]:
+    """Distinct identifier-like terms of `text` (case kept, trailing punctuation dropped)."""
+    text = text[:_MAX_TEXT]
+    out: dict[str, None] = {}
+    for rx in _TERM_RES:
+        for m in rx.finditer(text):
+            t = (m.group(1) if rx.groups else m.group(0)).strip(".:/-")
+            if len(t) >= 3 and not t.isdigit():
+                out.setdefault(t)
+            if len(out) >= _MAX_TERMS:
+                return list(out)
+    return list(out)
+
+
+def query_words(text: Optional[str]) -> list[str]:
+    """The `~w:`/`~t:` entity names a query's text can match."""
+    if not text:
+        return []
+    return [WORD + w for w in words(text)] + [TERM + t for t in terms(text)]
+
+
+def event_derived(text: Optional[str], entities: Sequence[str], acl: Optional[Sequence[str]]) -> list[str]:
+    """Derived entity names of one event (deterministic; no duplicates; none equal to a user entity)."""
+    out: list[str] = []
+    if text:
+        out += [TERM + t for t in terms(text)]
+    bag = " ".join([text or ""] + [e.split(":", 1)[-1].replace("_", " ").replace("-", " ") for e in entities])
+    out += [WORD + w for w in words(bag)]
+    if acl:
+        out += [ACL_ANY] + [ACL + p for p in dict.fromkeys(acl)]
+    return list(dict.fromkeys(out))
+
+
+def entity_flags(names: Iterable[str], slot_prefixes: Sequence[str]) -> np.ndarray:
+    """uint8 FLAG_* bits per entity name."""
+    slot = tuple(slot_prefixes)
+    out = []
+    for nm in names:
+        nm = str(nm)
+        f = FLAG_SLOT if slot and nm.startswith(slot) else 0
+        if nm.startswith(WORD):
+            f |= FLAG_NO_WALK | FLAG_LEXICAL
+        elif nm.startswith(TERM):
+            f |= FLAG_LEXICAL
+        elif nm.startswith(ACL):
+            f |= FLAG_NO_WALK
+        out.append(f)
+    return np.asarray(out, np.uint8)
+
+
+def event_acl(attrs: Optional[dict]) -> Optional[list]:
+    """The access list an event carries (validated by the corpus reader), or None."""
+    if not attrs:
+        return None
+    acl = attrs.get("acl")
+    return list(acl) if acl else None
+
+
+def with_derived(batch):
+    """`batch` with each event's derived entities appended to its entity list (a new batch sharing
+    every other column). Payloads keep the user's entities: `compute_segment` stores those."""
+    from .corpus import EventBatch
+    n = len(batch)
+    names: list = []
+    ptr = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        own = batch.entity_names[int(batch.entity_ptr[i]):int(batch.entity_ptr[i + 1])]
+        names.extend(own)
+        names.extend(event_derived(batch.texts[i], own, event_acl(batch.attrs[i])))
+        ptr[i + 1] = len(names)
+    return EventBatch(ids=batch.ids, times=batch.times, tokens=batch.tokens, sources=batch.sources,
+                      kinds=batch.kinds, entity_ptr=ptr, entity_names=names, link_src=batch.link_src,
+                      link_to=batch.link_to, link_type=batch.link_type, texts=batch.texts, attrs=batch.attrs,
+                      vectors=batch.vectors)
+
+
+def bm25(postings: Sequence[np.ndarray], dfs: Sequence[int], n: int, doc_len: np.ndarray, avg_len: float,
+         k1: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+    """BM25 with presence only (tf = 1) over the postings of the query's matched words/terms, in
+    the query's order: (rows ascending, scores). `dfs` and `n` are corpus-wide (a shard passes
+    the global figures, so every layout sums the same terms in the same order). Words in more
+    than half of the events select nothing and are skipped. `doc_len[r]`: derived entities of r."""
+    rows_l, w_l = [], []
+    for rows, df in zip(postings, dfs):
+        if df <= 0 or df > 0.5 * n or not len(rows):
+            continue
+        rows = np.asarray(rows, np.int64)
+        idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        norm = 1.0 - b + b * (np.asarray(doc_len, np.float64)[rows] / max(avg_len, 1.0))
+        rows_l.append(rows)
+        w_l.append(idf * (k1 + 1.0) / (1.0 + k1 * norm))
+    if not rows_l:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    rows, inv = np.unique(np.concatenate(rows_l), return_inverse=True)
+    return rows, np.bincount(inv.ravel(), weights=np.concatenate(w_l))
