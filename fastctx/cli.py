@@ -149,9 +149,28 @@ def _print_answer(ans, width: int = 100) -> None:
     click.echo(click.style("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()), dim=True))
 
 
+def _remote_options(fn):
+    """--token/--ca/--insecure of commands that can ask a coordinator server (--remote)."""
+    fn = click.option("--insecure", "remote_insecure", is_flag=True,
+                      help="Allow sending --token in plaintext to a non-loopback --remote.")(fn)
+    fn = click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                      help="With --remote: use TLS, trusting this CA (PEM).")(fn)
+    return click.option("--token", envvar="FASTCTX_TOKEN", default=None,
+                        help="With --remote: bearer token (or set FASTCTX_TOKEN).")(fn)
+
+
+def _connect(remote: str, token, ca, insecure: bool):
+    from . import connect
+    return connect(remote, token=token, ca=ca, insecure=insecure)
+
+
 @main.command()
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("text")
+@click.argument("args", nargs=-1, required=True, metavar="[INDEX_DIR] TEXT")
+@click.option("--remote", default=None, metavar="HOST:PORT",
+              help="Ask a coordinator server instead of a local index: `query --remote H:P TEXT`.")
+@_remote_options
+@click.option("--principal", "principals", multiple=True,
+              help="Who asks (repeatable); with --remote it narrows the token's principals.")
 @click.option("--entity", "entities", multiple=True, help="Seed events must mention one of these entities.")
 @click.option("--all-entity", "entities_all", multiple=True, help="Seed events must mention all of these.")
 @click.option("--source", "sources", multiple=True)
@@ -164,21 +183,31 @@ def _print_answer(ans, width: int = 100) -> None:
 @click.option("--direction", type=click.Choice(["back", "forward", "both"]), default="back", show_default=True)
 @click.option("--budget", type=click.IntRange(1, 10_000_000), default=4000, show_default=True, help="Token budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
-def query(index_dir, text, entities, entities_all, sources, kinds, since, until, as_of, qtype, direction,
-          budget, as_json) -> None:
-    """Answer TEXT from INDEX_DIR as a readable timeline."""
+def query(args, remote, token, ca, remote_insecure, principals, entities, entities_all, sources, kinds, since,
+          until, as_of, qtype, direction, budget, as_json) -> None:
+    """Answer TEXT from INDEX_DIR (or from a coordinator server, --remote) as a readable timeline."""
     from .index import Index
     from .filters import Filters
+    if len(args) != (1 if remote else 2):
+        raise click.UsageError("expected INDEX_DIR TEXT, or --remote HOST:PORT TEXT")
+    text = args[-1]
     try:
-        idx = Index(index_dir)
         as_of_t = _date(as_of, "--as-of")
         f = Filters(time_from=_date(since, "--since"), time_to=_date(until, "--until"),
                     entities_any=entities, entities_all=entities_all, sources=sources, kinds=kinds)
         qtype = qtype or ("as_of" if as_of_t is not None else "chain")
-        if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
-            from .shards import open_local
-            idx = open_local(index_dir)
-        ans = idx.query(text, type=qtype, filters=f, as_of=as_of_t, direction=direction, budget_tokens=budget)
+        if remote:
+            idx = _connect(remote, token, ca, remote_insecure)
+        else:
+            index_dir = Path(args[0])
+            if not index_dir.is_dir():
+                raise click.BadParameter(f"{index_dir}: no such directory", param_hint="INDEX_DIR")
+            idx = Index(index_dir)
+            if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
+                from .shards import open_local
+                idx = open_local(index_dir)
+        who = {"principals": list(principals)} if principals else {}
+        ans = idx.query(text, type=qtype, filters=f, as_of=as_of_t, direction=direction, budget_tokens=budget, **who)
     except FastctxError as e:
         _fail(e)
     if as_json:
@@ -193,8 +222,9 @@ def query(index_dir, text, entities, entities_all, sources, kinds, since, until,
               help="Results file (orgmem results format, one JSON line per query).")
 @click.option("--remote", default=None, metavar="HOST:PORT",
               help="Ask a coordinator server instead of a local index: `eval --remote H:P CORPUS_DIR`.")
+@_remote_options
 @click.option("--quiet", is_flag=True)
-def eval_cmd(paths: tuple, out: Path, remote: Optional[str], quiet: bool) -> None:
+def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_insecure: bool, quiet: bool) -> None:
     """Run every query of CORPUS_DIR/queries.jsonl against INDEX_DIR (never reads truth.jsonl).
 
     Usage: eval INDEX_DIR CORPUS_DIR --out R.jsonl, or eval --remote HOST:PORT CORPUS_DIR --out R.jsonl."""
@@ -205,8 +235,7 @@ def eval_cmd(paths: tuple, out: Path, remote: Optional[str], quiet: bool) -> Non
     corpus_dir = paths[-1]
     try:
         if remote:
-            from . import connect
-            idx = connect(remote)
+            idx = _connect(remote, token, ca, remote_insecure)
             dim = int(idx.stats()["dim"])
         else:
             idx = Index(paths[0])
@@ -236,6 +265,22 @@ def eval_cmd(paths: tuple, out: Path, remote: Optional[str], quiet: bool) -> Non
                f"p99 {np.percentile(lat, 99):.2f} ms")
 
 
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _tls_options(fn):
+    """--tls-cert/--tls-key/--insecure, shared by both servers."""
+    fn = click.option("--insecure", is_flag=True,
+                      help="Allow plaintext on a non-loopback --host (without TLS a server binds loopback only).")(fn)
+    fn = click.option("--tls-key", type=_FILE, default=None, help="PEM private key of --tls-cert.")(fn)
+    return click.option("--tls-cert", type=_FILE, default=None, help="Serve TLS with this PEM certificate.")(fn)
+
+
+def _limit_options(fn):
+    return click.option("--max-concurrent", type=click.IntRange(1, 4096), default=16, show_default=True,
+                        help="RPCs served at once; more are refused (RESOURCE_EXHAUSTED) instead of queued.")(fn)
+
+
 @main.group()
 def serve() -> None:
     """Serve a shard, or a coordinator over shard servers, over gRPC."""
@@ -247,14 +292,23 @@ def serve() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True)
-def serve_shard(index_dir: Path, shard_no: int, port: int, host: str, workers: int) -> None:
+@_tls_options
+@click.option("--tls-client-ca", type=_FILE, default=None,
+              help="Require client certificates signed by this CA (mutual TLS; needs --tls-cert/--tls-key).")
+@_limit_options
+def serve_shard(index_dir: Path, shard_no: int, port: int, host: str, workers: int, tls_cert, tls_key,
+                insecure: bool, tls_client_ca, max_concurrent: int) -> None:
     """Serve shard K of a partitioned index (stages Search, Expand, Fetch, Stats + health)."""
     from .shards.server import ShardServer, serve_forever
+    from .shards.wire import Limits
     try:
-        srv = ShardServer(index_dir, shard_no, port=port, host=host, workers=workers)
+        srv = ShardServer(index_dir, shard_no, port=port, host=host, workers=workers, tls_cert=tls_cert,
+                          tls_key=tls_key, tls_client_ca=tls_client_ca, insecure=insecure,
+                          limits=Limits(max_concurrent=max_concurrent))
     except (FastctxError, OSError) as e:
         _fail(e)
-    click.echo(f"shard {shard_no} of {index_dir} serving on {srv.address}", err=True)
+    tls = ("mutual TLS" if tls_client_ca else "TLS") if tls_cert else "plaintext"
+    click.echo(f"shard {shard_no} of {index_dir} ({tls}) serving on {srv.address}", err=True)
     serve_forever(srv)
 
 
@@ -278,15 +332,34 @@ def _shard_map(specs) -> dict:
               help="Send a slow call to another replica after this long (0: never).")
 @click.option("--deadline", type=float, default=10.0, show_default=True, help="Default seconds per query.")
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True)
-def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, workers) -> None:
+@_tls_options
+@click.option("--tokens", "tokens_file", type=_FILE, default=None,
+              help="Require bearer tokens: a JSON object mapping each token to its list of principals.")
+@click.option("--shard-ca", type=_FILE, default=None, help="Call the shards over TLS, trusting this CA.")
+@click.option("--client-cert", type=_FILE, default=None, help="Client certificate for mutual-TLS shards.")
+@click.option("--client-key", type=_FILE, default=None, help="PEM private key of --client-cert.")
+@_limit_options
+def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, workers, tls_cert, tls_key,
+                      insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent) -> None:
     """Serve queries over shard servers (stateless: run several side by side)."""
+    from .auth import channel_credentials
     from .shards.coordinator import Coordinator
     from .shards.server import CoordinatorServer, serve_forever
     from .shards.transport import remote_cluster
-    cluster = remote_cluster(_shard_map(shard_specs), call_timeout_s=call_timeout,
-                             hedge_s=hedge_ms / 1e3 if hedge_ms > 0 else None)
-    srv = CoordinatorServer(Coordinator(cluster, deadline_s=deadline), port=port, host=host, workers=workers)
-    click.echo(f"coordinator over {len(cluster.shards)} shard(s) serving on {srv.address}", err=True)
+    from .shards.wire import Limits
+    try:
+        creds = channel_credentials(shard_ca, client_cert, client_key) \
+            if shard_ca or client_cert or client_key else None
+        cluster = remote_cluster(_shard_map(shard_specs), call_timeout_s=call_timeout,
+                                 hedge_s=hedge_ms / 1e3 if hedge_ms > 0 else None, credentials=creds)
+        srv = CoordinatorServer(Coordinator(cluster, deadline_s=deadline), port=port, host=host, workers=workers,
+                                tls_cert=tls_cert, tls_key=tls_key, tokens=tokens_file, insecure=insecure,
+                                limits=Limits(max_concurrent=max_concurrent))
+    except (FastctxError, OSError) as e:
+        _fail(e)
+    auth = f", {len(srv.tokens)} token(s)" if srv.tokens is not None else ""
+    click.echo(f"coordinator over {len(cluster.shards)} shard(s) ({'TLS' if tls_cert else 'plaintext'}{auth}) "
+               f"serving on {srv.address}", err=True)
     serve_forever(srv)
 
 

@@ -6,9 +6,20 @@ Requests are decoded and validated (`shards.wire`) before any work; a bad one ge
 ``INVALID_ARGUMENT`` with a message naming the field, and the server keeps serving. Any other
 exception inside a handler becomes ``INTERNAL`` (the server keeps serving). Messages above
 `wire.MAX_MESSAGE_BYTES` are refused by gRPC itself (``RESOURCE_EXHAUSTED``).
+
+Security (see docs/SHARDED.md, "Security"): both servers serve TLS when given a certificate and
+key, and otherwise listen on loopback only unless told `insecure`; a shard server can require
+client certificates (mutual TLS); a coordinator server given a `TokenTable` requires
+``authorization: Bearer <token>`` on every call and answers with the token's principals only.
+
+Bounds: a shard request's cost is estimated from its sizes before it runs (`ShardCost`) and
+refused above `wire.Limits` with ``RESOURCE_EXHAUSTED``; at most ``limits.max_concurrent`` RPCs
+run at once per server (more are refused at once, not queued); a call whose deadline has passed
+is refused before any work, and a coordinator query never runs past its caller's deadline.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent import futures
@@ -16,19 +27,23 @@ from dataclasses import asdict
 from typing import Callable, Optional
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fastctx.answer import Answer
-from fastctx.errors import FastctxError, InvalidQueryError, ShardUnavailableError
+from fastctx.auth import (AuthError, SecurityConfigError, TokenTable, bearer, channel_credentials, check_bind,
+                          effective_principals, is_loopback, server_credentials)
+from fastctx.errors import AccessDeniedError, FastctxError, InvalidQueryError, ShardUnavailableError
 from fastctx.types import Event
 
 from . import wire
 from .transport import GRPC_OPTIONS, SHARD_SERVICE
 
 COORD_SERVICE = "fastctx.Coordinator"
+log = logging.getLogger("fastctx.server")
 
 
-def _handler(fn: Callable[[dict], dict], schema: tuple, server: "_Server") -> Callable:
+def _handler(method: str, fn: Callable, schema: tuple, server: "_Server") -> Callable:
     spec, required = schema
 
     def handle(data: bytes, context) -> bytes:
@@ -36,9 +51,24 @@ def _handler(fn: Callable[[dict], dict], schema: tuple, server: "_Server") -> Ca
             end = time.monotonic() + server.delay_s
             while time.monotonic() < end and context.is_active() and not server.stopping:
                 time.sleep(0.01)
+        left = context.time_remaining()
+        if left is not None and left <= 0.001:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the work began")
         try:
+            caller = server.authenticate(method, context)
             req = wire.check_request(wire.decode(data), spec, required)
-            return wire.encode(fn(req))
+            server.admit(method, req)
+            return wire.encode(fn(req, caller, context) if server.wants_caller else fn(req))
+        except AuthError as e:
+            log.warning("%s %s refused from %s: %s", server.service_name, method, context.peer(), e)
+            code = grpc.StatusCode.PERMISSION_DENIED if e.code == "PERMISSION_DENIED" \
+                else grpc.StatusCode.UNAUTHENTICATED
+            context.abort(code, str(e)[:1000])
+        except AccessDeniedError as e:       # e.g. an index with access lists asked without principals
+            log.warning("%s %s refused from %s: %s", server.service_name, method, context.peer(), e)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e)[:1000])
+        except wire.CostError as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)[:1000])
         except (wire.WireError, InvalidQueryError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)[:1000])
         except ShardUnavailableError as e:
@@ -51,21 +81,43 @@ def _handler(fn: Callable[[dict], dict], schema: tuple, server: "_Server") -> Ca
 
 
 class _Server:
+    """A gRPC server: TLS when `credentials` are given (else loopback only, unless `insecure`),
+    at most `limits.max_concurrent` RPCs in progress (more get RESOURCE_EXHAUSTED at once
+    instead of queueing), message sizes capped at `wire.MAX_MESSAGE_BYTES` both ways."""
+    wants_caller = False
+
     def __init__(self, service_name: str, methods: dict[str, Callable], schemas: dict, port: int,
-                 host: str = "127.0.0.1", workers: int = 8):
+                 host: str = "127.0.0.1", workers: int = 8, *, credentials=None, insecure: bool = False,
+                 limits: Optional[wire.Limits] = None):
+        check_bind(host, credentials is not None, insecure)
         self.delay_s = 0.0
         self.stopping = False
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
-        handlers = {m: grpc.unary_unary_rpc_method_handler(_handler(fn, schemas[m], self))
+        self.service_name = service_name
+        self.limits = limits or wire.Limits()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS,
+                                  maximum_concurrent_rpcs=self.limits.max_concurrent)
+        handlers = {m: grpc.unary_unary_rpc_method_handler(_handler(m, fn, schemas[m], self))
                     for m, fn in methods.items()}
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        bind = f"{host}:{port}"
+        try:
+            self.port = self.server.add_secure_port(bind, credentials) if credentials is not None \
+                else self.server.add_insecure_port(bind)
+        except RuntimeError as e:
+            raise OSError(f"cannot listen on {bind}: {e}") from None
         if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+            raise OSError(f"cannot listen on {bind}")
         self.address = f"{host}:{self.port}"
-        self.service_name = service_name
+        self.tls = credentials is not None
+
+    def authenticate(self, method: str, context):
+        """Who calls (None: no per-call authentication; TLS has done its part)."""
+        return None
+
+    def admit(self, method: str, req: dict) -> None:
+        """Refuse a request whose estimated cost exceeds `self.limits` (raises wire.CostError)."""
 
     def start(self):
         self.server.start()
@@ -83,14 +135,123 @@ class _Server:
 
 
 class ShardServer(_Server):
-    """Serves one shard of a partitioned index (`ShardService`)."""
+    """Serves one shard of a partitioned index (`ShardService`). `tls_cert`/`tls_key`: serve
+    TLS; `tls_client_ca`: also require a client certificate signed by that CA (mutual TLS)."""
 
-    def __init__(self, index_dir, shard: int, port: int = 0, host: str = "127.0.0.1", workers: int = 8):
+    def __init__(self, index_dir, shard: int, port: int = 0, host: str = "127.0.0.1", workers: int = 8, *,
+                 tls_cert=None, tls_key=None, tls_client_ca=None, insecure: bool = False,
+                 limits: Optional[wire.Limits] = None):
         from .service import ShardService
+        creds = server_credentials(tls_cert, tls_key, tls_client_ca)
+        check_bind(host, creds is not None, insecure)      # before the (slow) warm-up
         self.service = ShardService(index_dir, shard)
         self.service.warm_up()
+        self.cost = ShardCost(self.service)
         super().__init__(SHARD_SERVICE, {m: getattr(self.service, m) for m in wire.SHARD_SCHEMAS},
-                         wire.SHARD_SCHEMAS, port, host, workers)
+                         wire.SHARD_SCHEMAS, port, host, workers, credentials=creds, insecure=insecure,
+                         limits=limits)
+
+    def admit(self, method: str, req: dict) -> None:
+        self.limits.check(method, **self.cost.estimate(method, req))
+
+
+class ShardCost:
+    """Estimates what a shard request will cost from its sizes and the shard's own arrays (CSR
+    pointers, postings), in O(request) numpy work, before the request runs. Walk entries are
+    bounded by the postings inside each walk's time window (and by ``2 * max_per_entity`` when
+    nothing can make entries ineligible)."""
+
+    FETCH_BYTES = {"time": 8, "tokens": 8, "sup": 24, "slot": 8, "id": 96, "entity_names": 96, "payload": 4096,
+                   "visible": 1, "rev": 8}
+    PY_LOOP_FIELDS = ("slot", "id", "payload", "entity_names", "rev")
+
+    def __init__(self, svc):
+        self.svc = svc
+        ent_ptr = np.asarray(svc.ent_ptr, np.int64)
+        self.post_len = np.diff(ent_ptr)
+        post_t = np.asarray(svc.post_t, np.int64)
+        self.key = None
+        if len(post_t):
+            self.tmin, self.tmax = int(post_t.min()), int(post_t.max())
+            span = self.tmax - self.tmin + 3
+            if span * (len(self.post_len) + 1) < (1 << 62):      # (entity, time) fits one sorted int64 key
+                self.span = span
+                post_e = np.repeat(np.arange(len(self.post_len), dtype=np.int64), self.post_len)
+                self.key = post_e * span + (post_t - self.tmin + 1)
+
+    def _count(self, le: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Postings of local entity `le` with time in [lo, hi] (float bounds, clipped)."""
+        if self.key is None:
+            return self.post_len[le] if len(self.post_len) else np.zeros(len(le), np.int64)
+        lo = (np.clip(lo, self.tmin - 1, self.tmax + 1) - self.tmin + 1).astype(np.int64)
+        hi = (np.clip(hi, self.tmin - 1, self.tmax + 1) - self.tmin + 1).astype(np.int64)
+        a = np.searchsorted(self.key, le * self.span + lo, "left")
+        b = np.searchsorted(self.key, le * self.span + hi, "right")
+        return np.maximum(b - a, 0)
+
+    def walk_entries(self, wt, wle, p: dict) -> int:
+        """Upper estimate of the entries walk_parts lists for walks (time wt, local entity wle)."""
+        wle = np.asarray(wle, np.int64)
+        ok = wle >= 0
+        if p["max_per_entity"] <= 0 or not ok.any():
+            return 0
+        le, t = wle[ok], np.asarray(wt, np.float64)[ok]
+        big = float(1 << 62)
+        lim = np.where(np.asarray(self.svc.ent_df, np.int64)[le] > p["hub_postings"],
+                       min(float(p["hub_window_s"]), big), big)
+        lo, hi = np.maximum(float(p["t_lo"]), t - lim), np.minimum(float(p["t_hi"]), t + lim)
+        n = self._count(le, lo, hi)
+        view = p.get("view") or {}
+        if view.get("principals") is None:    # only u itself and entries after as_of are ineligible
+            extra = 1 + (self._count(le, np.maximum(lo, float(p["as_of"]) + 1), hi) if p["as_of"] is not None else 0)
+            n = np.minimum(n, 2 * int(p["max_per_entity"]) + extra)
+        return int(n.sum())
+
+    def estimate(self, method: str, req: dict) -> dict:
+        svc = self.svc
+        if method == "Search":
+            v = req.get("vectors")
+            nq = len(v) if v is not None else 1
+            return {"cells": nq * req["k"], "nbytes": nq * req["k"] * 20}
+        if method == "Fetch":
+            loc = svc.local_rows(req["rows"])
+            n, fields = len(loc), req["fields"]
+            per_row = sum(4 * int(svc.index.dim) if f == "vector" else self.FETCH_BYTES.get(f, 8) for f in fields)
+            cells, nbytes = n * len(fields), n * per_row
+            if "rev" in fields:
+                rp = np.asarray(svc.sc["rev_ptr"], np.int64)
+                deg = int((rp[loc + 1] - rp[loc]).sum())
+                cells, nbytes = cells + 5 * deg, nbytes + 40 * deg
+            loop = n if any(f in fields for f in self.PY_LOOP_FIELDS) else 0
+            return {"cells": cells, "loop": loop, "nbytes": nbytes,
+                    "payload_rows": n if "payload" in fields else 0}
+        if method == "Expand":
+            p = req["params"]
+            cells = loop = 0
+            rows = req.get("rows")
+            if rows is not None and len(rows):
+                loc = svc.local_rows(rows)
+                links = 0
+                for bit, ptr in ((1, "out_ptr"), (2, "in_ptr")):
+                    if p["direction"] & bit:
+                        a = np.asarray(svc.sc[ptr], np.int64)
+                        links += int((a[loc + 1] - a[loc]).sum())
+                ev_ptr = np.asarray(svc.ev_ptr, np.int64)
+                n_ent = ev_ptr[loc + 1] - ev_ptr[loc]
+                ents = int(n_ent.sum())
+                loop += len(loc) + links + ents
+                cells += 6 * links + 8 * ents
+                if ents and p["max_per_entity"] > 0:
+                    idx = np.repeat(ev_ptr[loc], n_ent) + (np.arange(ents) - np.repeat(np.cumsum(n_ent) - n_ent, n_ent))
+                    cells += 4 * self.walk_entries(np.repeat(svc.times[loc], n_ent),
+                                                   np.asarray(svc.ev_ent, np.int64)[idx], p)
+            wu, wt, we = req.get("walk_u"), req.get("walk_t"), req.get("walk_e")
+            if wu is not None and we is not None and wt is not None and len(we) == len(wt):
+                le = np.fromiter((svc.local_ent.get(int(e), -1) for e in np.asarray(we).tolist()), np.int64, len(we))
+                loop += len(we)
+                cells += 4 * self.walk_entries(wt, le, p)
+            return {"cells": cells, "loop": loop, "nbytes": 5 * cells}
+        return {}
 
 
 # ------------------------------------------------------------------------------------ coordinator
@@ -108,38 +269,88 @@ def answer_from_msg(m: dict) -> Answer:
 
 
 class CoordinatorServer(_Server):
-    """Serves `Coordinator.query` over gRPC (method ``Query``) and ``Stats``."""
+    """Serves `Coordinator.query` over gRPC (method ``Query``) and ``Stats``. With `tokens`
+    (a `TokenTable`, or a path to its JSON file) every call needs a known bearer token, and a
+    query runs with the token's principals, narrowed by the request's ``principals`` if any."""
+    wants_caller = True
 
-    def __init__(self, coordinator, port: int = 0, host: str = "127.0.0.1", workers: int = 8):
+    def __init__(self, coordinator, port: int = 0, host: str = "127.0.0.1", workers: int = 8, *,
+                 tls_cert=None, tls_key=None, tokens=None, insecure: bool = False,
+                 limits: Optional[wire.Limits] = None):
         self.coordinator = coordinator
+        self.tokens = TokenTable.load(tokens) if tokens is not None and not isinstance(tokens, TokenTable) \
+            else tokens
         super().__init__(COORD_SERVICE, {"Query": self._query, "Stats": self._stats}, wire.COORD_SCHEMAS,
-                         port, host, workers)
+                         port, host, workers, credentials=server_credentials(tls_cert, tls_key), insecure=insecure,
+                         limits=limits)
 
-    def _query(self, req: dict) -> dict:
-        from fastctx.filters import Filters
+    def authenticate(self, method: str, context) -> Optional[tuple]:
+        """The caller's principals from its bearer token (None when no tokens are configured)."""
+        if self.tokens is None:
+            return None
+        token = bearer(context.invocation_metadata())
+        if token is None:
+            raise AuthError("this coordinator requires a bearer token (metadata 'authorization: Bearer <token>')")
+        held = self.tokens.lookup(token)
+        if held is None:
+            raise AuthError("unknown bearer token")
+        return held
+
+    def _query(self, req: dict, caller: Optional[tuple], context) -> dict:
         text, vector = req.get("text"), req.get("vector")
         if (text is None) == (vector is None):
             raise wire.WireError("exactly one of 'text' and 'vector' must be given")
-        f = Filters.from_dict(req.get("filters") or {}, as_of=req.get("as_of"))
-        deadline_ms = req.get("deadline_ms")
-        ans = self.coordinator.query(text if text is not None else vector, type=req.get("type", "chain"), filters=f,
-                                     direction=req.get("direction", "back"),
-                                     budget_tokens=req.get("budget_tokens", 4000),
-                                     require_all=req.get("require_all", False),
-                                     deadline_s=deadline_ms / 1e3 if deadline_ms else None)
+        principals = req.get("principals")
+        if caller is not None:      # the token says who asks; the request can only narrow it
+            principals = list(effective_principals(caller, principals))
+        deadline_s = req["deadline_ms"] / 1e3 if req.get("deadline_ms") else None
+        left = context.time_remaining()
+        if left is not None and left < 1e6:     # never work past the caller's own deadline
+            deadline_s = min(deadline_s, left) if deadline_s is not None else left
+            deadline_s = max(deadline_s - 0.01, 0.001)
+        spec = {"type": req.get("type", "chain"), "direction": req.get("direction", "back"),
+                "budget_tokens": req.get("budget_tokens", 4000), "filters": req.get("filters") or {},
+                "as_of": req.get("as_of")}
+        if text is not None:
+            spec["text"] = text
+        if req.get("scope"):
+            spec["scope"] = req["scope"]
+        if principals is not None:
+            spec["principals"] = principals
+        ans = self.coordinator.query_spec(spec, vector, require_all=req.get("require_all", False),
+                                          fill=req.get("fill", False), deadline_s=deadline_s)
         return answer_to_msg(ans)
 
-    def _stats(self, req: dict) -> dict:
+    def _stats(self, req: dict, caller, context) -> dict:
         s = self.coordinator.shard_stats()
         return {"n_global": s["n_global"], "n_shards": s["n_shards"], "dim": s["dim"], "encoder": s["encoder"]}
 
 
-class RemoteClient:
-    """`fastctx.connect("host:port")`: a coordinator server's client with `Index.query`'s API."""
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0] if ":" in address else address
 
-    def __init__(self, address: str, timeout_s: float = 30.0):
+
+class RemoteClient:
+    """`fastctx.connect("host:port")`: a coordinator server's client with `Index.query`'s API.
+
+    TLS when `ca` (the CA that signed the server's certificate) or `tls=True` (system roots) is
+    given, with a client certificate when `client_cert` and `client_key` are. `token` is sent as
+    ``authorization: Bearer <token>`` on every call; over plaintext only to a loopback address,
+    unless `insecure=True`."""
+
+    def __init__(self, address: str, timeout_s: float = 30.0, *, token: Optional[str] = None, ca=None,
+                 client_cert=None, client_key=None, tls: bool = False, insecure: bool = False):
         self.address, self.timeout_s = address, timeout_s
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        secure = tls or ca is not None or client_cert is not None
+        if token is not None and (not isinstance(token, str) or not token.strip() or not token.isprintable()):
+            raise SecurityConfigError("token must be a non-empty printable string")
+        if token is not None and not secure and not insecure and not is_loopback(_host(address)):
+            raise SecurityConfigError(f"refusing to send a bearer token in plaintext to {address}: pass ca= "
+                                      "(TLS), or insecure=True")
+        self._metadata = (("authorization", f"Bearer {token.strip()}"),) if token is not None else None
+        self.channel = grpc.secure_channel(address, channel_credentials(ca, client_cert, client_key),
+                                           options=GRPC_OPTIONS) if secure \
+            else grpc.insecure_channel(address, options=GRPC_OPTIONS)
         self._query = self.channel.unary_unary(f"/{COORD_SERVICE}/Query")
         self._stats = self.channel.unary_unary(f"/{COORD_SERVICE}/Stats")
         self.last_bytes = (0, 0)
@@ -147,13 +358,16 @@ class RemoteClient:
     def _call(self, stub, msg: dict, timeout: float) -> dict:
         data = wire.encode({"v": wire.SCHEMA_VERSION, **msg})
         try:
-            raw = stub(data, timeout=timeout)
+            raw = stub(data, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidQueryError(e.details()) from None
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
-                raise ShardUnavailableError(f"{self.address}: {e.details()}") from None
-            raise FastctxError(f"{self.address}: {e.code().name}: {e.details()}") from None
+            code, details = e.code(), e.details()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidQueryError(details) from None
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise AuthError(f"{self.address}: {code.name}: {details}", code.name) from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise ShardUnavailableError(f"{self.address}: {details}") from None
+            raise FastctxError(f"{self.address}: {code.name}: {details}") from None
         self.last_bytes = (len(data), len(raw))
         return wire.decode(raw)
 
@@ -162,18 +376,20 @@ class RemoteClient:
 
     def query(self, query, *, type: str = "chain", filters=None, as_of: Optional[int] = None,
               direction: str = "back", budget_tokens: int = 4000, require_all: bool = False,
-              deadline_s: Optional[float] = None, **filter_kw) -> Answer:
-        import numpy as np
+              deadline_s: Optional[float] = None, principals=None, scope=None, **filter_kw) -> Answer:
+        """`principals`: narrow the token's principals to these (the server never widens them)."""
         from fastctx.filters import Filters
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
         f = filters if filters is not None else Filters.from_dict(filter_kw)
         msg = {"type": type, "direction": direction, "budget_tokens": budget_tokens, "require_all": require_all,
-               "filters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                           {n: getattr(f, n) for n in ("time_from", "time_to", "entities_any", "entities_all",
-                                                        "sources", "kinds")}.items()
-                           if v not in (None, (), [])},
-               "as_of": as_of if as_of is not None else f.as_of}
+               "filters": _filters_msg(f), "as_of": as_of if as_of is not None else f.as_of}
+        if principals is not None:
+            if isinstance(principals, str):
+                raise InvalidQueryError("principals must be a list of strings, e.g. ['user:ana']")
+            msg["principals"] = list(principals)
+        if scope is not None:
+            msg["scope"] = _filters_msg(scope if isinstance(scope, Filters) else Filters.from_dict(scope))
         if isinstance(query, str):
             msg["text"] = query
         else:
@@ -188,7 +404,8 @@ class RemoteClient:
         f = Filters.from_dict(spec.get("filters"))
         q = vector if vector is not None else spec.get("text")
         return self.query(q, type=spec.get("type", "chain"), filters=f, as_of=spec.get("as_of"),
-                          direction=spec.get("direction", "back"), budget_tokens=spec.get("budget_tokens", 4000), **kw)
+                          direction=spec.get("direction", "back"), budget_tokens=spec.get("budget_tokens", 4000),
+                          principals=spec.get("principals"), scope=spec.get("scope"), **kw)
 
     def close(self) -> None:
         self.channel.close()
@@ -200,7 +417,15 @@ class RemoteClient:
         self.close()
 
 
+def _filters_msg(f) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+            {n: getattr(f, n) for n in ("time_from", "time_to", "entities_any", "entities_all",
+                                         "sources", "kinds")}.items()
+            if v not in (None, (), [])}
+
+
 def connect(address: str, **kw) -> RemoteClient:
+    """A coordinator server's client: ``connect(addr, token=..., ca=..., client_cert=..., client_key=...)``."""
     return RemoteClient(address, **kw)
 
 

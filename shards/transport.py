@@ -17,8 +17,13 @@ every scatter: about 0.8 ms a call on a loaded 2-core machine, measured at 1e6 e
 hedged call that loses keeps its pool thread until it answers or times out.
 
 A shard none of whose replicas answered comes back as missing (the caller flags the answer
-partial). ``INVALID_ARGUMENT`` from a shard is not retried: it is raised, since every replica
-would refuse the same request.
+partial). ``INVALID_ARGUMENT``, and ``RESOURCE_EXHAUSTED`` for a request over a shard's
+per-request limits (`wire.TOO_COSTLY`), are not retried: they are raised, since every replica
+would refuse the same request. A busy replica (its concurrency cap reached) is failed over.
+
+Remote replicas are reached over TLS when the cluster is given channel credentials
+(`fastctx.auth.channel_credentials`: the shards' CA, and a client certificate for shards that
+require one).
 """
 from __future__ import annotations
 
@@ -59,9 +64,10 @@ class LocalReplica:
 class RemoteReplica:
     """One shard server address; calls run on `pool`."""
 
-    def __init__(self, address: str, pool: ThreadPoolExecutor):
+    def __init__(self, address: str, pool: ThreadPoolExecutor, credentials=None):
         self.name, self.pool = address, pool
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self.channel = grpc.secure_channel(address, credentials, options=GRPC_OPTIONS) if credentials is not None \
+            else grpc.insecure_channel(address, options=GRPC_OPTIONS)
         self._stubs = {m: self.channel.unary_unary(f"/{SHARD_SERVICE}/{m}") for m in wire.SHARD_SCHEMAS}
 
     def future(self, method: str, data: bytes, timeout: float):
@@ -141,15 +147,17 @@ class Cluster:
                 failed.add(k)
                 continue
             if all(isinstance(r, LocalReplica) for r in g.replicas):
-                self._local(k, g, method, req, results, failed, stats)
+                self._local(k, g, method, req, results, failed, stats, deadline)
             else:
                 remote[k] = req
         if remote:
             self._remote(method, remote, deadline, results, failed, stats)
         return results, failed
 
-    def _local(self, k, g, method, req, results, failed, stats) -> None:
+    def _local(self, k, g, method, req, results, failed, stats, deadline: float) -> None:
         for i in g.order(time.monotonic()):
+            if time.monotonic() >= deadline:    # the query's deadline bounds in-process stages too
+                break
             stats.calls += 1
             try:
                 results[k] = g.replicas[i].call(method, {"v": wire.SCHEMA_VERSION, **req})
@@ -215,7 +223,8 @@ class Cluster:
                 stats.bytes_in += len(raw)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                if code == grpc.StatusCode.INVALID_ARGUMENT or code == grpc.StatusCode.RESOURCE_EXHAUSTED and \
+                        (e.details() or "").startswith(wire.TOO_COSTLY):
                     for f, _ in inflight[k].values():
                         f.cancel()
                     raise InvalidQueryError(f"shard {k} refused {method}: {e.details()}") from None
@@ -243,10 +252,11 @@ class Cluster:
             failed.add(k)
 
 
-def remote_cluster(shard_addresses: dict[int, Sequence[str]], **kw) -> Cluster:
+def remote_cluster(shard_addresses: dict[int, Sequence[str]], *, credentials=None, **kw) -> Cluster:
+    """A cluster of shard servers; `credentials`: grpc channel credentials for TLS (None: plaintext)."""
     n = sum(len(a) for a in shard_addresses.values())
     # enough threads for several concurrent queries, each calling every replica at once
     pool = ThreadPoolExecutor(max_workers=max(32, 8 * n), thread_name_prefix="fastctx-shard-call")
-    cluster = Cluster({k: [RemoteReplica(a, pool) for a in addrs] for k, addrs in shard_addresses.items()}, **kw)
+    cluster = Cluster({k: [RemoteReplica(a, pool, credentials) for a in addrs] for k, addrs in shard_addresses.items()}, **kw)
     cluster.pools.append(pool)
     return cluster
