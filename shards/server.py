@@ -202,7 +202,7 @@ class ShardCost:
         lo, hi = np.maximum(float(p["t_lo"]), t - lim), np.minimum(float(p["t_hi"]), t + lim)
         n = self._count(le, lo, hi)
         view = p.get("view") or {}
-        if view.get("principals") is None:    # only u itself and entries after as_of are ineligible
+        if view.get("principals") is None and not view.get("scope"):   # only u and entries after as_of are ineligible
             extra = 1 + (self._count(le, np.maximum(lo, float(p["as_of"]) + 1), hi) if p["as_of"] is not None else 0)
             n = np.minimum(n, 2 * int(p["max_per_entity"]) + extra)
         return int(n.sum())
@@ -241,10 +241,11 @@ class ShardCost:
                 ents = int(n_ent.sum())
                 loop += len(loc) + links + ents
                 cells += 6 * links + 8 * ents
-                if ents and p["max_per_entity"] > 0:
+                if ents and p["max_per_entity"] > 0:   # one walk per (row, entity of positive weight)
                     idx = np.repeat(ev_ptr[loc], n_ent) + (np.arange(ents) - np.repeat(np.cumsum(n_ent) - n_ent, n_ent))
-                    cells += 4 * self.walk_entries(np.repeat(svc.times[loc], n_ent),
-                                                   np.asarray(svc.ev_ent, np.int64)[idx], p)
+                    le = np.asarray(svc.ev_ent, np.int64)[idx]
+                    walks = np.asarray(svc._ent_w(p))[le] > 0
+                    cells += 4 * self.walk_entries(np.repeat(svc.times[loc], n_ent)[walks], le[walks], p)
             wu, wt, we = req.get("walk_u"), req.get("walk_t"), req.get("walk_e")
             if wu is not None and we is not None and wt is not None and len(we) == len(wt):
                 le = np.fromiter((svc.local_ent.get(int(e), -1) for e in np.asarray(we).tolist()), np.int64, len(we))
