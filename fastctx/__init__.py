@@ -14,7 +14,9 @@ __version__ = "0.1.0"
 
 
 def connect(address: str, **kw):
-    """A client of a coordinator server ("host:port") with `Index.query`'s API (see shards/)."""
+    """A client of a coordinator server ("host:port") with `Index.query`'s API (see shards/).
+    ``token=`` (bearer token), ``ca=`` (TLS, trusting this CA's PEM file), ``client_cert=`` and
+    ``client_key=`` (mutual TLS) for secured servers; see docs/SHARDED.md, "Security"."""
     from .shards.server import connect as _connect
     return _connect(address, **kw)
 

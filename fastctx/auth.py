@@ -65,6 +65,8 @@ def check_bind(host: str, tls: bool, insecure: bool) -> None:
 
 # ------------------------------------------------------------------------------------ TLS files
 def read_pem(path, what: str) -> bytes:
+    """A PEM file's bytes; `what` names it in errors and says which block it must hold (a
+    private key when it mentions "key", else a certificate)."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -72,6 +74,9 @@ def read_pem(path, what: str) -> bytes:
         raise SecurityConfigError(f"{p}: cannot read {what}: {e.strerror or e}") from None
     if b"-----BEGIN " not in data:
         raise SecurityConfigError(f"{p}: {what} is not a PEM file (no '-----BEGIN' line)")
+    block = b"PRIVATE KEY-----" if "key" in what else b"CERTIFICATE-----"
+    if block not in data:
+        raise SecurityConfigError(f"{p}: {what} holds no '{block.decode().rstrip('-')}' PEM block")
     return data
 
 

@@ -105,10 +105,11 @@ class _Server:
         try:
             self.port = self.server.add_secure_port(bind, credentials) if credentials is not None \
                 else self.server.add_insecure_port(bind)
-        except RuntimeError as e:
-            raise OSError(f"cannot listen on {bind}: {e}") from None
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {bind}")
+            hint = " with TLS (check that the certificate and key files match)" if credentials is not None else ""
+            raise OSError(f"cannot listen on {bind}{hint}")
         self.address = f"{host}:{self.port}"
         self.tls = credentials is not None
 

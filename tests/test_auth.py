@@ -292,6 +292,27 @@ def test_client_refuses_to_send_a_token_in_plaintext_off_loopback():
 
 
 # ------------------------------------------------------------------------------------ CLI
+def test_cli_bad_security_options_give_clear_errors(world, pki, tmp_path):
+    from click.testing import CliRunner
+    from fastctx.cli import main
+    bad = tmp_path / "tokens.json"
+    bad.write_text('{"short": ["user:a"]}')
+    runs = [(["serve", "coordinator", "--shard", "0=127.0.0.1:1", "--tokens", str(bad)], "at least 16"),
+            (["serve", "coordinator", "--shard", "0=127.0.0.1:1", "--host", "0.0.0.0"], "--insecure"),
+            (["serve", "shard", "--index", str(world["dir"]), "--shard", "0", "--tls-client-ca", str(pki / "ca.pem")],
+             "mutual TLS"),
+            (["serve", "shard", "--index", str(world["dir"]), "--shard", "0", "--tls-cert", str(pki / "ca.key"),
+              "--tls-key", str(pki / "server.key")], "CERTIFICATE"),
+            (["serve", "shard", "--index", str(world["dir"]), "--shard", "0", "--tls-cert", str(pki / "server.pem"),
+              "--tls-key", str(pki / "client.key")], "certificate and key"),
+            (["query", "--remote", "10.1.2.3:7000", "--token", TOKEN_A, "anything"], "plaintext"),
+            (["query", "--remote", "127.0.0.1:7000"], "TEXT")]
+    for args, match in runs:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code != 0 and not isinstance(r.exception, (AttributeError, TypeError, KeyError)), (args, r.output)
+        assert match is None or match in r.output, (args, r.output)
+
+
 def _wait_listening(proc, pattern: str, timeout: float = 90.0) -> str:
     import time
     end = time.monotonic() + timeout
