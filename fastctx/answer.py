@@ -61,7 +61,7 @@ class AnswerParams:
     # a reply is conversation structure (what came next), not a cause: weaker than a reference
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.5), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
-        ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8))
+        ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.5))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence
     entity_max_share: float = 0.02   # ... or at this share of the shard's events, if that is fewer
@@ -77,13 +77,13 @@ class AnswerParams:
     recency: float = 0.6             # weight of a candidate's place in the query's time window
     older_version_cos: float = 0.6   # a later hit more similar than this marks an older version ...
     older_version_penalty: float = 1.3  # ... penalised by this times the excess similarity
-    pool_temperature: float = 0.02   # softmax temperature pooling candidates' chains (0: winner only)
+    inherit: bool = True             # a candidate whose chain reaches another inherits its weight
+    pool_temperature: float = 0.03   # softmax temperature pooling candidates' chains (0: winner only);
+                                     # chains of candidates weighted below 1e-3 are not evidence
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
     lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)
-    lexical: float = 0.3             # weight of a hit's lexical match (0..1, relative to the best)
+    lexical: float = 0.5             # weight of a hit's lexical match (0..1, relative to the best)
                                      # beside its query-specific similarity
-    evidence_floor: float = 0.05     # without `fill`, an answer ends at events whose pooled
-                                     # evidence is below this share of the best event's
     bm25_k1: float = 1.2             # textbook BM25 constants (presence only: tf = 1)
     bm25_b: float = 0.75
 
@@ -479,10 +479,13 @@ class Engine:
         # softmax weight of its score, so a close runner-up's chain still gets budget and
         # events several candidates reach are reinforced
         best = cands[0][0]
+        weights = [math.exp((c[0] - best) / p.pool_temperature) if p.pool_temperature > 0 else float(rank == 0)
+                   for rank, c in enumerate(cands)]
+        if p.inherit:
+            weights = self._inherit(rows, cands, weights)
         value: dict[int, float] = {}
         why: dict[int, tuple] = {}   # row -> (contribution, parent, via_kind, via_id, rank)
-        for rank, (cscore, i, res) in enumerate(cands):
-            w = math.exp((cscore - best) / p.pool_temperature) if p.pool_temperature > 0 else float(rank == 0)
+        for rank, ((cscore, i, res), w) in enumerate(zip(cands, weights)):
             if w < 1e-3:
                 continue
             for r, s, par, vk, vid in zip(res[0].tolist(), res[1].tolist(), res[2].tolist(),
@@ -492,11 +495,25 @@ class Engine:
                 if contrib > why.get(r, (-1.0,))[0]:
                     why[r] = (contrib, par, vk, vid, rank)
         ranked = sorted(value.items(), key=lambda kv: (-kv[1], kv[0]))
-        floor = 0.0 if fill else p.evidence_floor * ranked[0][1]
-        order = [(r, v, why[r][1:]) for r, v in ranked if v >= floor]
+        # the evidence ends with the chains: plain hits pad the budget only when asked (`fill`)
+        order = [(r, v, why[r][1:]) for r, v in ranked]
         if fill:
             order += [(r, s, "vector similarity") for r, s in zip(rows.tolist(), sims.tolist())]
         return self._pack(g, order, budget), None
+
+    @staticmethod
+    def _inherit(rows, cands, weights) -> list[float]:
+        """A candidate whose chain reaches another candidate (in the asked direction) explains it:
+        it weighs at least that candidate's weight times the path score between them. "What led
+        to X" then also gets the events of X's story that lie beyond the best-matching one."""
+        at = {int(rows[i]): j for j, (_, i, _) in enumerate(cands)}
+        out = list(weights)
+        for j, (_, _, res) in enumerate(cands):
+            for r, sc in zip(res[0][1:].tolist(), res[1][1:].tolist()):
+                k = at.get(r)
+                if k is not None and weights[k] * sc > out[j]:
+                    out[j] = weights[k] * sc
+        return out
 
     @staticmethod
     def _pack(g, order, budget: int):

@@ -27,13 +27,14 @@ import numpy as np
 from pyroaring import BitMap
 
 from .columns import csr_from_pairs, keys64, write_strings
-from .corpus import LINK_TYPES, EventBatch
+from .corpus import DERIVED_LINK_TYPES, LINK_CODE, LINK_TYPES, EventBatch
 from .derive import entity_flags, with_derived
 from .errors import CorpusError
 from .format import file_entries
 from .params import BuildParams
 
 Progress = Optional[Callable[[str, int, int], None]]  # (stage, done, total)
+_DERIVED_CODES = frozenset(LINK_CODE[t] for t in DERIVED_LINK_TYPES)
 
 
 @dataclass
@@ -122,7 +123,8 @@ def content_hashes(batch: EventBatch) -> np.ndarray:
     lo = np.searchsorted(batch.link_src, np.arange(len(batch)), "left")
     hi = np.searchsorted(batch.link_src, np.arange(len(batch)), "right")
     for i in range(len(batch)):
-        links = [[batch.link_to[j], int(batch.link_type[j])] for j in range(int(lo[i]), int(hi[i]))]
+        links = [[batch.link_to[j], int(batch.link_type[j])] for j in range(int(lo[i]), int(hi[i]))
+                 if int(batch.link_type[j]) not in _DERIVED_CODES]   # derived links are not content
         rec = [batch.ids[i], int(batch.times[i]), batch.sources[i], batch.kinds[i], int(batch.tokens[i]),
                list(batch.entities(i)), links, batch.texts[i],
                json.dumps(batch.attrs[i], sort_keys=True, default=str) if batch.attrs[i] else ""]

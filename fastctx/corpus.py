@@ -81,8 +81,10 @@ __all__ = [
 ]
 
 FORMAT = "orgmem-v1"
-LINK_TYPES = ("reply", "references", "fixes", "follow_up", "reverts", "backport_of", "supersedes")
+LINK_TYPES = ("reply", "references", "fixes", "follow_up", "reverts", "backport_of", "supersedes", "similar")
 LINK_CODE = {t: i for i, t in enumerate(LINK_TYPES)}
+DERIVED_LINK_TYPES = ("similar",)   # computed at build/add (derive.py), never read from input
+USER_LINK_CODE = {t: i for t, i in LINK_CODE.items() if t not in DERIVED_LINK_TYPES}
 QUERY_TYPES = ("chain", "current", "as_of")
 DIRECTIONS = ("back", "forward", "both")
 FILTER_KEYS = ("entities_any", "entities_all", "sources", "kinds", "time_from", "time_to")
@@ -412,9 +414,9 @@ def _add_links(links, k: int, eid: str, link_src: list, link_to: list, link_type
         if type(to) is not str or not to:
             fail(k, "links.to", f"expected a non-empty event id string, {_got(to)} in link {_show(lk)}")
         ty = lk.get("type")
-        code = LINK_CODE.get(ty) if type(ty) is str else None
+        code = USER_LINK_CODE.get(ty) if type(ty) is str else None
         if code is None:
-            fail(k, "links.type", f"expected one of {', '.join(LINK_TYPES)}, got {_show(ty)} in link {_show(lk)}")
+            fail(k, "links.type", f"expected one of {', '.join(USER_LINK_CODE)}, got {_show(ty)} in link {_show(lk)}")
         if to == eid:
             fail(k, "links.to", f"event links to itself ({_show(eid)})")
         if seen is not None:

@@ -197,3 +197,70 @@ def bm25(postings: Sequence[np.ndarray], dfs: Sequence[int], n: int, doc_len: np
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     rows, inv = np.unique(np.concatenate(rows_l), return_inverse=True)
     return rows, np.bincount(inv.ravel(), weights=np.concatenate(w_l))
+
+
+def similarity_links(times: np.ndarray, vectors: np.ndarray, k: int, window_s: int, z: float,
+                     max_candidates: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) rows of derived `similar` links, dst earlier than src: each event's `k` most
+    similar earlier events within `window_s`, kept only where the similarity stands out from the
+    event's candidates by `z` standard deviations (a relative floor: it adapts to the encoder's
+    scale). Exact, in time-sorted blocks (one matrix product per block against the window
+    before it, at most `max_candidates` rows). Deterministic: ties by row."""
+    n = len(times)
+    if k <= 0 or n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((np.arange(n), times))
+    t = np.asarray(times, np.int64)[order]
+    src_l, dst_l = [], []
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        c_lo = max(0, int(np.searchsorted(t, t[lo] - window_s, "left")), hi - max_candidates)
+        if c_lo >= hi - 1:
+            continue
+        q = np.asarray(vectors[order[lo:hi]], np.float32)
+        c = np.asarray(vectors[order[c_lo:hi]], np.float32)
+        sims = q @ c.T                                             # [block, window]
+        cand_pos = np.arange(c_lo, hi)
+        own = np.arange(lo, hi)[:, None]
+        earlier = (cand_pos[None, :] < own) & (t[cand_pos][None, :] < t[lo:hi][:, None]) & \
+                  (t[cand_pos][None, :] >= t[lo:hi][:, None] - window_s)
+        cnt = earlier.sum(axis=1)
+        if not cnt.any():
+            continue
+        s = np.where(earlier, sims, 0.0)
+        mean = s.sum(axis=1) / np.maximum(cnt, 1)
+        var = np.where(earlier, (sims - mean[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(cnt, 1)
+        floor = mean + z * np.sqrt(var)
+        masked = np.where(earlier, sims, -np.inf)
+        kk = min(k, masked.shape[1])
+        top = np.argpartition(-masked, kk - 1, axis=1)[:, :kk]
+        for i in range(hi - lo):
+            if cnt[i] < 8:            # too few earlier events to tell what stands out
+                continue
+            cand = top[i][np.isfinite(masked[i, top[i]]) & (masked[i, top[i]] >= floor[i])]
+            for j in cand[np.lexsort((cand, -masked[i, cand]))].tolist():
+                src_l.append(order[lo + i])
+                dst_l.append(order[c_lo + j])
+    return np.asarray(src_l, np.int64), np.asarray(dst_l, np.int64)
+
+
+def with_similarity_links(batch, params):
+    """`batch` plus its derived `similar` links (type code of "similar"), appended to each source
+    row's links (link_src stays non-decreasing)."""
+    from .corpus import LINK_CODE, EventBatch
+    if params.similar_k <= 0 or len(batch) < 2:
+        return batch
+    src, dst = similarity_links(batch.times, batch.vectors, params.similar_k,
+                                int(params.similar_window_days * 86400), params.similar_z,
+                                params.similar_max_candidates)
+    if not len(src):
+        return batch
+    ids = batch.ids
+    all_src = np.concatenate([np.asarray(batch.link_src, np.int64), src])
+    all_to = list(batch.link_to) + [ids[d] for d in dst.tolist()]
+    all_type = np.concatenate([np.asarray(batch.link_type, np.int8), np.full(len(src), LINK_CODE["similar"], np.int8)])
+    o = np.argsort(all_src, kind="stable")
+    return EventBatch(ids=batch.ids, times=batch.times, tokens=batch.tokens, sources=batch.sources,
+                      kinds=batch.kinds, entity_ptr=batch.entity_ptr, entity_names=batch.entity_names,
+                      link_src=all_src[o], link_to=[all_to[i] for i in o.tolist()], link_type=all_type[o],
+                      texts=batch.texts, attrs=batch.attrs, vectors=batch.vectors)

@@ -5,8 +5,6 @@ per segment, and results merge with a fixed tie-break (score desc, then shard, t
 """
 from __future__ import annotations
 
-import builtins
-import fcntl
 import shutil
 import tempfile
 import time
@@ -34,6 +32,7 @@ from .seeds import search_segment
 from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
                     open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
+from .derive import with_similarity_links
 from .view import View, holds_acl
 from .wal import WalWriter
 
@@ -57,7 +56,7 @@ def _encoder_from_marker(marker: dict) -> Optional[Encoder]:
 class Index:
     """An open index directory: a pinned version of each shard plus, once this handle writes,
     the writer state (lock, write-ahead log). Readers need no lock and may be many; one writer
-    at a time holds `INDEX/LOCK` (fcntl.flock), taken by `writable=True` or by the first
+    at a time holds `INDEX/LOCK` (an OS file lock through filelock), taken by `writable=True` or by the first
     add / delete / flush / compact, and held until `close()`."""
 
     def __init__(self, path: Union[str, Path], *, verify: bool = False, encoder: Optional[Encoder] = None,
@@ -136,11 +135,13 @@ class Index:
             return
         if len(self.marker["shards"]) != 1:
             raise InvalidQueryError("writing goes through shard-000 only; this index has several shards")
-        f = builtins.open(self.path / LOCK_FILE, "a+b")
+        # filelock: flock on POSIX, LockFileEx on Windows (a bare fcntl import stops the package
+        # importing off POSIX); one lock object per handle, released by close() from any thread
+        from filelock import FileLock, Timeout
+        f = FileLock(str(self.path / LOCK_FILE), timeout=0, thread_local=False)
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, PermissionError):
-            f.close()
+            f.acquire()
+        except (Timeout, BlockingIOError, PermissionError):
             raise IndexLockedError(f"{self.path / LOCK_FILE}: another writer holds this index's lock "
                                    "(one writer at a time; readers need no lock)") from None
         self._lockf = f
@@ -558,6 +559,28 @@ class Index:
                      text=p.get("text"), entities=p.get("entities", []), links=p.get("links", []),
                      attrs=p.get("attrs", {}), shard=shard, row=row)
 
+    def get(self, ids: Sequence[str], *, scope=None, principals=None, unrestricted: bool = False
+            ) -> list[Optional[Event]]:
+        """The live event of each external id, in the order asked: None where the id is absent,
+        deleted, or hidden from this asker (`scope` / `principals` as in `query`)."""
+        if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
+            raise InvalidQueryError(f"get() takes a list of non-empty id strings, got {ids!r}")
+        ids = list(ids)
+        view = self.view(scope, principals, unrestricted)
+        out: list[Optional[Event]] = [None] * len(ids)
+        keys = keys64(ids)
+        for si, sh in enumerate(self.shards):
+            rows = sh.lookup_ids(keys)
+            for j in np.flatnonzero(rows >= 0).tolist():
+                seg, local = sh.locate(int(rows[j]))
+                hidden = view.hidden(sh, seg) if view.restricts else None
+                if hidden is not None and local in hidden:
+                    continue
+                ev = self.event(si, int(rows[j]))
+                if ev.id == ids[j]:      # a 64-bit key is not the id: never return another event
+                    out[j] = ev
+        return out
+
     def stats(self) -> dict:
         segs = [s for sh in self.shards for s in sh.disk_segments]
         every = [s for sh in self.shards for s in sh.segments if s.n]
@@ -586,9 +609,8 @@ class Index:
             self._wal = None
         if self._lockf is not None:
             try:
-                fcntl.flock(self._lockf.fileno(), fcntl.LOCK_UN)
+                self._lockf.release()
             finally:
-                self._lockf.close()
                 self._lockf = None
         self._shards = []
         self._engine = None
@@ -628,6 +650,7 @@ def build(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, overwrit
                                  params=params, progress=progress)
     corpus_dir, index_dir = Path(corpus_dir), Path(index_dir)
     batch, encoder_spec = read_for_build(corpus_dir, index_dir, overwrite, progress)
+    batch = with_similarity_links(batch, params)
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.build.", dir=index_dir.parent))
     try:

@@ -24,6 +24,14 @@ class BuildParams:
     # entity (a name starting with one of `slot_prefixes`) replaces the earlier one as current.
     slot_prefixes: tuple[str, ...] = ("decision:",)
     slot_kinds: tuple[str, ...] = ("decision",)
+    # Derived `similar` links (derive.similarity_links): each event's `similar_k` most similar
+    # earlier events within `similar_window_days`, if they stand out from the event's other
+    # candidates by `similar_z` standard deviations; scans at most `similar_max_candidates`
+    # earlier events per event (bounds the build's cost at large N). 0 disables.
+    similar_k: int = 0
+    similar_window_days: float = 120.0
+    similar_z: float = 2.5
+    similar_max_candidates: int = 8192
 
     def __post_init__(self):
         _check_positive(self)

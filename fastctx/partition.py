@@ -37,7 +37,7 @@ import numpy as np
 
 from .columns import keys64
 from .corpus import EventBatch
-from .derive import with_derived
+from .derive import with_derived, with_similarity_links
 from .errors import CorruptIndexError, InvalidQueryError
 from .params import BuildParams
 from .supersession import supersession_overlay
@@ -205,13 +205,17 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
     corpus_dir, index_dir = Path(corpus_dir), Path(index_dir)
     batch, encoder_spec = read_for_build(corpus_dir, index_dir, overwrite, progress)
+    batch = with_similarity_links(batch, params)
     g = global_graph(batch, params)
     shard_in = shard_of(batch, shards, key)          # by input row
     shard_no = shard_in[g["order"]]                  # by global row
     names = [f"shard-{k:03d}" for k in range(shards)]
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.build.", dir=index_dir.parent))
-    report = BuildReport(n_events=len(batch), n_links=g["n_links"], dangling_links=g["dangling"])
+    # totals over the whole corpus: an entity held by several shards counts once, a cross-shard
+    # link once (per-shard sums would count the first several times and drop the second)
+    report = BuildReport(n_events=len(batch), n_links=g["n_links"], dangling_links=g["dangling"],
+                         new_entities=len(g["ent_names"]))
     try:
         (tmp / LOCK_FILE).touch()
         write_marker(tmp, names, partition={"key": key, "shards": shards, "hash": "blake2b-64 mod N"},
@@ -222,9 +226,8 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
             create_shard(shard_dir, batch.dim)
             sub = batch.select(rows_in)
             if len(sub):
-                r = append_segment(shard_dir, read_manifest(shard_dir), sub, params,
-                                   (lambda s, d, t, k=k: progress(f"{s}[{k}]", d, t)) if progress else None)
-                report.new_entities += r.new_entities
+                append_segment(shard_dir, read_manifest(shard_dir), sub, params,
+                               (lambda s, d, t, k=k: progress(f"{s}[{k}]", d, t)) if progress else None)
             local_names = sorted(set(with_derived(sub).entity_names))
             arrays = sidecar_arrays(g, shard_no, k, shards, local_names)
             write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": g["n"],

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastctx.corpus import (LINK_TYPES, TIME_MAX, TOKENS_MAX, EventBatch, read_events, read_meta,
+from fastctx.corpus import (LINK_TYPES, USER_LINK_CODE, TIME_MAX, TOKENS_MAX, EventBatch, read_events, read_meta,
                             read_queries, validate_vectors)
 from fastctx.errors import CorpusError
 
@@ -596,7 +596,7 @@ def test_select_rebases_links():
 
 # ------------------------------------------------------------------------------------ property test
 _txt = st.text(alphabet="abcxyz:_-", min_size=1, max_size=4)
-_link = st.fixed_dictionaries({"to": _txt, "type": st.sampled_from(LINK_TYPES)})
+_link = st.fixed_dictionaries({"to": _txt, "type": st.sampled_from(tuple(USER_LINK_CODE))})
 _record = st.fixed_dictionaries(
     {"time": st.integers(0, TIME_MAX), "source": _txt, "kind": _txt, "tokens": st.integers(0, TOKENS_MAX)},
     optional={"entities": st.one_of(st.none(), st.lists(_txt, max_size=5)),

@@ -1,0 +1,213 @@
+"""Access lists and scopes: nothing outside the asker's view is returned, named, walked through,
+current or counted, embedded and sharded alike (property-based leak hunt), and lexical seeds."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastctx
+from fastctx.derive import event_derived, query_words, terms, words
+from fastctx.errors import AccessDeniedError, CorpusError, InvalidQueryError
+from fastctx.shards import open_local
+
+GENERATOR = Path(__file__).resolve().parents[2] / "shared" / "orgmem" / "generate.py"
+GROUPS = ["group:g0", "group:g1", "group:g2", "user:ana", "user:bo"]
+pytestmark = pytest.mark.skipif(not GENERATOR.exists(), reason="needs the orgmem generator beside the repository")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("views")
+    corpus = root / "corpus"
+    subprocess.run([sys.executable, str(GENERATOR), str(corpus), "--events", "3000", "--dim", "64", "--text",
+                    "--seed", "4", "--queries", "40"], check=True, capture_output=True)
+    rng = np.random.default_rng(7)
+    lines = (corpus / "events.jsonl").read_text().splitlines()
+    acl = {}
+    with open(corpus / "events.jsonl", "w") as f:
+        for ln in lines:
+            e = json.loads(ln)
+            if rng.random() < 0.4:
+                e["acl"] = sorted(set(rng.choice(GROUPS, size=int(rng.integers(1, 3))).tolist()))
+            acl[e["id"]] = e.get("acl")
+            f.write(json.dumps(e) + "\n")
+    services = sorted({e for ln in lines for e in json.loads(ln)["entities"] if e.startswith("service:")})
+    one, _ = fastctx.build(corpus, root / "one")
+    fastctx.build(corpus, root / "four", shards=4)
+    queries = [json.loads(x) for x in (corpus / "queries.jsonl").read_text().splitlines()]
+    qvecs = np.load(corpus / "query_vectors.npy")
+    ents = {json.loads(ln)["id"]: set(json.loads(ln)["entities"]) for ln in lines}
+    times = {json.loads(ln)["id"]: json.loads(ln)["time"] for ln in lines}
+    return dict(corpus=corpus, one=one, four=open_local(root / "four"), acl=acl, queries=queries, qvecs=qvecs,
+                services=services, ents=ents, times=times)
+
+
+def _visible(world, eid, principals):
+    a = world["acl"][eid]
+    return not a or bool(set(a) & set(principals))
+
+
+def _check(world, ans, principals, scope_entity):
+    ids = {e.id for e in ans.events}
+    if ans.current is not None:
+        ids.add(ans.current.id)
+    for e in ans.events:
+        ids |= set(re.findall(r"\b(e\d{6,})\b", e.why or ""))
+        if e.superseded_by:
+            ids.add(e.superseded_by)
+    for eid in ids:
+        assert _visible(world, eid, principals), f"{eid} (acl {world['acl'][eid]}) shown to {principals}"
+        if scope_entity:
+            assert scope_entity in world["ents"][eid], f"{eid} outside scope {scope_entity}"
+
+
+def _same(a, b):
+    assert [e.id for e in a.events] == [e.id for e in b.events]
+    assert (a.current.id if a.current else None) == (b.current.id if b.current else None)
+    assert [e.why for e in a.events] == [e.why for e in b.events]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(qi=st.integers(0, 39), who=st.lists(st.sampled_from(GROUPS), min_size=1, max_size=2, unique=True),
+       scoped=st.booleans(), si=st.integers(0, 100), text=st.booleans())
+def test_no_leak_embedded_and_sharded_identical(world, qi, who, scoped, si, text):
+    q = dict(world["queries"][qi])
+    v = world["qvecs"][qi]
+    if not text:
+        q["text"] = None
+    scope_entity = world["services"][si % len(world["services"])] if scoped else None
+    q["principals"] = who
+    if scope_entity:
+        q["scope"] = {"entities_any": [scope_entity]}
+    a = world["one"].query_spec(q, v)
+    _check(world, a, who, scope_entity)
+    b = world["four"].query_spec(q, v)
+    _check(world, b, who, scope_entity)
+    _same(a, b)
+
+
+def test_index_with_acl_refuses_anonymous_questions(world):
+    q, v = world["queries"][0], world["qvecs"][0]
+    with pytest.raises(AccessDeniedError):
+        world["one"].query_spec(q, v)
+    with pytest.raises(AccessDeniedError):
+        world["four"].query_spec(q, v)
+    with pytest.raises(AccessDeniedError):
+        world["one"].search(v, k=5)
+    assert world["one"].query_spec(q, v, unrestricted=True).events
+    assert world["one"].search(v, k=5, unrestricted=True).counts[0] == 5
+
+
+def test_hidden_version_does_not_exist_for_the_asker(world):
+    """A current question answered for someone who cannot see the latest version gets the
+    latest version they can see, never the hidden one, and no mark naming it."""
+    for q, v in zip(world["queries"], world["qvecs"]):
+        if q["type"] != "current":
+            continue
+        full = world["one"].query_spec(q, v, unrestricted=True)
+        if full.current is None or not world["acl"][full.current.id]:
+            continue
+        outsider = [g for g in GROUPS if g not in world["acl"][full.current.id]][:1]
+        ans = world["one"].query_spec({**q, "principals": outsider}, v)
+        assert ans.current is None or ans.current.id != full.current.id
+        _check(world, ans, outsider, None)
+        return
+    pytest.skip("no current fact with an access list in this corpus")
+
+
+def test_scope_bounds_expansion_not_only_seeds(world):
+    """Without scope a chain answer may wander to other services; with it, never."""
+    svc = world["services"][0]
+    for q, v in zip(world["queries"], world["qvecs"]):
+        ans = world["one"].query_spec({**q, "scope": {"entities_any": [svc]}}, v, unrestricted=True)
+        for e in ans.events:
+            assert svc in world["ents"][e.id]
+
+
+def test_bad_principals_and_scope_are_refused(world):
+    v = world["qvecs"][0]
+    with pytest.raises(InvalidQueryError):
+        world["one"].query(v, principals="user:ana")
+    with pytest.raises(InvalidQueryError):
+        world["one"].query(v, principals=["user:ana"], scope={"tenant": ["x"]})
+
+
+def test_acl_and_reserved_entities_validated(tmp_path):
+    from fastctx.corpus import EventBatch
+    base = {"id": "a", "time": 1_700_000_000, "source": "s", "kind": "k", "tokens": 5}
+    with pytest.raises(CorpusError, match="acl"):
+        EventBatch.from_records([{**base, "acl": "user:ana"}], np.ones((1, 4), np.float32))
+    with pytest.raises(CorpusError, match="reserved"):
+        EventBatch.from_records([{**base, "entities": ["~w:x"]}], np.ones((1, 4), np.float32))
+
+
+# ------------------------------------------------------------------------------------ derived
+def test_identifier_terms_and_words():
+    text = ("Fix retry_ledger_v2 in payments/api/retry.py (PAY-1432); raise IdempotencyError when "
+            "config.retry.max is hit; call computeHash() before `vault_client`; bump to 2.3.1")
+    t = set(terms(text))
+    for want in ("retry_ledger_v2", "payments/api/retry.py", "PAY-1432", "IdempotencyError", "config.retry.max",
+                 "computeHash", "vault_client", "2.3.1"):
+        assert want in t, want
+    w = words("The double charges were retried by the agencies")
+    assert {"double", "charge", "retry", "agency"} <= set(w) and "the" not in w
+    d = event_derived("see computeHash", ["customer:acme"], ["group:x"])
+    assert "~t:computeHash" in d and "~w:acme" in d and "~acl:group:x" in d and "~acl:*" in d
+    assert query_words("computeHash charges") == ["~w:computehash", "~w:charge", "~t:computeHash"]
+
+
+def test_lexical_seeds_find_a_rare_identifier(tmp_path):
+    """A question naming a rare identifier finds the one event that mentions it, although its
+    vector is no closer than the look-alikes'."""
+    rng = np.random.default_rng(0)
+    recs = [{"id": f"e{i}", "time": 1_700_000_000 + 60 * i, "source": "git", "kind": "commit", "tokens": 20,
+             "text": f"tune the retry loop of the payment service step {i}"} for i in range(300)]
+    recs[123]["text"] = "tune the retry loop of the payment service in settle_ledger_fast"
+    vecs = rng.normal(size=(300, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    idx = fastctx.Index.create(tmp_path / "idx", 32)
+    idx.add(recs, vecs)
+    idx.flush()
+    q = rng.normal(size=32).astype(np.float32)
+    ans = idx.query(q, text="where is settle_ledger_fast tuned?", type="chain", budget_tokens=100)
+    assert "e123" in [e.id for e in ans.events]
+    plain = idx.query(q, type="chain", budget_tokens=100)
+    assert "e123" not in [e.id for e in plain.events]
+
+
+def test_similarity_links_match_a_brute_force_reference():
+    from fastctx.derive import similarity_links
+    rng = np.random.default_rng(3)
+    n, dim, window = 400, 8, 50
+    times = np.sort(rng.integers(0, 1000, n)).astype(np.int64)
+    rng.shuffle(times)
+    vecs = rng.normal(size=(n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    src, dst = similarity_links(times, vecs, 2, window, 1.0, 10_000, block=37)
+    got = set(zip(src.tolist(), dst.tolist()))
+    want = set()
+    for i in range(n):
+        cand = [j for j in range(n) if times[j] < times[i] and times[j] >= times[i] - window]
+        if len(cand) < 8:
+            continue
+        s = vecs[cand] @ vecs[i]
+        floor = s.mean() + 1.0 * s.std()
+        best = sorted(zip(-s, cand))[:2]
+        want |= {(i, j) for ns, j in best if -ns >= floor - 1e-6}
+    assert got == want
+    assert all(times[d] < times[s] for s, d in got)
+
+
+def test_derived_links_are_not_input():
+    from fastctx.corpus import EventBatch
+    base = {"id": "a", "time": 1_700_000_000, "source": "s", "kind": "k", "tokens": 5}
+    with pytest.raises(CorpusError, match="links.type"):
+        EventBatch.from_records([{**base, "links": [{"to": "b", "type": "similar"}]}], np.ones((1, 4), np.float32))
