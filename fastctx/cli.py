@@ -35,11 +35,16 @@ def _date(value: Optional[str], name: str) -> Optional[int]:
     return int(d.timestamp())
 
 
+def _tty() -> bool:
+    """Progress bars only on a terminal: in a log or a pipe they are escape-code noise."""
+    return sys.stderr.isatty()
+
+
 class _Bars:
-    """Progress callback (stage, done, total) -> one tqdm bar per stage, on stderr."""
+    """Progress callback (stage, done, total) -> one tqdm bar per stage, on stderr (a terminal)."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled, self.bars = enabled, {}
+        self.enabled, self.bars = enabled and _tty(), {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
@@ -90,8 +95,8 @@ def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quie
         bars.close()
         _fail(e)
     bars.close()
-    s = idx.stats()
-    click.echo(f"built {index_dir}: {s['events']} events, {s['entities']} entities, {s['links']} links, "
+    s = idx.stats()   # entities and links from the report: summing shards would count shared ones twice
+    click.echo(f"built {index_dir}: {s['events']} events, {report.new_entities} entities, {report.n_links} links, "
                f"{s['segments']} segment(s) in {time.perf_counter() - t0:.1f}s")
     if report.dangling_links:
         ex = ", ".join(f"{a} -> {b}" for a, b in report.dangling_examples)
@@ -108,9 +113,10 @@ def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quie
 def add(index_dir: Path, corpus_dir: Path, batch_size: int, flush: bool) -> None:
     """Append CORPUS_DIR's events to INDEX_DIR, durably, batch by batch.
 
-    Prints `acked <total so far>` after each durable batch. Idempotent: an event whose id and
-    content are already in the index is skipped (so an interrupted add can be run again); a
-    same-id event with different content replaces the old version."""
+    Prints `acked <events written so far>` after each durable batch, with how many were updates
+    and how many were already present. Idempotent: an event whose id and content are already in
+    the index is skipped (so an interrupted add can be run again); a same-id event with different
+    content replaces the old version."""
     from .corpus import read_events
     from .index import Index
     try:
@@ -119,15 +125,55 @@ def add(index_dir: Path, corpus_dir: Path, batch_size: int, flush: bool) -> None
         if batch.dim != idx.dim:
             raise FastctxError(f"{corpus_dir / 'vectors.npy'}: dim {batch.dim}, index dim {idx.dim}")
         n = len(batch)
+        acked = updated = skipped = 0
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
-            idx.add(batch.select(np.arange(lo, hi)), on_existing="upsert")
-            click.echo(f"acked {hi}")
+            r = idx.add(batch.select(np.arange(lo, hi)), on_existing="upsert")
+            acked, updated, skipped = acked + r.n_events, updated + r.updated, skipped + r.skipped
+            notes = [f"{updated} updated"] * bool(updated) + [f"{skipped} already present"] * bool(skipped)
+            click.echo(f"acked {acked}" + (f" ({', '.join(notes)})" if notes else ""))
         if flush:
             idx.flush()
         idx.close()
     except FastctxError as e:
         _fail(e)
+
+
+@main.group()
+def ingest() -> None:
+    """Create or extend an index from data in other formats."""
+
+
+@ingest.command("git")
+@click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--encoder", "encoder_spec", default=None, metavar="SPEC",
+              help="Encoder of a new index (default hashing); an existing index uses the one it records.")
+@click.option("--branch", default=None, metavar="REF", help="Commits reachable from this ref (default HEAD).")
+@click.option("--max-commits", type=click.IntRange(1), default=None, help="Only the most recent N commits.")
+@click.option("--batch", "batch_size", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
+              help="Commits per durable batch.")
+def ingest_git_cmd(repo: Path, index_dir: Path, encoder_spec: Optional[str], branch: Optional[str],
+                   max_commits: Optional[int], batch_size: int) -> None:
+    """One event per non-merge commit of REPO (a clone or a bare repository) into INDEX_DIR,
+    created if absent. Commits already in the index are skipped, so a re-run adds only new ones."""
+    from .ingest_git import ingest_git
+    bar = tqdm(desc="commits", unit="commit", file=sys.stderr) if sys.stderr.isatty() else None
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        r = ingest_git(repo, index_dir, encoder=encoder_spec, branch=branch, batch_size=batch_size,
+                       max_commits=max_commits, progress=progress if bar is not None else None)
+    except FastctxError as e:
+        _fail(e)
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(f"{index_dir}: {r['commits']} commits read, {r['added']} added, {r['updated']} updated, "
+               f"{r['skipped']} already present; {r['links']} links")
 
 
 def _print_answer(ans, width: int = 100) -> None:
@@ -182,9 +228,13 @@ def _connect(remote: str, token, ca, insecure: bool):
               help="Query type (default: chain, or as_of when --as-of is given).")
 @click.option("--direction", type=click.Choice(["back", "forward", "both"]), default="back", show_default=True)
 @click.option("--budget", type=click.IntRange(1, 10_000_000), default=4000, show_default=True, help="Token budget.")
+@click.option("--scope-entity", "scope_entities", multiple=True,
+              help="Every returned event must mention one of these (a tenant, a conversation): expansion never leaves it.")
+@click.option("--unrestricted", is_flag=True, help="Local index with access lists: ask with unrestricted access.")
+@click.option("--fill", is_flag=True, help="Pad the answer with further similar events up to the budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 def query(args, remote, token, ca, remote_insecure, principals, entities, entities_all, sources, kinds, since,
-          until, as_of, qtype, direction, budget, as_json) -> None:
+          until, as_of, qtype, direction, budget, scope_entities, unrestricted, fill, as_json) -> None:
     """Answer TEXT from INDEX_DIR (or from a coordinator server, --remote) as a readable timeline."""
     from .index import Index
     from .filters import Filters
@@ -207,6 +257,12 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
                 from .shards import open_local
                 idx = open_local(index_dir)
         who = {"principals": list(principals)} if principals else {}
+        if scope_entities:
+            who["scope"] = {"entities_any": list(scope_entities)}
+        if fill:
+            who["fill"] = True
+        if unrestricted and not remote:
+            who["unrestricted"] = True
         ans = idx.query(text, type=qtype, filters=f, as_of=as_of_t, direction=direction, budget_tokens=budget, **who)
     except FastctxError as e:
         _fail(e)
@@ -223,8 +279,12 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
 @click.option("--remote", default=None, metavar="HOST:PORT",
               help="Ask a coordinator server instead of a local index: `eval --remote H:P CORPUS_DIR`.")
 @_remote_options
+@click.option("--unrestricted", is_flag=True,
+              help="Local index with access lists: queries that name no principals see everything.")
+@click.option("--fill", is_flag=True, help="Pad every answer with further similar events up to its budget.")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_insecure: bool, quiet: bool) -> None:
+def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_insecure: bool, unrestricted: bool,
+             fill: bool, quiet: bool) -> None:
     """Run every query of CORPUS_DIR/queries.jsonl against INDEX_DIR (never reads truth.jsonl).
 
     Usage: eval INDEX_DIR CORPUS_DIR --out R.jsonl, or eval --remote HOST:PORT CORPUS_DIR --out R.jsonl."""
@@ -240,17 +300,21 @@ def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_i
         else:
             idx = Index(paths[0])
             dim = idx.dim
+            if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
+                from .shards import open_local
+                idx = open_local(paths[0])
         queries, qvecs = read_queries(corpus_dir)
         if qvecs.shape[1] != dim:
             raise FastctxError(f"{corpus_dir / 'query_vectors.npy'}: dim {qvecs.shape[1]}, index dim {dim}")
-        if not remote:
+        if hasattr(idx, "warm_up"):
             idx.warm_up()
         lat = []
         tmp = out.with_name(out.name + ".tmp")
         with open(tmp, "w") as f:
-            for q, v in tqdm(list(zip(queries, qvecs)), desc="queries", disable=quiet, file=sys.stderr):
+            for q, v in tqdm(list(zip(queries, qvecs)), desc="queries", disable=quiet or not _tty(),
+                             file=sys.stderr):
                 t0 = time.perf_counter()
-                ans = idx.query_spec(q, v)
+                ans = idx.query_spec(q, v, fill=fill, **({} if remote else {"unrestricted": unrestricted}))
                 ms = 1e3 * (time.perf_counter() - t0)
                 lat.append(ms)
                 rec = {"qid": q["qid"], "events": [e.id for e in ans.events],

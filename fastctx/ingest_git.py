@@ -1,0 +1,360 @@
+"""Git histories as orgmem events: one event per non-merge commit.
+
+`read_git(repo)` / `iter_git(repo)` run the `git` binary (no library needed) on a work tree or a
+bare repository and turn each non-merge commit, oldest first, into an orgmem-v1 event record:
+
+- `id` the full sha, `time` the committer time, `source` "git", `text` the full message;
+- `kind`: "revert" (a revert), "reapply" (a revert of a revert, a re-land), "backport"
+  (a cherry-pick recorded with -x), else "commit";
+- `tokens`: an estimate, one token per 4 characters of the message (at least 1);
+- `entities`: `file:PATH` for each touched file (the first `MAX_FILES`), `dir:PATH` for each
+  directory above them, `person:Name <email>` for the author and, when different, the
+  committer (names and emails as the repository's .mailmap gives them; emails lower-cased),
+  and `ticket:ID` for ticket-like references in the message (see `tickets()`);
+- `links` from what the message says, only to commits emitted earlier: "This reverts commit
+  SHA" -> reverts, "cherry picked from commit SHA" -> backport_of, "fixes / fix / fixed SHA" ->
+  fixes, "follow-up to SHA" -> follow_up, "refs / references / see SHA" -> references.
+  Abbreviated shas (>= 7 hex digits) are resolved against the commits already read; an
+  ambiguous or unknown one is dropped.
+
+`ingest_git(repo, index_dir)` is the CLI's `fastctx ingest git`: it creates the index (or opens
+it), computes vectors from the text with the index's encoder and appends in batches; `add`
+skips commits already there, so a re-run adds only new ones.
+"""
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Union
+
+from .errors import CorpusError, FastctxError
+
+MAX_FILES = 256          # file entities per commit: a tree-wide reformat should not name every file
+SOURCE = "git"
+_RS, _US = "\x1e", "\x1f"
+_FORMAT = f"--format={_RS}%H{_US}%ct{_US}%aN{_US}%aE{_US}%cN{_US}%cE{_US}%B{_US}"
+
+# ---------------------------------------------------------------------------------- tickets
+# Words shaped like Jira keys (ABC-123) that are not tickets.
+_NOT_JIRA = frozenset({"UTF", "SHA", "ISO", "RFC", "MD", "CP", "WIN", "X", "TLS", "SSL", "HTTP", "IPV",
+                       "PEP", "GCC", "C", "GH", "LATIN", "ARM", "X86", "AMD", "EUC", "KOI", "ECMA"})
+_TICKET_PATTERNS = [
+    # GitHub / GitLab issue and pull URLs
+    re.compile(r"https?://(?:www\.)?(?:github|gitlab)\.com/([\w.-]+/[\w.-]+)/(?:-/)?(?:issues|pull|pulls|merge_requests)/(\d+)"),
+    re.compile(r"(?<![\w/#])([\w.-]+/[\w.-]+)#(\d+)\b"),                      # owner/repo#123
+    re.compile(r"(?<![\w&/])()#(\d+)\b"),                                     # #123
+    re.compile(r"\b()(?:gh|GH)-(\d+)\b"),                                     # gh-123
+    re.compile(r"\[ticket:()(\d+)\]"),                                        # [ticket:123] (Trac)
+    re.compile(r"\b()(?:[Bb]ug|[Ii]ssue|[Tt]icket|PR|[Pp]ull request)s?\s*#?\s?(\d+)\b"),  # bug 123, issue #123
+]
+_JIRA = re.compile(r"(?<![\w-])([A-Z][A-Z0-9]{1,9})-(\d{1,7})(?![\w.-]*\d\.\d)\b")
+_CVE = re.compile(r"\bCVE-\d{4}-\d{4,7}\b")
+
+
+def tickets(text: str, home: Optional[str] = None) -> list[str]:
+    """Ticket ids a message mentions, without repeats: `#123`, `gh-123`, `GH-123`,
+    `[ticket:123]`, `bug 123`, `issue 123`, issue/pull URLs and `#123` all give `123` (one
+    namespace: the repository's own tracker); `owner/repo#123` and URLs into another repository
+    than `home` ("owner/repo", when known) give `owner/repo#123`; Jira keys give `ABC-123`;
+    CVE ids give `CVE-2024-1234`."""
+    found: dict[str, None] = {}
+    for i, pat in enumerate(_TICKET_PATTERNS):
+        for m in pat.finditer(text):
+            repo, num = m.group(1), m.group(2)
+            own = not repo or (repo.lower() == home.lower() if home else i == 0)  # a bare URL: ours
+            found.setdefault(num if own else f"{repo}#{num}")
+    for m in _CVE.finditer(text):
+        found.setdefault(m.group(0))
+    for m in _JIRA.finditer(text):
+        if m.group(1) not in _NOT_JIRA and not m.group(0).startswith("CVE-"):
+            found.setdefault(m.group(0))
+    return list(found)
+
+
+def strip_tickets(text: str) -> str:
+    """The text with every ticket-like reference `tickets()` finds removed (for experiments
+    where the relation must be inferred from the wording)."""
+    for pat in _TICKET_PATTERNS[:2]:
+        text = pat.sub("", text)
+    text = re.sub(r"\b((?:[Bb]ug|[Ii]ssue|[Tt]icket|PR|[Pp]ull request)s?)\s*#?\s?\d+\b", r"\1", text)
+    for pat in _TICKET_PATTERNS[2:5]:
+        text = pat.sub("", text)
+    text = _CVE.sub("", text)
+    text = _JIRA.sub(lambda m: "" if m.group(1) not in _NOT_JIRA else m.group(0), text)
+    text = re.sub(r"\(\s*[,;]?\s*\)", "", text)          # "(#123)" leaves "()"
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+# ------------------------------------------------------------------------------------ links
+_HEX = r"([0-9a-f]{7,40})\b"
+_LINK_PATTERNS = [
+    (re.compile(r"This reverts commit " + _HEX, re.I), "reverts"),
+    (re.compile(r"cherry[- ]picked from commit " + _HEX, re.I), "backport_of"),
+    (re.compile(r"\bfollow[- ]?up (?:to|of|for|on)(?: commit)?:? " + _HEX, re.I), "follow_up"),
+    (re.compile(r"\b(?:fix(?:es|ed)?|closes)(?: commit)?:? " + _HEX, re.I), "fixes"),
+    (re.compile(r"\b(?:refs?|references?|see(?: also)?|related to)(?: commit)?:? " + _HEX, re.I), "references"),
+]
+
+
+class _ShaIndex:
+    """Full shas read so far; resolves an abbreviation when exactly one commit has it."""
+
+    def __init__(self) -> None:
+        self.by_prefix: dict[str, list[str]] = {}
+
+    def add(self, sha: str) -> None:
+        self.by_prefix.setdefault(sha[:7], []).append(sha)
+
+    def resolve(self, abbrev: str) -> Optional[str]:
+        hits = [s for s in self.by_prefix.get(abbrev[:7], ()) if s.startswith(abbrev)]
+        return hits[0] if len(hits) == 1 else None
+
+
+def links(message: str, known: _ShaIndex, own: str) -> list[dict]:
+    out, seen = [], set()
+    for pat, ltype in _LINK_PATTERNS:
+        for m in pat.finditer(message):
+            to = known.resolve(m.group(1).lower())
+            if to is not None and to != own and (to, ltype) not in seen:
+                seen.add((to, ltype))
+                out.append({"to": to, "type": ltype})
+    return out
+
+
+def _kind(message: str, links_: list[dict]) -> str:
+    subject = message.split("\n", 1)[0]
+    if re.match(r'(Revert "Revert|Reapply|Re-?land|Reland)', subject, re.I):
+        return "reapply"
+    if subject.startswith("Revert") or any(lk["type"] == "reverts" for lk in links_):
+        return "revert"
+    if any(lk["type"] == "backport_of" for lk in links_):
+        return "backport"
+    return "commit"
+
+
+def _person(name: str, email: str) -> str:
+    return f"person:{' '.join(name.split())} <{email.strip().lower()}>"
+
+
+def _entities(files: list[str], people: list[str], ticket_ids: list[str]) -> list[str]:
+    ents: dict[str, None] = {}
+    dirs: dict[str, None] = {}
+    for f in files[:MAX_FILES]:
+        ents.setdefault(f"file:{f}")
+    for f in files:
+        parts = f.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.setdefault("dir:" + "/".join(parts[:i]))
+    ents.update(dirs)
+    for p in people:
+        ents.setdefault(p)
+    for t in ticket_ids:
+        ents.setdefault(f"ticket:{t}")
+    return list(ents)
+
+
+def estimate_tokens(text: str) -> int:
+    """About 4 characters per model token (English prose and code); at least 1."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+# ------------------------------------------------------------------------------------- git
+def _git(repo: Path, *args: str) -> list[str]:
+    return ["git", f"--git-dir={repo}" if (repo / "HEAD").is_file() and not (repo / ".git").exists()
+            else f"--git-dir={repo / '.git'}", *args]
+
+
+def _check_repo(repo: Union[str, Path], ref: str) -> Path:
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise CorpusError("not a directory", file=str(repo))
+    if not ((repo / ".git").exists() or (repo / "HEAD").is_file()):
+        raise CorpusError("not a git repository (no .git, and not a bare repository)", file=str(repo))
+    try:
+        r = subprocess.run(_git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"),
+                           capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FastctxError("the `git` program is not installed (needed to read git histories)") from None
+    if r.returncode != 0:
+        raise CorpusError(f"no commit {ref!r} in this repository (empty history or unknown branch)",
+                          file=str(repo), field="branch")
+    return repo
+
+
+def count_commits(repo: Union[str, Path], branch: Optional[str] = None) -> int:
+    """Non-merge commits reachable from `branch` (HEAD by default)."""
+    ref = branch or "HEAD"
+    repo = _check_repo(repo, ref)
+    out = subprocess.run(_git(repo, "rev-list", "--count", "--no-merges", ref, "--"),
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def _home(repo: Path) -> Optional[str]:
+    """owner/repo of the origin remote when it is a GitHub or GitLab URL."""
+    r = subprocess.run(_git(repo, "config", "--get", "remote.origin.url"), capture_output=True, text=True)
+    m = re.search(r"(?:github|gitlab)\.com[:/]([\w.-]+/[\w.-]+?)(?:\.git)?/?$", r.stdout.strip())
+    return m.group(1) if m else None
+
+
+def _records(stream) -> Iterator[bytes]:
+    """Split `git log` output into one byte string per commit, reading in chunks."""
+    buf = b""
+    rs = _RS.encode()
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+        parts = buf.split(rs)
+        buf = parts.pop()
+        for p in parts:
+            if p:
+                yield p
+    if buf:
+        yield buf
+
+
+def iter_git(repo: Union[str, Path], branch: Optional[str] = None, *, max_commits: Optional[int] = None,
+             home: Optional[str] = None) -> Iterator[dict]:
+    """Yield one orgmem event record per non-merge commit reachable from `branch` (HEAD by
+    default), oldest first; `max_commits` keeps the most recent N. `home` ("owner/repo") names
+    the repository's own tracker for issue URLs (default: from the origin remote)."""
+    ref = branch or "HEAD"
+    repo = _check_repo(repo, ref)
+    home = home or _home(repo)
+    cmd = _git(repo, "-c", "core.quotepath=off", "log", "--no-merges", "--reverse", "--encoding=UTF-8",
+               "-z", "--name-only", _FORMAT)
+    if max_commits is not None:
+        cmd.append(f"--max-count={int(max_commits)}")
+    cmd += [ref, "--"]
+    known = _ShaIndex()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for raw in _records(proc.stdout):
+            rec = raw.decode("utf-8", errors="replace")
+            head = rec.split(_US, 6)
+            if len(head) < 7:
+                raise CorpusError(f"unexpected `git log` output near {rec[:60]!r}", file=str(repo))
+            sha, ctime, aname, aemail, cname, cemail, rest = head
+            message, _, file_part = rest.rpartition(_US)
+            files = [f for f in file_part.split("\0") if f.strip()]
+            files = [f.lstrip("\n") for f in files]
+            message = message.strip()
+            people = [_person(aname, aemail)]
+            committer = _person(cname, cemail)
+            if committer != people[0]:
+                people.append(committer)
+            lk = links(message, known, sha)
+            known.add(sha)
+            yield {"id": sha, "time": int(ctime), "source": SOURCE, "kind": _kind(message, lk),
+                   "tokens": estimate_tokens(message),
+                   "entities": _entities(files, people, tickets(message, home)),
+                   "links": lk, "text": message}
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode("utf-8", errors="replace")
+        proc.stderr.close()
+        rc = proc.wait()
+    if rc != 0:
+        raise CorpusError(f"`git log` failed: {err.strip()[:300]}", file=str(repo))
+
+
+def read_git(repo: Union[str, Path], branch: Optional[str] = None, **kw) -> list[dict]:
+    """All of `iter_git`'s records as a list (oldest commit first)."""
+    return list(iter_git(repo, branch, **kw))
+
+
+# ----------------------------------------------------------------------------- into an index
+def _encoder_from_spec(spec: str):
+    """The shared `fastctx.encoder.from_spec` when available; else the built-in hashing one."""
+    from . import encoder as encmod
+    if hasattr(encmod, "from_spec"):
+        return encmod.from_spec(spec)
+    name, _, arg = spec.partition(":")
+    if name != "hashing":
+        raise FastctxError(f"encoder {spec!r}: only 'hashing' or 'hashing:DIM' is available in this version")
+    return encmod.HashingEncoder(dim=int(arg) if arg else 256)
+
+
+def _marker_spec(enc) -> dict:
+    spec = getattr(enc, "spec", None)
+    if callable(spec):
+        return spec()
+    return {"name": enc.name, "dim": enc.dim}
+
+
+def _embed(enc, records: list[dict]):
+    """Vectors of the messages; a message with no words ("." or empty) is embedded from its
+    entities and id instead, so that every event has a non-zero vector."""
+    import numpy as np
+    vecs = enc.encode([r["text"] for r in records])
+    for i in np.flatnonzero(~np.linalg.norm(vecs, axis=1).astype(bool)):
+        r = records[int(i)]
+        vecs[i] = enc.encode([" ".join([*r["entities"], r["id"]])])[0]
+    return vecs
+
+
+def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: Optional[str] = None,
+               branch: Optional[str] = None, batch_size: int = 1000, max_commits: Optional[int] = None,
+               progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Append the commits of `repo` to the index at `index_dir`, creating it (with `encoder`,
+    default "hashing") when it does not exist. Returns {"commits", "added", "skipped",
+    "updated", "links", "dangling_links"}; `progress(done, total)` is called per batch."""
+    from .index import INDEX_MARKER, Index
+    index_dir = Path(index_dir)
+    repo = _check_repo(repo, branch or "HEAD")
+    if (index_dir / INDEX_MARKER).exists():
+        idx = Index(index_dir, writable=True)
+        if encoder is not None:
+            want = _marker_spec(_encoder_from_spec(encoder))
+            have = idx.marker.get("encoder")
+            if have != want:
+                idx.close()
+                raise FastctxError(f"{index_dir}: the index records encoder {have}, not {want} "
+                                   f"(leave --encoder out to use the recorded one)")
+        if idx.encoder is None:
+            idx.close()
+            raise FastctxError(f"{index_dir}: the index records no text encoder, so commit messages "
+                               f"cannot be embedded; ingest into a new index")
+    else:
+        if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())):
+            raise FastctxError(f"{index_dir}: exists and is neither empty nor a fastctx index")
+        enc = _encoder_from_spec(encoder or "hashing")
+        idx = Index.create(index_dir, enc.dim, encoder=_marker_spec(enc), writable=True)
+        if idx.encoder is None:
+            idx.encoder = enc
+    total = count_commits(repo, branch) if progress else 0
+    if max_commits is not None:
+        total = min(total, max_commits)
+    report = {"commits": 0, "added": 0, "skipped": 0, "updated": 0, "links": 0, "dangling_links": 0}
+    try:
+        pending: list[dict] = []
+
+        def push() -> None:
+            vecs = _embed(idx.encoder, pending)
+            r = idx.add(pending, vecs, on_existing="upsert")
+            report["added"] += r.n_events - r.updated
+            report["updated"] += r.updated
+            report["skipped"] += r.skipped
+            report["links"] += r.n_links
+            report["dangling_links"] += r.dangling_links
+            pending.clear()
+            if progress:
+                progress(report["commits"], total)
+
+        for rec in iter_git(repo, branch, max_commits=max_commits):
+            pending.append(rec)
+            report["commits"] += 1
+            if len(pending) >= batch_size:
+                push()
+        if pending:
+            push()
+        if report["added"] or report["updated"]:
+            idx.flush()
+    finally:
+        idx.close()
+    return report

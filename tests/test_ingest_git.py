@@ -1,0 +1,186 @@
+"""`fastctx ingest git`: a real git repository made in the test (commits with files, a revert, a
+cherry-pick -x, a merge that must be skipped, a bare clone), read into events and an index."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import fastctx
+from fastctx.cli import main
+from fastctx.errors import CorpusError
+from fastctx.ingest_git import ingest_git, read_git, strip_tickets, tickets
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git program")
+
+T0 = 1_704_067_200  # 2024-01-01
+ANA = ("Ana Silva", "Ana@Example.org")
+BOB = ("Bob  Jones", "bob@example.org")
+
+
+class Repo:
+    def __init__(self, path: Path):
+        self.path, self.clock = path, T0
+        path.mkdir()
+        self.git("init", "-q", "-b", "main")
+
+    def git(self, *args: str, who=ANA, committer=None) -> str:
+        self.clock += 3600
+        c = committer or who
+        env = {**os.environ, "GIT_AUTHOR_NAME": who[0], "GIT_AUTHOR_EMAIL": who[1],
+               "GIT_COMMITTER_NAME": c[0], "GIT_COMMITTER_EMAIL": c[1],
+               "GIT_AUTHOR_DATE": f"@{self.clock} +0000", "GIT_COMMITTER_DATE": f"@{self.clock} +0000",
+               "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+        out = subprocess.run(["git", *args], cwd=self.path, env=env, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    def commit(self, message: str, files: dict, **who) -> str:
+        for name, content in files.items():
+            p = self.path / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(content)
+            self.git("add", name)
+        self.git("commit", "-q", "-m", message, **who)
+        return self.head()
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    """The repository, its bare clone, and the shas of the commits the tests look at."""
+    base = tmp_path_factory.mktemp("git")
+    r = Repo(base / "work")
+    s = {}
+    s["retry"] = r.commit("Add payment retry module", {"src/pay/retry.py": "def retry(): pass\n"})
+    s["double"] = r.commit("Fix double charge in the retry loop (#42)\n\nIdempotency key per attempt. See PAY-17.",
+                           {"src/pay/retry.py": "def retry(key): pass\n", "docs/pay.md": "retries\n"}, who=BOB)
+    s["cache"] = r.commit("Switch the session cache from memcached to redis because of eviction storms",
+                          {"src/session/cache.py": "BACKEND = 'redis'\n"}, who=ANA, committer=BOB)
+    r.git("revert", "--no-edit", s["double"])
+    s["revert"] = r.head()
+    r.git("checkout", "-q", "-b", "feature")
+    s["feature"] = r.commit("Guard the ledger export against empty batches",
+                            {"src/ledger/export.py": "def export(b): return b or []\n"})
+    r.git("checkout", "-q", "main")
+    r.git("cherry-pick", "-x", s["feature"])
+    s["picked"] = r.head()
+    r.git("merge", "-q", "--no-ff", "-m", "Merge branch 'feature'", "feature")
+    s["merge"] = r.head()
+    s["follow"] = r.commit(f"Follow-up to {s['retry'][:9]}: back off exponentially\n\n"
+                           "Refs issue 7, gh-8, [ticket:9] and bug 10; fixes nothing else.",
+                           {"src/pay/backoff.py": "BASE = 2\n"})
+    s["dot"] = r.commit(".", {"README": "x\n"})
+    bare = base / "bare.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(r.path), str(bare)], check=True)
+    return r, bare, s
+
+
+def pairs(links):
+    """Event payload links as (to, type), whether stored as objects or as pairs."""
+    return [(lk["to"], lk["type"]) if isinstance(lk, dict) else tuple(lk) for lk in links]
+
+
+def by_id(events):
+    return {e["id"]: e for e in events}
+
+
+def test_events_from_commits(history):
+    r, _, s = history
+    events = read_git(r.path)
+    ev = by_id(events)
+    assert s["merge"] not in ev                       # merges are skipped
+    assert len(events) == 8
+    assert [e["time"] for e in events] == sorted(e["time"] for e in events)   # oldest first
+    d = ev[s["double"]]
+    assert d["source"] == "git" and d["kind"] == "commit" and len(d["id"]) == 40
+    assert d["text"].startswith("Fix double charge") and d["tokens"] == -(-len(d["text"]) // 4)
+    assert d["time"] == int(r.git("log", "-1", "--format=%ct", s["double"]))
+    assert {"file:src/pay/retry.py", "file:docs/pay.md", "dir:src", "dir:src/pay", "dir:docs",
+            "person:Bob Jones <bob@example.org>", "ticket:42", "ticket:PAY-17"} == set(d["entities"])
+    # author and a different committer, emails lower-cased
+    assert {"person:Ana Silva <ana@example.org>", "person:Bob Jones <bob@example.org>"} <= set(ev[s["cache"]]["entities"])
+    assert ev[s["retry"]]["links"] == []
+
+
+def test_links_from_messages(history):
+    r, _, s = history
+    ev = by_id(read_git(r.path))
+    assert ev[s["revert"]]["kind"] == "revert"
+    assert ev[s["revert"]]["links"] == [{"to": s["double"], "type": "reverts"}]
+    assert ev[s["picked"]]["kind"] == "backport"
+    assert ev[s["picked"]]["links"] == [{"to": s["feature"], "type": "backport_of"}]
+    f = ev[s["follow"]]
+    assert f["links"] == [{"to": s["retry"], "type": "follow_up"}]      # a 9-digit abbreviation resolved
+    assert {"ticket:7", "ticket:8", "ticket:9", "ticket:10"} <= set(f["entities"])
+
+
+def test_bare_clone_and_branch(history):
+    r, bare, s = history
+    assert read_git(bare) == read_git(r.path)
+    feature = read_git(bare, "feature")
+    assert [e["id"] for e in feature][-1] == s["feature"] and s["picked"] not in by_id(feature)
+    assert [e["id"] for e in read_git(bare, max_commits=2)] == [s["follow"], s["dot"]]
+
+
+def test_bad_input_is_a_clear_error(tmp_path, history):
+    with pytest.raises(CorpusError, match="not a git repository"):
+        read_git(tmp_path)
+    with pytest.raises(CorpusError, match="no commit 'nope'"):
+        read_git(history[1], "nope")
+    res = CliRunner().invoke(main, ["ingest", "git", str(tmp_path), str(tmp_path / "idx")])
+    assert res.exit_code == 1 and "not a git repository" in res.output and "Traceback" not in res.output
+
+
+def test_ticket_patterns():
+    text = ("Fix #12 and gh-13, GH-14; see ABC-15, [ticket:16], bug 17, Issue #18, "
+            "https://github.com/org/other/issues/19, org/lib#20, CVE-2024-12345, UTF-8 and SHA-256")
+    # home known: references into it are plain numbers, others keep their repository
+    assert set(tickets(text, home="org/lib")) == {"org/other#19", "20", "12", "13", "14", "ABC-15", "16",
+                                                  "17", "18", "CVE-2024-12345"}
+    # home unknown: an issue URL is taken as the repository's own tracker, owner/repo#N is not
+    assert {"19", "org/lib#20"} <= set(tickets(text))
+    assert tickets("see https://github.com/org/lib/pull/21", home="org/lib") == ["21"]
+    stripped = strip_tickets(text)
+    assert tickets(stripped) == [] and "UTF-8" in stripped and "SHA-256" in stripped
+    assert strip_tickets("Fix the retry loop (#42)") == "Fix the retry loop"
+
+
+def test_ingest_into_index_and_rerun(tmp_path, history):
+    r, bare, s = history
+    idx_dir = tmp_path / "idx"
+    rep = ingest_git(bare, idx_dir)
+    assert rep["commits"] == rep["added"] == 8 and rep["skipped"] == 0 and rep["links"] == 3
+    with fastctx.Index(idx_dir) as idx:
+        assert idx.n == 8
+        hits = idx.search("revert the double charge fix", k=3)
+        top = {e.id: e for e in hits.events(0)}
+        assert s["revert"] in top
+        assert pairs(top[s["revert"]].links) == [(s["double"], "reverts")]
+        # a question paraphrasing a commit message finds that commit first
+        q = idx.search("why did we move sessions to redis? memcached evictions", k=3)
+        assert q.events(0)[0].id == s["cache"]
+    again = ingest_git(bare, idx_dir)
+    assert again["added"] == 0 and again["skipped"] == 8
+    # a new commit upstream: only that one is added
+    new = r.commit("Log retry attempts", {"src/pay/retry.py": "def retry(key, log): pass\n"})
+    try:
+        res = CliRunner().invoke(main, ["ingest", "git", str(r.path), str(idx_dir)])
+        assert res.exit_code == 0, res.output
+        assert "9 commits read, 1 added, 0 updated, 8 already present" in res.output
+        with fastctx.Index(idx_dir) as idx:
+            assert idx.n == 9 and idx.search("log the retry attempts", k=1).events(0)[0].id == new
+    finally:
+        r.git("reset", "-q", "--hard", "HEAD~1")
+
+
+def test_refuses_a_directory_that_is_not_an_index(tmp_path, history):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file").write_text("x")
+    res = CliRunner().invoke(main, ["ingest", "git", str(history[1]), str(tmp_path / "junk")])
+    assert res.exit_code == 1 and "neither empty nor a fastctx index" in res.output
