@@ -1,19 +1,32 @@
 """Causal-chain answers: seeds -> graph expansion -> rerank -> token-budgeted timeline.
 
+seeds   : the filtered vector top hits, plus, when the query has text, the rows its own words
+          and identifier terms match best (BM25 over the derived `~w:`/`~t:` entities, see
+          derive.py); a hit's lexical match (relative to the best) adds to its similarity.
 chain   : which of the seed hits is the situation the query is about? Hits are first ranked by
           query-specific similarity (cosine after subtracting the mean of all the hits, so the
-          words every hit shares stop counting), plus their place in the query's time window
-          (asking "what led here" anchors at the latest matching situation), minus a penalty
-          growing with how close a later hit is (an older version of the same thing). The best
-          `candidates` are expanded over the event graph (explicit links, rare shared entities)
-          in the asked direction and gain the relevance of their chain (how much the events
-          they reach are about the query: a look-alike usually stands alone or sits among
-          unrelated events). The winner's chain fills the budget first, best evidence first;
-          the rest goes to the next candidates' chains and then to plain seed hits.
+          words every hit shares stop counting) and lexical match, plus their place in the
+          query's time window (asking "what led here" anchors at the latest matching
+          situation), minus a penalty growing with how close a later hit is (an older version
+          of the same thing). The best `candidates` are expanded over the event graph (explicit
+          links, rare shared entities and identifier terms) in the asked direction and gain the
+          relevance of their chain (how much the events they reach are about the query: a
+          look-alike usually stands alone or sits among unrelated events). Each candidate's
+          chain counts with a softmax weight of its score; a candidate whose chain reaches
+          another inherits that one's weight times the path between them (a later event that
+          explains the best match continues its story). The answer is the pooled chains, best
+          evidence first: one scale for chain events and direct hits (a hit is its own
+          one-event chain), so a question whose evidence is several unrelated hits gets those
+          and a causal question gets its chain. It ends where the evidence does; `fill` pads the
+          budget with further plain hits.
 current : the top hits are grouped by their slot entity (e.g. `decision:...`) or, lacking
 as_of     one, by their explicit supersession chain; the best group (sum of its two best
           similarities) is followed along the supersession overlay to the version that is
           current now, or at `as_of` (events and supersessions after as_of are invisible).
+view    : every stage sees the graph as the asker does (view.py): rows outside the query's
+          scope or the asker's access are never seeds, never walked through, never returned,
+          never current (the walk along supersessions may pass a hidden version but lands only
+          on visible ones), never named as a superseder or in a why-path.
 
 The engine reads the event graph only through a small *graph access protocol* (`GraphAccess`):
 merged seeds, per-row attributes (times, tokens, vectors, supersession, slot entity), batched

@@ -459,6 +459,161 @@ def verify(index_dir: Path) -> None:
     click.echo(f"ok: {index_dir} passed every check")
 
 
+# -- everyday commands: get, search, delete, compact, export -----------------------------------
+_FORMATS = click.Choice(["table", "json", "jsonl"])
+
+
+def _out_format(fmt: Optional[str], as_json: bool) -> str:
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json and --format {fmt} disagree (--json means --format json)")
+    return fmt or ("json" if as_json else "table")
+
+
+def _open_index(index_dir: Path, writable: bool = False):
+    from .index import Index
+    return Index(index_dir, writable=writable)
+
+
+def _short(text: Optional[str], width: int) -> str:
+    return textwrap.shorten((text or "").replace("\n", " "), width=width, placeholder=" ...") if text else ""
+
+
+def _who(principals, unrestricted: bool) -> dict:
+    return {"principals": list(principals) if principals else None, "unrestricted": unrestricted}
+
+
+def _view_options(fn):
+    fn = click.option("--unrestricted", is_flag=True,
+                      help="Read an index holding access lists without naming who asks (an operator's view).")(fn)
+    return click.option("--principal", "principals", multiple=True, help="Who asks (repeatable).")(fn)
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--format", "fmt", type=_FORMATS, default=None, help="Output format (default table).")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@_view_options
+def get(index_dir: Path, ids: tuple, fmt, as_json: bool, principals, unrestricted: bool) -> None:
+    """Print the events with these IDs (exit 1 when one is absent, deleted or hidden)."""
+    fmt = _out_format(fmt, as_json)
+    try:
+        events = _open_index(index_dir).get(list(ids), **_who(principals, unrestricted))
+    except FastctxError as e:
+        _fail(e)
+    dicts = [e.to_dict() if e is not None else None for e in events]
+    if fmt == "json":
+        click.echo(json.dumps(dicts, indent=1, ensure_ascii=False))
+    elif fmt == "jsonl":
+        for d in dicts:
+            click.echo(json.dumps(d, ensure_ascii=False))
+    else:
+        for i, e in zip(ids, events):
+            if e is None:
+                click.echo(click.style(f"{i}: not found", fg="red"))
+                continue
+            click.echo(click.style(f"{e.id}  {e.date}  {e.source}/{e.kind}  ({e.tokens} tok)", bold=True))
+            for name, value in (("entities", ", ".join(e.entities)),
+                                ("links", ", ".join(f"{ty} -> {to}" for to, ty in e.links)),
+                                ("attrs", json.dumps(e.attrs, ensure_ascii=False) if e.attrs else "")):
+                if value:
+                    click.echo(f"  {name}: {value}")
+            if e.text:
+                click.echo(textwrap.indent(textwrap.fill(e.text, 96), "  "))
+    missing = [i for i, e in zip(ids, events) if e is None]
+    if missing:
+        click.echo(f"not found: {', '.join(missing)}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("text")
+@click.option("-k", "k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="How many hits.")
+@click.option("--entity", "entities", multiple=True, help="Hits must mention one of these entities.")
+@click.option("--all-entity", "entities_all", multiple=True, help="Hits must mention all of these.")
+@click.option("--source", "sources", multiple=True)
+@click.option("--kind", "kinds", multiple=True)
+@click.option("--since", help="Window start (YYYY-MM-DD or Unix seconds).")
+@click.option("--until", help="Window end (YYYY-MM-DD or Unix seconds).")
+@click.option("--as-of", "as_of", help="Only events that existed at this time.")
+@click.option("--format", "fmt", type=_FORMATS, default=None, help="Output format (default table).")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@_view_options
+def search(index_dir: Path, text: str, k: int, entities, entities_all, sources, kinds, since, until, as_of, fmt,
+           as_json: bool, principals, unrestricted: bool) -> None:
+    """Plain filtered top-k: the K events most similar to TEXT (no chain expansion)."""
+    from .filters import Filters
+    fmt = _out_format(fmt, as_json)
+    try:
+        f = Filters(time_from=_date(since, "--since"), time_to=_date(until, "--until"), as_of=_date(as_of, "--as-of"),
+                    entities_any=entities, entities_all=entities_all, sources=sources, kinds=kinds)
+        hits = _open_index(index_dir).search(text, k=k, filters=f, **_who(principals, unrestricted))
+        dicts = hits.to_list(0)
+    except FastctxError as e:
+        _fail(e)
+    if fmt == "json":
+        click.echo(json.dumps(dicts, indent=1, ensure_ascii=False))
+    elif fmt == "jsonl":
+        for d in dicts:
+            click.echo(json.dumps(d, ensure_ascii=False))
+    else:
+        for rank, d in enumerate(dicts, 1):
+            click.echo(click.style(f"{rank:>3}. {d['score']:.3f}  {d['date']}  {d['source']:<10} {d['kind']:<18} "
+                                   f"{d['id']}", bold=True))
+            if d["text"]:
+                click.echo("      " + _short(d["text"], 94))
+        if not dicts:
+            click.echo("no hits")
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("ids", nargs=-1, required=True)
+def delete(index_dir: Path, ids: tuple) -> None:
+    """Delete the events with these IDs, durably (hidden at once; compaction drops them)."""
+    try:
+        idx = _open_index(index_dir, writable=True)
+        n = idx.delete(list(ids))
+        idx.close()
+    except FastctxError as e:
+        _fail(e)
+    asked = len(dict.fromkeys(ids))
+    click.echo(f"deleted {n}" + (f" ({asked - n} not found)" if n < asked else ""))
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Merge every segment, not only runs of small ones.")
+def compact(index_dir: Path, force: bool) -> None:
+    """Flush the log, then merge adjacent small segments (deleted and replaced rows go for good)."""
+    try:
+        idx = _open_index(index_dir, writable=True)
+        before = idx.stats()
+        idx.flush()
+        runs = idx.compact(force=force)
+        after = idx.stats()
+        idx.close()
+    except FastctxError as e:
+        _fail(e)
+    click.echo(f"compacted {index_dir}: {len(runs)} merge(s), segments {before['segments']} -> {after['segments']}, "
+               f"dropped {before['deleted_rows'] - after['deleted_rows']} deleted row(s); {after['events']} events")
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT_DIR.")
+def export(index_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """Write INDEX_DIR's live events as an orgmem-v1 corpus folder (rebuild with `fastctx build`)."""
+    from .export import export_corpus
+    try:
+        meta = export_corpus(_open_index(index_dir), out_dir, overwrite=overwrite)
+    except FastctxError as e:
+        _fail(e)
+    click.echo(f"exported {meta['n_events']} events (dim {meta['dim']}) to {out_dir}")
+
+
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to build the demo index (default: a temporary directory).")
