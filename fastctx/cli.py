@@ -205,7 +205,18 @@ def _remote_options(fn):
                         help="With --remote: bearer token (or set FASTCTX_TOKEN).")(fn)
 
 
+def _need_grpc(feature: str) -> None:
+    """A clear error naming the extra when grpc is not installed (it is optional)."""
+    from .extras import MissingExtraError, require
+    try:
+        require("grpc", "serve", feature)
+        require("grpc_health.v1.health", "serve", feature)
+    except MissingExtraError as e:
+        _fail(e)
+
+
 def _connect(remote: str, token, ca, insecure: bool):
+    _need_grpc("--remote")
     from . import connect
     return connect(remote, token=token, ca=ca, insecure=insecure)
 
@@ -232,15 +243,19 @@ def _connect(remote: str, token, ca, insecure: bool):
               help="Every returned event must mention one of these (a tenant, a conversation): expansion never leaves it.")
 @click.option("--unrestricted", is_flag=True, help="Local index with access lists: ask with unrestricted access.")
 @click.option("--fill", is_flag=True, help="Pad the answer with further similar events up to the budget.")
-@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "context"]), default=None,
+              help="table (default): a readable timeline; json: the answer; jsonl: one event a line; "
+                   "context: prompt-ready text within the budget.")
 def query(args, remote, token, ca, remote_insecure, principals, entities, entities_all, sources, kinds, since,
-          until, as_of, qtype, direction, budget, scope_entities, unrestricted, fill, as_json) -> None:
+          until, as_of, qtype, direction, budget, scope_entities, unrestricted, fill, as_json, fmt) -> None:
     """Answer TEXT from INDEX_DIR (or from a coordinator server, --remote) as a readable timeline."""
     from .index import Index
     from .filters import Filters
     if len(args) != (1 if remote else 2):
         raise click.UsageError("expected INDEX_DIR TEXT, or --remote HOST:PORT TEXT")
     text = args[-1]
+    fmt = _out_format(fmt, as_json)
     try:
         as_of_t = _date(as_of, "--as-of")
         f = Filters(time_from=_date(since, "--since"), time_to=_date(until, "--until"),
@@ -254,6 +269,7 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
                 raise click.BadParameter(f"{index_dir}: no such directory", param_hint="INDEX_DIR")
             idx = Index(index_dir)
             if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
+                _need_grpc("querying a partitioned index")
                 from .shards import open_local
                 idx = open_local(index_dir)
         who = {"principals": list(principals)} if principals else {}
@@ -266,8 +282,13 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
         ans = idx.query(text, type=qtype, filters=f, as_of=as_of_t, direction=direction, budget_tokens=budget, **who)
     except FastctxError as e:
         _fail(e)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(ans.to_dict(), indent=1))
+    elif fmt == "jsonl":
+        for d in ans.to_list():
+            click.echo(json.dumps(d, ensure_ascii=False))
+    elif fmt == "context":
+        click.echo(ans.to_context(), nl=False)
     else:
         _print_answer(ans)
 
@@ -301,6 +322,7 @@ def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_i
             idx = Index(paths[0])
             dim = idx.dim
             if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
+                _need_grpc("querying a partitioned index")
                 from .shards import open_local
                 idx = open_local(paths[0])
         queries, qvecs = read_queries(corpus_dir)
@@ -363,6 +385,7 @@ def serve() -> None:
 def serve_shard(index_dir: Path, shard_no: int, port: int, host: str, workers: int, tls_cert, tls_key,
                 insecure: bool, tls_client_ca, max_concurrent: int) -> None:
     """Serve shard K of a partitioned index (stages Search, Expand, Fetch, Stats + health)."""
+    _need_grpc("fastctx serve shard")
     from .shards.server import ShardServer, serve_forever
     from .shards.wire import Limits
     try:
@@ -406,6 +429,7 @@ def _shard_map(specs) -> dict:
 def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, workers, tls_cert, tls_key,
                       insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent) -> None:
     """Serve queries over shard servers (stateless: run several side by side)."""
+    _need_grpc("fastctx serve coordinator")
     from .auth import channel_credentials
     from .shards.coordinator import Coordinator
     from .shards.server import CoordinatorServer, serve_forever

@@ -6,6 +6,7 @@ range (no bitmap needed: the fast path) or a range-clamped bitmap, always with a
 """
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -17,12 +18,31 @@ from .errors import InvalidQueryError
 FILTER_KEYS = ("time_from", "time_to", "entities_any", "entities_all", "sources", "kinds")
 
 
-def _int_or_none(name: str, v: Any) -> Optional[int]:
+def unix_time(name: str, v: Any) -> Optional[int]:
+    """A time as inclusive Unix seconds: an integer, a `datetime` (naive means UTC), a `date`
+    (its midnight UTC), a numpy datetime64 or an ISO 8601 string ("2024-03-01", "...T12:00Z")."""
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise InvalidQueryError(f"filter '{name}' must be an integer Unix time or None, got {v!r}")
-    return int(v)
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, str):
+        text = v.strip()
+        try:   # Python 3.10's fromisoformat does not know the "Z" suffix
+            v = _dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text)
+        except ValueError:
+            raise InvalidQueryError(f"filter '{name}': {text!r} is not an ISO 8601 date or time "
+                                    "(e.g. 2024-03-01 or 2024-03-01T12:00:00Z)") from None
+    if isinstance(v, np.datetime64):
+        if np.isnat(v):
+            raise InvalidQueryError(f"filter '{name}' is NaT (not a time)")
+        return int(v.astype("datetime64[s]").astype(np.int64))
+    if isinstance(v, _dt.datetime):
+        return int((v if v.tzinfo is not None else v.replace(tzinfo=_dt.timezone.utc)).timestamp() // 1)
+    if isinstance(v, _dt.date):
+        return int(_dt.datetime(v.year, v.month, v.day, tzinfo=_dt.timezone.utc).timestamp())
+    raise InvalidQueryError(f"filter '{name}' must be a Unix time (int), a datetime, a date or an ISO 8601 "
+                            f"string, or None; got {v!r}")
+
 
 
 def _strings(name: str, v: Any) -> tuple[str, ...]:
@@ -35,7 +55,8 @@ def _strings(name: str, v: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Filters:
-    """Hard constraints on seed events. Times are inclusive Unix seconds."""
+    """Hard constraints on seed events. Times are inclusive Unix seconds (datetimes, dates and
+    ISO 8601 strings are converted; a naive datetime means UTC)."""
     time_from: Optional[int] = None
     time_to: Optional[int] = None
     entities_any: tuple[str, ...] = ()
@@ -46,7 +67,7 @@ class Filters:
 
     def __post_init__(self):
         for name in ("time_from", "time_to", "as_of"):
-            object.__setattr__(self, name, _int_or_none(name, getattr(self, name)))
+            object.__setattr__(self, name, unix_time(name, getattr(self, name)))
         for name in ("entities_any", "entities_all", "sources", "kinds"):
             object.__setattr__(self, name, _strings(name, getattr(self, name)))
 

@@ -349,11 +349,13 @@ def test_cli_add_is_idempotent_and_stats(base, tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["add", str(tmp_path / "index"), str(tmp_path / "more"), "--batch", "40"])
     assert res.exit_code == 0, res.output
-    assert res.output.splitlines() == ["acked 40", "acked 80", "acked 120", "acked 150"]
+    assert res.output.splitlines() == ["acked 0 (40 already present)", "acked 30 (50 already present)",
+                                       "acked 70 (50 already present)", "acked 100 (50 already present)"]
     s = json.loads(runner.invoke(main, ["stats", str(tmp_path / "index"), "--json"]).output)
     assert s["events"] == 300 and s["segments"] == 2
     res = runner.invoke(main, ["add", str(tmp_path / "index"), str(tmp_path / "more"), "--batch", "100"])
-    assert res.exit_code == 0 and res.output.splitlines() == ["acked 100", "acked 150"]
+    assert res.exit_code == 0 and res.output.splitlines() == ["acked 0 (100 already present)",
+                                                              "acked 0 (150 already present)"]
     s = json.loads(runner.invoke(main, ["stats", str(tmp_path / "index"), "--json"]).output)
     assert s["events"] == 300 and s["segments"] == 2          # nothing new: no new segment
     # a changed event is an update
@@ -361,7 +363,7 @@ def test_cli_add_is_idempotent_and_stats(base, tmp_path):
     changed[0]["text"] = "changed"
     write_corpus(tmp_path / "more2", changed, v[150:300])
     res = runner.invoke(main, ["add", str(tmp_path / "index"), str(tmp_path / "more2"), "--no-flush"])
-    assert res.exit_code == 0
+    assert res.exit_code == 0 and res.output.splitlines() == ["acked 1 (1 updated, 149 already present)"]
     r = Index(tmp_path / "index")
     assert r.n == 300 and r.search(v[150], k=1).events()[0].text == "changed"
     # a second writer is refused with a clear error
