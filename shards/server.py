@@ -190,23 +190,27 @@ class ShardCost:
         b = np.searchsorted(self.key, le * self.span + hi, "right")
         return np.maximum(b - a, 0)
 
-    def walk_entries(self, wt, wle, p: dict) -> int:
-        """Upper estimate of the entries walk_parts lists for walks (time wt, local entity wle)."""
+    def walk_entries(self, wt, wle, p: dict) -> np.ndarray:
+        """Per walk (time wt, local entity wle; -1: not held here), an upper bound of the
+        entries `walk_parts` lists for it."""
         wle = np.asarray(wle, np.int64)
+        out = np.zeros(len(wle), np.int64)
         ok = wle >= 0
         if p["max_per_entity"] <= 0 or not ok.any():
-            return 0
+            return out
         le, t = wle[ok], np.asarray(wt, np.float64)[ok]
-        big = float(1 << 62)
         lim = np.where(np.asarray(self.svc.ent_df, np.int64)[le] > p["hub_postings"],
-                       min(float(p["hub_window_s"]), big), big)
+                       float(p["hub_window_s"]), np.inf)     # inf: t +- lim never cuts a window
+        # a walk time this far out can overflow the kernel's int64 distance: assume no hub window
+        lim = np.where((t < -2.0 ** 61) | (t > 2.0 ** 61), np.inf, lim)
         lo, hi = np.maximum(float(p["t_lo"]), t - lim), np.minimum(float(p["t_hi"]), t + lim)
         n = self._count(le, lo, hi)
         view = p.get("view") or {}
         if view.get("principals") is None and not view.get("scope"):   # only u and entries after as_of are ineligible
             extra = 1 + (self._count(le, np.maximum(lo, float(p["as_of"]) + 1), hi) if p["as_of"] is not None else 0)
             n = np.minimum(n, 2 * int(p["max_per_entity"]) + extra)
-        return int(n.sum())
+        out[ok] = n
+        return out
 
     def estimate(self, method: str, req: dict) -> dict:
         svc = self.svc
@@ -246,12 +250,12 @@ class ShardCost:
                     idx = np.repeat(ev_ptr[loc], n_ent) + (np.arange(ents) - np.repeat(np.cumsum(n_ent) - n_ent, n_ent))
                     le = np.asarray(svc.ev_ent, np.int64)[idx]
                     walks = np.asarray(svc._ent_w(p))[le] > 0
-                    cells += 4 * self.walk_entries(np.repeat(svc.times[loc], n_ent)[walks], le[walks], p)
+                    cells += 4 * int(self.walk_entries(np.repeat(svc.times[loc], n_ent)[walks], le[walks], p).sum())
             wu, wt, we = req.get("walk_u"), req.get("walk_t"), req.get("walk_e")
             if wu is not None and we is not None and wt is not None and len(we) == len(wt):
                 le = np.fromiter((svc.local_ent.get(int(e), -1) for e in np.asarray(we).tolist()), np.int64, len(we))
                 loop += len(we)
-                cells += 4 * self.walk_entries(wt, le, p)
+                cells += 4 * int(self.walk_entries(wt, le, p).sum())
             return {"cells": cells, "loop": loop, "nbytes": 5 * cells}
         return {}
 

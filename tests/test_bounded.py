@@ -72,21 +72,26 @@ def test_estimate_is_an_upper_bound_of_the_real_work(shard):
     rng = np.random.default_rng(0)
     spec, req_fields = wire.SHARD_SCHEMAS["Expand"]
     times = np.asarray(svc.times)
-    for trial in range(60):
+    for trial in range(100):
         n_rows, n_walks = int(rng.integers(0, 200)), int(rng.integers(0, 300))
         rows = rng.choice(svc.grow, n_rows) if n_rows else None
         ents = np.concatenate([rng.choice(svc.gent, n_walks // 2), np.full(n_walks - n_walks // 2, _hub(svc))])
         t = rng.choice(times, n_walks)
+        if rng.random() < 0.3:      # hostile walk times: int64 extremes (the kernel's distance wraps around)
+            t[::7] = rng.choice([np.iinfo(np.int64).min, np.iinfo(np.int64).max, -(1 << 61) - 5], len(t[::7]))
         view = [None, {"scope": None, "principals": ["user:x"]}][trial % 2]
         p = _params(direction=int(rng.integers(1, 4)), max_per_entity=int(rng.integers(0, 50)),
                     as_of=None if trial % 3 else int(rng.choice(times)),
-                    hub_postings=int(rng.integers(0, 1000)), hub_window_s=int(rng.integers(0, 30 * 86400)),
-                    t_lo=int(times.min() + rng.integers(0, 1000) * 3600), t_hi=int(times.max()), view=view)
+                    hub_postings=int(rng.integers(0, 1000)), hub_window_s=int(rng.integers(0, 30 * 86400)) if rng.random() < 0.7 else int(np.iinfo(np.int64).max),
+                    t_lo=int(times.min() + rng.integers(0, 1000) * 3600) if rng.random() < 0.5 else -(1 << 62), t_hi=int(times.max()), view=view)
         msg = {"v": 1, "params": p, **({"rows": rows} if rows is not None else {}),
                **({"walk_u": rng.choice(svc.grow, n_walks), "walk_t": t, "walk_e": ents} if n_walks else {})}
         req = wire.check_request(msg, spec, req_fields)
-        est = cost.estimate("Expand", req)
-        assert est["cells"] >= _produced(svc.Expand(req)), trial
+        est, out = cost.estimate("Expand", req), svc.Expand(req)
+        assert est["cells"] >= _produced(out), trial
+        if n_walks:             # and walk by walk
+            le = np.array([svc.local_ent.get(int(e), -1) for e in req["walk_e"]], np.int64)
+            assert (cost.walk_entries(req["walk_t"], le, p) >= np.diff(out["w_ptr"])).all(), trial
     fields = ["time", "tokens", "vector", "sup", "slot", "rev"]
     rows = rng.choice(svc.grow, 500)
     req = wire.check_request({"v": 1, "rows": rows, "fields": fields}, *wire.SHARD_SCHEMAS["Fetch"])
@@ -112,6 +117,14 @@ def test_a_077_mb_expand_is_refused_fast_with_bounded_memory(shard):
     assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert ei.value.details().startswith(wire.TOO_COSTLY) and "Expand" in ei.value.details()
     assert took < 1.0 and _peak_mb() - peak < 64, (took, _peak_mb() - peak)
+    # the same size as a frontier: 96,000 (repeated) rows, each walking its entities
+    rows = {"rows": np.resize(np.asarray(svc.grow, np.int64), 96_000), "params": _params()}
+    assert 0.7e6 < len(wire.encode({"v": 1, **rows})) < 0.8e6
+    peak, t0 = _peak_mb(), time.perf_counter()
+    with pytest.raises(grpc.RpcError) as ei:
+        _call(shard.address, "Expand", rows)
+    assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, ei.value.details()
+    assert time.perf_counter() - t0 < 1.0 and _peak_mb() - peak < 64
     assert _call(shard.address, "Stats", {})["shard"] == 0          # still serving
 
 
