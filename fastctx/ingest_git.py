@@ -42,7 +42,8 @@ _NOT_JIRA = frozenset({"UTF", "SHA", "ISO", "RFC", "MD", "CP", "WIN", "X", "TLS"
                        "PEP", "GCC", "C", "GH", "LATIN", "ARM", "X86", "AMD", "EUC", "KOI", "ECMA"})
 _TICKET_PATTERNS = [
     # GitHub / GitLab issue and pull URLs
-    re.compile(r"https?://(?:www\.)?(?:github|gitlab)\.com/([\w.-]+/[\w.-]+)/(?:-/)?(?:issues|pull|pulls|merge_requests)/(\d+)"),
+    re.compile(r"https?://(?:www\.)?(?:github|gitlab)\.com/([\w.-]+/[\w.-]+)/"
+               r"(?:-/)?(?:issues|pull|pulls|merge_requests)/(\d+)"),
     re.compile(r"(?<![\w/#])([\w.-]+/[\w.-]+)#(\d+)\b"),                      # owner/repo#123
     re.compile(r"(?<![\w&/])()#(\d+)\b"),                                     # #123
     re.compile(r"\b()(?:gh|GH)-(\d+)\b"),                                     # gh-123
@@ -57,13 +58,14 @@ def tickets(text: str, home: Optional[str] = None) -> list[str]:
     """Ticket ids a message mentions, without repeats: `#123`, `gh-123`, `GH-123`,
     `[ticket:123]`, `bug 123`, `issue 123`, issue/pull URLs and `#123` all give `123` (one
     namespace: the repository's own tracker); `owner/repo#123` and URLs into another repository
-    than `home` ("owner/repo", when known) give `owner/repo#123`; Jira keys give `ABC-123`;
-    CVE ids give `CVE-2024-1234`."""
+    than `home` ("owner/repo", or several separated by commas, when known) give `owner/repo#123`;
+    Jira keys give `ABC-123`; CVE ids give `CVE-2024-1234`."""
     found: dict[str, None] = {}
+    homes = {h.strip().lower() for h in home.split(",")} if home else None
     for i, pat in enumerate(_TICKET_PATTERNS):
         for m in pat.finditer(text):
             repo, num = m.group(1), m.group(2)
-            own = not repo or (repo.lower() == home.lower() if home else i == 0)  # a bare URL: ours
+            own = not repo or (repo.lower() in homes if homes else i == 0)  # a bare URL: ours
             found.setdefault(num if own else f"{repo}#{num}")
     for m in _CVE.finditer(text):
         found.setdefault(m.group(0))

@@ -2,6 +2,7 @@
 cherry-pick -x, a merge that must be skipped, a bare clone), read into events and an index."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -104,7 +105,8 @@ def test_events_from_commits(history):
     assert {"file:src/pay/retry.py", "file:docs/pay.md", "dir:src", "dir:src/pay", "dir:docs",
             "person:Bob Jones <bob@example.org>", "ticket:42", "ticket:PAY-17"} == set(d["entities"])
     # author and a different committer, emails lower-cased
-    assert {"person:Ana Silva <ana@example.org>", "person:Bob Jones <bob@example.org>"} <= set(ev[s["cache"]]["entities"])
+    people = {"person:Ana Silva <ana@example.org>", "person:Bob Jones <bob@example.org>"}
+    assert people <= set(ev[s["cache"]]["entities"])
     assert ev[s["retry"]]["links"] == []
 
 
@@ -184,3 +186,39 @@ def test_refuses_a_directory_that_is_not_an_index(tmp_path, history):
     (tmp_path / "junk" / "file").write_text("x")
     res = CliRunner().invoke(main, ["ingest", "git", str(history[1]), str(tmp_path / "junk")])
     assert res.exit_code == 1 and "neither empty nor a fastctx index" in res.output
+
+
+def test_bench_git_corpus_queries(tmp_path):
+    """bench/git_corpus.py: chain queries from shared ticket ids, current queries from a revert
+    and re-land sequence; --strip-tickets removes the ids from text and entities."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from git_corpus import write_corpus
+
+    from fastctx.corpus import read_events, read_queries
+
+    r = Repo(tmp_path / "repo")
+    chain = [r.commit("Parse the retry header (#5)", {"src/http/retry.c": "1"}),
+             r.commit("Unrelated docs change", {"README": "1"}),
+             r.commit("Handle a missing retry header, refs #5", {"src/http/retry.c": "2"}),
+             r.commit("Honour the retry header in the client loop (#5)", {"src/http/client.c": "3"})]
+    x = r.commit("Enable connection pooling by default", {"src/pool.c": "on"})
+    r.git("revert", "--no-edit", x)
+    rev = r.head()
+    r.git("revert", "--no-edit", rev)
+    reland = r.head()
+    for strip in (False, True):
+        out = tmp_path / f"corpus-{strip}"
+        write_corpus(r.path, out, strip=strip, log=lambda m: None)
+        batch = read_events(out)
+        queries, qvecs = read_queries(out)
+        assert len(batch) == 7 and qvecs.shape == (2, batch.dim)
+        truth = [json.loads(line) for line in (out / "truth.jsonl").read_text().splitlines()]
+        (qc, tc), (qr, tr) = zip(queries, truth)
+        assert qc["type"] == "chain" and qc["text"] == "Honour the retry header in the client loop"
+        assert tc["relevant"] == [chain[0], chain[2], chain[3]] and qc["direction"] == "back"
+        assert qr["type"] == "current" and qr["text"] == "Enable connection pooling by default"
+        assert tr["current"] == reland and tr["stale"] == [x, rev]
+        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+        has_ids = any("#5" in e["text"] or "ticket:5" in e["entities"] for e in events)
+        assert has_ids != strip
