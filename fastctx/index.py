@@ -137,7 +137,13 @@ class Index:
             raise InvalidQueryError("writing goes through shard-000 only; this index has several shards")
         # filelock: flock on POSIX, LockFileEx on Windows (a bare fcntl import stops the package
         # importing off POSIX); one lock object per handle, released by close() from any thread
-        from filelock import FileLock, Timeout
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # filelock warns at import where only soft locks exist
+            from filelock import FileLock, SoftFileLock, Timeout
+        if FileLock is SoftFileLock:   # no OS lock here: a lock file a crash leaves behind would block forever
+            raise IndexLockedError(f"{self.path}: this platform has no OS file lock (fcntl or Windows locking), "
+                                   "so the index cannot be opened for writing here; reading works")
         f = FileLock(str(self.path / LOCK_FILE), timeout=0, thread_local=False)
         try:
             f.acquire()
@@ -614,6 +620,13 @@ class Index:
                 self._lockf = None
         self._shards = []
         self._engine = None
+
+    def __repr__(self) -> str:
+        if self._shards == []:
+            return f"Index({str(self.path)!r}, closed)"
+        enc = getattr(self.encoder, "name", None) or (type(self.encoder).__name__ if self.encoder else None)
+        return (f"Index({str(self.path)!r}, {self.n} events, dim {self.dim}, {len(self.marker['shards'])} shard(s), "
+                f"encoder {enc}{', writable' if self.writable else ''})")
 
     def __enter__(self):
         return self

@@ -65,13 +65,15 @@ class Answer:
         return df
 
     def to_arrow(self):
-        """A pyarrow Table, one row per event. `attrs` (free-form per event) is a JSON string."""
+        """A pyarrow Table, one row per event (`datetime` a UTC timestamp; `attrs`, free-form per
+        event, a JSON string)."""
         from .extras import require
         pa = require("pyarrow", "arrow", "Answer.to_arrow()")
         rows = self.to_list()
         cols = {c: [r[c] for r in rows] for c in _COLUMNS}
         cols["attrs"] = [json.dumps(a, sort_keys=True) for a in cols["attrs"]]
-        types = {"time": pa.int64(), "tokens": pa.int64(), "score": pa.float64(), "entities": pa.list_(pa.string()),
+        cols["datetime"] = cols["time"]
+        types = {"datetime": pa.timestamp("s", tz="UTC"), "time": pa.int64(), "tokens": pa.int64(), "score": pa.float64(), "entities": pa.list_(pa.string()),
                  "links": pa.list_(pa.list_(pa.string())), "shard": pa.int32(), "row": pa.int64(),
                  "hops": pa.int32(), "superseded_at": pa.int64(), "current": pa.bool_()}
         return pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in cols.items()})
