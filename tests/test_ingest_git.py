@@ -167,6 +167,11 @@ def test_ingest_into_index_and_rerun(tmp_path, history):
         # a question paraphrasing a commit message finds that commit first
         q = idx.search("why did we move sessions to redis? memcached evictions", k=3)
         assert q.events(0)[0].id == s["cache"]
+    # `fastctx get INDEX SHA --json` shows the revert's link to the reverted commit
+    res = CliRunner().invoke(main, ["get", str(idx_dir), s["revert"], "--json"])
+    assert res.exit_code == 0, res.output
+    (got,) = json.loads(res.output)
+    assert got["id"] == s["revert"] and pairs(got["links"]) == [(s["double"], "reverts")]
     again = ingest_git(bare, idx_dir)
     assert again["added"] == 0 and again["skipped"] == 8
     # a new commit upstream: only that one is added
