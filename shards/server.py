@@ -382,7 +382,8 @@ class RemoteClient:
 
     def query(self, query, *, type: str = "chain", filters=None, as_of: Optional[int] = None,
               direction: str = "back", budget_tokens: int = 4000, require_all: bool = False,
-              deadline_s: Optional[float] = None, principals=None, scope=None, **filter_kw) -> Answer:
+              deadline_s: Optional[float] = None, principals=None, scope=None, fill: bool = False,
+              **filter_kw) -> Answer:
         """`principals`: narrow the token's principals to these (the server never widens them)."""
         from fastctx.filters import Filters
         if filters is not None and filter_kw:
@@ -394,6 +395,8 @@ class RemoteClient:
             if isinstance(principals, str):
                 raise InvalidQueryError("principals must be a list of strings, e.g. ['user:ana']")
             msg["principals"] = list(principals)
+        if fill:
+            msg["fill"] = True
         if scope is not None:
             msg["scope"] = _filters_msg(scope if isinstance(scope, Filters) else Filters.from_dict(scope))
         if isinstance(query, str):
