@@ -1,0 +1,242 @@
+"""Everyday commands (get, search, delete, compact, export), output formats, what `add` reports,
+sharded build totals, progress bars only on a terminal, and clear errors without grpc."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import fastctx
+from fastctx.cli import main
+
+SAMPLE = Path(fastctx.__path__[0]) / "sample_corpus"
+FASTCTX = Path(sys.executable).parent / "fastctx"
+VAULT_Q = "which card vault vendor do we use?"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "index"
+    fastctx.build(SAMPLE, d)
+    return d
+
+
+@pytest.fixture
+def index(built, tmp_path):
+    """A private copy of the sample index (for commands that write)."""
+    shutil.copytree(built, tmp_path / "index")
+    return tmp_path / "index"
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def sample_events() -> list[dict]:
+    return [json.loads(line) for line in (SAMPLE / "events.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------ get
+def test_get_formats_and_missing_ids(runner, built):
+    ev = sample_events()[7]
+    res = runner.invoke(main, ["get", str(built), ev["id"]])
+    assert res.exit_code == 0, res.output
+    assert ev["id"] in res.output and ev["text"][:50] in res.output and ev["entities"][0] in res.output
+    got = json.loads(runner.invoke(main, ["get", str(built), ev["id"], "--json"]).output)
+    assert len(got) == 1 and {k: got[0][k] for k in ("id", "time", "source", "kind", "tokens", "text", "entities")} \
+        == {k: ev[k] for k in ("id", "time", "source", "kind", "tokens", "text", "entities")}
+    assert json.loads(runner.invoke(main, ["get", str(built), ev["id"], "--format", "json"]).output) == got
+    res = runner.invoke(main, ["get", str(built), ev["id"], "nope", "--format", "jsonl"])
+    lines = res.output.splitlines()
+    assert res.exit_code == 1 and json.loads(lines[0])["id"] == ev["id"] and lines[1] == "null"
+    assert "not found: nope" in res.stderr
+    res = runner.invoke(main, ["get", str(built), "nope"])
+    assert res.exit_code == 1 and "nope: not found" in res.output
+    res = runner.invoke(main, ["get", str(built), ev["id"], "--json", "--format", "table"])
+    assert res.exit_code == 2 and "disagree" in res.output
+
+
+def test_get_shows_a_link(runner, built):
+    ev = next(e for e in sample_events() if e["links"])
+    got = json.loads(runner.invoke(main, ["get", str(built), ev["id"], "--json"]).output)[0]
+    assert [tuple(x) for x in got["links"]] == [(x["to"], x["type"]) for x in ev["links"]]
+    table = runner.invoke(main, ["get", str(built), ev["id"]]).output
+    assert f"{ev['links'][0]['type']} -> {ev['links'][0]['to']}" in table
+
+
+# ------------------------------------------------------------------------------------ search
+def test_search_is_plain_filtered_top_k(runner, built):
+    idx = fastctx.open(built)
+    want = idx.search("double charge", k=5, sources=["slack"], time_from=1_717_200_000)
+    res = runner.invoke(main, ["search", str(built), "double charge", "-k", "5", "--source", "slack",
+                               "--since", "2024-06-01", "--format", "jsonl"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert [r["id"] for r in rows] == want.ids() and len(rows) == 5
+    assert all(r["source"] == "slack" and r["time"] >= 1_717_200_000 for r in rows)
+    assert [r["score"] for r in rows] == pytest.approx(want.scores[0, :5].tolist(), abs=1e-6)
+    assert [r["id"] for r in json.loads(runner.invoke(main, ["search", str(built), "double charge", "-k", "5",
+                                                             "--source", "slack", "--since", "2024-06-01",
+                                                             "--json"]).output)] == want.ids()
+    table = runner.invoke(main, ["search", str(built), "double charge", "-k", "3"]).output
+    assert table.splitlines()[0].lstrip().startswith("1. ") and idx.search("double charge", k=3).ids()[0] in table
+    none = runner.invoke(main, ["search", str(built), "double charge", "--kind", "no-such-kind"])
+    assert none.exit_code == 0 and none.output.strip() == "no hits"
+    bad = runner.invoke(main, ["search", str(built), "double charge", "--since", "someday"])
+    assert bad.exit_code == 2 and "--since" in bad.output and "Traceback" not in bad.output
+
+
+# ------------------------------------------------------------------------------------ query formats
+def test_query_formats(runner, built):
+    idx = fastctx.open(built)
+    ans = idx.query(VAULT_Q, type="current", budget_tokens=1200)
+    args = ["query", str(built), VAULT_Q, "--type", "current", "--budget", "1200"]
+    rows = [json.loads(x) for x in runner.invoke(main, args + ["--format", "jsonl"]).output.splitlines()]
+    assert [r["id"] for r in rows] == [e.id for e in ans.events]
+    assert [r["id"] for r in rows if r["current"]] == [ans.current.id]
+    ctx = runner.invoke(main, args + ["--format", "context"]).output
+    assert ctx == ans.to_context() and "| CURRENT" in ctx
+    a, b = (json.loads(runner.invoke(main, args + flag).output) for flag in (["--json"], ["--format", "json"]))
+    assert a.pop("timings_ms").keys() == b.pop("timings_ms").keys() and a == b
+    assert ans.current.id in runner.invoke(main, args).output
+
+
+# ------------------------------------------------------------------------------------ delete / compact
+def test_delete_then_get_and_compact(runner, index):
+    ids = [e["id"] for e in sample_events()[:3]]
+    res = runner.invoke(main, ["delete", str(index), ids[0], ids[1], "zz-unknown"])
+    assert res.exit_code == 0 and res.output.strip() == "deleted 2 (1 not found)"
+    res = runner.invoke(main, ["get", str(index), ids[0], ids[2]])
+    assert res.exit_code == 1 and f"{ids[0]}: not found" in res.output and ids[2] in res.output
+    assert runner.invoke(main, ["delete", str(index), ids[0]]).output.strip() == "deleted 0 (1 not found)"
+    res = runner.invoke(main, ["compact", str(index), "--force"])
+    assert res.exit_code == 0, res.output
+    assert "dropped 2 deleted row(s); 462 events" in res.output
+    s = fastctx.open(index).stats()
+    assert s["events"] == 462 and s["deleted_rows"] == 0 and s["wal_files"] <= 1
+    assert runner.invoke(main, ["get", str(index), ids[0]]).exit_code == 1
+    assert runner.invoke(main, ["compact", str(index)]).exit_code == 0          # nothing to do is fine
+
+
+def test_writers_are_refused_while_locked(runner, index):
+    w = fastctx.Index(index, writable=True)
+    for args in (["delete", str(index), "e000001"], ["compact", str(index)]):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 1 and "lock" in res.output.lower() and "Traceback" not in res.output
+    w.close()
+
+
+# ------------------------------------------------------------------------------------ export
+def test_export_round_trips_through_build(runner, index, tmp_path):
+    runner.invoke(main, ["delete", str(index), "e000003"])
+    res = runner.invoke(main, ["export", str(index), str(tmp_path / "out")])
+    assert res.exit_code == 0 and "exported 463 events (dim 256)" in res.output, res.output
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["format"] == "orgmem-v1" and meta["n_events"] == 463 and meta["params"]["encoder"] == "hashing-v1"
+    exported = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    times = [e["time"] for e in exported]
+    assert times == sorted(times)                                      # row order of the one segment
+    original = {e["id"]: e for e in sample_events()}
+    del original["e000003"]
+    for e in exported:     # links to the deleted event stay: a rebuild drops and reports them
+        assert e == original[e["id"]]
+    vec = np.load(tmp_path / "out" / "vectors.npy")
+    src = np.load(SAMPLE / "vectors.npy")
+    order = {e["id"]: i for i, e in enumerate(sample_events())}
+    np.testing.assert_allclose(vec, src[[order[e["id"]] for e in exported]], atol=1e-6)
+    res = runner.invoke(main, ["build", str(tmp_path / "out"), str(tmp_path / "again")])
+    assert res.exit_code == 0 and "463 events" in res.output, res.output
+    a, b = fastctx.open(index), fastctx.open(tmp_path / "again")
+    assert a.query(VAULT_Q, type="current").current.id == b.query(VAULT_Q, type="current").current.id
+    assert a.search("double charge", k=10).ids() == b.search("double charge", k=10).ids()
+    res = runner.invoke(main, ["export", str(index), str(tmp_path / "out")])
+    assert res.exit_code == 1 and "not empty" in res.output
+    assert runner.invoke(main, ["export", str(index), str(tmp_path / "out"), "--overwrite"]).exit_code == 0
+
+
+# ------------------------------------------------------------------------------------ add / build reports
+def test_add_reports_what_it_actually_added(runner, index, tmp_path):
+    res = runner.invoke(main, ["add", str(index), str(SAMPLE)])
+    assert res.exit_code == 0 and res.output.splitlines() == ["acked 0 (464 already present)"]
+    res = runner.invoke(main, ["add", str(index), str(SAMPLE), "--batch", "200"])
+    assert res.output.splitlines() == ["acked 0 (200 already present)", "acked 0 (400 already present)",
+                                       "acked 0 (464 already present)"]
+
+
+def test_sharded_build_reports_the_same_totals(runner, tmp_path):
+    one = runner.invoke(main, ["build", str(SAMPLE), str(tmp_path / "one")])
+    three = runner.invoke(main, ["build", str(SAMPLE), str(tmp_path / "three"), "--shards", "3"])
+    assert one.exit_code == 0 and three.exit_code == 0, three.output
+    totals = lambda out: out.split(": ", 1)[1].split(", ")[:3]  # noqa: E731 - events, entities, links
+    assert totals(one.output) == totals(three.output)
+    s = fastctx.open(tmp_path / "one").stats()
+    assert totals(one.output) == [f"{s['events']} events", f"{s['entities']} entities", f"{s['links']} links"]
+
+
+# ------------------------------------------------------------------------------------ progress bars
+def _run_on_a_terminal(args: list[str]) -> tuple[int, str]:
+    """Run the installed `fastctx` with stdout and stderr on a pseudo-terminal (POSIX only)."""
+    import fcntl
+    import pty
+    import select
+    import termios
+    main_fd, sub_fd = pty.openpty()
+    fcntl.ioctl(sub_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))   # a terminal has a size
+    p = subprocess.Popen([str(FASTCTX), *args], stdout=sub_fd, stderr=sub_fd, stdin=subprocess.DEVNULL)
+    os.close(sub_fd)
+    out = b""
+    while True:
+        r, _, _ = select.select([main_fd], [], [], 120)
+        if not r:
+            break
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main_fd)
+    return p.wait(), out.decode(errors="replace")
+
+
+@pytest.mark.skipif(not FASTCTX.exists() or os.name != "posix", reason="needs the installed script and a pty")
+def test_progress_bars_only_on_a_terminal(tmp_path):
+    code, out = _run_on_a_terminal(["build", str(SAMPLE), str(tmp_path / "tty")])
+    assert code == 0 and "464 events" in out
+    assert "read" in out and "ev/s" in out and "\r" in out          # tqdm bars drawn
+    res = subprocess.run([str(FASTCTX), "build", str(SAMPLE), str(tmp_path / "pipe")], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr == "" and "\r" not in res.stdout
+
+
+# ------------------------------------------------------------------------------------ without grpc
+NO_GRPC = ("import sys; sys.modules['grpc'] = None; sys.modules['grpc_health'] = None\n"
+           "from fastctx.cli import main; sys.argv[0] = 'fastctx'; main()")
+
+
+@pytest.mark.parametrize("args", [["serve", "shard", "--index", "{idx}", "--shard", "0"],
+                                  ["serve", "coordinator", "--shard", "0=127.0.0.1:1"],
+                                  ["query", "--remote", "127.0.0.1:1", "anything"],
+                                  ["query", "{sharded}", "anything"]])
+def test_serving_without_grpc_names_the_extra(args, built, tmp_path):
+    fastctx.build(SAMPLE, tmp_path / "sharded", shards=2)
+    args = [a.format(idx=built, sharded=tmp_path / "sharded") for a in args]
+    res = subprocess.run([sys.executable, "-c", NO_GRPC, *args], capture_output=True, text=True)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "pip install 'fastctx[serve]'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_connect_without_grpc_names_the_extra():
+    code = ("import sys; sys.modules['grpc'] = None\nimport fastctx\n"
+            "try:\n    fastctx.connect('127.0.0.1:1')\nexcept fastctx.MissingExtraError as e:\n    print(e)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and "pip install 'fastctx[serve]'" in res.stdout, res.stderr
