@@ -222,9 +222,11 @@ def test_the_callers_deadline_bounds_a_coordinator_query(world):
                 ch.unary_unary("/fastctx.Coordinator/Query")(
                     wire.encode({"v": 1, "vector": world["queries"][0]}), timeout=1.0)
         assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        time.sleep(1.0)
+        end = time.monotonic() + 10
+        while not hasattr(coord, "took") and time.monotonic() < end:
+            time.sleep(0.05)
         assert coord.seen[0] is not None and coord.seen[0] <= 1.0      # not the coordinator's 30 s default
-        assert coord.took < 1.5
+        assert coord.took < 3.0                                         # the shard hangs 5 s, the default is 30 s
     finally:
         srv.stop(0)
         coord.close()
