@@ -73,9 +73,10 @@ class Answer:
         cols = {c: [r[c] for r in rows] for c in _COLUMNS}
         cols["attrs"] = [json.dumps(a, sort_keys=True) for a in cols["attrs"]]
         cols["datetime"] = cols["time"]
-        types = {"datetime": pa.timestamp("s", tz="UTC"), "time": pa.int64(), "tokens": pa.int64(), "score": pa.float64(), "entities": pa.list_(pa.string()),
-                 "links": pa.list_(pa.list_(pa.string())), "shard": pa.int32(), "row": pa.int64(),
-                 "hops": pa.int32(), "superseded_at": pa.int64(), "current": pa.bool_()}
+        types = {"datetime": pa.timestamp("s", tz="UTC"), "time": pa.int64(), "tokens": pa.int64(),
+                 "score": pa.float64(), "entities": pa.list_(pa.string()), "links": pa.list_(pa.list_(pa.string())),
+                 "shard": pa.int32(), "row": pa.int64(), "hops": pa.int32(), "superseded_at": pa.int64(),
+                 "current": pa.bool_()}   # every other column is a string
         return pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in cols.items()})
 
     def to_context(self, max_tokens: Optional[int] = None) -> str:
