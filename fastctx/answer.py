@@ -74,7 +74,8 @@ class AnswerParams:
     # a reply is conversation structure (what came next), not a cause: weaker than a reference
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.5), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
-        ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.5))
+        ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
+        ("same_actor", 0.3))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence
     entity_max_share: float = 0.02   # ... or at this share of the shard's events, if that is fewer

@@ -169,7 +169,7 @@ def compute_segment(batch: EventBatch, ctx: ShardContext, params: BuildParams, s
 
     # -- entities (the user's and the derived ones): global ids, event->entity CSR and
     # entity->event postings (time-sorted)
-    full = with_derived(batch)
+    full = with_derived(batch, params)
     counts = np.diff(full.entity_ptr)
     ent_src = np.repeat(np.arange(n, dtype=np.int64), counts)
     names, inverse = np.unique(np.asarray(full.entity_names, dtype=object), return_inverse=True) \

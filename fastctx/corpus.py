@@ -28,7 +28,8 @@ Event fields
     in ``[TIME_MIN, TIME_MAX]`` (1970-01-01 .. 2200-01-01 UTC).
     ``source``, ``kind``: non-empty strings (``meta["sources"]``/``meta["kinds"]`` are
     informational and not enforced).
-    ``tokens``: integer in ``[0, TOKENS_MAX]``.
+    ``tokens``: integer in ``[0, TOKENS_MAX]``; missing or ``null`` -> estimated from the text
+    (`estimate_tokens`: ceil(characters / 4), at least 1; 1 for an event without text).
     ``entities``: list of non-empty strings; a missing key or ``null`` means no entities;
     duplicates within one event are dropped (first occurrence kept, order kept).
     ``links``: list of objects ``{"to": non-empty str, "type": one of LINK_TYPES}``; a missing key
@@ -77,13 +78,14 @@ from .errors import CorpusError
 __all__ = [
     "LINK_TYPES", "QUERY_TYPES", "DIRECTIONS", "FILTER_KEYS", "TIME_MIN", "TIME_MAX", "TOKENS_MAX",
     "BUDGET_MAX", "MAX_DIM", "NORM_TOL", "FORMAT", "EventBatch", "read_meta", "read_events",
-    "read_queries", "validate_vectors",
+    "read_queries", "validate_vectors", "parse_records", "read_event_lines", "estimate_tokens",
 ]
 
 FORMAT = "orgmem-v1"
-LINK_TYPES = ("reply", "references", "fixes", "follow_up", "reverts", "backport_of", "supersedes", "similar")
+LINK_TYPES = ("reply", "references", "fixes", "follow_up", "reverts", "backport_of", "supersedes", "similar",
+              "same_actor")
 LINK_CODE = {t: i for i, t in enumerate(LINK_TYPES)}
-DERIVED_LINK_TYPES = ("similar",)   # computed at build/add (derive.py), never read from input
+DERIVED_LINK_TYPES = ("similar", "same_actor")   # computed at build (derive.py), never read from input
 USER_LINK_CODE = {t: i for t, i in LINK_CODE.items() if t not in DERIVED_LINK_TYPES}
 QUERY_TYPES = ("chain", "current", "as_of")
 DIRECTIONS = ("back", "forward", "both")
@@ -188,20 +190,20 @@ class EventBatch:
         Errors name ``f"{origin}[i]"`` as their file (no line), and ``f"{origin} vectors"`` for
         the vectors. The records are not modified.
         """
-        if isinstance(records, (str, bytes, Mapping)) or not hasattr(records, "__len__"):
-            raise CorpusError(f"expected a sequence of event mappings, got {_tname(records)}", file=origin)
-        n = len(records)
+        cols = parse_records(records, origin=origin)
+        return cls.with_vectors(cols, vectors, origin=origin)
+
+    @classmethod
+    def with_vectors(cls, cols: dict, vectors, *, origin: str = "records") -> "EventBatch":
+        """A batch from parsed columns (`parse_records`, `read_event_lines`) and their vectors,
+        validated like ``vectors.npy`` (errors name ``f"{origin} vectors"``)."""
+        n = len(cols["ids"])
         vectors = _as_array(vectors, file=f"{origin} vectors")
         dim = vectors.shape[1] if getattr(vectors, "ndim", 0) == 2 else -1
         if dim <= 0:
             raise CorpusError(f"expected a 2-D array [n, dim] with dim > 0, got shape {tuple(vectors.shape)}",
                               file=f"{origin} vectors", field="shape")
         vec = validate_vectors(vectors, n, dim, file=f"{origin} vectors", lines_of=origin)
-
-        def where(k: int):
-            return f"{origin}[{k}]", None
-
-        cols = _parse_events(iter(records), where, expect=None)
         return cls(vectors=vec, **cols)
 
     def select(self, rows) -> "EventBatch":
@@ -258,6 +260,49 @@ class EventBatch:
         )
 
 
+def parse_records(records: Sequence[Mapping], *, origin: str = "records") -> dict:
+    """Validate in-memory event mappings into columns (everything but the vectors); errors name
+    ``f"{origin}[i]"``."""
+    if isinstance(records, (str, bytes, Mapping)) or not hasattr(records, "__len__"):
+        raise CorpusError(f"expected a sequence of event mappings, got {_tname(records)}", file=origin)
+
+    def where(k: int):
+        return f"{origin}[{k}]", None
+
+    return _parse_events(iter(records), where, expect=None)
+
+
+class _Borrowed:
+    """A stream used in a `with` block without being closed by it."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        return iter(self.f)
+
+
+def read_event_lines(path, *, progress: Callable[[int], Any] | None = None, name: str | None = None) -> dict:
+    """Validate the events of one JSONL file or binary stream (any number of lines, no
+    meta.json, no vectors) into columns; errors name the file (or `name`) and the 1-based line."""
+    if not hasattr(path, "read"):
+        path = Path(path)
+        if not path.is_file():
+            raise CorpusError("file not found", file=name or str(path))
+    fname = name or str(path)
+
+    def where(k: int):
+        return fname, k + 1
+
+    return _parse_events(_jsonl_objects(path, [0], progress, name=name), where, expect=None)
+
+
 # ------------------------------------------------------------------------------------ parsing core
 def _int_in(v, lo: int, hi: int) -> int | None:
     """int(v) if v is an integer (Python or NumPy, not bool) within [lo, hi], else None."""
@@ -265,6 +310,12 @@ def _int_in(v, lo: int, hi: int) -> int | None:
         return None
     v = int(v)
     return v if lo <= v <= hi else None
+
+
+def estimate_tokens(text) -> int:
+    """The token count assumed for an event given without one: ceil(len(text) / 4) characters
+    per token (about right for English with common tokenizers), at least 1."""
+    return min(TOKENS_MAX, max(1, -(-len(text) // 4))) if isinstance(text, str) else 1
 
 
 def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | None) -> dict:
@@ -323,10 +374,12 @@ def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | N
             fail(k, "kind", ("missing; expected a non-empty string" if "kind" not in d
                              else f"expected a non-empty string, {_got(kind)}"))
         tok = g("tokens")
-        if (type(tok) is not int_ or tok < 0 or tok > kmax) and (tok := _int_in(tok, 0, kmax)) is None:
+        if tok is None:   # optional: estimated from the text (see estimate_tokens)
+            txt = g("text")
+            tok = min(kmax, max(1, -(-len_(txt) // 4))) if type(txt) is str_ else 1
+        elif (type(tok) is not int_ or tok < 0 or tok > kmax) and (tok := _int_in(tok, 0, kmax)) is None:
             tok = g("tokens")
-            fail(k, "tokens", ("missing; expected an integer" if "tokens" not in d else
-                               f"expected an integer in [0, {kmax}], {_got(tok)}"))
+            fail(k, "tokens", f"expected an integer in [0, {kmax}], {_got(tok)}")
         ents = g("entities")
         if ents:
             if type(ents) is not list_ and type(ents) is not tuple:
@@ -429,12 +482,13 @@ def _add_links(links, k: int, eid: str, link_src: list, link_to: list, link_type
         link_type.append(code)
 
 
-def _jsonl_objects(path: Path, counter: list, progress=None) -> Iterator:
+def _jsonl_objects(path: Path, counter: list, progress=None, name: str | None = None) -> Iterator:
     """Yield the parsed object of each line; blank lines only allowed at the end.
     counter[0] is kept equal to the number of lines yielded."""
-    fname = str(path)
+    fname = name or str(path)
     try:
-        f = open(path, "rb")
+        # a binary stream (stdin) is read as is; the caller keeps it open
+        f = _Borrowed(path) if hasattr(path, "read") else open(path, "rb")
     except FileNotFoundError:
         raise CorpusError("file not found", file=fname) from None
     except OSError as e:
@@ -481,10 +535,11 @@ def _is_int(v) -> bool:
     return type(v) is int
 
 
-def read_meta(corpus_dir) -> dict:
+def read_meta(corpus_dir, *, text_only: bool = False) -> dict:
     """Read and validate ``meta.json``: an object with ``format == "orgmem-v1"``, ``dim`` an
     integer in [1, MAX_DIM], ``n_events`` an integer >= 0; optional ``n_queries`` (integer >= 0),
-    ``name`` (string), ``sources``/``kinds`` (lists of strings), ``params`` (object). Returns it."""
+    ``name`` (string), ``sources``/``kinds`` (lists of strings), ``params`` (object). Returns it.
+    `text_only` (a corpus without ``vectors.npy``): ``dim`` and ``n_events`` may be left out."""
     d = Path(corpus_dir)
     path = d / "meta.json"
     fname = str(path)
@@ -512,6 +567,8 @@ def read_meta(corpus_dir) -> dict:
     if meta["format"] != FORMAT:
         bad("format", f"expected {FORMAT!r}, got {_show(meta['format'])}")
     for key, lo, hi in (("dim", 1, MAX_DIM), ("n_events", 0, None)):
+        if text_only and meta.get(key) is None:
+            continue
         if key not in meta:
             bad(key, "missing; expected an integer")
         v = meta[key]

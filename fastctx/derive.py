@@ -123,13 +123,15 @@ def query_words(text: Optional[str]) -> list[str]:
     return [WORD + w for w in words(text)] + [TERM + t for t in terms(text)]
 
 
-def event_derived(text: Optional[str], entities: Sequence[str], acl: Optional[Sequence[str]]) -> list[str]:
+def event_derived(text: Optional[str], entities: Sequence[str], acl: Optional[Sequence[str]],
+                  with_terms: bool = True, with_words: bool = True) -> list[str]:
     """Derived entity names of one event (deterministic; no duplicates; none equal to a user entity)."""
     out: list[str] = []
-    if text:
+    if text and with_terms:
         out += [TERM + t for t in terms(text)]
-    bag = " ".join([text or ""] + [e.split(":", 1)[-1].replace("_", " ").replace("-", " ") for e in entities])
-    out += [WORD + w for w in words(bag)]
+    if with_words:
+        bag = " ".join([text or ""] + [e.split(":", 1)[-1].replace("_", " ").replace("-", " ") for e in entities])
+        out += [WORD + w for w in words(bag)]
     if acl:
         out += [ACL_ANY] + [ACL + p for p in dict.fromkeys(acl)]
     return list(dict.fromkeys(out))
@@ -160,9 +162,12 @@ def event_acl(attrs: Optional[dict]) -> Optional[list]:
     return list(acl) if acl else None
 
 
-def with_derived(batch):
+def with_derived(batch, params=None):
     """`batch` with each event's derived entities appended to its entity list (a new batch sharing
-    every other column). Payloads keep the user's entities: `compute_segment` stores those."""
+    every other column). Payloads keep the user's entities: `compute_segment` stores those.
+    `params` (BuildParams): `text_terms` / `text_words` switch those kinds off."""
+    terms_on = getattr(params, "text_terms", True)
+    words_on = getattr(params, "text_words", True)
     from .corpus import EventBatch
     n = len(batch)
     names: list = []
@@ -170,7 +175,7 @@ def with_derived(batch):
     for i in range(n):
         own = batch.entity_names[int(batch.entity_ptr[i]):int(batch.entity_ptr[i + 1])]
         names.extend(own)
-        names.extend(event_derived(batch.texts[i], own, event_acl(batch.attrs[i])))
+        names.extend(event_derived(batch.texts[i], own, event_acl(batch.attrs[i]), terms_on, words_on))
         ptr[i + 1] = len(names)
     return EventBatch(ids=batch.ids, times=batch.times, tokens=batch.tokens, sources=batch.sources,
                       kinds=batch.kinds, entity_ptr=ptr, entity_names=names, link_src=batch.link_src,
@@ -244,21 +249,59 @@ def similarity_links(times: np.ndarray, vectors: np.ndarray, k: int, window_s: i
     return np.asarray(src_l, np.int64), np.asarray(dst_l, np.int64)
 
 
-def with_similarity_links(batch, params):
-    """`batch` plus its derived `similar` links (type code of "similar"), appended to each source
-    row's links (link_src stays non-decreasing)."""
+def actor_links(batch, k: int, window_s: int, prefixes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) rows of derived `same_actor` links: each event to the previous `k` events of
+    each of its actors within `window_s` (dst strictly earlier). Deterministic."""
+    pre = tuple(prefixes)
+    if k <= 0 or not pre:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    by_actor: dict[str, list[int]] = {}
+    for i in range(len(batch)):
+        for e in batch.entity_names[int(batch.entity_ptr[i]):int(batch.entity_ptr[i + 1])]:
+            if e.startswith(pre):
+                by_actor.setdefault(e, []).append(i)
+    t = np.asarray(batch.times, np.int64)
+    pairs: set = set()
+    for rows in by_actor.values():
+        rows = sorted(rows, key=lambda r: (int(t[r]), r))
+        for a, r in enumerate(rows):
+            taken = 0
+            for b in range(a - 1, -1, -1):
+                d = rows[b]
+                if t[d] >= t[r]:
+                    continue
+                if t[r] - t[d] > window_s or taken >= k:
+                    break
+                pairs.add((r, d))
+                taken += 1
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    src, dst = np.asarray(sorted(pairs), np.int64).T
+    return src, dst
+
+
+def with_derived_links(batch, params):
+    """`batch` plus its derived `similar` and `same_actor` links, appended to each source row's
+    links (link_src stays non-decreasing). Build-time only (they need the whole corpus)."""
     from .corpus import LINK_CODE, EventBatch
-    if params.similar_k <= 0 or len(batch) < 2:
+    if len(batch) < 2:
         return batch
-    src, dst = similarity_links(batch.times, batch.vectors, params.similar_k,
-                                int(params.similar_window_days * 86400), params.similar_z,
-                                params.similar_max_candidates)
-    if not len(src):
+    parts = []
+    if params.similar_k > 0:
+        parts.append((similarity_links(batch.times, batch.vectors, params.similar_k,
+                                       int(params.similar_window_days * 86400), params.similar_z,
+                                       params.similar_max_candidates), LINK_CODE["similar"]))
+    if params.actor_k > 0:
+        parts.append((actor_links(batch, params.actor_k, int(params.actor_window_days * 86400),
+                                  params.actor_prefixes), LINK_CODE["same_actor"]))
+    parts = [(sd, c) for sd, c in parts if len(sd[0])]
+    if not parts:
         return batch
     ids = batch.ids
-    all_src = np.concatenate([np.asarray(batch.link_src, np.int64), src])
-    all_to = list(batch.link_to) + [ids[d] for d in dst.tolist()]
-    all_type = np.concatenate([np.asarray(batch.link_type, np.int8), np.full(len(src), LINK_CODE["similar"], np.int8)])
+    all_src = np.concatenate([np.asarray(batch.link_src, np.int64)] + [sd[0] for sd, _ in parts])
+    all_to = list(batch.link_to) + [ids[d] for sd, _ in parts for d in sd[1].tolist()]
+    all_type = np.concatenate([np.asarray(batch.link_type, np.int8)] +
+                              [np.full(len(sd[0]), c, np.int8) for sd, c in parts])
     o = np.argsort(all_src, kind="stable")
     return EventBatch(ids=batch.ids, times=batch.times, tokens=batch.tokens, sources=batch.sources,
                       kinds=batch.kinds, entity_ptr=batch.entity_ptr, entity_names=batch.entity_names,

@@ -21,7 +21,7 @@ from .columns import keys64
 from .compaction import CompactionPolicy, SegmentMeta
 from .compaction import plan as compact_plan
 from .corpus import EventBatch, read_events, read_meta
-from .encoder import Encoder, HashingEncoder
+from .encoder import Encoder, HashingEncoder, check_match, from_record, from_spec, spec_of
 from .errors import (AccessDeniedError, CorpusError, FormatError, IndexExistsError, IndexLockedError,
                      InvalidQueryError)
 from .filters import Filters, segment_allowed
@@ -32,7 +32,7 @@ from .seeds import search_segment
 from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
                     open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
-from .derive import with_similarity_links
+from .derive import with_derived_links
 from .view import View, holds_acl
 from .wal import WalWriter
 
@@ -47,10 +47,9 @@ def _filters(filter_kw: dict) -> Filters:
 
 
 def _encoder_from_marker(marker: dict) -> Optional[Encoder]:
-    spec = marker.get("encoder")
-    if isinstance(spec, dict) and spec.get("name") == HashingEncoder.name:
-        return HashingEncoder(dim=int(spec["dim"]))
-    return None
+    """The encoder the index recorded, re-created (None when it records none). A model-backed
+    one loads its model on first use; a "custom" one raises EncoderError (pass encoder=)."""
+    return from_record(marker.get("encoder"))
 
 
 class Index:
@@ -80,13 +79,30 @@ class Index:
         self._parts = [load_parts(self.path / name, verify=verify, cache=self._seg_cache if i == 0 else None)
                        for i, name in enumerate(self.marker["shards"])]
         self.dim = self._parts[0]["manifest"]["dim"]
-        self.encoder = encoder or _encoder_from_marker(self.marker)
-        if self.encoder is not None and self.encoder.dim != self.dim:
-            raise InvalidQueryError(f"encoder dim {self.encoder.dim} != index dim {self.dim}")
+        self._encoder: Optional[Encoder] = None
+        if encoder is not None:
+            encoder = from_spec(encoder)
+            check_match(self.marker.get("encoder"), encoder, where=str(self.path))
+            if encoder.dim != self.dim:
+                raise InvalidQueryError(f"encoder dim {encoder.dim} != index dim {self.dim}")
+            self._encoder = encoder
         if verify:
             _ = self.shards
         if writable:
             self._take_lock()
+
+    @property
+    def encoder(self) -> Optional[Encoder]:
+        """The text encoder: the one given to the constructor, else the recorded one (re-created
+        on first use, so opening never loads a model it does not need); None when none is
+        recorded. An index built with a custom encoder raises EncoderError here without one."""
+        if self._encoder is None:
+            self._encoder = _encoder_from_marker(self.marker)
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, value) -> None:
+        self._encoder = value
 
     # -- pinned versions -----------------------------------------------------------------------
     @property
@@ -115,15 +131,39 @@ class Index:
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Union[str, Path], dim: int, *, encoder: Optional[dict] = None, **open_kw) -> "Index":
+    def create(cls, path: Union[str, Path], dim: Optional[int] = None, *, encoder: Any = None,
+               **open_kw) -> "Index":
+        """An empty index. `encoder` (a spec string such as "hashing" or
+        "sentence-transformers:PATH", an encoder object, or a recorded spec dict) is recorded
+        so that `add` can embed text and text queries work on every later open; `dim` defaults
+        to the encoder's."""
         path = Path(path)
+        enc = None
+        if isinstance(encoder, dict):
+            record = encoder
+        elif encoder is not None:
+            enc = from_spec(encoder)
+            record = spec_of(enc)
+        else:
+            record = None
+        if dim is None:
+            if record is None:
+                raise InvalidQueryError("Index.create needs dim= or encoder=")
+            dim = int(record["dim"])
+        elif record is not None and int(record.get("dim", dim)) != int(dim):
+            raise InvalidQueryError(f"encoder dim {record.get('dim')} != dim {dim}")
         path.mkdir(parents=True, exist_ok=True)
         if any(path.iterdir()):
             raise IndexExistsError(f"{path}: directory is not empty")
         create_shard(path / "shard-000", dim)
         (path / LOCK_FILE).touch()
-        write_marker(path, ["shard-000"], **({"encoder": encoder} if encoder else {}))
-        return cls(path, **open_kw)
+        write_marker(path, ["shard-000"], **({"encoder": record} if record else {}))
+        if enc is not None and record.get("name") == "custom":
+            open_kw.setdefault("encoder", enc)
+        idx = cls(path, **open_kw)
+        if enc is not None and idx._encoder is None:
+            idx._encoder = enc    # already loaded: no need to re-create it from the record
+        return idx
 
     # -- the writer ----------------------------------------------------------------------------
     @property
@@ -212,7 +252,7 @@ class Index:
                 exists[j], chash[j] = True, log.batches[live[1]][2][live[2]]
         return exists, chash
 
-    def add(self, events: Union[EventBatch, Sequence[dict]], vectors: Optional[np.ndarray] = None, *,
+    def add(self, events: Any, vectors: Optional[np.ndarray] = None, *,
             params: Optional[BuildParams] = None, progress: Progress = None, on_existing: str = "error",
             sync: bool = True) -> BuildReport:
         """Append events durably: when this returns they are in the write-ahead log (one record,
@@ -222,10 +262,14 @@ class Index:
         "upsert" skips an event whose id *and* content are already there, and treats a same-id
         event with different content as an update (the old version disappears from answers).
         Links resolve to live events (this batch, the log, the segments); others are dropped
-        and reported. A rejected batch changes nothing."""
+        and reported. A rejected batch changes nothing.
+
+        events: an `EventBatch`, a list of event mappings, a pandas DataFrame, an Arrow table, or
+        a path (corpus folder, .jsonl, .parquet, "-" for stdin). Without `vectors` (and without a
+        ``vectors.npy`` in a folder) the events' text is embedded with the index's encoder."""
         if on_existing not in ("error", "upsert"):
             raise InvalidQueryError(f"on_existing must be 'error' or 'upsert', got {on_existing!r}")
-        batch = events if isinstance(events, EventBatch) else EventBatch.from_records(events, vectors)
+        batch = self._batch_of(events, vectors, progress)
         if params is not None:
             self.build_params = params
         if batch.dim != self.dim:
@@ -275,6 +319,27 @@ class Index:
         if parts["log"].n_added >= self.memtable_max_rows:  # logged rows, live or replaced
             self.flush()
         return report
+
+    def _batch_of(self, events, vectors, progress) -> EventBatch:
+        """`add`'s input as a validated batch, embedding text where no vectors come with it."""
+        from .sources import read_source, to_batch
+        if isinstance(events, EventBatch):
+            if vectors is not None:
+                raise CorpusError("vectors given twice: an EventBatch carries its own", field="vectors")
+            return events
+        src = read_source(events)
+        if vectors is not None:
+            if src.has_vectors:
+                raise CorpusError("vectors given twice: the source has a vectors.npy", file=src.origin,
+                                  field="vectors")
+            src.vectors = vectors
+        if src.has_vectors:
+            return to_batch(src)
+        if self.encoder is None:
+            raise CorpusError("the events come without vectors and the index records no encoder to compute "
+                              "them: pass vectors (or create the index with encoder=)", file=src.origin,
+                              field="vectors")
+        return to_batch(src, self.encoder, progress=progress)
 
     def upsert(self, events, vectors=None, **kw) -> BuildReport:
         return self.add(events, vectors, on_existing="upsert", **kw)
@@ -624,7 +689,8 @@ class Index:
     def __repr__(self) -> str:
         if self._shards == []:
             return f"Index({str(self.path)!r}, closed)"
-        enc = getattr(self.encoder, "name", None) or (type(self.encoder).__name__ if self.encoder else None)
+        from .encoder import describe
+        enc = describe(self.marker.get("encoder")) if self._encoder is None else describe(spec_of(self._encoder))
         return (f"Index({str(self.path)!r}, {self.n} events, dim {self.dim}, {len(self.marker['shards'])} shard(s), "
                 f"encoder {enc}{', writable' if self.writable else ''})")
 
@@ -639,31 +705,71 @@ def open(path: Union[str, Path], **kw) -> Index:  # noqa: A001 - mirrors builtin
     return Index(path, **kw)
 
 
-def read_for_build(corpus_dir: Path, index_dir: Path, overwrite: bool, progress: Progress):
-    """Refuse a non-empty target (unless overwriting), then read and validate the corpus.
+class _Read:
+    """A corpus already read by `read_for_build` (handed on to the partitioned build)."""
+
+    def __init__(self, batch: EventBatch, spec: Optional[dict]):
+        self.batch, self.spec = batch, spec
+
+
+def _corpus_encoder(meta: dict) -> Optional[dict]:
+    """The encoder a corpus folder's meta.json names: params.encoder_spec (a recorded spec, as
+    `fastctx export` writes, or a spec string), else params.encoder == "hashing-v1"."""
+    params = meta.get("params") or {}
+    spec = params.get("encoder_spec")
+    if isinstance(spec, dict):
+        return spec
+    if isinstance(spec, str):
+        return spec_of(from_spec(spec))
+    if params.get("encoder") == HashingEncoder.name:
+        return {"name": HashingEncoder.name, "dim": int(meta.get("dim") or 256)}
+    return None
+
+
+def read_for_build(corpus: Any, index_dir: Path, overwrite: bool, progress: Progress, encoder: Any = None):
+    """Refuse a non-empty target (unless overwriting), then read and validate the corpus (any
+    source of fastctx/sources.py), embedding its text when it has no vectors: with `encoder`,
+    else the one its meta.json names, else the hashing encoder.
     Returns (batch, encoder spec to record in the index marker or None)."""
+    from .sources import read_source, to_batch
     if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
         raise IndexExistsError(f"{index_dir}: exists and is not empty (use overwrite=True / --overwrite)")
-    meta = read_meta(corpus_dir)
-    batch = read_events(corpus_dir, progress=(lambda done: progress("read", done, meta["n_events"]))
-                        if progress else None)
-    encoder = (meta.get("params") or {}).get("encoder")
-    return batch, ({"name": encoder, "dim": batch.dim} if encoder == HashingEncoder.name else None)
+    if isinstance(corpus, _Read):
+        return corpus.batch, corpus.spec
+    src = read_source(corpus, progress=progress)
+    enc = from_spec(encoder) if encoder is not None else None
+    recorded = _corpus_encoder(src.meta)
+    if not src.has_vectors:
+        enc = enc or (from_record(recorded) if recorded else HashingEncoder())
+        return to_batch(src, enc, progress=progress), spec_of(enc)
+    batch = to_batch(src)
+    if enc is None:
+        return batch, recorded if recorded and int(recorded.get("dim", batch.dim)) == batch.dim else None
+    check_match(recorded, enc, where=f"{src.origin} (its vectors; remove vectors.npy to embed the text instead)")
+    if enc.dim != batch.dim:
+        raise CorpusError(f"the encoder has dim {enc.dim} but the vectors have dim {batch.dim} "
+                          "(remove vectors.npy to embed the text with this encoder)", file=src.origin, field="vectors")
+    return batch, spec_of(enc)
 
 
-def build(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, overwrite: bool = False,
+def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
           params: BuildParams = BuildParams(), progress: Progress = None, shards: int = 1,
-          shard_key: str = "id") -> tuple[Index, BuildReport]:
-    """Build an index from an orgmem-v1 corpus folder. The index appears whole or not at all:
-    it is built in a temporary sibling directory and renamed into place. `shards` > 1 writes
-    that many independently servable shards (fastctx/partition.py)."""
+          shard_key: str = "id", encoder: Any = None) -> tuple[Index, BuildReport]:
+    """Build an index from a corpus: an orgmem folder (``vectors.npy`` optional), a .jsonl or
+    .parquet file, "-" (stdin), a pandas DataFrame, an Arrow table or a list of event mappings.
+    Events without vectors are embedded from their text with `encoder` (a spec string such as
+    "sentence-transformers:PATH", or an object with `dim` and `encode`; default: the one the
+    corpus's meta.json names, else "hashing"), which the index records. The index appears whole
+    or not at all: it is built in a temporary sibling directory and renamed into place.
+    `shards` > 1 writes that many independently servable shards (fastctx/partition.py)."""
+    index_dir = Path(index_dir)
     if shards != 1:
         from .partition import build_partitioned
-        return build_partitioned(corpus_dir, index_dir, shards=shards, key=shard_key, overwrite=overwrite,
+        read = _Read(*read_for_build(corpus, index_dir, overwrite, progress, encoder))
+        return build_partitioned(read, index_dir, shards=shards, key=shard_key, overwrite=overwrite,
                                  params=params, progress=progress)
-    corpus_dir, index_dir = Path(corpus_dir), Path(index_dir)
-    batch, encoder_spec = read_for_build(corpus_dir, index_dir, overwrite, progress)
-    batch = with_similarity_links(batch, params)
+    batch, encoder_spec = read_for_build(corpus, index_dir, overwrite, progress, encoder)
+    batch = with_derived_links(batch, params)
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.build.", dir=index_dir.parent))
     try:
@@ -677,7 +783,8 @@ def build(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, overwrit
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Index(index_dir), report
+    return Index(index_dir, **({"encoder": encoder} if encoder is not None and not isinstance(encoder, str)
+                               else {})), report
 
 
 def verify(path: Union[str, Path]) -> list[str]:

@@ -29,6 +29,15 @@ class BuildParams:
     # candidates by `similar_z` standard deviations; scans at most `similar_max_candidates`
     # earlier events per event (bounds the build's cost at large N). 0 disables.
     similar_k: int = 0
+    # Derived `same_actor` links: each event links to the previous `actor_k` events of each of
+    # its actors (entities starting with one of `actor_prefixes`) within `actor_window_days`.
+    actor_k: int = 0
+    actor_window_days: float = 14.0
+    actor_prefixes: tuple[str, ...] = ("person:", "user:", "author:", "speaker:")
+    # Derived entities (derive.py): identifier terms of the text (walked, rarity-weighted) and
+    # the words of text and entity names (lexical seeds). Access lists are always derived.
+    text_terms: bool = True
+    text_words: bool = True
     similar_window_days: float = 120.0
     similar_z: float = 2.5
     similar_max_candidates: int = 8192

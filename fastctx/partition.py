@@ -37,7 +37,7 @@ import numpy as np
 
 from .columns import keys64
 from .corpus import EventBatch
-from .derive import with_derived, with_similarity_links
+from .derive import with_derived, with_derived_links
 from .errors import CorruptIndexError, InvalidQueryError
 from .params import BuildParams
 from .supersession import supersession_overlay
@@ -67,7 +67,7 @@ def shard_of(batch: EventBatch, n_shards: int, key: str = "id") -> np.ndarray:
 def global_graph(batch: EventBatch, params: BuildParams) -> dict:
     """The one-shard graph of the whole corpus in global rows (same arithmetic as a one-shard
     `build` + `Shard.graph` + `Shard.supersession`)."""
-    batch = with_derived(batch)
+    batch = with_derived(batch, params)
     n = len(batch)
     order = np.lexsort((np.arange(n), batch.times))
     rank = np.empty(n, np.int64)
@@ -203,9 +203,9 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
     from .shard import append_segment, create_shard, read_manifest
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
-    corpus_dir, index_dir = Path(corpus_dir), Path(index_dir)
+    index_dir = Path(index_dir)   # the corpus may be any source of fastctx/sources.py
     batch, encoder_spec = read_for_build(corpus_dir, index_dir, overwrite, progress)
-    batch = with_similarity_links(batch, params)
+    batch = with_derived_links(batch, params)
     g = global_graph(batch, params)
     shard_in = shard_of(batch, shards, key)          # by input row
     shard_no = shard_in[g["order"]]                  # by global row
@@ -228,7 +228,7 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
             if len(sub):
                 append_segment(shard_dir, read_manifest(shard_dir), sub, params,
                                (lambda s, d, t, k=k: progress(f"{s}[{k}]", d, t)) if progress else None)
-            local_names = sorted(set(with_derived(sub).entity_names))
+            local_names = sorted(set(with_derived(sub, params).entity_names))
             arrays = sidecar_arrays(g, shard_no, k, shards, local_names)
             write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": g["n"],
                                               "n_entities_global": len(g["ent_names"]), "dim": batch.dim,

@@ -211,3 +211,39 @@ def test_derived_links_are_not_input():
     base = {"id": "a", "time": 1_700_000_000, "source": "s", "kind": "k", "tokens": 5}
     with pytest.raises(CorpusError, match="links.type"):
         EventBatch.from_records([{**base, "links": [{"to": "b", "type": "similar"}]}], np.ones((1, 4), np.float32))
+
+
+def test_actor_links_reach_back_within_the_window():
+    from fastctx.corpus import EventBatch
+    from fastctx.derive import actor_links
+    day = 86400
+    recs = [{"id": f"a{i}", "time": 1_700_000_000 + t * day, "source": "git", "kind": "commit", "tokens": 5,
+             "entities": ents} for i, (t, ents) in enumerate([
+                 (0, ["person:ana"]), (1, ["person:ana", "person:bo"]), (2, ["person:bo"]), (30, ["person:ana"]),
+                 (31, ["person:ana"])])]
+    b = EventBatch.from_records(recs, np.ones((5, 4), np.float32))
+    src, dst = actor_links(b, 1, 14 * day, ("person:",))
+    assert sorted(zip(src.tolist(), dst.tolist())) == [(1, 0), (2, 1), (4, 3)]
+    src, dst = actor_links(b, 2, 14 * day, ("person:",))
+    assert sorted(zip(src.tolist(), dst.tolist())) == [(1, 0), (2, 1), (4, 3)]
+
+
+def test_derived_links_do_not_change_content_hashes(tmp_path):
+    """Built with derived links, the same records added again are recognised as present."""
+    from fastctx.params import BuildParams
+    from fastctx.encoder import HashingEncoder
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    enc = HashingEncoder(dim=32)
+    recs = [{"id": f"x{i}", "time": 1_700_000_000 + 3600 * i, "source": "git", "kind": "commit", "tokens": 5,
+             "entities": [f"person:p{i % 3}"], "text": f"retry ledger change {i % 7}"} for i in range(60)]
+    (corpus / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    np.save(corpus / "vectors.npy", enc.encode([r["text"] for r in recs]).astype(np.float32))
+    (corpus / "meta.json").write_text(json.dumps({"format": "orgmem-v1", "name": "c", "dim": 32, "n_events": 60}))
+    idx, rep = fastctx.build(corpus, tmp_path / "i", params=BuildParams(actor_k=2, similar_k=2, similar_z=0.5))
+    assert any(l[1] == "same_actor" for e in idx.search(enc.encode(["retry"])[0], k=60, unrestricted=True).events(0)
+               for l in e.links)
+    w = fastctx.Index(tmp_path / "i", writable=True)
+    report = w.upsert(recs, enc.encode([r["text"] for r in recs]).astype(np.float32))
+    assert report.skipped == 60 and report.updated == 0
+    w.close()
