@@ -6,7 +6,7 @@ Generates WORK_DIR/corpus with the yardstick's generator (unless present), build
 WORK_DIR/index (unless present), answers every query through the embedded engine (single
 thread, after a warm-up; latency per query from the call's start to its answer), runs the
 yardstick's plain-RAG baseline on the same corpus, scores both with its scorer and prints one
-JSON object: chain recall and full-chain hit rate, current/as_of accuracy and stale rate,
+JSON object: chain recall, precision and full-chain hit rate, current/as_of accuracy and stale rate,
 latency p50/p99 per query type, for fastctx and RAG side by side. `--params` passes a
 generator knob file (e.g. {"explicit_link_fraction": 0.1}) to test robustness; the engine
 gets no knob from it. The yardstick is looked up at ../shared/orgmem beside the checkout
@@ -33,7 +33,7 @@ def _score(orgmem: Path, corpus: Path, results: Path) -> dict:
     out = subprocess.run([sys.executable, str(orgmem / "score.py"), str(corpus), str(results), "--json"],
                          capture_output=True, text=True, check=True).stdout
     types = json.loads(out)["types"]
-    keep = ("recall", "full_chain_hit_rate", "accuracy", "stale_rate")
+    keep = ("recall", "precision", "full_chain_hit_rate", "accuracy", "stale_rate")
     return {t: {m: round(v, 3) for m, v in types[t].items() if m in keep} for t in ("chain", "current", "as_of")}
 
 
