@@ -16,6 +16,7 @@ current / as_of questions. `mode="search"` returns plain filtered top-k hits ins
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -77,6 +78,10 @@ def retrieve_events(source, query: str, cfg: RetrieverConfig) -> tuple[list[Even
         return hits.events(0), None
     if cfg.fill:
         who["fill"] = True
+    takes = inspect.signature(source.query).parameters
+    extra = [k for k in ("fill", "unrestricted") if k in who and k not in takes]
+    if extra:                  # a remote client has no such options: say so, not "unknown filter"
+        raise InvalidQueryError(f"{type(source).__name__}.query() does not take {extra}; leave them unset")
     ans = source.query(query, type=cfg.query_type, filters=cfg.filters, as_of=cfg.as_of, direction=cfg.direction,
                        budget_tokens=cfg.budget_tokens, **who, **cfg.extra)
     events = list(ans.events)

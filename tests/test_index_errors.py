@@ -504,7 +504,7 @@ def test_text_query_without_encoder(built_index):
 
 
 @pytest.mark.parametrize("kw", [
-    {"time_from": "2024-01-01"}, {"time_to": 1.5}, {"as_of": True}, {"entities_any": "service:s1"},
+    {"time_from": "Jan 1st"}, {"time_to": 1.5}, {"as_of": True}, {"entities_any": "service:s1"},
     {"entities_all": [""]}, {"sources": [3]}, {"kinds": "patch"},
 ])
 def test_bad_filter_values(built_index, tiny_corpus, kw):

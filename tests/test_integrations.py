@@ -130,6 +130,8 @@ def test_retrievers_over_a_coordinator_server(sample, remote):
         sample, query_type="as_of", as_of="2024-06-01").invoke(VAULT_Q)]
     with pytest.raises(InvalidQueryError, match="search"):
         langchain_retriever(remote, mode="search").invoke(VAULT_Q)
+    with pytest.raises(InvalidQueryError, match="unrestricted"):
+        langchain_retriever(remote, unrestricted=True).invoke(VAULT_Q)
 
 
 # ------------------------------------------------------------------------------------ optional packages
