@@ -304,8 +304,8 @@ class CoordinatorServer(_Server):
 
     def _query(self, req: dict, caller: Optional[tuple], context) -> dict:
         text, vector = req.get("text"), req.get("vector")
-        if (text is None) == (vector is None):
-            raise wire.WireError("exactly one of 'text' and 'vector' must be given")
+        if text is None and vector is None:   # with both, the vector seeds and the text adds its words
+            raise wire.WireError("one of 'text' and 'vector' must be given")
         principals = req.get("principals")
         if caller is not None:      # the token says who asks; the request can only narrow it
             principals = list(effective_principals(caller, principals))
@@ -383,8 +383,9 @@ class RemoteClient:
     def query(self, query, *, type: str = "chain", filters=None, as_of: Optional[int] = None,
               direction: str = "back", budget_tokens: int = 4000, require_all: bool = False,
               deadline_s: Optional[float] = None, principals=None, scope=None, fill: bool = False,
-              **filter_kw) -> Answer:
-        """`principals`: narrow the token's principals to these (the server never widens them)."""
+              text: Optional[str] = None, **filter_kw) -> Answer:
+        """`principals`: narrow the token's principals to these (the server never widens them).
+        `text`: the query's words when `query` is a vector (lexical seeds, as `Index.query`)."""
         from fastctx.filters import Filters
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
@@ -403,6 +404,8 @@ class RemoteClient:
             msg["text"] = query
         else:
             msg["vector"] = np.asarray(query, np.float32).ravel()
+            if text is not None:
+                msg["text"] = text
         if deadline_s is not None:
             msg["deadline_ms"] = max(1, int(deadline_s * 1e3))
         timeout = (deadline_s + 5.0) if deadline_s is not None else self.timeout_s
@@ -414,7 +417,8 @@ class RemoteClient:
         q = vector if vector is not None else spec.get("text")
         return self.query(q, type=spec.get("type", "chain"), filters=f, as_of=spec.get("as_of"),
                           direction=spec.get("direction", "back"), budget_tokens=spec.get("budget_tokens", 4000),
-                          principals=spec.get("principals"), scope=spec.get("scope"), **kw)
+                          principals=spec.get("principals"), scope=spec.get("scope"),
+                          text=spec.get("text") if vector is not None else None, **kw)
 
     def close(self) -> None:
         self.channel.close()

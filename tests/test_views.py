@@ -46,7 +46,7 @@ def world(tmp_path_factory):
     qvecs = np.load(corpus / "query_vectors.npy")
     ents = {json.loads(ln)["id"]: set(json.loads(ln)["entities"]) for ln in lines}
     times = {json.loads(ln)["id"]: json.loads(ln)["time"] for ln in lines}
-    return dict(corpus=corpus, one=one, four=open_local(root / "four"), acl=acl, queries=queries, qvecs=qvecs,
+    return dict(corpus=corpus, one=one, four=open_local(root / "four"), four_dir=root / "four", acl=acl, queries=queries, qvecs=qvecs,
                 services=services, ents=ents, times=times)
 
 
@@ -247,3 +247,31 @@ def test_derived_links_do_not_change_content_hashes(tmp_path):
     report = w.upsert(recs, enc.encode([r["text"] for r in recs]).astype(np.float32))
     assert report.skipped == 60 and report.updated == 0
     w.close()
+
+
+def test_four_grpc_shards_answer_as_embedded_with_text_scope_and_principals(world):
+    """Real shard servers and a coordinator server on loopback: the same answers as one
+    embedded shard for questions with text (lexical seeds), a scope and principals."""
+    from fastctx.shards.coordinator import Coordinator
+    from fastctx.shards.server import CoordinatorServer, ShardServer, connect
+    from fastctx.shards.transport import remote_cluster
+    shards = {k: [ShardServer(world["four_dir"], k, port=0).start()] for k in range(4)}
+    cluster = remote_cluster({k: [s.address for s in v] for k, v in shards.items()})
+    coord = Coordinator(cluster)
+    server = CoordinatorServer(coord, port=0).start()
+    client = connect(server.address)
+    try:
+        for qi in range(0, 40, 5):
+            q = {**world["queries"][qi], "principals": GROUPS[qi % 3:qi % 3 + 2],
+                 "scope": {"entities_any": world["services"][:8]}}
+            a = world["one"].query_spec(q, world["qvecs"][qi])
+            b = client.query_spec(q, world["qvecs"][qi])
+            _check(world, b, q["principals"], None)
+            _same(a, b)
+    finally:
+        client.close()
+        server.stop(0)
+        coord.close()
+        for v in shards.values():
+            for s in v:
+                s.stop(0)
