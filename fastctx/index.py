@@ -652,13 +652,28 @@ class Index:
                     out[j] = ev
         return out
 
+    def _n_entities(self) -> int:
+        """Distinct entities (derived ones included): a partitioned index's shards share names, so
+        their corpus-wide count is the one its partition sidecar records."""
+        if len(self.shards) > 1 and self.marker.get("partition"):
+            from .partition import read_sidecar
+            return int(read_sidecar(self.shards[0].dir)[1]["n_entities_global"])
+        return sum(sh.n_entities for sh in self.shards)
+
+    def _n_links(self, segments) -> int:
+        """Stored links; a partitioned index keeps cross-shard links in its sidecars."""
+        if len(self.shards) > 1 and self.marker.get("partition"):
+            from .partition import read_sidecar
+            return sum(int(read_sidecar(sh.dir)[0]["out_ptr"][-1]) for sh in self.shards)
+        return sum(int(s.link_ptr[-1]) for s in segments)
+
     def stats(self) -> dict:
         segs = [s for sh in self.shards for s in sh.disk_segments]
         every = [s for sh in self.shards for s in sh.segments if s.n]
         return {
             "path": str(self.path), "events": self.n, "dim": self.dim, "shards": len(self.shards),
-            "segments": len(segs), "entities": sum(sh.n_entities for sh in self.shards),
-            "links": sum(int(s.link_ptr[-1]) for s in every),
+            "segments": len(segs), "entities": self._n_entities(),
+            "links": self._n_links(every),
             "tokens": int(sum(int(np.asarray(s.tokens, dtype=np.int64).sum()) for s in every)),
             "time_min": min((s.time_min for s in every), default=None),
             "time_max": max((s.time_max for s in every), default=None),
