@@ -257,6 +257,7 @@ def remote_cluster(shard_addresses: dict[int, Sequence[str]], *, credentials=Non
     n = sum(len(a) for a in shard_addresses.values())
     # enough threads for several concurrent queries, each calling every replica at once
     pool = ThreadPoolExecutor(max_workers=max(32, 8 * n), thread_name_prefix="fastctx-shard-call")
-    cluster = Cluster({k: [RemoteReplica(a, pool, credentials) for a in addrs] for k, addrs in shard_addresses.items()}, **kw)
+    cluster = Cluster({k: [RemoteReplica(a, pool, credentials) for a in addrs]
+                       for k, addrs in shard_addresses.items()}, **kw)
     cluster.pools.append(pool)
     return cluster

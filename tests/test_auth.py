@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from conftest import make_records, query_vectors_near, write_corpus

@@ -18,7 +18,7 @@ from fastctx.errors import InvalidQueryError
 from fastctx.index import build
 from fastctx.shards import wire
 from fastctx.shards.coordinator import Coordinator
-from fastctx.shards.server import CoordinatorServer, ShardCost, ShardServer
+from fastctx.shards.server import CoordinatorServer, ShardServer
 from fastctx.shards.transport import remote_cluster
 
 
@@ -82,8 +82,10 @@ def test_estimate_is_an_upper_bound_of_the_real_work(shard):
         view = [None, {"scope": None, "principals": ["user:x"]}][trial % 2]
         p = _params(direction=int(rng.integers(1, 4)), max_per_entity=int(rng.integers(0, 50)),
                     as_of=None if trial % 3 else int(rng.choice(times)),
-                    hub_postings=int(rng.integers(0, 1000)), hub_window_s=int(rng.integers(0, 30 * 86400)) if rng.random() < 0.7 else int(np.iinfo(np.int64).max),
-                    t_lo=int(times.min() + rng.integers(0, 1000) * 3600) if rng.random() < 0.5 else -(1 << 62), t_hi=int(times.max()), view=view)
+                    hub_postings=int(rng.integers(0, 1000)),
+                    hub_window_s=int(rng.integers(0, 30 * 86400)) if rng.random() < 0.7 else int(np.iinfo(np.int64).max),
+                    t_lo=int(times.min() + rng.integers(0, 1000) * 3600) if rng.random() < 0.5 else -(1 << 62),
+                    t_hi=int(times.max()), view=view)
         msg = {"v": 1, "params": p, **({"rows": rows} if rows is not None else {}),
                **({"walk_u": rng.choice(svc.grow, n_walks), "walk_t": t, "walk_e": ents} if n_walks else {})}
         req = wire.check_request(msg, spec, req_fields)
@@ -218,10 +220,12 @@ def test_the_callers_deadline_bounds_a_coordinator_query(world):
     srv = CoordinatorServer(coord).start()
     try:
         with grpc.insecure_channel(srv.address) as ch:
-            with pytest.raises(grpc.RpcError) as ei:
-                ch.unary_unary("/fastctx.Coordinator/Query")(
-                    wire.encode({"v": 1, "vector": world["queries"][0]}), timeout=1.0)
-        assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            try:            # the coordinator stops just inside the caller's deadline: a partial answer,
+                got = wire.decode(ch.unary_unary("/fastctx.Coordinator/Query")(
+                    wire.encode({"v": 1, "vector": world["queries"][0]}), timeout=1.0))
+                assert got["partial"] and got["missing_shards"] == [1]
+            except grpc.RpcError as e:      # ... or, on a loaded machine, just too late for it
+                assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         end = time.monotonic() + 10
         while not hasattr(coord, "took") and time.monotonic() < end:
             time.sleep(0.05)
