@@ -47,7 +47,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from .corpus import LINK_TYPES
-from .derive import FLAG_NO_WALK, bm25, query_words
+from .derive import FLAG_LEXICAL, FLAG_NO_WALK, bm25, query_words
 from .errors import InvalidQueryError
 from .filters import Filters
 from .kernels.expand import expand_best_first_batch, expand_ppr_push_batch
@@ -77,6 +77,7 @@ class AnswerParams:
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
         ("same_actor", 0.3))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
+    term_weight: float = 0.5         # ... times this for identifier terms derived from text
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence
     entity_max_share: float = 0.02   # ... or at this share of the shard's events, if that is fewer
     time_scale_days: float = 120.0   # entity edges decay as 1 / (1 + |dt| / scale)
@@ -113,14 +114,24 @@ def link_weights(p: AnswerParams) -> np.ndarray:
     return np.array([weights.get(t, 0.0) for t in LINK_TYPES], np.float32)
 
 
-def entity_weights(df: np.ndarray, n_events: int, p: AnswerParams) -> np.ndarray:
+def entity_weights(df: np.ndarray, n_events: int, p: AnswerParams, flags: Optional[np.ndarray] = None) -> np.ndarray:
     """float32 rarity weight of entities with document frequencies `df` among `n_events` events.
     Computed per distinct df with scalar `math.log`, so a shard holding a few entities and a
-    whole-corpus engine get bit-identical weights for equal df (no SIMD/tail differences)."""
+    whole-corpus engine get bit-identical weights for equal df (no SIMD/tail differences).
+    `flags` (derive.FLAG_* per entity): words and access lists weigh 0 (no relation); terms
+    derived from text weigh `term_weight` times their rarity (a name in prose is weaker evidence
+    than an entity the source system recorded)."""
     df = np.asarray(df, np.int64)
     out = np.zeros(len(df), np.float32)
     if len(df) == 0:
         return out
+    if flags is not None and len(flags) == len(df):
+        w = entity_weights(df, n_events, p)
+        flags = np.asarray(flags)
+        term = ((flags & FLAG_LEXICAL) != 0) & ((flags & FLAG_NO_WALK) == 0)
+        w[term] = (w[term] * np.float32(p.term_weight)).astype(np.float32)
+        w[(flags & FLAG_NO_WALK) != 0] = 0.0
+        return w
     max_df = max(4.0, min(float(p.entity_max_df), p.entity_max_share * n_events))
     uniq, inv = np.unique(df, return_inverse=True)
     vals = np.empty(len(uniq), np.float32)
@@ -190,10 +201,7 @@ class LocalGraph:
         g = self.shard.graph
         self.graph = g
         self.link_weight = link_weights(params)
-        self.ent_weight = entity_weights(g.entity_df, g.n, params)
-        flags = np.asarray(self.shard.entity_flags)
-        if len(flags) == len(self.ent_weight):  # words and access lists are no relation
-            self.ent_weight[(flags & FLAG_NO_WALK) != 0] = 0.0
+        self.ent_weight = entity_weights(g.entity_df, g.n, params, np.asarray(self.shard.entity_flags))
         self.superseded_by, self.superseded_at = self.shard.supersession
         self._sup_rows = np.argsort(self.superseded_by, kind="stable")  # reverse overlay: who did r supersede
         self._sup_by = self.superseded_by[self._sup_rows]

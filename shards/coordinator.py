@@ -30,7 +30,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from fastctx.answer import DAY, Answer, AnswerParams, Engine, check_query, entity_weights, link_weights
+from fastctx.answer import DAY, Answer, AnswerParams, Engine, check_query, link_weights
 from fastctx.encoder import HashingEncoder
 from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
 from fastctx.filters import Filters
@@ -60,7 +60,6 @@ class DistributedGraph:
         if p.expansion != "best_first":
             raise InvalidQueryError(f"the coordinator runs expansion='best_first' only, got {p.expansion!r}")
         self.lw = [float(x) for x in link_weights(p).tolist()]
-        self._ew: dict[int, float] = {}
         self.ts = float(p.time_scale_days * DAY)
         self.view = View()
         self.vmsg: Optional[dict] = None   # the view on the wire (None: unrestricted)
@@ -282,12 +281,6 @@ class DistributedGraph:
         return out_events
 
     # -- expansion -----------------------------------------------------------------------------
-    def _w_entity(self, df: int) -> float:
-        w = self._ew.get(df)
-        if w is None:
-            w = self._ew[df] = float(entity_weights(np.array([df]), self.n, self.params)[0])
-        return w
-
     def _params_msg(self, direction, t_lo, t_hi, as_of) -> dict:
         p = self.params
         return {"direction": int(direction), "t_lo": int(t_lo), "t_hi": int(t_hi), "as_of": as_of,
@@ -295,6 +288,7 @@ class DistributedGraph:
                 "hub_window_s": int(p.hub_window_days * DAY), "max_per_entity": int(p.max_per_entity),
                 "entity_weight": float(p.entity_weight), "entity_max_df": int(p.entity_max_df),
                 "entity_max_share": float(p.entity_max_share), "max_edge_visits": int(p.max_edge_visits),
+                "term_weight": float(p.term_weight),
                 **({"view": self.vmsg} if self.vmsg is not None else {})}
 
     def _wave(self, rows: list[int], pmsg: dict) -> None:
@@ -325,8 +319,8 @@ class DistributedGraph:
                     links.append((vv, self.lw[t], 1, t, int(out["l_pos"][x])))
                 ents = []
                 for x in range(int(ep[j]), int(ep[j + 1])):
-                    gid, df = int(out["e_gid"][x]), int(out["e_df"][x])
-                    ents.append((gid, df))
+                    gid, w_e = int(out["e_gid"][x]), float(out["e_w"][x])   # the owner's weight
+                    ents.append((gid, w_e))
                     key = (u, gid)
                     if key not in parts:
                         a, b = int(wp[x]), int(wp[x + 1])
@@ -363,8 +357,7 @@ class DistributedGraph:
         for u, links, pos, ents in todo:
             t_u = t_of[u]
             entries = list(links)
-            for gid, df in ents:
-                w_e = self._w_entity(df)
+            for gid, w_e in ents:
                 if not w_e > 0.0 or mpe <= 0:
                     continue
                 lo, hi = [], []

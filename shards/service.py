@@ -26,7 +26,7 @@ import numpy as np
 
 from fastctx.answer import AnswerParams, entity_weights, filter_rows
 from fastctx.columns import keys64
-from fastctx.derive import FLAG_NO_WALK, bm25
+from fastctx.derive import bm25
 from fastctx.errors import InvalidQueryError
 from fastctx.filters import Filters
 from fastctx.index import Index
@@ -127,14 +127,13 @@ class ShardService:
         return (view,) + got
 
     def _ent_w(self, p: dict) -> np.ndarray:
-        key = (p["entity_weight"], p["entity_max_df"], p["entity_max_share"])
+        key = (p["entity_weight"], p["entity_max_df"], p["entity_max_share"],
+               p.get("term_weight", AnswerParams.term_weight))
         w = self._weights.get(key)
         if w is None:
             ap = AnswerParams(entity_weight=p["entity_weight"], entity_max_df=p["entity_max_df"],
-                              entity_max_share=p["entity_max_share"])
-            w = self._weights[key] = entity_weights(self.ent_df, self.n_global, ap)
-            if len(self.sh.entity_flags) == len(w):   # words and access lists are no relation
-                w[(np.asarray(self.sh.entity_flags) & FLAG_NO_WALK) != 0] = 0.0
+                              entity_max_share=p["entity_max_share"], term_weight=key[3])
+            w = self._weights[key] = entity_weights(self.ent_df, self.n_global, ap, np.asarray(self.sh.entity_flags))
         return w
 
     # -- stages --------------------------------------------------------------------------------
@@ -235,7 +234,7 @@ class ShardService:
         t_lo, t_hi, as_of = p["t_lo"], p["t_hi"], p["as_of"]
         ew = self._ent_w(p)
         l_ptr, l_v, l_type, l_pos, l_time, l_shard, l_total = [0], [], [], [], [], [], []
-        e_ptr, e_gid, e_df, e_hold_ptr, e_hold = [0], [], [], [0], []
+        e_ptr, e_gid, e_df, e_w, e_hold_ptr, e_hold = [0], [], [], [], [0], []
         walk_u, walk_t, walk_le = [], [], []
         for r in loc.tolist():
             u, t_u = int(self.grow[r]), int(self.times[r])
@@ -270,6 +269,7 @@ class ShardService:
                         continue
                     e_gid.append(int(self.gent[le]))
                     e_df.append(int(self.ent_df[le]))
+                    e_w.append(ew[le])
                     h = sc["hold"][sc["hold_ptr"][le]:sc["hold_ptr"][le + 1]]
                     e_hold.extend(h.tolist())
                     e_hold_ptr.append(len(e_hold))
@@ -280,7 +280,8 @@ class ShardService:
         i64 = lambda x: np.asarray(x, np.int64)  # noqa: E731
         out = {"l_ptr": i64(l_ptr), "l_v": i64(l_v), "l_type": np.asarray(l_type, np.int8), "l_pos": i64(l_pos),
                "l_time": i64(l_time), "l_shard": np.asarray(l_shard, np.int32), "l_total": i64(l_total),
-               "e_ptr": i64(e_ptr), "e_gid": i64(e_gid), "e_df": i64(e_df), "e_hold_ptr": i64(e_hold_ptr),
+               "e_ptr": i64(e_ptr), "e_gid": i64(e_gid), "e_df": i64(e_df), "e_w": np.asarray(e_w, np.float32),
+               "e_hold_ptr": i64(e_hold_ptr),
                "e_hold": np.asarray(e_hold, np.int32)}
         # this shard's part of each of those walks (one per entity entry, duplicates included)
         walks = self._walk_parts(walk_u, walk_t, walk_le, p)

@@ -226,6 +226,7 @@ EXPAND_PARAMS = {
     "link_weight": _nd("f", (1,), 64), "hub_postings": _int(0, _I64.max), "hub_window_s": _int(0, _I64.max),
     "max_per_entity": _int(0, 100_000), "entity_weight": _float(0, 1e6), "entity_max_df": _int(0, _I64.max),
     "entity_max_share": _float(0, 1), "max_edge_visits": _int(0, 100_000_000), "view": _view,
+    "term_weight": _float(0, 1e6),
 }
 SHARD_SCHEMAS = {
     "Stats": ({}, ()),
@@ -234,7 +235,7 @@ SHARD_SCHEMAS = {
                 "avg_len": _float(0, 1e12), "bm25": _nd("f", (1,), 2, True)}, ("k",)),
     "Expand": ({"rows": _nd("i", (1,), MAX_ROWS, True), "walk_u": _nd("i", (1,), MAX_WALKS, True),
                 "walk_t": _nd("i", (1,), MAX_WALKS, True), "walk_e": _nd("i", (1,), MAX_WALKS, True),
-                "params": lambda n, v: check_fields(v, EXPAND_PARAMS, tuple(k for k in EXPAND_PARAMS if k != "view"),
+                "params": lambda n, v: check_fields(v, EXPAND_PARAMS, tuple(k for k in EXPAND_PARAMS if k not in ("view", "term_weight")),
                                                     n + ".")},
                ("params",)),
     "Fetch": ({"rows": _nd("i", (1,), MAX_ROWS), "fields": lambda n, v: _fields(n, v),
