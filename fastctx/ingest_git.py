@@ -300,6 +300,17 @@ def _embed(enc, records: list[dict]):
     return vecs
 
 
+_GIT_LINKS = {"reverts", "backport_of", "fixes", "follow_up", "references"}
+
+
+def _same(rec: dict, ev) -> bool:
+    """Whether the stored event `ev` already holds this commit record (vectors aside)."""
+    links = {tuple(lk) if not isinstance(lk, dict) else (lk["to"], lk["type"]) for lk in ev.links}
+    return (ev.time == rec["time"] and ev.kind == rec["kind"] and ev.tokens == rec["tokens"]
+            and ev.text == rec["text"] and set(ev.entities) == set(rec["entities"])
+            and {lk for lk in links if lk[1] in _GIT_LINKS} == {(lk["to"], lk["type"]) for lk in rec["links"]})
+
+
 def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: Optional[str] = None,
                branch: Optional[str] = None, batch_size: int = 1000, max_commits: Optional[int] = None,
                progress: Optional[Callable[[int, int], None]] = None) -> dict:
@@ -312,12 +323,17 @@ def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: 
     if (index_dir / INDEX_MARKER).exists():
         idx = Index(index_dir, writable=True)
         if encoder is not None:
-            want = _marker_spec(_encoder_from_spec(encoder))
-            have = idx.marker.get("encoder")
-            if have != want:
+            from . import encoder as encmod
+            have, given = idx.marker.get("encoder"), _encoder_from_spec(encoder)
+            try:
+                if hasattr(encmod, "check_match"):
+                    encmod.check_match(have, given, where=str(index_dir))
+                elif have != _marker_spec(given):
+                    raise FastctxError(f"{index_dir}: the index records encoder {have}, not "
+                                       f"{_marker_spec(given)} (leave --encoder out to use the recorded one)")
+            except FastctxError:
                 idx.close()
-                raise FastctxError(f"{index_dir}: the index records encoder {have}, not {want} "
-                                   f"(leave --encoder out to use the recorded one)")
+                raise
         if idx.encoder is None:
             idx.close()
             raise FastctxError(f"{index_dir}: the index records no text encoder, so commit messages "
@@ -327,8 +343,7 @@ def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: 
             raise FastctxError(f"{index_dir}: exists and is neither empty nor a fastctx index")
         enc = _encoder_from_spec(encoder or "hashing")
         idx = Index.create(index_dir, enc.dim, encoder=_marker_spec(enc), writable=True)
-        if idx.encoder is None:
-            idx.encoder = enc
+        idx.encoder = enc          # the same one the marker records, without loading a model twice
     total = count_commits(repo, branch) if progress else 0
     if max_commits is not None:
         total = min(total, max_commits)
@@ -337,14 +352,19 @@ def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: 
         pending: list[dict] = []
 
         def push() -> None:
-            vecs = _embed(idx.encoder, pending)
-            r = idx.add(pending, vecs, on_existing="upsert")
-            report["added"] += r.n_events - r.updated
-            report["updated"] += r.updated
-            report["skipped"] += r.skipped
-            report["links"] += r.n_links
-            report["dangling_links"] += r.dangling_links
+            # commits already there unchanged are skipped before embedding: cheaper, and a model's
+            # vectors may differ in the last bits with the batch around them
+            stored = idx.get([r["id"] for r in pending], unrestricted=True)
+            todo = [r for r, ev in zip(pending, stored) if ev is None or not _same(r, ev)]
+            report["skipped"] += len(pending) - len(todo)
             pending.clear()
+            if todo:
+                r = idx.add(todo, _embed(idx.encoder, todo), on_existing="upsert")
+                report["added"] += r.n_events - r.updated
+                report["updated"] += r.updated
+                report["skipped"] += r.skipped
+                report["links"] += r.n_links
+                report["dangling_links"] += r.dangling_links
             if progress:
                 progress(report["commits"], total)
 

@@ -227,3 +227,15 @@ def test_bench_git_corpus_queries(tmp_path):
         events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
         has_ids = any("#5" in e["text"] or "ticket:5" in e["entities"] for e in events)
         assert has_ids != strip
+
+
+def test_existing_index_keeps_its_encoder(tmp_path, history):
+    _, bare, _ = history
+    idx_dir = tmp_path / "idx"
+    assert ingest_git(bare, idx_dir, max_commits=3)["added"] == 3
+    res = CliRunner().invoke(main, ["ingest", "git", str(bare), str(idx_dir), "--encoder", "hashing:64"])
+    assert res.exit_code == 1 and "encoder" in res.output and "Traceback" not in res.output
+    # without --encoder the recorded one embeds the rest; the cherry-pick and the follow-up, read
+    # before without the commits they name, are updated with their links; "." is unchanged
+    assert ingest_git(bare, idx_dir) == {"commits": 8, "added": 5, "skipped": 1, "updated": 2, "links": 3,
+                                         "dangling_links": 0}
