@@ -11,6 +11,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# a pinned torch first: the CPU build where the index offers one; left to the st extra, pip may pull multi-GB CUDA wheels
+	$(BIN)/pip install -q 'torch==2.13.0'
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

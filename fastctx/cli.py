@@ -70,9 +70,22 @@ def main() -> None:
     """fastctx: causal-chain retrieval over organizational memory."""
 
 
+_ENCODER_HELP = ("Text encoder for events without vectors: hashing (default, model-free), hashing:DIM or "
+                 "sentence-transformers:NAME_OR_PATH (the st extra). Recorded in the index.")
+
+
+def _corpus_arg(value: str):
+    """CORPUS: '-' (stdin) or an existing folder / .jsonl / .parquet file."""
+    if value != "-" and not Path(value).exists():
+        raise click.BadParameter(f"{value!r} does not exist (a corpus folder, a .jsonl or .parquet file, or -)",
+                                 param_hint="CORPUS")
+    return value if value == "-" else Path(value)
+
+
 @main.command()
-@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("corpus_dir", metavar="CORPUS", callback=lambda ctx, p, v: _corpus_arg(v))
 @click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--encoder", "encoder_spec", default=None, metavar="SPEC", help=_ENCODER_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace an existing index directory.")
 @click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True, help="HNSW build threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -80,9 +93,16 @@ def main() -> None:
               help="Partition into this many independently servable shards (by a hash of the event id).")
 @click.option("--shard-key", default="id", show_default=True,
               help="What the partition hashes: id, source, kind or attr:NAME.")
-def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quiet: bool, shards: int,
-          shard_key: str) -> None:
-    """Build INDEX_DIR from an orgmem-v1 CORPUS_DIR (atomically: all or nothing)."""
+@click.option("--ray", "ray_address", default=None, metavar="local|ADDRESS",
+              help="Write the shards as Ray tasks: 'local' starts a local cluster, else join the cluster "
+                   "at ADDRESS (needs the 'ray' extra).")
+def build(corpus_dir, index_dir: Path, encoder_spec: Optional[str], overwrite: bool, threads: int, quiet: bool,
+          shards: int, shard_key: str, ray_address: Optional[str]) -> None:
+    """Build INDEX_DIR from CORPUS (atomically: all or nothing).
+
+    CORPUS is an orgmem folder (vectors.npy and meta.json optional), a .jsonl file (one event per
+    line), a .parquet file, or - for JSONL on stdin. Events without vectors are embedded from
+    their text with --encoder."""
     from .index import build as build_index
     from .params import BuildParams
     bars = _Bars(not quiet)
@@ -90,7 +110,7 @@ def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quie
     try:
         idx, report = build_index(corpus_dir, index_dir, overwrite=overwrite,
                                   params=BuildParams(threads=threads), progress=bars, shards=shards,
-                                  shard_key=shard_key)
+                                  shard_key=shard_key, encoder=encoder_spec, ray=ray_address)
     except FastctxError as e:
         bars.close()
         _fail(e)
@@ -105,25 +125,33 @@ def build(corpus_dir: Path, index_dir: Path, overwrite: bool, threads: int, quie
 
 @main.command()
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("corpus_dir", metavar="CORPUS", callback=lambda ctx, p, v: _corpus_arg(v))
+@click.option("--encoder", "encoder_spec", default=None, metavar="SPEC",
+              help="The encoder the index was built with (checked; default: the recorded one).")
 @click.option("--batch", "batch_size", type=click.IntRange(1, 10_000_000), default=1000, show_default=True,
               help="Events per durable batch (one log record, one fsync).")
 @click.option("--flush/--no-flush", default=True, show_default=True,
               help="Turn the log into a segment at the end.")
-def add(index_dir: Path, corpus_dir: Path, batch_size: int, flush: bool) -> None:
-    """Append CORPUS_DIR's events to INDEX_DIR, durably, batch by batch.
+def add(index_dir: Path, corpus_dir, encoder_spec: Optional[str], batch_size: int, flush: bool) -> None:
+    """Append CORPUS's events to INDEX_DIR, durably, batch by batch.
+
+    CORPUS is a folder, a .jsonl or .parquet file, or - (JSONL on stdin), as for build; events
+    without vectors are embedded with the index's recorded encoder.
 
     Prints `acked <events written so far>` after each durable batch, with how many were updates
     and how many were already present. Idempotent: an event whose id and content are already in
     the index is skipped (so an interrupted add can be run again); a same-id event with different
     content replaces the old version."""
-    from .corpus import read_events
     from .index import Index
+    from .sources import read_source, to_batch
     try:
-        batch = read_events(corpus_dir)
-        idx = Index(index_dir, writable=True)
+        idx = Index(index_dir, writable=True, encoder=encoder_spec)
+        src = read_source(corpus_dir)
+        bars = _Bars()
+        batch = to_batch(src, None if src.has_vectors else idx.encoder, progress=bars)
+        bars.close()
         if batch.dim != idx.dim:
-            raise FastctxError(f"{corpus_dir / 'vectors.npy'}: dim {batch.dim}, index dim {idx.dim}")
+            raise FastctxError(f"{src.origin}: vectors of dim {batch.dim}, index dim {idx.dim}")
         n = len(batch)
         acked = updated = skipped = 0
         for lo in range(0, n, batch_size):

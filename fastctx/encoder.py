@@ -3,17 +3,31 @@
 `HashingEncoder` turns text into lower-cased word unigrams and bigrams, hashes each feature
 (blake2b, so the result does not depend on Python's per-process hash seed) to a handful of
 signed coordinates (a fixed sparse random projection), weights features by 1/sqrt(count) to
-damp repetition, and L2-normalises. Any object with `dim` and `encode(texts) -> float32[n, dim]`
-can be used instead, e.g. a wrapper around a locally installed sentence-embedding model.
+damp repetition, and L2-normalises. `SentenceTransformerEncoder` wraps a sentence-transformers
+model (the optional `st` extra, imported only when used). Any object with `dim` and
+`encode(texts) -> float32[n, dim]` can be used instead.
+
+Every index records its encoder in its marker (`spec()`, see docs/FORMAT.md "Encoder"), so
+opening it re-creates the encoder (`from_record`) and a different one is refused (`check_match`).
+On the command line encoders are named by a spec string (`from_spec`): ``hashing``,
+``hashing:DIM`` or ``sentence-transformers:NAME_OR_PATH``.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 from collections import Counter
-from typing import Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from .errors import FastctxError
+
+
+class EncoderError(FastctxError, ValueError):
+    """An encoder spec is malformed, an index's recorded encoder cannot be re-created, or a
+    given encoder differs from the one the index was built with."""
 
 _WORD = re.compile(r"[a-z0-9_]+")
 
@@ -36,6 +50,7 @@ class HashingEncoder:
     """Feature-hashing encoder: unigrams + bigrams -> `nnz` signed coordinates each."""
 
     name = "hashing-v1"
+    normalize = True
 
     def __init__(self, dim: int = 256, nnz: int = 6, bigram_weight: float = 0.5):
         if dim < 8:
@@ -72,6 +87,142 @@ class HashingEncoder:
         for i, t in enumerate(texts):
             out[i] = self.encode_one(t)
         return out
+
+    def spec(self) -> dict:
+        rec = {"name": self.name, "model": None, "dim": self.dim, "normalize": True}
+        if (self.nnz, self.bigram_weight) != (6, 0.5):   # defaults are left out (older markers lack them)
+            rec.update(nnz=self.nnz, bigram_weight=self.bigram_weight)
+        return rec
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model (a hub name or a local folder), loaded on first use of
+    `encode` (the `st` extra; set HF_HUB_OFFLINE=1 to forbid downloads). Rows are
+    L2-normalised unless `normalize=False`."""
+
+    name = "sentence-transformers"
+
+    def __init__(self, model: str, *, normalize: bool = True, batch_size: int = 64, device: Optional[str] = None,
+                 dim: Optional[int] = None):
+        if not isinstance(model, str) or not model.strip():
+            raise EncoderError(f"sentence-transformers: expected a model name or path, got {model!r}")
+        local = Path(model).expanduser()
+        # a local folder is recorded absolute so the index opens from any working directory
+        self.model = str(local.resolve()) if local.is_dir() else model
+        self.normalize, self.batch_size, self.device = bool(normalize), int(batch_size), device
+        self._st = None
+        self._dim = dim
+
+    def _load(self):
+        if self._st is None:
+            from .extras import require
+            st = require("sentence_transformers", "st", f"the encoder sentence-transformers:{self.model}")
+            try:
+                self._st = st.SentenceTransformer(self.model, device=self.device or "cpu")
+            except Exception as e:   # OSError, ValueError, HTTP errors...: all mean "no such model here"
+                raise EncoderError(f"sentence-transformers: cannot load model {self.model!r} "
+                                   f"({type(e).__name__}: {str(e)[:300]})") from None
+            dim_of = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
+            got = int(dim_of())
+            if self._dim is not None and got != self._dim:
+                raise EncoderError(f"sentence-transformers model {self.model!r} has dim {got}, "
+                                   f"but {self._dim} was recorded for it")
+            self._dim = got
+        return self._st
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._load()
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        model = self._load()
+        out = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=self.normalize,
+                           convert_to_numpy=True, show_progress_bar=False)
+        return np.ascontiguousarray(out, dtype=np.float32).reshape(len(texts), self.dim)
+
+    def spec(self) -> dict:
+        return {"name": self.name, "model": self.model, "dim": self.dim, "normalize": self.normalize}
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEncoder({self.model!r}, dim={self._dim})"
+
+
+def spec_of(encoder: Any) -> dict:
+    """What an index records about `encoder`: the built-in ones describe themselves; any other
+    object with `dim` and `encode` is recorded as "custom" (with its class, for messages)."""
+    spec = getattr(encoder, "spec", None)
+    if callable(spec):
+        return dict(spec())
+    dim = getattr(encoder, "dim", None)
+    if not callable(getattr(encoder, "encode", None)) or isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise EncoderError(f"an encoder needs an integer `dim` and an `encode(texts)` method, got {encoder!r}")
+    cls = type(encoder)
+    return {"name": "custom", "model": f"{cls.__module__}.{cls.__qualname__}", "dim": int(dim),
+            "normalize": None}
+
+
+def from_spec(spec: Any) -> Encoder:
+    """An encoder from a spec string: ``hashing`` (256 dims), ``hashing:DIM``,
+    ``sentence-transformers:NAME_OR_PATH`` (``st:`` for short). An encoder object is returned
+    as is (after checking it has `dim` and `encode`)."""
+    if not isinstance(spec, str):
+        spec_of(spec)
+        return spec
+    name, sep, arg = spec.strip().partition(":")
+    if name in ("hashing", HashingEncoder.name):
+        if not sep:
+            return HashingEncoder()
+        if not arg.isdigit() or not 8 <= int(arg) <= 65_536:
+            raise EncoderError(f"encoder {spec!r}: expected hashing:DIM with DIM an integer in [8, 65536]")
+        return HashingEncoder(dim=int(arg))
+    if name in ("sentence-transformers", "st"):
+        if not arg.strip():
+            raise EncoderError(f"encoder {spec!r}: expected sentence-transformers:NAME_OR_PATH")
+        return SentenceTransformerEncoder(arg.strip())
+    raise EncoderError(f"unknown encoder {spec!r}: expected 'hashing', 'hashing:DIM' or "
+                       "'sentence-transformers:NAME_OR_PATH'")
+
+
+def from_record(rec: Any) -> Optional[Encoder]:
+    """Re-create the encoder an index recorded (its marker's "encoder"); None when none is
+    recorded. A "custom" one cannot be re-created: EncoderError says to pass encoder= again."""
+    if rec is None:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+        raise EncoderError(f"the index records a malformed encoder {rec!r}")
+    name, dim = rec["name"], rec.get("dim")
+    if name == HashingEncoder.name:
+        return HashingEncoder(dim=int(dim), nnz=int(rec.get("nnz", 6)),
+                              bigram_weight=float(rec.get("bigram_weight", 0.5)))
+    if name == SentenceTransformerEncoder.name:
+        return SentenceTransformerEncoder(rec["model"], normalize=rec.get("normalize", True) is not False,
+                                          dim=int(dim) if dim is not None else None)
+    if name == "custom":
+        raise EncoderError(f"the index was built with a custom encoder ({rec.get('model')}, dim {dim}); "
+                           "pass the same encoder again (encoder= when opening the index)")
+    raise EncoderError(f"the index records an unknown encoder {name!r} (built by a newer fastctx?)")
+
+
+def describe(rec: Optional[dict]) -> str:
+    if not rec:
+        return "none"
+    model = rec.get("model")
+    return f"{rec.get('name')}{':' + str(model) if model else ''} (dim {rec.get('dim')})"
+
+
+def check_match(recorded: Optional[dict], encoder: Any, *, where: str = "the index") -> None:
+    """Refuse `encoder` when `recorded` names a different encoder (name, model or dim).
+    A custom encoder given for a custom record is checked by dim only (its class may move)."""
+    if not recorded:
+        return
+    given = spec_of(encoder)
+    keys = ("name", "dim") if recorded.get("name") == "custom" == given["name"] else ("name", "model", "dim")
+    if any(given.get(k) != recorded.get(k) for k in keys):
+        raise EncoderError(f"{where} was built with encoder {describe(recorded)}, not {describe(given)}: "
+                           "query and add with the encoder it was built with (or leave the encoder out "
+                           "to use the recorded one)")
 
 
 def default_encoder(dim: int = 256) -> Encoder:

@@ -303,7 +303,7 @@ BAD_FIELDS = [
     ("source", {"source": None}, "got null"),
     ("kind", {"kind": ...}, "missing"),
     ("kind", {"kind": ["a"]}, "got list"),
-    ("tokens", {"tokens": ...}, "missing"),
+    ("tokens", {"tokens": "12"}, "got string \"12\""),   # missing tokens are estimated (test_sources)
     ("tokens", {"tokens": -3}, "in \\[0, 10000000\\], got integer -3"),
     ("tokens", {"tokens": TOKENS_MAX + 1}, "got integer 10000001"),
     ("tokens", {"tokens": 12.5}, "got float 12.5"),

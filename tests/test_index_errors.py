@@ -93,7 +93,7 @@ BAD_EVENTS = [  # (id, mutation of good_events(6), line, field, message pattern)
     ("missing-source", _del(1, "source"), 2, "source", "missing"),
     ("kind-empty", _set(1, "kind", ""), 2, "kind", "non-empty"),
     ("kind-not-string", _set(1, "kind", ["patch"]), 2, "kind", "string"),
-    ("missing-tokens", _del(5, "tokens"), 6, "tokens", "missing"),
+    ("tokens-float", _set(5, "tokens", 1.5), 6, "tokens", "integer"),   # missing tokens are estimated
     ("tokens-negative", _set(5, "tokens", -3), 6, "tokens", "integer"),
     ("tokens-string", _set(5, "tokens", "12"), 6, "tokens", "integer"),
     ("entities-string", _set(2, "entities", "service:s0"), 3, "entities", None),
@@ -176,12 +176,13 @@ def test_bad_meta_rejected(tmp_path, meta, pattern):
 
 def test_missing_corpus_files(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", good_events(6), vecs(6), dim=DIM)
-    (corpus / "vectors.npy").unlink()
-    assert "vectors.npy" in str(assert_rejected(CorpusError, corpus, tmp_path / "index"))
+    (corpus / "vectors.npy").unlink()   # a text-only corpus: events without text are named
+    e = assert_rejected(CorpusError, corpus, tmp_path / "index")
+    assert "events.jsonl:1" in str(e) and "no text" in str(e)
     (corpus / "events.jsonl").unlink()
     assert "events.jsonl" in str(assert_rejected(CorpusError, corpus, tmp_path / "index"))
-    (corpus / "meta.json").unlink()
-    assert "meta.json" in str(assert_rejected(CorpusError, corpus, tmp_path / "index"))
+    (corpus / "meta.json").unlink()   # optional: the missing events file is what is named
+    assert "events.jsonl" in str(assert_rejected(CorpusError, corpus, tmp_path / "index"))
 
 
 def test_empty_corpus_rejected(tmp_path):
