@@ -769,15 +769,20 @@ def read_for_build(corpus: Any, index_dir: Path, overwrite: bool, progress: Prog
 
 def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
           params: BuildParams = BuildParams(), progress: Progress = None, shards: int = 1,
-          shard_key: str = "id", encoder: Any = None) -> tuple[Index, BuildReport]:
+          shard_key: str = "id", encoder: Any = None, ray: Optional[str] = None) -> tuple[Index, BuildReport]:
     """Build an index from a corpus: an orgmem folder (``vectors.npy`` optional), a .jsonl or
     .parquet file, "-" (stdin), a pandas DataFrame, an Arrow table or a list of event mappings.
     Events without vectors are embedded from their text with `encoder` (a spec string such as
     "sentence-transformers:PATH", or an object with `dim` and `encode`; default: the one the
     corpus's meta.json names, else "hashing"), which the index records. The index appears whole
     or not at all: it is built in a temporary sibling directory and renamed into place.
-    `shards` > 1 writes that many independently servable shards (fastctx/partition.py)."""
+    `shards` > 1 writes that many independently servable shards (fastctx/partition.py); with
+    `ray` ("local" or a cluster address) Ray tasks write them (fastctx/ray_build.py, extra "ray")."""
     index_dir = Path(index_dir)
+    if ray is not None:
+        from .ray_build import build_ray
+        return build_ray(corpus, index_dir, shards=shards, ray=ray, key=shard_key, overwrite=overwrite,
+                         params=params, progress=progress, encoder=encoder)
     if shards != 1:
         from .partition import build_partitioned
         read = _Read(*read_for_build(corpus, index_dir, overwrite, progress, encoder))

@@ -191,6 +191,26 @@ def read_sidecar(shard_dir: Path) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def write_partition_shard(shard_dir: Path, batch: EventBatch, g: dict, shard_no: np.ndarray, k: int,
+                          shards: int, key: str, params: BuildParams, encoder_spec, progress=None) -> None:
+    """Write shard k of a partitioned build (segment, HNSW, sidecar) into `shard_dir`, from the
+    whole-corpus graph `g` and the shard of each global row. Shards are independent of each
+    other, so any scheduler may run this once per shard (fastctx/ray_build.py does)."""
+    from .shard import append_segment, create_shard, read_manifest
+    rows_in = g["order"][shard_no == k]      # input rows of shard k, in global-row order
+    create_shard(shard_dir, batch.dim)
+    sub = batch.select(rows_in)
+    if len(sub):
+        append_segment(shard_dir, read_manifest(shard_dir), sub, params,
+                       (lambda s, d, t: progress(f"{s}[{k}]", d, t)) if progress else None)
+    local_names = sorted(set(with_derived(sub, params).entity_names))
+    arrays = sidecar_arrays(g, shard_no, k, shards, local_names)
+    write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": g["n"],
+                                      "n_entities_global": len(g["ent_names"]), "dim": batch.dim,
+                                      "slot_kinds": list(params.slot_kinds),
+                                      "encoder": encoder_spec})
+
+
 def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, shards: int,
                       key: str = "id", overwrite: bool = False, params: BuildParams = BuildParams(),
                       progress=None):
@@ -200,7 +220,6 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
     from .build import BuildReport
     from .format import publish_dir, write_marker
     from .index import LOCK_FILE, Index, read_for_build
-    from .shard import append_segment, create_shard, read_manifest
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
     index_dir = Path(index_dir)   # the corpus may be any source of fastctx/sources.py
@@ -221,19 +240,7 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
         write_marker(tmp, names, partition={"key": key, "shards": shards, "hash": "blake2b-64 mod N"},
                      **({"encoder": encoder_spec} if encoder_spec else {}))
         for k, name in enumerate(names):
-            rows_in = g["order"][shard_no == k]      # input rows of shard k, in global-row order
-            shard_dir = tmp / name
-            create_shard(shard_dir, batch.dim)
-            sub = batch.select(rows_in)
-            if len(sub):
-                append_segment(shard_dir, read_manifest(shard_dir), sub, params,
-                               (lambda s, d, t, k=k: progress(f"{s}[{k}]", d, t)) if progress else None)
-            local_names = sorted(set(with_derived(sub, params).entity_names))
-            arrays = sidecar_arrays(g, shard_no, k, shards, local_names)
-            write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": g["n"],
-                                              "n_entities_global": len(g["ent_names"]), "dim": batch.dim,
-                                              "slot_kinds": list(params.slot_kinds),
-                                              "encoder": encoder_spec})
+            write_partition_shard(tmp / name, batch, g, shard_no, k, shards, key, params, encoder_spec, progress)
         publish_dir(tmp, index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

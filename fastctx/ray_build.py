@@ -1,0 +1,213 @@
+"""Partitioned builds on Ray: the same shards as `build(..., shards=N)`, written by Ray tasks.
+
+`build_ray(corpus, index, shards=N, ray="local" | ADDRESS)` runs the in-process partitioned
+build's own functions (`global_graph`, `shard_of`, `write_partition_shard` of
+fastctx/partition.py), so the index answers exactly as the in-process build does:
+
+* events without vectors are embedded by a pool of Ray actors running the encoder the build
+  records (`embed_batch` rows per call; GPUs when `embed_gpus` > 0);
+* the whole-corpus pass (global order, entities, links, supersession) is `global_graph`, vectorized
+  on the driver, and its arrays go to the object store once;
+* one Ray task per shard writes its segment, HNSW graph and sidecar into a staging directory
+  next to the index (``.NAME.raystage``) and then a completion marker holding a digest of the
+  build's inputs. A re-run of the same build (after a crash or a failed task) keeps every shard
+  whose marker matches and rebuilds only the others; other inputs discard the staging directory;
+* the index is published atomically (`publish_dir`) once every shard is done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from .errors import InvalidQueryError
+from .params import BuildParams
+
+DONE = "DONE.json"
+STAGE_SUFFIX = ".raystage"
+
+
+def _ray():
+    from .extras import require
+    return require("ray", "ray", "building on Ray (--ray)")
+
+
+def _digest(batch, params: BuildParams, shards: int, key: str, encoder_spec) -> str:
+    """Digest of everything a shard's files depend on (the whole corpus: sidecars are global)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (json.dumps([shards, key, repr(params), encoder_spec], sort_keys=True, default=str),
+                 "\0".join(batch.ids), "\0".join(batch.sources), "\0".join(batch.kinds),
+                 "\0".join(batch.entity_names), "\0".join(batch.link_to),
+                 "\0".join(t or "" for t in batch.texts), json.dumps(batch.attrs, sort_keys=True, default=str)):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\1")
+    for arr in (batch.times, batch.tokens, batch.entity_ptr, batch.link_src, batch.link_type, batch.vectors):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _shard_done(shard_dir: Path, digest: str) -> bool:
+    try:
+        return json.loads((shard_dir / DONE).read_text()).get("digest") == digest
+    except (OSError, ValueError):
+        return False
+
+
+def _write_shard(stage: str, name: str, batch, g, shard_no, k: int, shards: int, key: str,
+                 params: BuildParams, encoder_spec, digest: str, fault) -> str:
+    """One shard, in a Ray task: rebuild from scratch, then mark it done (marker last)."""
+    from .partition import write_partition_shard
+    shard_dir = Path(stage) / name
+    shutil.rmtree(shard_dir, ignore_errors=True)   # a half-written shard of a killed run
+    write_partition_shard(shard_dir, batch, g, shard_no, k, shards, key, params, encoder_spec)
+    if fault is not None:
+        fault(k)   # test hook: fail after the files, before the marker
+    tmp = shard_dir / (DONE + ".part")
+    tmp.write_text(json.dumps({"digest": digest, "shard": k}))
+    os.replace(tmp, shard_dir / DONE)
+    return name
+
+
+class FailShards:
+    """Fault hook for tests (`_fault=`): the task of each listed shard fails after writing its
+    files and before marking them done, as a task killed at that point would."""
+
+    def __init__(self, *shards: int):
+        self.shards = set(shards)
+
+    def __call__(self, k: int) -> None:
+        if k in self.shards:
+            raise RuntimeError(f"injected failure in shard {k}")
+
+
+class _Embedder:
+    """Ray actor state: the recorded encoder, created once per actor."""
+
+    def __init__(self, spec: dict):
+        from .encoder import from_record
+        self.enc = from_record(spec)
+
+    def __call__(self, rows: dict) -> dict:
+        vec = np.asarray(self.enc.encode(list(rows["text"])), dtype=np.float32)
+        return {"i": rows["i"], "vec": vec}
+
+
+class _Precomputed:
+    """An encoder that hands back vectors computed by the actors, in the order `embed` asks for
+    them; any other text (the fallback for texts with no known words) goes to the real encoder."""
+
+    def __init__(self, enc, texts: list, vectors: np.ndarray):
+        self.enc, self.dim, self.texts, self.vectors, self.pos = enc, enc.dim, texts, vectors, 0
+
+    def encode(self, texts):
+        n = len(texts)
+        if list(texts) == self.texts[self.pos:self.pos + n]:
+            self.pos += n
+            return self.vectors[self.pos - n:self.pos]
+        return self.enc.encode(texts)
+
+
+def embed_with_actors(texts: list, spec: dict, *, actors: int, batch_size: int, gpus: float) -> np.ndarray:
+    """Vectors of `texts` by a pool of Ray actors running the encoder `spec` (a recorded spec)."""
+    ray = _ray()
+    ds = ray.data.from_items([{"i": i, "text": t or ""} for i, t in enumerate(texts)])
+    out = ds.map_batches(_Embedder, fn_constructor_args=(spec,), batch_size=batch_size,
+                         concurrency=max(1, actors), num_gpus=gpus or None, batch_format="numpy")
+    vecs = np.empty((len(texts), int(spec["dim"])), np.float32)
+    for b in out.iter_batches(batch_size=None, batch_format="numpy"):
+        vecs[b["i"]] = b["vec"]
+    return vecs
+
+
+def read_with_ray(corpus: Any, index_dir: Path, overwrite: bool, progress, encoder: Any, *,
+                  actors: int, batch_size: int, gpus: float):
+    """`read_for_build`, with the embedding of a source without vectors done by Ray actors."""
+    from .encoder import HashingEncoder, from_record, from_spec, spec_of
+    from .index import _corpus_encoder, read_for_build
+    from .sources import read_source, to_batch
+    if isinstance(corpus, (str, Path)) and str(corpus) != "-":
+        if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
+            return read_for_build(corpus, index_dir, overwrite, progress, encoder)   # raises IndexExistsError
+        src = read_source(corpus, progress=progress)
+        if not src.has_vectors and (encoder is None or isinstance(encoder, str)):
+            recorded = _corpus_encoder(src.meta)
+            enc = from_spec(encoder) if encoder is not None else (from_record(recorded) if recorded else HashingEncoder())
+            spec = spec_of(enc)
+            texts = list(src.cols["texts"])
+            if all(t is not None and t.strip() for t in texts):   # else `embed` names the bad event
+                vecs = embed_with_actors(texts, spec, actors=actors, batch_size=batch_size, gpus=gpus)
+                enc = _Precomputed(enc, texts, vecs)
+            return to_batch(src, enc, progress=progress), spec
+    return read_for_build(corpus, index_dir, overwrite, progress, encoder)
+
+
+def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str = "local",
+              key: str = "id", overwrite: bool = False, params: BuildParams = BuildParams(),
+              progress=None, encoder: Any = None, num_cpus: Optional[int] = None,
+              embed_actors: int = 1, embed_batch: int = 256, embed_gpus: float = 0.0,
+              _fault: Optional[Callable[[int], None]] = None):
+    """Build `shards` shard directories with Ray (see the module doc). `ray` is "local" (start a
+    local cluster for this call, `num_cpus` CPUs) or the address of a running cluster. Returns
+    (Index, BuildReport), like `build`."""
+    from .build import BuildReport
+    from .derive import with_derived_links
+    from .format import publish_dir, write_marker
+    from .index import LOCK_FILE, Index
+    from .partition import MAX_SHARDS, global_graph, shard_of
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
+    if not isinstance(ray, str) or not ray:
+        raise InvalidQueryError(f"ray must be 'local' or a cluster address, got {ray!r}")
+    raym = _ray()
+    index_dir = Path(index_dir)
+    started = not raym.is_initialized()
+    if started:
+        kw = {"num_cpus": num_cpus} if ray == "local" else {"address": ray}
+        raym.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
+    try:
+        batch, encoder_spec = read_with_ray(corpus, index_dir, overwrite, progress, encoder,
+                                            actors=embed_actors, batch_size=embed_batch, gpus=embed_gpus)
+        batch = with_derived_links(batch, params)
+        g = global_graph(batch, params)
+        shard_no = shard_of(batch, shards, key)[g["order"]]   # by global row
+        names = [f"shard-{k:03d}" for k in range(shards)]
+        digest = _digest(batch, params, shards, key, encoder_spec)
+        index_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = index_dir.parent / f".{index_dir.name}{STAGE_SUFFIX}"
+        if stage.exists() and not _stage_matches(stage, digest):
+            shutil.rmtree(stage)
+        stage.mkdir(exist_ok=True)
+        (stage / "STAGE.json").write_text(json.dumps({"digest": digest}))
+        todo = [k for k, name in enumerate(names) if not _shard_done(stage / name, digest)]
+        if todo:
+            task = raym.remote(num_cpus=1)(_write_shard)
+            refs = [raym.put(x) for x in (batch, g, shard_no)]
+            pending = [task.remote(str(stage), names[k], *refs, k, shards, key, params, encoder_spec, digest, _fault)
+                       for k in todo]
+            raym.wait(pending, num_returns=len(pending))   # let every shard finish before a failure surfaces
+            raym.get(pending)
+        report = BuildReport(n_events=len(batch), n_links=g["n_links"], dangling_links=g["dangling"],
+                             new_entities=len(g["ent_names"]))
+        for name in names:
+            (stage / name / DONE).unlink()
+        (stage / "STAGE.json").unlink()
+        (stage / LOCK_FILE).touch()
+        write_marker(stage, names, partition={"key": key, "shards": shards, "hash": "blake2b-64 mod N"},
+                     **({"encoder": encoder_spec} if encoder_spec else {}))
+        publish_dir(stage, index_dir)
+    finally:
+        if started:
+            raym.shutdown()
+    return Index(index_dir), report
+
+
+def _stage_matches(stage: Path, digest: str) -> bool:
+    try:
+        return json.loads((stage / "STAGE.json").read_text()).get("digest") == digest
+    except (OSError, ValueError):
+        return False

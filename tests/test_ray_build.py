@@ -1,0 +1,128 @@
+"""Partitioned builds on Ray (fastctx/ray_build.py) against the in-process partitioned build: a
+generated orgmem corpus, a real local Ray cluster of 2 CPUs, answers compared query by query
+with `fastctx eval`, and a failed shard task resumed without rebuilding the finished shards."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ORGMEM
+
+ray = pytest.importorskip("ray", reason="the Ray build needs the optional 'ray' extra (pip install 'fastctx[ray]')")
+
+from click.testing import CliRunner  # noqa: E402
+
+from fastctx.cli import main  # noqa: E402
+from fastctx.index import build  # noqa: E402
+from fastctx.ray_build import DONE, STAGE_SUFFIX, FailShards, build_ray  # noqa: E402
+
+N_SHARDS = 3
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raybuild")
+    subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000", "--dim", "48",
+                    "--queries", "40", "--seed", "5", "--quiet"], check=True)
+    return root
+
+
+def _answers(index: Path, corpus: Path, out: Path) -> list:
+    r = CliRunner().invoke(main, ["eval", str(index), str(corpus), "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for row in rows:
+        row.pop("latency_ms", None)
+    return rows
+
+
+def _files(index: Path) -> dict:
+    return {str(p.relative_to(index)): p.read_bytes() for p in sorted(index.rglob("*")) if p.is_file()}
+
+
+def test_ray_build_answers_as_in_process(cluster, corpus):
+    c = corpus / "c"
+    build(c, corpus / "inproc", shards=N_SHARDS)
+    _, report = build(c, corpus / "ray", shards=N_SHARDS, ray="local")
+    assert report.n_events == 3000
+    a = _answers(corpus / "inproc", c, corpus / "a.jsonl")
+    b = _answers(corpus / "ray", c, corpus / "b.jsonl")
+    assert len(a) == 40 and a == b
+    assert _files(corpus / "inproc") == _files(corpus / "ray")   # the same bytes, sidecars included
+    assert not (corpus / f".ray{STAGE_SUFFIX}").exists()
+
+
+def test_failed_shard_resumes_without_redoing_finished_shards(cluster, corpus):
+    c, target = corpus / "c", corpus / "resumed"
+    stage = corpus / f".resumed{STAGE_SUFFIX}"
+    with pytest.raises(RuntimeError, match="injected failure in shard 1"):
+        build_ray(c, target, shards=N_SHARDS, ray="local", _fault=FailShards(1))
+    assert not target.exists()                      # nothing published
+    done = sorted(p.parent.name for p in stage.glob(f"*/{DONE}"))
+    assert done == ["shard-000", "shard-002"]       # the failed shard wrote files but no marker
+    kept = {str(p.relative_to(stage)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for name in done for p in (stage / name).rglob("*") if p.is_file() and p.name != DONE}
+    assert kept
+    build(c, target, shards=N_SHARDS, ray="local")
+    after = {k: ((target / k).stat().st_ino, (target / k).stat().st_mtime_ns) for k in kept}
+    assert after == kept                            # finished shards untouched, moved into place
+    assert not stage.exists()
+    if not (corpus / "inproc").exists():
+        build(c, corpus / "inproc", shards=N_SHARDS)
+    assert _files(target) == _files(corpus / "inproc")
+
+
+def test_stale_staging_of_other_inputs_is_discarded(cluster, corpus, tmp_path):
+    """A staging directory left by a build of different inputs is not reused."""
+    from fastctx.params import BuildParams
+    c, target = corpus / "c", tmp_path / "idx"
+    with pytest.raises(RuntimeError):
+        build_ray(c, target, shards=2, _fault=FailShards(0, 1))
+    stage = tmp_path / f".idx{STAGE_SUFFIX}"
+    assert not list(stage.glob(f"*/{DONE}"))
+    with pytest.raises(RuntimeError):
+        build_ray(c, target, shards=2, _fault=FailShards(1))
+    assert [p.parent.name for p in stage.glob(f"*/{DONE}")] == ["shard-000"]
+    build_ray(c, target, shards=2, params=BuildParams(hnsw_m=8))   # other params: shard 0 is rebuilt
+    assert not stage.exists()
+    assert json.loads((target / "fastctx.json").read_text())["partition"]["shards"] == 2
+
+
+def test_cli_ray_flag_and_clear_errors(cluster, corpus, tmp_path):
+    c = corpus / "c"
+    r = CliRunner().invoke(main, ["build", str(c), str(tmp_path / "i"), "--shards", "2", "--ray", "local", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "3000 events" in r.output
+    r = CliRunner().invoke(main, ["build", str(c), str(tmp_path / "i"), "--shards", "2", "--ray", "local", "--quiet"])
+    assert r.exit_code != 0 and "exists" in r.output and "Traceback" not in r.output
+
+
+def test_text_only_corpus_embedded_by_actors(cluster, tmp_path):
+    """Events without vectors: Ray actors embed them with the recorded encoder, and the index is
+    the in-process build's, byte for byte."""
+    events = [{"id": f"e{i}", "time": 1_700_000_000 + 3600 * i, "source": "chat", "kind": "message", "tokens": 20,
+               "text": f"deploy service {i % 7} failed on host {i % 5}", "entities": [f"svc:{i % 7}"]}
+              for i in range(300)]
+    src = tmp_path / "text.jsonl"
+    src.write_text("".join(json.dumps(e) + "\n" for e in events))
+    build(src, tmp_path / "a", shards=2)
+    build(src, tmp_path / "b", shards=2, ray="local")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+def test_missing_ray_names_the_extra(corpus, tmp_path, monkeypatch):
+    from fastctx.extras import MissingExtraError
+    monkeypatch.setitem(sys.modules, "ray", None)   # as if not installed
+    with pytest.raises(MissingExtraError, match=r"fastctx\[ray\]"):
+        build(corpus / "c", tmp_path / "i", shards=2, ray="local")
