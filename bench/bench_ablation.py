@@ -1,0 +1,90 @@
+"""Each implicit-relation signal on and off, on any orgmem corpora (yardstick or real git), beside RAG.
+
+    python bench/bench_ablation.py CORPUS_DIR [CORPUS_DIR ...] --work WORK_DIR [--orgmem ../shared/orgmem]
+
+For every corpus: builds the default index and one index per build-time variant (identifier
+terms off, words off = no lexical seeds, derived `similar` links on, derived `same_actor` links
+on), answers every query with the default engine and with engine variants (lexical weight 0,
+no weight inheritance, `fill`), scores each with the yardstick's scorer and prints one markdown
+row per variant: chain recall / precision and current accuracy, with plain RAG (the yardstick's
+`rag_baseline.py`, k=100) in the first row. Never reads truth.jsonl itself: only the scorer does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from fastctx.answer import AnswerParams, Engine
+from fastctx.corpus import read_queries
+from fastctx.index import Index, build
+from fastctx.params import BuildParams
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILDS = {"default": BuildParams(), "terms off": BuildParams(text_terms=False),
+          "words off (no lexical seeds)": BuildParams(text_words=False),
+          "similar links on (k=3)": BuildParams(similar_k=3), "same_actor links on (k=2)": BuildParams(actor_k=2)}
+ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit=False), "fill": "fill"}
+
+
+def _score(orgmem: Path, corpus: Path, results: Path) -> dict:
+    out = subprocess.run([sys.executable, str(orgmem / "score.py"), str(corpus), str(results), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["types"]
+
+
+def _answer(index: Path, corpus: Path, out: Path, params: AnswerParams, fill: bool) -> None:
+    idx = Index(index)
+    idx._engine = Engine(idx, params=params)
+    queries, qv = read_queries(corpus)
+    with open(out, "w") as f:
+        for q, v in zip(queries, qv):
+            a = idx.query_spec(q, v, fill=fill, unrestricted=True)
+            f.write(json.dumps({"qid": q["qid"], "events": [e.id for e in a.events],
+                                "current": a.current.id if a.current else None, "latency_ms": 0}) + "\n")
+
+
+def _row(name: str, t: dict) -> str:
+    c, cur = t.get("chain", {}), t.get("current", {})
+    return (f"| {name} | {c.get('recall', 0):.3f} | {c.get('precision', 0):.3f} | "
+            f"{cur.get('accuracy', float('nan')):.3f} |")
+
+
+def run(corpus: Path, work: Path, orgmem: Path) -> list[str]:
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [f"\n**{corpus.name}**\n", "| variant | chain recall | chain precision | current acc. |",
+            "| --- | --- | --- | --- |"]
+    rag = work / "rag.jsonl"
+    subprocess.run([sys.executable, str(orgmem / "rag_baseline.py"), str(corpus), str(rag)], check=True,
+                   capture_output=True)
+    rows.append(_row("plain RAG (k=100, fills the budget)", _score(orgmem, corpus, rag)))
+    for name, bp in BUILDS.items():
+        index = work / ("idx-" + "-".join(name.split()[:2]))
+        build(corpus, index, overwrite=True, params=bp)
+        out = work / "res.jsonl"
+        _answer(index, corpus, out, AnswerParams(), False)
+        rows.append(_row(name, _score(orgmem, corpus, out)))
+        if name == "default":
+            for ename, kw in ENGINES.items():
+                fill = kw == "fill"
+                _answer(index, corpus, out, AnswerParams() if fill else replace(AnswerParams(), **kw), fill)
+                rows.append(_row(ename, _score(orgmem, corpus, out)))
+        print("\n".join(rows[-1:]), file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpora", nargs="+", type=Path)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--orgmem", type=Path, default=ROOT.parent / "shared" / "orgmem")
+    a = ap.parse_args()
+    for c in a.corpora:
+        print("\n".join(run(c, a.work / c.name, a.orgmem)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
