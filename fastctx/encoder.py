@@ -14,8 +14,11 @@ On the command line encoders are named by a spec string (`from_spec`): ``hashing
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
@@ -95,6 +98,31 @@ class HashingEncoder:
         return rec
 
 
+@contextlib.contextmanager
+def _no_source_kernels():
+    """Hide this checkout's top-level ``kernels/`` folder (the source of `fastctx.kernels`) while
+    transformers imports: run from a source tree's root, it would shadow the PyPI package
+    ``kernels`` that transformers uses. An installed fastctx has no such folder: nothing changes."""
+    spec = importlib.util.find_spec("fastctx.kernels")
+    own = Path(spec.origin).resolve().parent if spec and spec.origin else None
+    hidden = [p for p in sys.path if own is not None and (Path(p or ".").resolve() / "kernels") == own]
+    shadow = sys.modules.get("kernels")
+    ours = shadow is not None and own is not None and Path(getattr(shadow, "__file__", "") or "/").resolve().parent == own
+    if not hidden and not ours:
+        yield
+        return
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if p not in hidden]
+    if ours:
+        del sys.modules["kernels"]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved + [p for p in sys.path if p not in saved]
+        if ours and "kernels" not in sys.modules:
+            sys.modules["kernels"] = shadow
+
+
 class SentenceTransformerEncoder:
     """A sentence-transformers model (a hub name or a local folder), loaded on first use of
     `encode` (the `st` extra; set HF_HUB_OFFLINE=1 to forbid downloads). Rows are
@@ -116,12 +144,13 @@ class SentenceTransformerEncoder:
     def _load(self):
         if self._st is None:
             from .extras import require
-            st = require("sentence_transformers", "st", f"the encoder sentence-transformers:{self.model}")
-            try:
-                self._st = st.SentenceTransformer(self.model, device=self.device or "cpu")
-            except Exception as e:   # OSError, ValueError, HTTP errors...: all mean "no such model here"
-                raise EncoderError(f"sentence-transformers: cannot load model {self.model!r} "
-                                   f"({type(e).__name__}: {str(e)[:300]})") from None
+            with _no_source_kernels():
+                st = require("sentence_transformers", "st", f"the encoder sentence-transformers:{self.model}")
+                try:
+                    self._st = st.SentenceTransformer(self.model, device=self.device or "cpu")
+                except Exception as e:   # OSError, ValueError, HTTP errors...: all mean "no such model here"
+                    raise EncoderError(f"sentence-transformers: cannot load model {self.model!r} "
+                                       f"({type(e).__name__}: {str(e)[:300]})") from None
             dim_of = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
             got = int(dim_of())
             if self._dim is not None and got != self._dim:
