@@ -164,3 +164,16 @@ def test_model_add_without_vectors(st_index, tmp_path):
                       "text": "The espresso machine on floor three is leaking water again."}])
         assert r.n_events == 1
         assert idx.search("coffee maker dripping in the office kitchen", k=1).events()[0].id == "n1"
+
+
+def test_export_then_build_keeps_the_encoder(tmp_path):
+    from fastctx.export import export_corpus
+    idx = fastctx.Index.create(tmp_path / "i", encoder="hashing:64")
+    with idx:
+        idx.add(recs())
+        idx.flush()
+    export_corpus(fastctx.open(tmp_path / "i"), tmp_path / "out")
+    (tmp_path / "out" / "vectors.npy").unlink()            # text only: re-embedded with the recorded encoder
+    again, _ = fastctx.build(tmp_path / "out", tmp_path / "j")
+    assert again.marker["encoder"] == idx.marker["encoder"] and again.dim == 64
+    assert again.search("deploy number 1 of the ledger", k=1).events()[0].id == "e1"
