@@ -80,11 +80,11 @@ def test_every_way_in_gives_the_same_index(tmp_path):
 
 def test_dataframe_missing_cells_are_absent_fields(tmp_path):
     recs = records(3)
-    recs[1]["tokens"] = 7
+    recs[1]["tokens"] = 70
     df = pd.DataFrame(recs)                  # e0 and e2 get NaN tokens, e0 NaN links
     idx, _ = fastctx.build(df, tmp_path / "i")
     got = {e.id: e.tokens for e in idx.get(["e0", "e1", "e2"])}
-    assert got["e1"] == 7 and got["e0"] == estimate_tokens(recs[0]["text"])
+    assert got["e1"] == 70 and got["e0"] == estimate_tokens(recs[0]["text"])
 
 
 def test_located_errors_for_every_way_in(tmp_path):
