@@ -29,7 +29,11 @@ Event fields
     ``source``, ``kind``: non-empty strings (``meta["sources"]``/``meta["kinds"]`` are
     informational and not enforced).
     ``tokens``: integer in ``[0, TOKENS_MAX]``; missing or ``null`` -> estimated from the text
-    (`estimate_tokens`: ceil(characters / 4), at least 1; 1 for an event without text).
+    (`estimate_tokens`: ceil(characters / 4), at least 1; 1 for an event without text). A given
+    value below that estimate is raised to it (capped at TOKENS_MAX), so a small claim cannot
+    smuggle a large text into an answer's token budget.
+    Strings must be valid Unicode (a lone surrogate escape such as ``"\\ud800"`` is refused) and
+    values nest at most ``MAX_NESTING`` levels.
     ``entities``: list of non-empty strings; a missing key or ``null`` means no entities;
     duplicates within one event are dropped (first occurrence kept, order kept).
     ``links``: list of objects ``{"to": non-empty str, "type": one of LINK_TYPES}``; a missing key
@@ -67,6 +71,7 @@ Progress and cost
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -269,7 +274,45 @@ def parse_records(records: Sequence[Mapping], *, origin: str = "records") -> dic
     def where(k: int):
         return f"{origin}[{k}]", None
 
-    return _parse_events(iter(records), where, expect=None)
+    return _parse_events(_checked_records(records, origin), where, expect=None)
+
+
+MAX_NESTING = 64    # deepest JSON nesting accepted inside one event (attribute values)
+
+
+def _bad_value(v: Any, depth: int = 0) -> str | None:
+    """Why `v` cannot be stored (a string with a lone surrogate, which UTF-8 cannot encode, or
+    nesting deeper than MAX_NESTING), else None."""
+    if type(v) is str:
+        if not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return f"string with a lone surrogate ({v[e.start]!a} at character {e.start}), not valid Unicode"
+        return None
+    if type(v) is int and not -2**63 <= v < 2**64:
+        return f"integer {_show(v)} is outside the 64-bit range stored for attribute values"
+    if depth > MAX_NESTING:
+        return f"nested deeper than {MAX_NESTING} levels"
+    if isinstance(v, Mapping):
+        for key, x in v.items():
+            why = _bad_value(key, depth + 1) or _bad_value(x, depth + 1)
+            if why:
+                return why
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            why = _bad_value(x, depth + 1)
+            if why:
+                return why
+    return None
+
+
+def _checked_records(records, origin: str) -> Iterator:
+    for k, d in enumerate(records):
+        why = _bad_value(d) if isinstance(d, Mapping) else None
+        if why:
+            raise CorpusError(why, file=f"{origin}[{k}]")
+        yield d
 
 
 class _Borrowed:
@@ -380,6 +423,10 @@ def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | N
         elif (type(tok) is not int_ or tok < 0 or tok > kmax) and (tok := _int_in(tok, 0, kmax)) is None:
             tok = g("tokens")
             fail(k, "tokens", f"expected an integer in [0, {kmax}], {_got(tok)}")
+        else:   # a claim below the text's own size is raised to it: budgets must hold
+            txt = g("text")
+            if type(txt) is str_ and tok < (est := -(-len_(txt) // 4)):
+                tok = min(kmax, est)
         ents = g("entities")
         if ents:
             if type(ents) is not list_ and type(ents) is not tuple:
@@ -409,6 +456,8 @@ def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | N
             fail(k, "text", f"expected a string or null, {_got(txt)}")
         if len_(d) > 8 or not known.issuperset(d):
             extra = {key: val for key, val in d.items() if key not in known}
+            if why := _bad_value(extra):
+                fail(k, None, f"attribute value: {why}")
             acl = extra.get("acl")
             if acl is not None and (type(acl) is not list_ or not all(
                     type(p) is str_ and p and not p.isspace() and p == p.strip() for p in acl)):
@@ -504,19 +553,25 @@ def _jsonl_objects(path: Path, counter: list, progress=None, name: str | None = 
                 d, end = scan(s, 0)
                 if end != len(s) and not s[end:].isspace():
                     raise ValueError("extra data")
-            except (ValueError, StopIteration):   # also JSONDecodeError, UnicodeDecodeError
+            except (ValueError, StopIteration, RecursionError):   # also JSONDecodeError, UnicodeDecodeError
                 try:
                     d = json.loads(raw.decode("utf-8").rstrip())   # slow path: leading blanks, or the error
-                except ValueError as e:
+                except (ValueError, RecursionError) as e:
                     if not raw.strip():
                         blank_at = lineno
                         break
-                    if isinstance(e, UnicodeDecodeError):
+                    if isinstance(e, RecursionError):
+                        msg = "JSON nested too deeply"
+                    elif isinstance(e, UnicodeDecodeError):
                         msg = f"not valid UTF-8 ({e.reason} at byte {e.start})"
                     else:
                         msg = f"not valid JSON ({e.msg} at column {getattr(e, 'colno', '?')})"
                     raise CorpusError(f"{msg}: {_clip(raw.decode('utf-8', 'replace').rstrip())}",
                                       file=fname, line=lineno) from None
+            # rare shapes only: a \uD8xx escape (maybe a lone surrogate) or many brackets
+            if (b"\\ud" in raw or b"\\uD" in raw or raw.count(b"[") + raw.count(b"{") > MAX_NESTING) \
+                    and (why := _bad_value(d)):
+                raise CorpusError(why, file=fname, line=lineno)
             counter[0] = lineno
             if every and lineno % every == 0:
                 progress(lineno)
@@ -535,6 +590,19 @@ def _is_int(v) -> bool:
     return type(v) is int
 
 
+def _regular_or_missing(path: Path) -> None:
+    """Refuse a FIFO, device or directory before opening it (a FIFO would block the read)."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise CorpusError(f"cannot read: {e.strerror}", file=str(path)) from None
+    if not stat.S_ISREG(mode):
+        raise CorpusError("not a regular file", file=str(path))
+
+
 def read_meta(corpus_dir, *, text_only: bool = False) -> dict:
     """Read and validate ``meta.json``: an object with ``format == "orgmem-v1"``, ``dim`` an
     integer in [1, MAX_DIM], ``n_events`` an integer >= 0; optional ``n_queries`` (integer >= 0),
@@ -545,6 +613,7 @@ def read_meta(corpus_dir, *, text_only: bool = False) -> dict:
     fname = str(path)
     if not d.is_dir():
         raise CorpusError("corpus folder not found", file=str(d))
+    _regular_or_missing(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -553,6 +622,8 @@ def read_meta(corpus_dir, *, text_only: bool = False) -> dict:
         raise CorpusError(f"cannot read: {e}", file=fname) from None
     try:
         meta = json.loads(raw)
+    except RecursionError:
+        raise CorpusError("not valid JSON (nested too deeply)", file=fname) from None
     except ValueError as e:
         line = getattr(e, "lineno", None)
         raise CorpusError(f"not valid JSON ({getattr(e, 'msg', e)})", file=fname, line=line) from None

@@ -7,13 +7,16 @@ Layout (docs/FORMAT.md has the prose specification)::
     INDEX/shard-000/seg-000001/...     immutable segment files, one file per component
 
 Every file a manifest names carries its byte size and CRC-32; readers check them before
-trusting a byte (sizes always, checksums as asked; see `verify_files`).
+trusting a byte (sizes always, checksums as asked; see `verify_files`). The manifest itself
+carries a CRC-32 of its canonical JSON (field "checksum"), and every file name it holds must be a
+plain name inside the shard directory (`check_name`): a manifest is never trusted as a path.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
 import tempfile
 import zlib
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any, Iterable
 from .errors import CorruptIndexError, FormatError
 
 FORMAT_NAME = "fastctx-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3   # 3: manifests carry "checksum" (version 2 manifests are read without one)
 INDEX_MARKER = "fastctx.json"
 MANIFEST = "MANIFEST.json"
 # Files read whole on open are always checksummed; the big mmapped blobs below only by
@@ -59,11 +62,46 @@ def crc32_file(path: Path) -> int:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside `path` durable (POSIX: fsync of the directory itself)."""
+    if os.name == "nt":      # directories cannot be opened for fsync there; NTFS journals renames
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_name(name: Any, where: Path, what: str = "file name") -> str:
+    """`name` if it is a plain file name (no separator, not '.' or '..', no NUL), else
+    CorruptIndexError naming it: names read from a manifest must stay inside its directory."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or os.path.isabs(name) or (os.altsep and os.altsep in name)):
+        raise CorruptIndexError(f"{where}: {what} {name!r} is not a plain name inside the directory")
+    return name
+
+
+def check_inside(directory: Path, name: str, where: Path) -> Path:
+    """directory/name, refusing a symlink that resolves outside `directory`."""
+    p = Path(directory) / name
+    if p.is_symlink():
+        real, root = os.path.realpath(p), os.path.realpath(directory)
+        if os.path.commonpath([real, root]) != root:
+            raise CorruptIndexError(f"{where}: {name!r} is a symbolic link leading outside {directory}")
+    return p
+
+
+def check_regular(path: Path, what: str) -> None:
+    """Refuse anything but a regular file (a FIFO would block the open forever, a directory
+    or device is not data) before opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return                      # the caller reports a missing file its own way
+    except OSError as e:
+        raise CorruptIndexError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise CorruptIndexError(f"{path}: {what} is not a regular file")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -110,12 +148,15 @@ def verify_files(directory: Path, entries: dict[str, dict[str, int]], *, full: b
 
 
 def _read_json(path: Path, what: str) -> dict:
+    check_regular(path, what)
     try:
         obj = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise FormatError(f"{path}: missing; not a fastctx index ({what})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptIndexError(f"{path}: not valid JSON ({e})") from None
+    except IsADirectoryError:
+        raise CorruptIndexError(f"{path}: {what} is a directory") from None
+    except (ValueError, RecursionError) as e:   # bad JSON or UTF-8, absurd nesting
+        raise CorruptIndexError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(obj, dict):
         raise CorruptIndexError(f"{path}: expected a JSON object")
     return obj
@@ -140,6 +181,8 @@ def read_marker(index_dir: Path) -> dict:
     shards = obj.get("shards")
     if not isinstance(shards, list) or not shards or not all(isinstance(s, str) for s in shards):
         raise CorruptIndexError(f"{path}: field 'shards' must be a non-empty list of names")
+    for s in shards:
+        check_name(s, path, "shard name")
     return obj
 
 
@@ -152,28 +195,102 @@ _MANIFEST_FIELDS = {"version": int, "dim": int, "segments": list, "sources": lis
                     "n_rows": int, "n_entities": int}
 
 
+def manifest_checksum(obj: dict) -> int:
+    """CRC-32 of the manifest's canonical JSON without its "checksum" field."""
+    body = {k: v for k, v in obj.items() if k != "checksum"}
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _check_manifest_names(path: Path, obj: dict) -> None:
+    """Every name the manifest turns into a path: plain names only (see `check_name`)."""
+    where = path.parent
+    for i, e in enumerate(obj["segments"]):
+        if not isinstance(e, dict) or not isinstance(e.get("files"), dict):
+            raise CorruptIndexError(f"{path}: segment entry {i} is not an object with 'files'")
+        check_inside(where, check_name(e.get("name"), path, "segment name"), path)
+        for f, meta in e["files"].items():
+            check_name(f, path, f"file name in segment {e['name']!r}")
+            if not (isinstance(meta, dict) and isinstance(meta.get("size"), int)
+                    and isinstance(meta.get("crc32"), int)):
+                raise CorruptIndexError(f"{path}: entry of {e['name']}/{f} needs integer 'size' and 'crc32'")
+    wal = obj.get("wal", [])
+    if not isinstance(wal, list):
+        raise CorruptIndexError(f"{path}: field 'wal' must be a list of names")
+    for w in wal:
+        check_inside(where, check_name(w, path, "log file name"), path)
+    deletes = obj.get("deletes")
+    if deletes is not None:
+        if not isinstance(deletes, dict):
+            raise CorruptIndexError(f"{path}: field 'deletes' must be an object or null")
+        check_inside(where, check_name(deletes.get("name"), path, "deletion file name"), path)
+    for field in ("next_segment", "next_wal", "next_seq", "flushed_seq"):
+        v = obj.get(field, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
+            raise CorruptIndexError(f"{path}: field {field!r} must be an integer in [0, 2**62)")
+
+
 def read_manifest(shard_dir: Path) -> dict:
     path = shard_dir / MANIFEST
     obj = _read_json(path, "shard manifest")
-    _check_version(path, obj)
+    _check_version(path, obj)   # first: a newer format is reported as such, not as damage
+    if obj["format_version"] >= 3 or "checksum" in obj:
+        if obj.get("checksum") != manifest_checksum(obj):
+            raise CorruptIndexError(f"{path}: manifest checksum mismatch (edited or damaged)")
     for field, typ in _MANIFEST_FIELDS.items():
-        if not isinstance(obj.get(field), typ):
+        if isinstance(obj.get(field), bool) or not isinstance(obj.get(field), typ):
             raise CorruptIndexError(f"{path}: field {field!r} missing or not {typ.__name__}")
+    _check_manifest_names(path, obj)
     return obj
 
 
 def write_manifest(shard_dir: Path, manifest: dict) -> None:
-    manifest = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    manifest = {k: v for k, v in manifest.items() if k != "checksum"}
+    manifest.update(format=FORMAT_NAME, format_version=FORMAT_VERSION)
+    manifest["checksum"] = manifest_checksum(manifest)
     write_json_atomic(shard_dir / MANIFEST, manifest)
 
 
-def publish_dir(tmp: Path, target: Path) -> None:
-    """Move a fully built directory into place, replacing `target` if it exists. A reader sees
-    the old directory or the new one; the old one is removed only after the swap."""
+def publish_dir(tmp: Path, target: Path, lock_name: str = "LOCK") -> None:
+    """Move a fully built directory into place, replacing `target` if it exists, and fsync the
+    parent so the rename survives a crash. A reader sees the old directory or the new one; the old
+    one is removed only after the swap. A target whose writer lock (`lock_name`) is held by a
+    writer is refused (IndexLockedError): replacing it would drop that writer's acknowledged
+    events; the lock is held through the swap so no writer opens the old index meanwhile."""
     if target.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.rename(target, trash / "old")
-        os.rename(tmp, target)
+        with _target_lock(target / lock_name):
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.rename(target, trash / "old")
+            os.rename(tmp, target)
+            fsync_dir(target.parent)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp, target)
+        fsync_dir(target.parent)
+
+
+class _target_lock:
+    """Hold an existing index's writer lock (if it has a lock file) for the time of a swap."""
+
+    def __init__(self, path: Path):
+        self.path, self.lock = path, None
+
+    def __enter__(self):
+        if not self.path.is_file():
+            return self
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from filelock import FileLock, Timeout
+        from .errors import IndexLockedError
+        lock = FileLock(str(self.path), timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except (Timeout, BlockingIOError, PermissionError):
+            raise IndexLockedError(f"{self.path}: a writer holds this index's lock; refusing to "
+                                   "overwrite it (close the writer first)") from None
+        self.lock = lock
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()

@@ -5,6 +5,7 @@ per segment, and results merge with a fixed tie-break (score desc, then shard, t
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -158,6 +159,8 @@ class Index:
         create_shard(path / "shard-000", dim)
         (path / LOCK_FILE).touch()
         write_marker(path, ["shard-000"], **({"encoder": record} if record else {}))
+        fsync_dir(path)                    # the shard directory and LOCK entries
+        fsync_dir(path.resolve().parent)   # the index directory's own entry
         if enc is not None and record.get("name") == "custom":
             open_kw.setdefault("encoder", enc)
         idx = cls(path, **open_kw)
@@ -206,6 +209,15 @@ class Index:
         return self.path / self.marker["shards"][0]
 
     def _commit(self, manifest: dict) -> None:
+        # never publish over a manifest this writer did not read: the lock makes that impossible
+        # between fastctx writers, so a difference means the directory was replaced or edited
+        base = self._parts[0]["manifest"]
+        on_disk = shardmod.read_manifest(self._shard_dir)
+        if _manifest_body(on_disk) != _manifest_body(base):
+            raise IndexLockedError(
+                f"{self._shard_dir / 'MANIFEST.json'}: the manifest changed under this writer (version "
+                f"{on_disk.get('version')} on disk, this writer read {base.get('version')}); nothing "
+                "was committed: reopen the index")
         shardmod.write_manifest(self._shard_dir, manifest)
         crashpoint("commit:after-rename")
 
@@ -716,6 +728,12 @@ class Index:
         self.close()
 
 
+def _manifest_body(m: dict) -> str:
+    """A manifest's content, comparable between the on-disk and in-memory forms."""
+    return json.dumps({k: v for k, v in m.items() if k not in ("format", "format_version", "checksum")},
+                      sort_keys=True, default=str)
+
+
 def open(path: Union[str, Path], **kw) -> Index:  # noqa: A001 - mirrors builtins.open on purpose
     return Index(path, **kw)
 
@@ -828,6 +846,30 @@ def verify(path: Union[str, Path]) -> list[str]:
             for seg in shard.segments:
                 for row in sorted({0, seg.n - 1}) if seg.n else ():
                     seg.payload(row)
+        if idx.marker.get("partition"):
+            problem = _verify_partition(idx)
+            if problem:
+                return [problem]
     except FastctxError as e:
         return [str(e)]
+    except Exception as e:  # damage no specific check foresaw: still a report, not a traceback
+        return [f"{path}: damaged index ({type(e).__name__}: {str(e)[:300]})"]
     return []
+
+
+def _verify_partition(idx: "Index") -> Optional[str]:
+    """The partition sidecars agree with their shards (checksums are checked by read_sidecar)."""
+    from .partition import read_sidecar
+    n_shards = len(idx.shards)
+    for k, shard in enumerate(idx.shards):
+        arrays, meta = read_sidecar(shard.dir)
+        if meta.get("shard") != k or meta.get("n_shards") != n_shards:
+            return f"{shard.dir}: PARTITION.json says shard {meta.get('shard')!r} of {meta.get('n_shards')!r}"
+        n = shard.manifest["n_rows"]
+        grow = arrays["grow"]
+        if len(grow) != n or len(arrays["out_ptr"]) != n + 1 or len(arrays["in_ptr"]) != n + 1 \
+                or len(arrays["sup_by"]) != n:
+            return f"{shard.dir}: PARTITION.npz arrays do not match the shard's {n} rows"
+        if n and (np.diff(grow) <= 0).any():
+            return f"{shard.dir}: PARTITION.npz global rows are not increasing"
+    return None

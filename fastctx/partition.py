@@ -169,25 +169,58 @@ def sidecar_arrays(g: dict, shard_no: np.ndarray, k: int, n_shards: int, local_n
 
 
 def write_sidecar(shard_dir: Path, arrays: dict, meta: dict) -> None:
+    """Write PARTITION.npz then PARTITION.json, each atomically (temp file, fsync, rename, fsync
+    of the directory). The JSON records the npz's size and CRC-32 and its own checksum, so a
+    reader can tell a damaged or mismatched pair from a sound one."""
+    from .format import crc32_file, fsync_dir, manifest_checksum, write_json_atomic
+    shard_dir = Path(shard_dir)
     tmp = shard_dir / (SIDECAR + ".part")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, shard_dir / SIDECAR)
-    (shard_dir / SIDECAR_META).write_text(json.dumps({"version": SIDECAR_VERSION, **meta}))
+    fsync_dir(shard_dir)
+    body = {"version": SIDECAR_VERSION, **meta,
+            "npz": {"size": (shard_dir / SIDECAR).stat().st_size, "crc32": crc32_file(shard_dir / SIDECAR)}}
+    body["checksum"] = manifest_checksum(body)
+    write_json_atomic(shard_dir / SIDECAR_META, body)
 
 
 def read_sidecar(shard_dir: Path) -> tuple[dict, dict]:
-    """(arrays, meta) of a partitioned shard; CorruptIndexError if absent or unreadable."""
+    """(arrays, meta) of a partitioned shard; CorruptIndexError naming the file if absent,
+    damaged or inconsistent (the checksums recorded by `write_sidecar` are checked)."""
+    from .format import check_regular, crc32_file, manifest_checksum
+    shard_dir = Path(shard_dir)
+    jpath, npath = shard_dir / SIDECAR_META, shard_dir / SIDECAR
+    for p in (jpath, npath):
+        check_regular(p, "partition file")
     try:
-        meta = json.loads((Path(shard_dir) / SIDECAR_META).read_text())
-        with np.load(Path(shard_dir) / SIDECAR, allow_pickle=False) as z:
+        meta = json.loads(jpath.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise CorruptIndexError(f"{jpath}: not a partitioned shard (no readable {SIDECAR_META}: "
+                                f"{type(e).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("version") != SIDECAR_VERSION:
+        raise CorruptIndexError(f"{jpath}: unsupported version "
+                                f"{meta.get('version') if isinstance(meta, dict) else meta!r}")
+    if "checksum" in meta and meta["checksum"] != manifest_checksum(meta):
+        raise CorruptIndexError(f"{jpath}: checksum mismatch (edited or damaged)")
+    rec = meta.get("npz")
+    try:
+        if rec is not None:
+            size = npath.stat().st_size
+            if size != rec.get("size") or crc32_file(npath) != rec.get("crc32"):
+                raise CorruptIndexError(f"{npath}: size or checksum differs from {SIDECAR_META} (damaged)")
+        with np.load(npath, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CorruptIndexError(f"{shard_dir}: not a partitioned shard (no readable {SIDECAR}: {e})") from None
-    if meta.get("version") != SIDECAR_VERSION:
-        raise CorruptIndexError(f"{shard_dir / SIDECAR_META}: unsupported version {meta.get('version')!r}")
+    except CorruptIndexError:
+        raise
+    except Exception as e:   # zipfile/npy damage surfaces as many exception types
+        raise CorruptIndexError(f"{npath}: not a readable partition sidecar ({type(e).__name__}: "
+                                f"{str(e)[:200]})") from None
+    missing = {"grow", "gent", "ent_df", "out_ptr", "in_ptr", "sup_by", "rev_ptr"} - set(arrays)
+    if missing:
+        raise CorruptIndexError(f"{npath}: arrays missing: {sorted(missing)}")
     return arrays, meta
 
 

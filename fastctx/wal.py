@@ -17,6 +17,10 @@ first record that is incomplete or fails its checksum. If no valid record follow
 torn tail: readers ignore it, a writer truncates the file there (`repair=True`). If a valid
 record does follow, bytes in the middle of the log were damaged: that is corruption, reported
 with the file and byte offset (acknowledged records would otherwise be lost silently).
+
+A record's payload is at most `MAX_RECORD` bytes (2 GiB; the length field is 32 bits and replay
+treats anything longer as damage). `encode` refuses a larger payload before anything is written,
+so a batch too big for one record is never acknowledged: split it into several `add` calls.
 """
 from __future__ import annotations
 
@@ -98,6 +102,11 @@ def truncate(path: Path, size: int) -> None:
 
 def encode(payload: dict[str, Any]) -> bytes:
     body = msgpack.packb(payload, use_bin_type=True)
+    if len(body) > MAX_RECORD:   # replay would take it for a torn tail and drop it
+        from .errors import InvalidQueryError
+        raise InvalidQueryError(
+            f"one add of {len(body)} bytes exceeds the write-ahead log's record limit of {MAX_RECORD} "
+            "bytes; nothing was written: add the events in smaller batches")
     return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 

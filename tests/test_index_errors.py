@@ -351,13 +351,13 @@ def test_missing_segment_file(hnsw_small_index_dir, tmp_path):
 def _replace_consistently(index_dir: Path, name: str, write) -> Path:
     """Rewrite one segment file with `write(path)` and record its new size and checksum in the
     manifest, so only the structural checks can notice what is wrong."""
-    from fastctx.format import file_entries
+    from fastctx.format import file_entries, write_manifest
     seg = _seg(index_dir)
     write(seg / name)
     mpath = index_dir / "shard-000" / "MANIFEST.json"
     m = json.loads(mpath.read_text())
     m["segments"][0]["files"].update(file_entries(seg, [name]))
-    mpath.write_text(json.dumps(m))
+    write_manifest(mpath.parent, m)   # re-checksummed: only the structural checks may notice
     return seg / name
 
 

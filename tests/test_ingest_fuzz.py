@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import make_records, unit_rows, write_corpus
 from fastctx import wal
+from fastctx.format import write_manifest
 from fastctx.cli import _date
 from fastctx.corpus import EventBatch, read_events
 from fastctx.errors import CorpusError, CorruptIndexError, FastctxError, InvalidQueryError
@@ -114,7 +115,7 @@ def test_log_scanner_and_replay_fail_only_clearly(tmp_path_factory, data):
     idx.close()
     m = json.loads((root / "i" / "shard-000" / "MANIFEST.json").read_text())
     m.update(wal=["wal-000001.log"], next_wal=2)
-    (root / "i" / "shard-000" / "MANIFEST.json").write_text(json.dumps(m))
+    write_manifest(root / "i" / "shard-000", m)   # a consistent manifest naming the damaged log
     (root / "i" / "shard-000" / "wal-000001.log").write_bytes(bytes(b))
     try:
         wal.scan(root / "i" / "shard-000" / "wal-000001.log")
