@@ -78,7 +78,7 @@ def read_source(source: Any, *, progress: Callable[[str, int, int], None] | None
 
 
 def _read_path(source, progress) -> Source:
-    lines = (lambda done: progress("read", done, 0)) if progress else None
+    lines = None     # a file's line count is unknown before reading it: progress starts at "encode"
     if str(source) == "-":
         cols = read_event_lines(sys.stdin.buffer, name="<stdin>", progress=lines)
         return Source("<stdin>", cols=cols, where=lambda k: ("<stdin>", k + 1))
@@ -114,8 +114,8 @@ def _read_folder(path: Path, progress) -> Source:
     meta = read_meta(path, text_only=True) if (path / "meta.json").exists() else {}
     if not efile.is_file():
         raise CorpusError("file not found (a corpus folder holds an events.jsonl)", file=str(efile))
-    total = meta.get("n_events") or 0
-    cols = read_event_lines(efile, progress=(lambda d: progress("read", d, total)) if progress else None)
+    total = meta.get("n_events")
+    cols = read_event_lines(efile, progress=(lambda d: progress("read", d, total)) if progress and total else None)
     n = len(cols["ids"])
     if meta.get("n_events") is not None and meta["n_events"] != n:
         raise CorpusError(f"meta.json n_events = {meta['n_events']} but the file has {n} event lines",
