@@ -124,16 +124,48 @@ def embed_with_actors(texts: list, spec: dict, *, actors: int, batch_size: int, 
     return vecs
 
 
+def _read_parquet(path: Path):
+    """A Parquet file or folder of Parquet files read as a Ray dataset (blocks read by Ray tasks,
+    in file order), then validated like any table (`sources._from_rows`)."""
+    import pyarrow as pa
+
+    from .sources import _from_rows
+    ray = _ray()
+    ctx = ray.data.DataContext.get_current()
+    keep, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        ds = ray.data.read_parquet(str(path))
+        table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    except Exception as e:   # ArrowInvalid, OSError, Ray's wrappers of them
+        from .errors import CorpusError
+        raise CorpusError(f"not a readable Parquet input ({str(e)[:200]})", file=str(path)) from None
+    finally:
+        ctx.execution_options.preserve_order = keep
+    return _from_rows(str(path), table.to_pylist())
+
+
+def _is_parquet(corpus: Any) -> bool:
+    from .sources import PARQUET_SUFFIXES
+    p = Path(corpus)
+    return p.suffix.lower() in PARQUET_SUFFIXES and p.exists() or \
+        (p.is_dir() and not (p / "events.jsonl").exists() and any(p.glob("*.parquet")))
+
+
 def read_with_ray(corpus: Any, index_dir: Path, overwrite: bool, progress, encoder: Any, *,
                   actors: int, batch_size: int, gpus: float):
-    """`read_for_build`, with the embedding of a source without vectors done by Ray actors."""
+    """`read_for_build`, with Parquet inputs read as a Ray dataset and the embedding of a source
+    without vectors done by Ray actors. Orgmem folders and JSONL go through the ordinary
+    readers (their line-numbered validation)."""
     from .encoder import HashingEncoder, from_record, from_spec, spec_of
     from .index import _corpus_encoder, read_for_build
     from .sources import read_source, to_batch
     if isinstance(corpus, (str, Path)) and str(corpus) != "-":
         if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
             return read_for_build(corpus, index_dir, overwrite, progress, encoder)   # raises IndexExistsError
-        src = read_source(corpus, progress=progress)
+        src = _read_parquet(Path(corpus)) if _is_parquet(corpus) else read_source(corpus, progress=progress)
+        if src.has_vectors and encoder is None:   # as read_for_build: record the corpus's encoder if it fits
+            batch, recorded = to_batch(src), _corpus_encoder(src.meta)
+            return batch, recorded if recorded and int(recorded.get("dim", batch.dim)) == batch.dim else None
         if not src.has_vectors and (encoder is None or isinstance(encoder, str)):
             recorded = _corpus_encoder(src.meta)
             enc = from_spec(encoder) if encoder is not None else (from_record(recorded) if recorded else HashingEncoder())

@@ -119,6 +119,20 @@ def test_text_only_corpus_embedded_by_actors(cluster, tmp_path):
     build(src, tmp_path / "a", shards=2)
     build(src, tmp_path / "b", shards=2, ray="local")
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    # the same events as Parquet, read as a Ray dataset (two row groups), give the same index
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    pq.write_table(pa.Table.from_pylist(events), tmp_path / "text.parquet", row_group_size=128)
+    build(tmp_path / "text.parquet", tmp_path / "c", shards=2, ray="local")
+    assert _files(tmp_path / "a") == _files(tmp_path / "c")
+
+
+def test_bad_parquet_is_a_corpus_error(cluster, tmp_path):
+    from fastctx.errors import CorpusError
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(CorpusError, match="bad.parquet"):
+        build(bad, tmp_path / "i", shards=2, ray="local")
 
 
 def test_missing_ray_names_the_extra(corpus, tmp_path, monkeypatch):

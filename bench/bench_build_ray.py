@@ -1,0 +1,141 @@
+"""Build throughput of a partitioned build on Ray against the number of workers, beside the
+in-process build; and HNSW construction trade-offs (threads, M, ef_construction) against recall,
+beside faiss.
+
+    python bench/bench_build_ray.py --events 20000 --workers 1,2 [--shards 4] [--work DIR]
+    python bench/bench_build_ray.py --hnsw --n 50000 --dim 384 [--threads 1,2]
+
+The first form generates an orgmem corpus with ../shared/orgmem/generate.py into WORK/corpus
+(unless present), builds it in process (`build(..., shards=S)`) and on a local Ray cluster of
+W CPUs for each W (`build(..., shards=S, ray="local")` after `ray.init(num_cpus=W)`), and
+prints events/s; cluster start-up is timed apart. It checks the Ray index is byte-identical to
+the in-process one. The second form builds hnswlib and faiss HNSW graphs over clustered unit
+vectors and reports build events/s, events/s per thread and recall@10 (exact inner product as
+truth; search ef 64 for both).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ORGMEM = Path(__file__).resolve().parents[2] / "shared" / "orgmem"
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return fa == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and \
+        all((a / p).read_bytes() == (b / p).read_bytes() for p in fa)
+
+
+def bench_ray(events: int, workers: list[int], shards: int, work: Path, dim: int) -> None:
+    import ray
+
+    from fastctx.index import build
+    from fastctx.params import BuildParams
+    corpus = work / "corpus"
+    if not (corpus / "events.jsonl").exists():
+        subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(corpus), "--events", str(events),
+                        "--dim", str(dim), "--quiet"], check=True)
+    params = BuildParams(threads=1, hnsw_min_rows=1024)   # every shard gets an HNSW graph
+    t = time.perf_counter()
+    build(corpus, work / "inproc", shards=shards, overwrite=True, params=params)
+    base = time.perf_counter() - t
+    print(f"{events} events, dim {dim}, {shards} shards, HNSW threads 1 per shard")
+    print("| build | workers | start s | build s | events/s | identical |")
+    print("|---|---|---|---|---|---|")
+    print(f"| in process | 1 | - | {base:.1f} | {events / base:,.0f} | - |")
+    for w in workers:
+        t = time.perf_counter()
+        ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start = time.perf_counter() - t
+        try:
+            t = time.perf_counter()
+            build(corpus, work / f"ray{w}", shards=shards, overwrite=True, params=params, ray="local")
+            took = time.perf_counter() - t
+        finally:
+            ray.shutdown()
+        same = _same_files(work / "inproc", work / f"ray{w}")
+        print(f"| Ray local | {w} | {start:.1f} | {took:.1f} | {events / took:,.0f} | {same} |")
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(8, n // 200), dim)).astype(np.float32)
+    x = centers[rng.integers(0, len(centers), n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def bench_hnsw(n: int, dim: int, threads: list[int], nq: int = 200) -> None:
+    import hnswlib
+    x = _clustered(n, dim, 1)
+    q = _clustered(nq, dim, 2)
+    truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
+
+    def recall(found) -> float:
+        return float(np.mean([len(set(f[:10]) & set(t)) / 10 for f, t in zip(found, truth)]))
+
+    print(f"{n} x {dim} clustered unit vectors, recall@10 over {nq} queries, search ef 64")
+    print("| library | M | ef_construction | threads | build s | events/s | events/s per thread | recall@10 |")
+    print("|---|---|---|---|---|---|---|---|")
+    grid = [(16, 200, t) for t in threads] + [(8, 100, max(threads)), (16, 100, max(threads)),
+                                              (32, 200, max(threads))]
+    for m, efc, th in grid:
+        idx = hnswlib.Index(space="ip", dim=dim)
+        idx.init_index(max_elements=n, M=m, ef_construction=efc, random_seed=100)
+        t = time.perf_counter()
+        idx.add_items(x, np.arange(n), num_threads=th)
+        took = time.perf_counter() - t
+        idx.set_ef(64)
+        found, _ = idx.knn_query(q, k=10, num_threads=1)
+        print(f"| hnswlib | {m} | {efc} | {th} | {took:.1f} | {n / took:,.0f} | {n / took / th:,.0f} | "
+              f"{recall(found):.3f} |")
+    try:
+        import faiss
+    except ImportError:
+        print("faiss not installed (pip install 'fastctx[bench]'): faiss rows skipped")
+        return
+    for m, efc, th in [(16, 200, t) for t in threads] + [(16, 100, max(threads))]:
+        faiss.omp_set_num_threads(th)
+        idx = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        idx.hnsw.efConstruction = efc
+        t = time.perf_counter()
+        idx.add(x)
+        took = time.perf_counter() - t
+        idx.hnsw.efSearch = 64
+        _, found = idx.search(q, 10)
+        print(f"| faiss HNSWFlat | {m} | {efc} | {th} | {took:.1f} | {n / took:,.0f} | {n / took / th:,.0f} | "
+              f"{recall(found):.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--workers", default="1,2", help="comma-separated Ray CPU counts")
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--hnsw", action="store_true", help="the HNSW construction table instead")
+    ap.add_argument("--n", type=int, default=50000, help="--hnsw: vectors")
+    ap.add_argument("--threads", default="1,2", help="--hnsw: comma-separated thread counts")
+    a = ap.parse_args()
+    if a.hnsw:
+        bench_hnsw(a.n, a.dim, [int(t) for t in a.threads.split(",")])
+        return
+    work = a.work or Path(tempfile.mkdtemp(prefix="bench_build_ray."))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        bench_ray(a.events, [int(w) for w in a.workers.split(",")], a.shards, work, a.dim)
+    finally:
+        if a.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
