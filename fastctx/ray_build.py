@@ -197,7 +197,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
         raise InvalidQueryError(f"ray must be 'local' or a cluster address, got {ray!r}")
     raym = _ray()
     index_dir = Path(index_dir)
-    started = not raym.is_initialized()
+    started, lock = not raym.is_initialized(), None
     if started:
         kw = {"num_cpus": num_cpus} if ray == "local" else {"address": ray}
         raym.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
@@ -211,6 +211,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
         digest = _digest(batch, params, shards, key, encoder_spec)
         index_dir.parent.mkdir(parents=True, exist_ok=True)
         stage = index_dir.parent / f".{index_dir.name}{STAGE_SUFFIX}"
+        lock = _stage_lock(stage)
         if stage.exists() and not _stage_matches(stage, digest):
             shutil.rmtree(stage)
         stage.mkdir(exist_ok=True)
@@ -232,10 +233,28 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
         write_marker(stage, names, partition={"key": key, "shards": shards, "hash": "blake2b-64 mod N"},
                      **({"encoder": encoder_spec} if encoder_spec else {}))
         publish_dir(stage, index_dir)
+        lock.release()
     finally:
+        if lock is not None and lock.is_locked:
+            lock.release()
         if started:
             raym.shutdown()
     return Index(index_dir), report
+
+
+def _stage_lock(stage: Path):
+    """Hold ``.NAME.raystage.lock``: two builds of one target must not share a staging directory."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # filelock warns where only soft locks exist
+        from filelock import FileLock, Timeout
+    from .errors import IndexLockedError
+    lock = FileLock(str(stage) + ".lock", timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except (Timeout, BlockingIOError, PermissionError):
+        raise IndexLockedError(f"{stage}.lock: another Ray build of this index is running") from None
+    return lock
 
 
 def _stage_matches(stage: Path, digest: str) -> bool:

@@ -140,3 +140,18 @@ def test_missing_ray_names_the_extra(corpus, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)   # as if not installed
     with pytest.raises(MissingExtraError, match=r"fastctx\[ray\]"):
         build(corpus / "c", tmp_path / "i", shards=2, ray="local")
+
+
+def test_concurrent_build_of_the_same_index_is_refused(cluster, corpus, tmp_path):
+    from filelock import FileLock
+
+    from fastctx.errors import IndexLockedError
+    held = FileLock(str(tmp_path / f".idx{STAGE_SUFFIX}.lock"), thread_local=False)
+    held.acquire()
+    try:
+        with pytest.raises(IndexLockedError, match="another Ray build"):
+            build_ray(corpus / "c", tmp_path / "idx", shards=2)
+    finally:
+        held.release()
+    build_ray(corpus / "c", tmp_path / "idx", shards=2)
+    assert (tmp_path / "idx" / "fastctx.json").exists()
