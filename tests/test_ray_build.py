@@ -155,3 +155,43 @@ def test_concurrent_build_of_the_same_index_is_refused(cluster, corpus, tmp_path
         held.release()
     build_ray(corpus / "c", tmp_path / "idx", shards=2)
     assert (tmp_path / "idx" / "fastctx.json").exists()
+
+
+_KILLED_DRIVER = """
+import sys, time
+from fastctx.ray_build import build_ray
+
+class Stall:   # shard 1 hangs after writing its files, before its marker
+    def __call__(self, k):
+        if k == 1:
+            time.sleep(600)
+
+build_ray(sys.argv[1], sys.argv[2], shards=3, ray="local", num_cpus=2, _fault=Stall())
+"""
+
+
+def test_killed_driver_resumes(cluster, corpus, tmp_path):
+    """SIGKILL the whole build (driver and its local cluster) while one shard is unfinished; the
+    re-run keeps the finished shards' files (same inode and mtime) and gives the same index."""
+    import os
+    import signal
+    import time
+    target, stage = tmp_path / "idx", tmp_path / f".idx{STAGE_SUFFIX}"
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_DRIVER, str(corpus / "c"), str(target)],
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(stage.glob(f"*/{DONE}"))) < 2 and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.2)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    done = sorted(x.parent.name for x in stage.glob(f"*/{DONE}"))
+    assert done == ["shard-000", "shard-002"] and not target.exists()
+    kept = {str(x.relative_to(stage)): (x.stat().st_ino, x.stat().st_mtime_ns)
+            for name in done for x in (stage / name).rglob("*") if x.is_file() and x.name != DONE}
+    build_ray(corpus / "c", target, shards=3)
+    assert {k: ((target / k).stat().st_ino, (target / k).stat().st_mtime_ns) for k in kept} == kept
+    if not (corpus / "inproc").exists():
+        build(corpus / "c", corpus / "inproc", shards=N_SHARDS)
+    assert _files(target) == _files(corpus / "inproc")
