@@ -193,6 +193,9 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
     from .partition import MAX_SHARDS, global_graph, shard_of
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
+    if shards < 2:
+        raise InvalidQueryError("a Ray build writes a partitioned index: pass shards >= 2 (--shards N); "
+                                "one shard is built in process")
     if not isinstance(ray, str) or not ray:
         raise InvalidQueryError(f"ray must be 'local' or a cluster address, got {ray!r}")
     raym = _ray()

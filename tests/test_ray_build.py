@@ -106,6 +106,8 @@ def test_cli_ray_flag_and_clear_errors(cluster, corpus, tmp_path):
     assert "3000 events" in r.output
     r = CliRunner().invoke(main, ["build", str(c), str(tmp_path / "i"), "--shards", "2", "--ray", "local", "--quiet"])
     assert r.exit_code != 0 and "exists" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["build", str(c), str(tmp_path / "j"), "--ray", "local", "--quiet"])
+    assert r.exit_code != 0 and "shards >= 2" in r.output and "Traceback" not in r.output
 
 
 def test_text_only_corpus_embedded_by_actors(cluster, tmp_path):
