@@ -201,18 +201,53 @@ def manifest_checksum(obj: dict) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def _check_manifest_names(path: Path, obj: dict) -> None:
-    """Every name the manifest turns into a path: plain names only (see `check_name`)."""
+def _is_int(v: Any, lo: int = 0, hi: int = 2**62) -> bool:
+    return type(v) is int and lo <= v < hi
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_SEGMENT_INTS = ("n", "row_base", "entity_base", "n_new_entities")
+
+
+def _check_manifest_fields(path: Path, obj: dict) -> None:
+    """The manifest's shape beyond the top-level types, and every name it turns into a path
+    (plain names only, see `check_name`): a readable manifest never makes a reader crash."""
     where = path.parent
+    if not _is_int(obj["dim"], 1, 1 << 16):
+        raise CorruptIndexError(f"{path}: field 'dim' must be an integer in [1, 65536]")
+    for field in ("sources", "kinds"):
+        if not _str_list(obj[field]):
+            raise CorruptIndexError(f"{path}: field {field!r} must be a list of strings")
+    for field in ("n_rows", "n_entities", "version"):
+        if not _is_int(obj[field]):
+            raise CorruptIndexError(f"{path}: field {field!r} must be an integer in [0, 2**62)")
+    params = obj.get("params")
+    if params is not None and not (isinstance(params, dict) and all(
+            _str_list(params.get(k, [])) for k in ("slot_kinds", "slot_prefixes"))):
+        raise CorruptIndexError(f"{path}: field 'params' must hold lists of strings")
     for i, e in enumerate(obj["segments"]):
         if not isinstance(e, dict) or not isinstance(e.get("files"), dict):
             raise CorruptIndexError(f"{path}: segment entry {i} is not an object with 'files'")
         check_inside(where, check_name(e.get("name"), path, "segment name"), path)
+        bad = [k for k in _SEGMENT_INTS if not _is_int(e.get(k))] + \
+            [k for k in ("time_min", "time_max") if not _is_int(e.get(k), -2**63, 2**63)]
+        if bad or not (e.get("hnsw") is None or isinstance(e.get("hnsw"), dict)):
+            raise CorruptIndexError(f"{path}: segment {e['name']!r}: field {(bad or ['hnsw'])[0]!r} is invalid")
         for f, meta in e["files"].items():
             check_name(f, path, f"file name in segment {e['name']!r}")
             if not (isinstance(meta, dict) and isinstance(meta.get("size"), int)
                     and isinstance(meta.get("crc32"), int)):
                 raise CorruptIndexError(f"{path}: entry of {e['name']}/{f} needs integer 'size' and 'crc32'")
+    rows = ents = 0     # segments tile the shard's rows and entity ids in order
+    for e in obj["segments"]:
+        if e["row_base"] != rows or e["entity_base"] != ents:
+            raise CorruptIndexError(f"{path}: segment {e['name']!r} does not start where the previous one ends")
+        rows, ents = rows + e["n"], ents + e["n_new_entities"]
+    if rows != obj["n_rows"] or ents != obj["n_entities"]:
+        raise CorruptIndexError(f"{path}: n_rows / n_entities do not match the segments")
     wal = obj.get("wal", [])
     if not isinstance(wal, list):
         raise CorruptIndexError(f"{path}: field 'wal' must be a list of names")
@@ -223,6 +258,8 @@ def _check_manifest_names(path: Path, obj: dict) -> None:
         if not isinstance(deletes, dict):
             raise CorruptIndexError(f"{path}: field 'deletes' must be an object or null")
         check_inside(where, check_name(deletes.get("name"), path, "deletion file name"), path)
+        if not (_is_int(deletes.get("size")) and _is_int(deletes.get("crc32"), 0, 2**32)):
+            raise CorruptIndexError(f"{path}: field 'deletes' needs integer 'size' and 'crc32'")
     for field in ("next_segment", "next_wal", "next_seq", "flushed_seq"):
         v = obj.get(field, 0)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
@@ -239,7 +276,7 @@ def read_manifest(shard_dir: Path) -> dict:
     for field, typ in _MANIFEST_FIELDS.items():
         if isinstance(obj.get(field), bool) or not isinstance(obj.get(field), typ):
             raise CorruptIndexError(f"{path}: field {field!r} missing or not {typ.__name__}")
-    _check_manifest_names(path, obj)
+    _check_manifest_fields(path, obj)
     return obj
 
 

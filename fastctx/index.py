@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from builtins import type as builtins_type
 import tempfile
 import time
 from dataclasses import replace
@@ -599,6 +600,7 @@ class Index:
             f = replace(f, as_of=as_of)  # Filters validates it
         if type == "as_of" and f.as_of is None:
             raise InvalidQueryError("an as_of query needs as_of=<unix time>")
+        _check_query_args(type, direction, f)
         view = self.view(scope, principals, unrestricted)
         qv, batch = self._vectors(query)
         if batch or len(qv) != 1:
@@ -726,6 +728,21 @@ class Index:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _check_query_args(type: Any, direction: Any, f: Filters) -> None:
+    """Types the engine assumes (its own checks name the allowed values)."""
+    for name, v in (("type", type), ("direction", direction)):
+        if not isinstance(v, str):
+            raise InvalidQueryError(f"{name} must be a string, got {_tname(v)}")
+    for name in ("as_of", "time_from", "time_to"):
+        v = getattr(f, name, None)
+        if v is not None and not (isinstance(v, (int, np.integer)) and -2**62 <= int(v) <= 2**62):
+            raise InvalidQueryError(f"{name} must be a Unix time within +-2**62, got {str(v)[:40]}")
+
+
+def _tname(v: Any) -> str:
+    return "None" if v is None else builtins_type(v).__name__
 
 
 def _manifest_body(m: dict) -> str:

@@ -311,6 +311,10 @@ class Shard:
         self._overlay_arrays = overlay_arrays(overlay)
         self.sources: list[str] = list(self.manifest["sources"])
         self.kinds: list[str] = list(self.manifest["kinds"])
+        for s in disk:   # codes index the manifest's dictionaries: a shortened list would crash reads
+            if s.n and (int(s.source.max()) >= len(self.sources) or int(s.kind.max()) >= len(self.kinds)):
+                raise CorruptIndexError(f"{self.dir / 'MANIFEST.json'}: segment {s.name} uses a source or "
+                                        "kind code the manifest does not list")
         self.n_entities: int = self.manifest["n_entities"]
         self.segments: list[SegmentBase] = list(disk)
         self.memtable: Optional[MemSegment] = None
