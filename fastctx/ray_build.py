@@ -25,11 +25,28 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from .errors import InvalidQueryError
+from .errors import FastctxError, InvalidQueryError
 from .params import BuildParams
 
 DONE = "DONE.json"
 STAGE_SUFFIX = ".raystage"
+
+
+class RayClusterError(FastctxError, ConnectionError):
+    """The Ray cluster named by `ray=` / --ray cannot be reached."""
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (ray.init would retry for minutes)."""
+    import socket
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return   # "auto", ray:// client addresses: left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise RayClusterError(f"cannot reach the Ray cluster at {address} ({e}); start one with "
+                              "`ray start --head` or pass --ray local") from None
 
 
 def _ray():
@@ -184,8 +201,9 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
               embed_actors: int = 1, embed_batch: int = 256, embed_gpus: float = 0.0,
               _fault: Optional[Callable[[int], None]] = None):
     """Build `shards` shard directories with Ray (see the module doc). `ray` is "local" (start a
-    local cluster for this call, `num_cpus` CPUs) or the address of a running cluster. Returns
-    (Index, BuildReport), like `build`."""
+    local cluster for this call, `num_cpus` CPUs) or the address of a running cluster, whose
+    nodes must all see the index's parent directory at the same path (shards are written there).
+    Returns (Index, BuildReport), like `build`."""
     from .build import BuildReport
     from .derive import with_derived_links
     from .format import publish_dir, write_marker
@@ -200,7 +218,9 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
         raise InvalidQueryError(f"ray must be 'local' or a cluster address, got {ray!r}")
     raym = _ray()
     index_dir = Path(index_dir)
-    started, lock = not raym.is_initialized(), None
+    if ray != "local":
+        _check_reachable(ray)
+    started, lock = not raym.is_initialized(), None   # a session this process already opened is used as is
     if started:
         kw = {"num_cpus": num_cpus} if ray == "local" else {"address": ray}
         raym.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)

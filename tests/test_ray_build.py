@@ -197,3 +197,20 @@ def test_killed_driver_resumes(cluster, corpus, tmp_path):
     if not (corpus / "inproc").exists():
         build(corpus / "c", corpus / "inproc", shards=N_SHARDS)
     assert _files(target) == _files(corpus / "inproc")
+
+
+def test_unreachable_cluster_address_fails_fast(corpus, tmp_path):
+    import socket
+    import time
+
+    from fastctx.ray_build import RayClusterError
+    with socket.socket() as sock:   # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t = time.monotonic()
+    r = CliRunner().invoke(main, ["build", str(corpus / "c"), str(tmp_path / "i"), "--shards", "2",
+                                  "--ray", f"127.0.0.1:{port}", "--quiet"])
+    assert r.exit_code != 0 and f"127.0.0.1:{port}" in r.output and "Traceback" not in r.output
+    assert time.monotonic() - t < 30
+    with pytest.raises(RayClusterError):
+        build_ray(corpus / "c", tmp_path / "i", shards=2, ray=f"127.0.0.1:{port}")
