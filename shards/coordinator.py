@@ -31,7 +31,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from fastctx.answer import DAY, Answer, AnswerParams, Engine, check_query, link_weights
-from fastctx.encoder import HashingEncoder
+from fastctx.encoder import from_record
 from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
 from fastctx.filters import Filters
 from fastctx.types import Event
@@ -529,8 +529,8 @@ class Coordinator:
     def encoder(self):
         if self._encoder is None:
             spec = self.shard_stats().get("encoder")
-            if isinstance(spec, dict) and spec.get("name") == HashingEncoder.name:
-                self._encoder = HashingEncoder(dim=int(spec["dim"]))
+            if isinstance(spec, dict):   # the encoder the index records (a model is loaded once)
+                self._encoder = from_record(spec)
         return self._encoder
 
     def _vector(self, query) -> np.ndarray:
