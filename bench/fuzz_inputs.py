@@ -263,7 +263,7 @@ def main() -> None:
     f.run(a.seconds)
     print(f"inputs tried: {f.tried}, tracebacks: {len(f.tracebacks)}")
     for target, detail, tb in f.tracebacks[:5]:
-        print(f"--- {target}: {detail}\n{tb}")
+        print(f"--- {target}: {detail[:300]}\n{tb[-3000:]}")
     if not a.work:
         shutil.rmtree(work, ignore_errors=True)
     sys.exit(1 if f.tracebacks else 0)

@@ -76,15 +76,20 @@ def check_name(name: Any, where: Path, what: str = "file name") -> str:
     """`name` if it is a plain file name (no separator, not '.' or '..', no NUL), else
     CorruptIndexError naming it: names read from a manifest must stay inside its directory."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\0" in name or os.path.isabs(name) or (os.altsep and os.altsep in name)):
-        raise CorruptIndexError(f"{where}: {what} {name!r} is not a plain name inside the directory")
+            or "\0" in name or os.path.isabs(name) or (os.altsep and os.altsep in name)
+            or len(name.encode("utf-8", "surrogatepass")) > 255):
+        raise CorruptIndexError(f"{where}: {what} {str(name)[:80]!r} is not a plain name inside the directory")
     return name
 
 
 def check_inside(directory: Path, name: str, where: Path) -> Path:
     """directory/name, refusing a symlink that resolves outside `directory`."""
     p = Path(directory) / name
-    if p.is_symlink():
+    try:
+        link = p.is_symlink()
+    except OSError as e:
+        raise CorruptIndexError(f"{where}: {name[:80]!r} cannot be looked up ({e.strerror})") from None
+    if link:
         real, root = os.path.realpath(p), os.path.realpath(directory)
         if os.path.commonpath([real, root]) != root:
             raise CorruptIndexError(f"{where}: {name!r} is a symbolic link leading outside {directory}")
