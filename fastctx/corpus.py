@@ -30,8 +30,8 @@ Event fields
     informational and not enforced).
     ``tokens``: integer in ``[0, TOKENS_MAX]``; missing or ``null`` -> estimated from the text
     (`estimate_tokens`: ceil(characters / 4), at least 1; 1 for an event without text). A given
-    value below that estimate is raised to it (capped at TOKENS_MAX), so a small claim cannot
-    smuggle a large text into an answer's token budget.
+    value below ceil(characters / CHARS_PER_TOKEN_MAX) is raised to that (capped at TOKENS_MAX),
+    so a small claim cannot smuggle a large text into an answer's token budget.
     Strings must be valid Unicode (a lone surrogate escape such as ``"\\ud800"`` is refused) and
     values nest at most ``MAX_NESTING`` levels.
     ``entities``: list of non-empty strings; a missing key or ``null`` means no entities;
@@ -97,6 +97,7 @@ DIRECTIONS = ("back", "forward", "both")
 FILTER_KEYS = ("entities_any", "entities_all", "sources", "kinds", "time_from", "time_to")
 TIME_MIN, TIME_MAX = 0, 7_258_118_400     # 1970-01-01 .. 2200-01-01 UTC, Unix seconds
 TOKENS_MAX = 10_000_000                   # largest `tokens` of one event
+CHARS_PER_TOKEN_MAX = 8                   # a `tokens` claim is believed up to this many characters a token
 BUDGET_MAX = 1_000_000_000                # largest `budget_tokens` of one query
 MAX_DIM = 65_536                          # largest embedding dimension accepted in meta.json
 NORM_TOL = 1e-4                           # |norm - 1| above this for any row -> normalised copy
@@ -423,9 +424,9 @@ def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | N
         elif (type(tok) is not int_ or tok < 0 or tok > kmax) and (tok := _int_in(tok, 0, kmax)) is None:
             tok = g("tokens")
             fail(k, "tokens", f"expected an integer in [0, {kmax}], {_got(tok)}")
-        else:   # a claim below the text's own size is raised to it: budgets must hold
+        else:   # a claim far below the text's size is raised: budgets must hold
             txt = g("text")
-            if type(txt) is str_ and tok < (est := -(-len_(txt) // 4)):
+            if type(txt) is str_ and tok < (est := -(-len_(txt) // CHARS_PER_TOKEN_MAX)):
                 tok = min(kmax, est)
         ents = g("entities")
         if ents:

@@ -635,8 +635,8 @@ def test_from_records_matches_model(recs, data):
         attrs.append({k: v for k, v in r.items() if k == "zz_extra"})
     assert len(b) == n and b.ids == [r["id"] for r in recs]
     assert b.times.tolist() == [r["time"] for r in recs]
-    # a claim below the text's estimate (ceil(chars / 4)) is raised to it
-    assert b.tokens.tolist() == [max(r["tokens"], -(-len(r.get("text") or "") // 4)) for r in recs]
+    # a claim below ceil(chars / 8) is raised to it
+    assert b.tokens.tolist() == [max(r["tokens"], -(-len(r.get("text") or "") // 8)) for r in recs]
     assert b.sources == [r["source"] for r in recs] and b.kinds == [r["kind"] for r in recs]
     assert b.entity_ptr.tolist() == ptr and b.entity_names == names
     assert b.link_src.tolist() == lsrc and b.link_to == lto and b.link_type.tolist() == ltype
