@@ -505,20 +505,23 @@ class Engine:
                    for rank, c in enumerate(cands)]
         if p.inherit:
             weights = self._inherit(rows, cands, weights)
-        value: dict[int, float] = {}
-        why: dict[int, tuple] = {}   # row -> (contribution, parent, via_kind, via_id, rank)
-        for rank, ((cscore, i, res), w) in enumerate(zip(cands, weights)):
-            if w < 1e-3:
-                continue
-            for r, s, par, vk, vid in zip(res[0].tolist(), res[1].tolist(), res[2].tolist(),
-                                          res[3].tolist(), res[4].tolist()):
-                contrib = w * s
-                value[r] = value.get(r, 0.0) + contrib
-                if contrib > why.get(r, (-1.0,))[0]:
-                    why[r] = (contrib, par, vk, vid, rank)
-        ranked = sorted(value.items(), key=lambda kv: (-kv[1], kv[0]))
+        keep = [j for j, w in enumerate(weights) if w >= 1e-3]
+        parts = [cands[j][2] for j in keep]
+        r_all = np.concatenate([res[0] for res in parts]).astype(np.int64)
+        contrib = np.concatenate([weights[j] * cands[j][2][1].astype(np.float64) for j in keep])
+        uniq, inv = np.unique(r_all, return_inverse=True)
+        value = np.bincount(inv.ravel(), weights=contrib)   # summed in (rank, position) order
+        # why: the first largest contribution of each row (parent, via kind, via id, rank)
+        first = np.lexsort((np.arange(len(r_all)), -contrib, inv.ravel()))
+        first = first[np.r_[True, np.diff(inv.ravel()[first]) != 0]]
+        par = np.concatenate([res[2] for res in parts])[first].tolist()
+        vk = np.concatenate([res[3] for res in parts])[first].tolist()
+        vid = np.concatenate([res[4] for res in parts])[first].tolist()
+        rank = np.repeat(np.asarray(keep), [len(res[0]) for res in parts])[first].tolist()
+        best_first = np.lexsort((uniq, -value))
+        ranked = [(int(uniq[x]), float(value[x]), (par[x], vk[x], vid[x], rank[x])) for x in best_first.tolist()]
         # the evidence ends with the chains: plain hits pad the budget only when asked (`fill`)
-        order = [(r, v, why[r][1:]) for r, v in ranked]
+        order = ranked
         if fill:
             order += [(r, s, "vector similarity") for r, s in zip(rows.tolist(), sims.tolist())]
         return self._pack(g, order, budget), None
@@ -528,14 +531,17 @@ class Engine:
         """A candidate whose chain reaches another candidate (in the asked direction) explains it:
         it weighs at least that candidate's weight times the path score between them. "What led
         to X" then also gets the events of X's story that lie beyond the best-matching one."""
-        at = {int(rows[i]): j for j, (_, i, _) in enumerate(cands)}
-        out = list(weights)
+        cand_rows = np.array([int(rows[i]) for _, i, _ in cands], np.int64)
+        sorter = np.argsort(cand_rows, kind="stable")
+        w_in = np.asarray(weights, np.float64)
+        out = w_in.copy()
         for j, (_, _, res) in enumerate(cands):
-            for r, sc in zip(res[0][1:].tolist(), res[1][1:].tolist()):
-                k = at.get(r)
-                if k is not None and weights[k] * sc > out[j]:
-                    out[j] = weights[k] * sc
-        return out
+            reached, sc = res[0][1:], res[1][1:].astype(np.float64)
+            pos = np.minimum(np.searchsorted(cand_rows, reached, sorter=sorter), len(cand_rows) - 1)
+            hit = cand_rows[sorter[pos]] == reached
+            if hit.any():
+                out[j] = max(out[j], float((w_in[sorter[pos[hit]]] * sc[hit]).max()))
+        return out.tolist()
 
     @staticmethod
     def _pack(g, order, budget: int):
