@@ -513,7 +513,7 @@ class Engine:
         value = np.bincount(inv.ravel(), weights=contrib)   # summed in (rank, position) order
         # why: the first largest contribution of each row (parent, via kind, via id, rank)
         first = np.lexsort((np.arange(len(r_all)), -contrib, inv.ravel()))
-        first = first[np.r_[True, np.diff(inv.ravel()[first]) != 0]]
+        first = first[np.r_[True, np.diff(inv.ravel()[first]) != 0]] if len(first) else first
         par = np.concatenate([res[2] for res in parts])[first].tolist()
         vk = np.concatenate([res[3] for res in parts])[first].tolist()
         vid = np.concatenate([res[4] for res in parts])[first].tolist()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastctx.answer import DIRECTIONS, Engine
+from fastctx.answer import DIRECTIONS, AnswerParams, Engine
 from fastctx.filters import Filters
 
 
@@ -71,3 +71,28 @@ def test_recency_inside_the_window_by_direction():
     assert np.allclose(Engine._recency(times, f, DIRECTIONS["forward"]), [1, 0.5, 0])
     assert np.allclose(Engine._recency(times, f, DIRECTIONS["both"]), 0)
     assert np.allclose(Engine._recency(times, Filters(), DIRECTIONS["back"]), 0)   # no window, no prior
+
+
+def test_chain_answer_is_empty_not_an_error_when_every_expansion_came_back_empty():
+    """A sharded answer whose candidate heads all live on a shard that stopped answering: the
+    expansions are empty, and the answer is empty (flagged partial by the caller), not a crash."""
+    from fastctx.filters import Filters
+
+    class Down:
+        def vectors(self, rows):
+            return np.eye(4, dtype=np.float32)[np.asarray(rows, np.int64) % 4]
+
+        def times(self, rows):
+            return np.asarray(rows, np.int64) * 10
+
+        def tokens(self, rows):
+            return np.ones(len(rows), np.int64)
+
+        def expand(self, seeds, scores, direction, t_lo, t_hi, as_of):
+            e = tuple(np.zeros(0, t) for t in (np.int64, np.float32, np.int64, np.int8, np.int64, np.int32))
+            return [e for _ in seeds]
+
+    eng = Engine(params=AnswerParams(), graph=Down())
+    rows, sims = np.array([3, 1, 2]), np.array([0.9, 0.5, 0.4])
+    picked, current = eng._chain(Down(), _unit([1, 0, 0, 0]), rows, sims, np.zeros(3), Filters(), 1, 100, False)
+    assert picked == [] and current is None
