@@ -128,7 +128,7 @@ def _gather_csr(ptr: np.ndarray, rows: np.ndarray, *cols: np.ndarray):
     return (new_ptr, *(c[idx] for c in cols))
 
 
-def sidecar_arrays(g: dict, shard_no: np.ndarray, k: int, n_shards: int, local_names: list) -> dict:
+def sidecar_arrays(g: dict, shard_no: np.ndarray, k: int, n_shards: int) -> dict:
     """The PARTITION.npz arrays of shard k (see the module doc)."""
     grow = np.flatnonzero(shard_no == k).astype(np.int64)  # shard_no is indexed by global row
     times = g["times"]
@@ -147,10 +147,9 @@ def sidecar_arrays(g: dict, shard_no: np.ndarray, k: int, n_shards: int, local_n
     rev_idx = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())]) \
         if len(grow) else np.zeros(0, np.int64)
     rev_rows = olds[rev_idx.astype(np.int64)] if len(rev_idx) else np.zeros(0, np.int64)
-    # entities: local id (rank among the shard's own names) -> global id
-    uniq = g["ent_names"]
-    gent = np.searchsorted(uniq, np.asarray(sorted(local_names), dtype=object)).astype(np.int64) \
-        if local_names else np.zeros(0, np.int64)
+    # entities: local id (rank among the shard's own names) -> global id; global ids are ranks of
+    # the sorted names too, so the shard's own ids, ascending, are its local order
+    gent = np.unique(_gather_csr(g["ev_ptr"], grow, g["ev_ent"])[1]).astype(np.int64)
     ent_df = np.diff(g["ent_ptr"])[gent] if len(gent) else np.zeros(0, np.int64)
     holders = [np.unique(shard_no[g["ent_rows"][g["ent_ptr"][e]:g["ent_ptr"][e + 1]]]) for e in gent.tolist()]
     hold_ptr = np.zeros(len(gent) + 1, np.int64)
@@ -236,8 +235,7 @@ def write_partition_shard(shard_dir: Path, batch: EventBatch, g: dict, shard_no:
     if len(sub):
         append_segment(shard_dir, read_manifest(shard_dir), sub, params,
                        (lambda s, d, t: progress(f"{s}[{k}]", d, t)) if progress else None)
-    local_names = sorted(set(with_derived(sub, params).entity_names))
-    arrays = sidecar_arrays(g, shard_no, k, shards, local_names)
+    arrays = sidecar_arrays(g, shard_no, k, shards)
     write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": g["n"],
                                       "n_entities_global": len(g["ent_names"]), "dim": batch.dim,
                                       "slot_kinds": list(params.slot_kinds),
