@@ -79,6 +79,12 @@ class Filters:
             raise InvalidQueryError(f"unknown filter field(s) {sorted(unknown)}; known: {list(FILTER_KEYS)}")
         return cls(as_of=as_of, **d)
 
+    def to_dict(self) -> dict:
+        """The filter keys that are set, as plain JSON / wire values (inverse of `from_dict`;
+        `as_of` travels separately)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k in FILTER_KEYS
+                if (v := getattr(self, k)) not in (None, ())}
+
     def time_bounds(self) -> tuple[int, int]:
         lo = self.time_from if self.time_from is not None else np.iinfo(np.int64).min
         hi = self.time_to if self.time_to is not None else np.iinfo(np.int64).max

@@ -55,11 +55,7 @@ class View:
 
     def to_msg(self) -> dict:
         """Wire form (shard requests)."""
-        s = self.scope
-        scope = None if s is None else {k: v for k, v in (
-            ("time_from", s.time_from), ("time_to", s.time_to), ("entities_any", list(s.entities_any)),
-            ("entities_all", list(s.entities_all)), ("sources", list(s.sources)), ("kinds", list(s.kinds)))
-            if v not in (None, [])}
+        scope = None if self.scope is None else self.scope.to_dict()
         return {"scope": scope, "principals": None if self.principals is None else list(self.principals)}
 
     @classmethod
@@ -102,5 +98,9 @@ class View:
 
 
 def holds_acl(shard) -> bool:
-    """Whether any event of the shard carries an access list."""
-    return bool(shard.entity_ids([ACL_ANY]))
+    """Whether any event of the shard carries an access list (asked on every query: cached on
+    the pinned shard version, which a write replaces)."""
+    got = shard.__dict__.get("_holds_acl")
+    if got is None:
+        got = shard.__dict__["_holds_acl"] = bool(shard.entity_ids([ACL_ANY]))
+    return got

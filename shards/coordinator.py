@@ -158,9 +158,7 @@ class DistributedGraph:
 
     # -- GraphAccess ---------------------------------------------------------------------------
     def seeds(self, q, k, filters: Filters):
-        f = {n: getattr(filters, n) for n in ("time_from", "time_to")} | \
-            {n: list(getattr(filters, n)) for n in ("entities_any", "entities_all", "sources", "kinds")}
-        req = self._with_view({"vectors": np.asarray(q, np.float32)[None, :], "k": int(k), "filters": f,
+        req = self._with_view({"vectors": np.asarray(q, np.float32)[None, :], "k": int(k), "filters": filters.to_dict(),
                                "as_of": filters.as_of})
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
         cand = []
@@ -178,12 +176,10 @@ class DistributedGraph:
 
     def lexical(self, names, k, filters: Filters):
         """Lexical seeds: each shard scores its own postings with the corpus-wide df (one round)."""
-        f = {n: getattr(filters, n) for n in ("time_from", "time_to")} | \
-            {n: list(getattr(filters, n)) for n in ("entities_any", "entities_all", "sources", "kinds")}
         st = self.c.shard_stats()
         avg = sum(int(v.get("doc_len_sum", 0)) for v in st["shards"].values()) / max(self.n, 1)
         p = self.params
-        req = self._with_view({"words": list(names), "k": int(k), "filters": f, "as_of": filters.as_of,
+        req = self._with_view({"words": list(names), "k": int(k), "filters": filters.to_dict(), "as_of": filters.as_of,
                                "avg_len": float(avg), "bm25": np.array([p.bm25_k1, p.bm25_b], np.float64)})
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
         cand = []

@@ -391,7 +391,7 @@ class RemoteClient:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
         f = filters if filters is not None else Filters.from_dict(filter_kw)
         msg = {"type": type, "direction": direction, "budget_tokens": budget_tokens, "require_all": require_all,
-               "filters": _filters_msg(f), "as_of": as_of if as_of is not None else f.as_of}
+               "filters": f.to_dict(), "as_of": as_of if as_of is not None else f.as_of}
         if principals is not None:
             if isinstance(principals, str):
                 raise InvalidQueryError("principals must be a list of strings, e.g. ['user:ana']")
@@ -399,7 +399,7 @@ class RemoteClient:
         if fill:
             msg["fill"] = True
         if scope is not None:
-            msg["scope"] = _filters_msg(scope if isinstance(scope, Filters) else Filters.from_dict(scope))
+            msg["scope"] = (scope if isinstance(scope, Filters) else Filters.from_dict(scope)).to_dict()
         if isinstance(query, str):
             msg["text"] = query
         else:
@@ -428,13 +428,6 @@ class RemoteClient:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _filters_msg(f) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-            {n: getattr(f, n) for n in ("time_from", "time_to", "entities_any", "entities_all",
-                                         "sources", "kinds")}.items()
-            if v not in (None, (), [])}
 
 
 def connect(address: str, **kw) -> RemoteClient:
