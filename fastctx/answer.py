@@ -211,6 +211,7 @@ class LocalGraph:
         self.slot = (self.shard.entity_flags & 1).astype(bool)
         self.missing: list[int] = []
         self.view = View()
+        self.doc_len = np.diff(g.ev_ptr)   # entities per row (BM25 document length)
 
     def for_view(self, view: View) -> "LocalGraph":
         """This graph as one asker sees it: rows outside the view's scope or access are neither
@@ -253,9 +254,9 @@ class LocalGraph:
         empty = (np.zeros(0, np.int64), np.zeros(0, np.float64))
         if not ids or g.n == 0:
             return empty
-        doc_len = np.diff(g.ev_ptr)
+        doc_len = self.doc_len
         postings = [g.ent_rows[g.ent_ptr[e]:g.ent_ptr[e + 1]] for e in ids]
-        rows, scores = bm25(postings, [len(x) for x in postings], g.n, doc_len, float(doc_len.sum()) / g.n,
+        rows, scores = bm25(postings, [len(x) for x in postings], g.n, doc_len, float(g.ev_ptr[-1]) / g.n,
                             p.bm25_k1, p.bm25_b)
         keep = filter_rows(self.index, self.shard_no, rows, filters, self.view)
         rows, scores = rows[keep], scores[keep]

@@ -87,6 +87,7 @@ class ShardService:
         self.n_global = int(self.meta["n_global"])
         self._weights: dict = {}
         self._views: dict = {}   # view key -> (hidden rows mask or None, post_ok per posting)
+        self.doc_len = np.diff(self.ev_ptr)   # entities per row (BM25 document length)
 
     def warm_up(self) -> None:
         """Compile (or load) the kernels for this shard's exact array types before serving, so
@@ -169,7 +170,7 @@ class ShardService:
         known = [(w, le) for w, le in zip(words, self.sh.lookup_entities(keys64(list(words))).tolist()) if le >= 0]
         postings = [self.ent_rows[self.ent_ptr[le]:self.ent_ptr[le + 1]] for _, le in known]
         rows, scores = bm25(postings, [int(self.ent_df[le]) for _, le in known], self.n_global,
-                            np.diff(self.ev_ptr), float(avg_len), k1, b)
+                            self.doc_len, float(avg_len), k1, b)
         keep = filter_rows(self.index, 0, rows, f, view)
         rows, scores = self.grow[rows[keep]] if len(self.grow) else rows[keep], scores[keep]
         top = np.lexsort((rows, -scores))[:k]
