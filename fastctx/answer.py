@@ -16,9 +16,12 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           another inherits that one's weight times the path between them (a later event that
           explains the best match continues its story). The answer is the pooled chains, best
           evidence first: one scale for chain events and direct hits (a hit is its own
-          one-event chain), so a question whose evidence is several unrelated hits gets those
-          and a causal question gets its chain. It ends where the evidence does; `fill` pads the
-          budget with further plain hits.
+          one-event chain). How broad it is follows how much causal structure the best chain
+          has (its evidence mass through anything but replies, relative to `chain_evidence`):
+          a causal question gets its chain and ends there; a question whose evidence is
+          several unrelated hits (a fact asked of a conversation) pools candidates more widely
+          and lets direct hits, by fused relevance, take the unexplained share of the budget.
+          `fill` pads the whole budget with direct hits.
 current : the top hits are grouped by their slot entity (e.g. `decision:...`) or, lacking
 as_of     one, by their explicit supersession chain; the best group (sum of its two best
           similarities) is followed along the supersession overlay to the version that is
@@ -95,6 +98,13 @@ class AnswerParams:
     inherit: bool = True             # a candidate whose chain reaches another inherits its weight
     pool_temperature: float = 0.03   # softmax temperature pooling candidates' chains (0: winner only);
                                      # chains of candidates weighted below 1e-3 are not evidence
+    # How much causal structure the best chain has decides the answer's breadth: its evidence
+    # mass (path scores of the events it reaches through anything but reply links) relative to
+    # `chain_evidence` is the confidence c in [0, 1]. The pooling temperature moves from
+    # `wide_temperature` (c = 0) to `pool_temperature` (c = 1), and direct hits, in fused
+    # relevance order, take the share 1 - c of the budget the chains leave.
+    chain_evidence: float = 0.5
+    wide_temperature: float = 0.3
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
     lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)
     lexical: float = 0.5             # weight of a hit's lexical match (0..1, relative to the best)
@@ -374,7 +384,7 @@ class Engine:
             graph=None, *, view: View = View(), text: Optional[str] = None, fill: bool = False) -> Answer:
         """Answer one query. `graph` overrides the engine's graph for this call (a coordinator
         passes a per-query one); `view` limits what the asker may see; `text` (the query's words)
-        adds lexical seeds; `fill` pads the answer with similar events up to the budget."""
+        adds lexical seeds; `fill` pads the answer with direct hits up to the budget."""
         check_query(query_type, direction, budget)
         g = (graph if graph is not None else self.g).for_view(view)
         t0 = time.perf_counter()
@@ -498,11 +508,13 @@ class Engine:
         cands = [(float(pr + p.relevance * rel), i, res)
                  for i, pr, rel, res in zip(chosen.tolist(), prior[top].tolist(), relevance.tolist(), expansions)]
         cands.sort(key=lambda c: (-c[0], c[1]))
+        confidence = self._confidence(cands[0][2], p.chain_evidence)
+        temperature = p.pool_temperature + (p.wide_temperature - p.pool_temperature) * (1.0 - confidence)
         # evidence per event, pooled over candidates: each candidate's chain counts with a
         # softmax weight of its score, so a close runner-up's chain still gets budget and
         # events several candidates reach are reinforced
         best = cands[0][0]
-        weights = [math.exp((c[0] - best) / p.pool_temperature) if p.pool_temperature > 0 else float(rank == 0)
+        weights = [math.exp((c[0] - best) / temperature) if temperature > 0 else float(rank == 0)
                    for rank, c in enumerate(cands)]
         if p.inherit:
             weights = self._inherit(rows, cands, weights)
@@ -521,11 +533,23 @@ class Engine:
         rank = np.repeat(np.asarray(keep), [len(res[0]) for res in parts])[first].tolist()
         best_first = np.lexsort((uniq, -value))
         ranked = [(int(uniq[x]), float(value[x]), (par[x], vk[x], vid[x], rank[x])) for x in best_first.tolist()]
-        # the evidence ends with the chains: plain hits pad the budget only when asked (`fill`)
-        order = ranked
-        if fill:
-            order += [(r, s, "vector similarity") for r, s in zip(rows.tolist(), sims.tolist())]
-        return self._pack(g, order, budget), None
+        # the evidence ends with the chains, unless they explain little of the question: direct
+        # hits (fused relevance order) then take the unexplained share of the budget left (all of
+        # it with `fill`)
+        by_base = np.lexsort((np.arange(len(rows)), -base))
+        hits = [(int(rows[x]), float(base[x]), "direct hit") for x in by_base.tolist()]
+        return self._pack(g, ranked, budget, hits, 1.0 if fill else 1.0 - confidence), None
+
+    @staticmethod
+    def _confidence(expansion, unit: float) -> float:
+        """How much causal structure a chain has, in [0, 1]: the path scores of the events its
+        expansion reaches (the head excluded) through anything but a reply link, over `unit`.
+        A reply is what came next in a conversation, not a cause."""
+        if unit <= 0:
+            return 1.0
+        scores, via_kind, via_id = expansion[1][1:], expansion[3][1:], expansion[4][1:]
+        causal = ~((via_kind == 1) & (via_id == LINK_TYPES.index("reply")))
+        return float(min(1.0, float(np.asarray(scores, np.float64)[causal].sum()) / unit))
 
     @staticmethod
     def _inherit(rows, cands, weights) -> list[float]:
@@ -545,17 +569,30 @@ class Engine:
         return out.tolist()
 
     @staticmethod
-    def _pack(g, order, budget: int):
-        """The events of `order` (best first) that fit the budget, each once."""
-        tokens = g.tokens([r for r, _, _ in order]) if order else []
-        picked, used, seen = [], 0, set()
-        for (r, v, reason), tok in zip(order, np.asarray(tokens, np.int64).tolist()):
-            if r in seen or used + tok > budget:
+    def _pack(g, order, budget: int, pad=(), pad_share: float = 0.0):
+        """The events of `order` (best first) that fit the budget, each once; then those of `pad`
+        that fit in `pad_share` of the budget `order` left. Token counts of `pad` are asked in
+        growing chunks: a remote graph fetches only what the budget can take."""
+        picked, seen = [], set()
+        used = Engine._take(g, order, budget, 0, picked, seen)
+        if pad_share > 0 and pad:
+            limit, lo, step = used + int(pad_share * (budget - used)), 0, 64
+            while lo < len(pad) and used < limit:
+                used = Engine._take(g, pad[lo:lo + step], limit, used, picked, seen)
+                lo, step = lo + step, 2 * step
+        return picked
+
+    @staticmethod
+    def _take(g, items, limit: int, used: int, picked: list, seen: set) -> int:
+        """Append the items that fit under `limit` tokens to `picked`; the tokens now used."""
+        tokens = np.asarray(g.tokens([r for r, _, _ in items]), np.int64).tolist() if items else []
+        for (r, v, reason), tok in zip(items, tokens):
+            if r in seen or used + tok > limit:
                 continue
             seen.add(r)
             used += tok
             picked.append((r, v, reason))
-        return picked
+        return used
 
     # -- current / as_of -----------------------------------------------------------------------
     def _current(self, g, rows, sims, lex, filters: Filters, budget: int, fill: bool):

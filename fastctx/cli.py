@@ -270,7 +270,7 @@ def _connect(remote: str, token, ca, insecure: bool):
 @click.option("--scope-entity", "scope_entities", multiple=True,
               help="Every returned event must mention one of these (a tenant, a conversation): expansion never leaves it.")
 @click.option("--unrestricted", is_flag=True, help="Local index with access lists: ask with unrestricted access.")
-@click.option("--fill", is_flag=True, help="Pad the answer with further similar events up to the budget.")
+@click.option("--fill", is_flag=True, help="Pad the answer with further direct hits up to the budget.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "context"]), default=None,
               help="table (default): a readable timeline; json: the answer; jsonl: one event a line; "
@@ -330,7 +330,7 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
 @_remote_options
 @click.option("--unrestricted", is_flag=True,
               help="Local index with access lists: queries that name no principals see everything.")
-@click.option("--fill", is_flag=True, help="Pad every answer with further similar events up to its budget.")
+@click.option("--fill", is_flag=True, help="Pad every answer with further direct hits up to its budget.")
 @click.option("--quiet", is_flag=True)
 def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_insecure: bool, unrestricted: bool,
              fill: bool, quiet: bool) -> None:

@@ -591,8 +591,8 @@ class Index:
         type: chain | current | as_of. as_of hides every event (and supersession) after that time.
         scope: filter keys every returned event must satisfy (expansion never leaves it).
         principals: who asks (events with an access list naming none of them are invisible).
-        fill: pad the answer with further similar events up to the budget (off: the answer
-        ends where the evidence does). text: the query's words when `query` is a vector."""
+        fill: pad the answer with further direct hits up to the budget (off: the answer ends
+        where the evidence does). text: the query's words when `query` is a vector."""
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
         f = filters or _filters(filter_kw)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastctx.corpus import LINK_TYPES
+
 from fastctx.answer import DIRECTIONS, AnswerParams, Engine
 from fastctx.filters import Filters
 
@@ -85,8 +87,8 @@ def test_chain_answer_is_empty_not_an_error_when_every_expansion_came_back_empty
         def times(self, rows):
             return np.asarray(rows, np.int64) * 10
 
-        def tokens(self, rows):
-            return np.ones(len(rows), np.int64)
+        def tokens(self, rows):   # like the coordinator: rows of a missing shard never fit a budget
+            return np.full(len(rows), 2 ** 60, np.int64)
 
         def expand(self, seeds, scores, direction, t_lo, t_hi, as_of):
             e = tuple(np.zeros(0, t) for t in (np.int64, np.float32, np.int64, np.int8, np.int64, np.int32))
@@ -96,3 +98,56 @@ def test_chain_answer_is_empty_not_an_error_when_every_expansion_came_back_empty
     rows, sims = np.array([3, 1, 2]), np.array([0.9, 0.5, 0.4])
     picked, current = eng._chain(Down(), _unit([1, 0, 0, 0]), rows, sims, np.zeros(3), Filters(), 1, 100, False)
     assert picked == [] and current is None
+
+
+class _OneHopGraph:
+    """Every head reaches one later event (row + 100) through one link of type `link`; 20 hits
+    with falling similarity; every event costs one token."""
+
+    def __init__(self, link: str):
+        self.link = LINK_TYPES.index(link)
+
+    def vectors(self, rows):
+        rows = np.asarray(rows, np.int64)
+        v = np.zeros((len(rows), 32), np.float32)
+        v[np.arange(len(rows)), rows % 32] = 1.0
+        return v
+
+    def times(self, rows):
+        return np.asarray(rows, np.int64) * 10
+
+    def tokens(self, rows):
+        return np.ones(len(rows), np.int64)
+
+    def expand(self, seeds, scores, direction, t_lo, t_hi, as_of):
+        return [(np.array([s, s + 100], np.int64), np.array([1.0, 0.9], np.float32), np.array([-1, s], np.int64),
+                 np.array([0, 1], np.int8), np.array([0, self.link], np.int64), np.array([0, 1], np.int32))
+                for s in np.asarray(seeds, np.int64).tolist()]
+
+
+def _hop_answer(link: str, budget: int = 1000):
+    from fastctx.filters import Filters
+    g = _OneHopGraph(link)
+    rows = np.arange(20, dtype=np.int64)
+    sims = np.linspace(0.9, 0.1, 20)
+    q = np.zeros(32, np.float32)
+    q[0] = 1.0
+    picked, _ = Engine(params=AnswerParams(), graph=g)._chain(g, q, rows, sims, np.zeros(20), Filters(), 1, budget, False)
+    return [r for r, _, _ in picked]
+
+
+def test_a_chain_with_causal_structure_ends_the_answer():
+    """The best head reaches an event through a reference (causal evidence >= the unit): the answer
+    is the pooled chains, not padded with the other hits."""
+    got = _hop_answer("references")
+    assert got[:2] == [0, 100]
+    assert len(got) < 20
+
+
+def test_replies_alone_are_no_causal_chain_so_direct_hits_fill_the_budget():
+    """Reply links are conversation structure: a best chain made of replies only explains nothing
+    causally, so every direct hit gets into the answer (budget permitting), best first."""
+    got = _hop_answer("reply")
+    assert set(range(20)) <= set(got)
+    assert len(got) == len(set(got))
+    assert len(_hop_answer("reply", budget=7)) == 7   # padding stops at the budget
