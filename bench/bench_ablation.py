@@ -5,7 +5,7 @@
 For every corpus: builds the default index and one index per build-time variant (identifier
 terms off, words off = no lexical seeds, derived `similar` links on, derived `same_actor` links
 on), answers every query with the default engine and with engine variants (lexical weight 0,
-no weight inheritance, `fill`), scores each with the yardstick's scorer and prints one markdown
+no weight inheritance, fixed breadth, `fill`), scores each with the yardstick's scorer and prints one markdown
 row per variant: chain recall / precision and current accuracy, with plain RAG (the yardstick's
 `rag_baseline.py`, k=100) in the first row. Never reads truth.jsonl itself: only the scorer does.
 """
@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILDS = {"default": BuildParams(), "terms off": BuildParams(text_terms=False),
           "words off (no lexical seeds)": BuildParams(text_words=False),
           "similar links on (k=3)": BuildParams(similar_k=3), "same_actor links on (k=2)": BuildParams(actor_k=2)}
-ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit=False), "fill": "fill"}
+ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit=False),
+           "breadth fixed (chain_evidence 0: always ends with the chains)": dict(chain_evidence=0.0), "fill": "fill"}
 
 
 def _score(orgmem: Path, corpus: Path, results: Path) -> dict:
