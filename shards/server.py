@@ -19,11 +19,14 @@ is refused before any work, and a coordinator query never runs past its caller's
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
 from concurrent import futures
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Optional
 
 import grpc
@@ -37,6 +40,7 @@ from fastctx.errors import AccessDeniedError, FastctxError, InvalidQueryError, S
 from fastctx.types import Event
 
 from . import wire
+from .metrics import Observer
 from .transport import GRPC_OPTIONS, SHARD_SERVICE
 
 COORD_SERVICE = "fastctx.Coordinator"
@@ -47,6 +51,18 @@ def _handler(method: str, fn: Callable, schema: tuple, server: "_Server") -> Cal
     spec, required = schema
 
     def handle(data: bytes, context) -> bytes:
+        t0 = time.perf_counter()
+        status, reply = "OK", b""
+        try:
+            reply = _serve(data, context)
+            return reply
+        except BaseException:
+            status = _status_name(context)
+            raise
+        finally:
+            server.obs.rpc(method, context.peer(), status, time.perf_counter() - t0, len(data), len(reply))
+
+    def _serve(data: bytes, context) -> bytes:
         if server.delay_s:                      # test hook: a hanging server
             end = time.monotonic() + server.delay_s
             while time.monotonic() < end and context.is_active() and not server.stopping:
@@ -80,15 +96,24 @@ def _handler(method: str, fn: Callable, schema: tuple, server: "_Server") -> Cal
     return handle
 
 
+def _status_name(context) -> str:
+    """The status a handler aborted with (context.abort records it before raising)."""
+    code = context.code() if hasattr(context, "code") else None
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
 class _Server:
     """A gRPC server: TLS when `credentials` are given (else loopback only, unless `insecure`),
     at most `limits.max_concurrent` RPCs in progress (more get RESOURCE_EXHAUSTED at once
-    instead of queueing), message sizes capped at `wire.MAX_MESSAGE_BYTES` both ways."""
+    instead of queueing), message sizes capped at `wire.MAX_MESSAGE_BYTES` both ways. Every RPC
+    is counted and logged by `self.obs` (`shards.metrics.Observer`); with `metrics_port` its
+    Prometheus metrics are served over HTTP on `metrics_host` (loopback by default)."""
     wants_caller = False
 
     def __init__(self, service_name: str, methods: dict[str, Callable], schemas: dict, port: int,
                  host: str = "127.0.0.1", workers: int = 8, *, credentials=None, insecure: bool = False,
-                 limits: Optional[wire.Limits] = None):
+                 limits: Optional[wire.Limits] = None, metrics_port: Optional[int] = None,
+                 metrics_host: str = "127.0.0.1"):
         check_bind(host, credentials is not None, insecure)
         self.delay_s = 0.0
         self.stopping = False
@@ -98,6 +123,7 @@ class _Server:
                                   maximum_concurrent_rpcs=self.limits.max_concurrent)
         handlers = {m: grpc.unary_unary_rpc_method_handler(_handler(m, fn, schemas[m], self))
                     for m, fn in methods.items()}
+        self.method_names = tuple(methods)      # what this server answers (docs/WIRE.md documents each)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -112,6 +138,11 @@ class _Server:
             raise OSError(f"cannot listen on {bind}{hint}")
         self.address = f"{host}:{self.port}"
         self.tls = credentials is not None
+        try:
+            self.obs = Observer(service_name, metrics_port, metrics_host)
+        except BaseException:
+            self.server.stop(None)
+            raise
 
     def authenticate(self, method: str, context):
         """Who calls (None: no per-call authentication; TLS has done its part)."""
@@ -130,6 +161,7 @@ class _Server:
         self.stopping = True
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.obs.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -141,16 +173,23 @@ class ShardServer(_Server):
 
     def __init__(self, index_dir, shard: int, port: int = 0, host: str = "127.0.0.1", workers: int = 8, *,
                  tls_cert=None, tls_key=None, tls_client_ca=None, insecure: bool = False,
-                 limits: Optional[wire.Limits] = None):
+                 limits: Optional[wire.Limits] = None, metrics_port: Optional[int] = None,
+                 metrics_host: str = "127.0.0.1"):
         from .service import ShardService
         creds = server_credentials(tls_cert, tls_key, tls_client_ca)
         check_bind(host, creds is not None, insecure)      # before the (slow) warm-up
         self.service = ShardService(index_dir, shard)
+        self.build = build_identity(index_dir, self.service.meta)
         self.service.warm_up()
         self.cost = ShardCost(self.service)
-        super().__init__(SHARD_SERVICE, {m: getattr(self.service, m) for m in wire.SHARD_SCHEMAS},
-                         wire.SHARD_SCHEMAS, port, host, workers, credentials=creds, insecure=insecure,
-                         limits=limits)
+        methods = {m: getattr(self.service, m) for m in wire.SHARD_SCHEMAS}
+        methods["Stats"] = self._stats
+        super().__init__(SHARD_SERVICE, methods, wire.SHARD_SCHEMAS, port, host, workers, credentials=creds,
+                         insecure=insecure, limits=limits, metrics_port=metrics_port, metrics_host=metrics_host)
+        self.obs.build(shard, self.build)
+
+    def _stats(self, req: dict) -> dict:
+        return {**self.service.Stats(req), "build": self.build}
 
     def admit(self, method: str, req: dict) -> None:
         self.limits.check(method, **self.cost.estimate(method, req))
@@ -260,6 +299,65 @@ class ShardCost:
         return {}
 
 
+# ------------------------------------------------------------------------------------ builds
+class BuildMismatchError(FastctxError):
+    """A coordinator given shard servers of different builds, or a replica serving another shard."""
+
+
+def build_identity(index_dir, sidecar_meta: dict) -> str:
+    """A partitioned build's identity, the same on every shard and replica of one build: the
+    marker's ``build`` field if it has one, else a digest of the marker and of the partition
+    fields all shards of a build share (whole-corpus sizes, shard key, dimension, encoder, slot
+    kinds). Two builds of different corpora or settings differ; identical rebuilds agree."""
+    from fastctx.format import read_marker
+    marker = read_marker(Path(index_dir))
+    if isinstance(marker.get("build"), str):
+        return marker["build"]
+    shared = {k: v for k, v in sidecar_meta.items() if k not in ("shard", "npz", "checksum")}
+    blob = json.dumps({"marker": marker, "partition": shared}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_builds(cluster, timeout_s: float = 2.0) -> list[str]:
+    """Ask every replica of every shard for its Stats at once, and raise `BuildMismatchError`
+    naming each replica that serves another shard number, another build than the rest of the
+    cluster, or another manifest version than the other replicas of its shard. Returns the
+    replicas that did not answer (not checked; the caller logs them). In-process replicas are
+    one index directory and are not asked."""
+    from collections import Counter
+    from .transport import LocalReplica
+    data = wire.encode({"v": wire.SCHEMA_VERSION})
+    calls = [(k, r, r.future("Stats", data, timeout_s)) for k in cluster.shards
+             for r in cluster.groups[k].replicas if not isinstance(r, LocalReplica)]
+    seen, down = [], []
+    for k, r, fut in calls:
+        try:
+            seen.append((k, r.name, wire.decode(fut.result())))
+        except Exception as e:  # noqa: BLE001 - any failure: this replica is not checked now
+            down.append(f"shard {k} at {r.name} ({e.code().name if isinstance(e, grpc.RpcError) else type(e).__name__})")
+    problems = [f"{name} serves shard {st.get('shard')}, not shard {k}" for k, name, st in seen
+                if st.get("shard") != k]
+    builds = Counter(st.get("build") for _, _, st in seen)
+    if len(builds) > 1:    # the build most replicas serve (a tie: the lowest shard's) is the reference
+        ref = next(st.get("build") for _, _, st in seen if builds[st.get("build")] == max(builds.values()))
+        ref_n = next(st.get("n_global") for _, _, st in seen if st.get("build") == ref)
+        for k, name, st in seen:
+            if st.get("build") != ref:
+                got = "no build identity (an older fastctx)" if st.get("build") is None \
+                    else f"build {st.get('build')} ({st.get('n_global')} events)"
+                problems.append(f"shard {k} at {name} serves {got}; the rest of the cluster serves build {ref} "
+                                f"({ref_n} events)")
+    for k in cluster.shards:
+        versions = {name: st.get("version") for kk, name, st in seen if kk == k}
+        if len(set(versions.values())) > 1:
+            problems.append(f"the replicas of shard {k} serve different manifest versions "
+                            f"({', '.join(f'{n}: {v}' for n, v in versions.items())})")
+    if problems:
+        raise BuildMismatchError("refusing to mix builds: " + "; ".join(problems[:8]) +
+                                 ("" if len(problems) <= 8 else f"; and {len(problems) - 8} more"))
+    return down
+
+
 # ------------------------------------------------------------------------------------ coordinator
 def answer_to_msg(ans: Answer) -> dict:
     return {"type": ans.query_type, "events": [asdict(e) for e in ans.events],
@@ -277,18 +375,25 @@ def answer_from_msg(m: dict) -> Answer:
 class CoordinatorServer(_Server):
     """Serves `Coordinator.query` over gRPC (method ``Query``) and ``Stats``. With `tokens`
     (a `TokenTable`, or a path to its JSON file) every call needs a known bearer token, and a
-    query runs with the token's principals, narrowed by the request's ``principals`` if any."""
+    query runs with the token's principals, narrowed by the request's ``principals`` if any.
+
+    Before serving, every shard replica is asked for its build (`check_builds`): a cluster that
+    mixes builds is refused with `BuildMismatchError`; replicas that do not answer are logged."""
     wants_caller = True
 
     def __init__(self, coordinator, port: int = 0, host: str = "127.0.0.1", workers: int = 8, *,
                  tls_cert=None, tls_key=None, tokens=None, insecure: bool = False,
-                 limits: Optional[wire.Limits] = None):
+                 limits: Optional[wire.Limits] = None, metrics_port: Optional[int] = None,
+                 metrics_host: str = "127.0.0.1", check: bool = True):
         self.coordinator = coordinator
         self.tokens = TokenTable.load(tokens) if tokens is not None and not isinstance(tokens, TokenTable) \
             else tokens
+        self.unchecked = check_builds(coordinator.cluster, coordinator.cluster.call_timeout_s) if check else []
+        for r in self.unchecked:
+            log.warning("build not checked: %s did not answer Stats", r)
         super().__init__(COORD_SERVICE, {"Query": self._query, "Stats": self._stats}, wire.COORD_SCHEMAS,
                          port, host, workers, credentials=server_credentials(tls_cert, tls_key), insecure=insecure,
-                         limits=limits)
+                         limits=limits, metrics_port=metrics_port, metrics_host=metrics_host)
 
     def authenticate(self, method: str, context) -> Optional[tuple]:
         """The caller's principals from its bearer token (None when no tokens are configured)."""
@@ -323,13 +428,20 @@ class CoordinatorServer(_Server):
             spec["scope"] = req["scope"]
         if principals is not None:
             spec["principals"] = principals
-        ans = self.coordinator.query_spec(spec, vector, require_all=req.get("require_all", False),
-                                          fill=req.get("fill", False), deadline_s=deadline_s)
+        try:
+            ans = self.coordinator.query_spec(spec, vector, require_all=req.get("require_all", False),
+                                              fill=req.get("fill", False), deadline_s=deadline_s)
+        except BaseException:
+            self.obs.query(spec["type"])
+            raise
+        self.obs.query(spec["type"], ans)
         return answer_to_msg(ans)
 
     def _stats(self, req: dict, caller, context) -> dict:
         s = self.coordinator.shard_stats()
-        return {"n_global": s["n_global"], "n_shards": s["n_shards"], "dim": s["dim"], "encoder": s["encoder"]}
+        one = next(iter(s.get("shards", {}).values()), {})
+        return {"n_global": s["n_global"], "n_shards": s["n_shards"], "dim": s["dim"], "encoder": s["encoder"],
+                "build": one.get("build")}
 
 
 def _host(address: str) -> str:
