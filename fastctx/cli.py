@@ -413,7 +413,7 @@ def serve() -> None:
               help="Require client certificates signed by this CA (mutual TLS; needs --tls-cert/--tls-key).")
 @_limit_options
 def serve_shard(index_dir: Path, shard_no: int, port: int, host: str, workers: int, tls_cert, tls_key,
-                insecure: bool, tls_client_ca, max_concurrent: int, metrics: dict) -> None:
+                insecure: bool, tls_client_ca, max_concurrent: int, ops) -> None:
     """Serve shard K of a partitioned index (stages Search, Expand, Fetch, Stats + health)."""
     _need_grpc("fastctx serve shard")
     from .shards.server import ShardServer, serve_forever
@@ -421,12 +421,12 @@ def serve_shard(index_dir: Path, shard_no: int, port: int, host: str, workers: i
     try:
         srv = ShardServer(index_dir, shard_no, port=port, host=host, workers=workers, tls_cert=tls_cert,
                           tls_key=tls_key, tls_client_ca=tls_client_ca, insecure=insecure,
-                          limits=Limits(max_concurrent=max_concurrent), **metrics)
+                          limits=Limits(max_concurrent=max_concurrent), **ops.server_kw())
     except (FastctxError, OSError) as e:
         _fail(e)
     tls = ("mutual TLS" if tls_client_ca else "TLS") if tls_cert else "plaintext"
-    click.echo(f"shard {shard_no} of {index_dir} ({tls}, build {srv.build}) serving on {srv.address}"
-               + _metrics_note(srv), err=True)
+    ops.announce(f"shard {shard_no} of {index_dir} ({tls}, build {srv.build}) serving on {srv.address}"
+                 + _metrics_note(srv))
     serve_forever(srv)
 
 
@@ -463,7 +463,7 @@ def _metrics_note(srv) -> str:
 @click.option("--client-key", type=_FILE, default=None, help="PEM private key of --client-cert.")
 @_limit_options
 def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, workers, tls_cert, tls_key,
-                      insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent, metrics) -> None:
+                      insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent, ops) -> None:
     """Serve queries over shard servers (stateless: run several side by side)."""
     _need_grpc("fastctx serve coordinator")
     from .auth import channel_credentials
@@ -478,12 +478,12 @@ def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline,
                                  hedge_s=hedge_ms / 1e3 if hedge_ms > 0 else None, credentials=creds)
         srv = CoordinatorServer(Coordinator(cluster, deadline_s=deadline), port=port, host=host, workers=workers,
                                 tls_cert=tls_cert, tls_key=tls_key, tokens=tokens_file, insecure=insecure,
-                                limits=Limits(max_concurrent=max_concurrent), **metrics)
+                                limits=Limits(max_concurrent=max_concurrent), **ops.server_kw())
     except (FastctxError, OSError) as e:
         _fail(e)
     auth = f", {len(srv.tokens)} token(s)" if srv.tokens is not None else ""
-    click.echo(f"coordinator over {len(cluster.shards)} shard(s) ({'TLS' if tls_cert else 'plaintext'}{auth}) "
-               f"serving on {srv.address}" + _metrics_note(srv), err=True)
+    ops.announce(f"coordinator over {len(cluster.shards)} shard(s) ({'TLS' if tls_cert else 'plaintext'}{auth}) "
+                 f"serving on {srv.address}" + _metrics_note(srv))
     serve_forever(srv)
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import click
 
@@ -114,15 +115,37 @@ def _load_config(ctx: click.Context, param: click.Parameter, value) -> None:
         raise click.UsageError(str(e), ctx) from None
 
 
+@dataclass(frozen=True)
+class Ops:
+    """The operations options of a serve command."""
+    metrics_port: Optional[int]
+    metrics_host: str
+    log_format: str
+    log_level: str
+
+    def server_kw(self) -> dict:
+        return {"metrics_port": self.metrics_port, "metrics_host": self.metrics_host}
+
+    def announce(self, message: str) -> None:
+        """The start-up line on stderr, whatever the level; in the JSON format, as a JSON line,
+        so that a JSON log stays one object a line."""
+        if self.log_format == "json":
+            import logging
+            from .metrics import JsonFormatter
+            rec = logging.LogRecord("fastctx.server", logging.INFO, __file__, 0, message, None, None)
+            message = JsonFormatter().format(rec)
+        click.echo(message, err=True)
+
+
 def server_options(fn: Callable) -> Callable:
     """Add --config, --metrics-port/--metrics-host and --log-format/--log-level to a serve
     command, give every option its FASTCTX_<FLAG> variable, and configure logging before the
-    command runs. The command receives ``metrics={"metrics_port", "metrics_host"}``."""
+    command runs. The command receives ``ops``, an `Ops`."""
     @functools.wraps(fn)
     def run(*args, metrics_port, metrics_host, log_format, log_level, **kw):
         from .metrics import configure_logging
         configure_logging(log_format, log_level)
-        return fn(*args, metrics={"metrics_port": metrics_port, "metrics_host": metrics_host}, **kw)
+        return fn(*args, ops=Ops(metrics_port, metrics_host, log_format, log_level), **kw)
 
     opts = [
         click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,

@@ -98,10 +98,17 @@ class Observer:
             access_log.info("%s/%s %s", self.service, method, code, extra={"fields": rec})
 
     def query(self, qtype: str, ans=None) -> None:
-        """A coordinator query done (`ans` None: it failed)."""
+        """A coordinator query done (`ans` None: it failed). Never raises: counting a query
+        must not fail it."""
         if self.m is None:
             return
-        m = self.m
+        try:
+            self._query(self.m, qtype, ans)
+        except Exception:  # noqa: BLE001
+            logging.getLogger("fastctx.server").exception("recording a %s query failed", qtype)
+
+    @staticmethod
+    def _query(m: dict, qtype: str, ans) -> None:
         if ans is None:
             m["queries"].labels(qtype, "error").inc()
             return

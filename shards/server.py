@@ -16,6 +16,11 @@ Bounds: a shard request's cost is estimated from its sizes before it runs (`Shar
 refused above `wire.Limits` with ``RESOURCE_EXHAUSTED``; at most ``limits.max_concurrent`` RPCs
 run at once per server (more are refused at once, not queued); a call whose deadline has passed
 is refused before any work, and a coordinator query never runs past its caller's deadline.
+
+Operations (docs/SHARDED.md, "Operations"): every RPC is counted and logged by a
+`metrics.Observer` (Prometheus metrics with a metrics port; one access-log line per request).
+A shard server reports its build identity in ``Stats.build``; a coordinator server refuses, at
+start-up, a cluster that mixes builds (`check_builds`). docs/WIRE.md is the wire schema.
 """
 from __future__ import annotations
 
@@ -60,7 +65,10 @@ def _handler(method: str, fn: Callable, schema: tuple, server: "_Server") -> Cal
             status = _status_name(context)
             raise
         finally:
-            server.obs.rpc(method, context.peer(), status, time.perf_counter() - t0, len(data), len(reply))
+            try:
+                server.obs.rpc(method, context.peer(), status, time.perf_counter() - t0, len(data), len(reply))
+            except Exception:  # noqa: BLE001 - counting a request must never fail it
+                log.exception("recording %s %s failed", server.service_name, method)
 
     def _serve(data: bytes, context) -> bytes:
         if server.delay_s:                      # test hook: a hanging server

@@ -108,6 +108,8 @@ def test_metrics_count_queries_stages_rpcs_failovers_and_refusals(world):
             c.query(world["q"][0], type="current")
             with pytest.raises(Exception):
                 c.query(world["q"][0], type="chain", budget_tokens=0)     # refused by the wire schema
+            with pytest.raises(Exception, match="as_of"):
+                c.query(world["q"][0], type="as_of")                      # refused by the engine
         with connect(srv.address) as anon, pytest.raises(AuthError):
             anon.query(world["q"][0])
         m = _scrape(srv.obs.metrics_address)
@@ -117,11 +119,12 @@ def test_metrics_count_queries_stages_rpcs_failovers_and_refusals(world):
         assert _value(m, "fastctx_query_stage_seconds_count", type="chain", stage="total") == 4
         assert _value(m, "fastctx_rpcs_total", service="fastctx.Coordinator", method="Query", code="OK") == 5
         assert _value(m, "fastctx_refusals_total", reason="auth") == 1
-        assert _value(m, "fastctx_refusals_total", reason="wire") == 1
+        assert _value(m, "fastctx_refusals_total", reason="wire") == 2
+        assert _value(m, "fastctx_queries_total", type="as_of", outcome="error") == 1
         assert _value(m, "fastctx_shard_failovers_total") >= 1           # the stopped replica, once
         assert _value(m, "fastctx_shard_calls_total") > 4
         assert _value(m, "fastctx_shard_bytes_total", direction="in") > 0
-        assert _value(m, "fastctx_rpc_duration_seconds_count", method="Query") == 7
+        assert _value(m, "fastctx_rpc_duration_seconds_count", method="Query") == 8
 
         shard = _scrape(world["servers"][("a", 1)].obs.metrics_address)
         assert _value(shard, "fastctx_rpcs_total", service="fastctx.Shard", method="Search", code="OK") >= 4
@@ -196,7 +199,9 @@ def test_coordinator_cli_from_config_file_and_env_logs_json_without_payloads(wor
                    'log-format = "text"\nmetrics-port = 0\nmax_concurrent = 4\n')
     proc = _spawn(["serve", "coordinator", "--config", str(cfg)], {"FASTCTX_LOG_FORMAT": "json"}, tmp_path)
     try:
-        line = _wait_line(proc, "serving on")
+        started = json.loads(_wait_line(proc, "serving on"))      # the start-up line is JSON too
+        assert started["logger"] == "fastctx.server" and started["level"] == "info"
+        line = started["msg"]
         addr = line.split("serving on ")[1].split(",")[0].strip()
         metrics = line.split("metrics on http://")[1].split("/metrics")[0]
         with connect(addr, token=TOKEN) as c:
@@ -207,7 +212,7 @@ def test_coordinator_cli_from_config_file_and_env_logs_json_without_payloads(wor
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
-    recs = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    recs = [json.loads(x) for x in err.splitlines() if x.strip()]      # JSON format: every line is JSON
     access = [r for r in recs if r.get("logger") == "fastctx.access"]
     assert [r["status"] for r in access if r["method"] == "Query"] == ["OK", "UNAUTHENTICATED"]
     ok = access[0]
@@ -326,6 +331,9 @@ def test_cli_coordinator_refuses_mixed_builds(world):
     a0, b1 = world["servers"][("a", 0)], world["servers"][("b", 1)]
     res = CliRunner().invoke(main, ["serve", "coordinator", "--shard", f"0={a0.address}",
                                     "--shard", f"1={b1.address}"])
+    assert res.exit_code == 1 and "refusing to mix builds" in res.output and b1.address in res.output
+    # the same shards from FASTCTX_SHARD (a repeatable flag: values separated by spaces)
+    res = CliRunner().invoke(main, ["serve", "coordinator"], env={"FASTCTX_SHARD": f"0={a0.address} 1={b1.address}"})
     assert res.exit_code == 1 and "refusing to mix builds" in res.output and b1.address in res.output
 
 
