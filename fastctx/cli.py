@@ -454,6 +454,8 @@ def _metrics_note(srv) -> str:
 @click.option("--hedge-ms", type=float, default=250.0, show_default=True,
               help="Send a slow call to another replica after this long (0: never).")
 @click.option("--deadline", type=float, default=10.0, show_default=True, help="Default seconds per query.")
+@click.option("--build-check", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Seconds between checks that every shard replica serves the cluster's build (0: only at start).")
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True)
 @_tls_options
 @click.option("--tokens", "tokens_file", type=_FILE, default=None,
@@ -462,8 +464,8 @@ def _metrics_note(srv) -> str:
 @click.option("--client-cert", type=_FILE, default=None, help="Client certificate for mutual-TLS shards.")
 @click.option("--client-key", type=_FILE, default=None, help="PEM private key of --client-cert.")
 @_limit_options
-def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, workers, tls_cert, tls_key,
-                      insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent, ops) -> None:
+def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, build_check, workers, tls_cert,
+                      tls_key, insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent, ops) -> None:
     """Serve queries over shard servers (stateless: run several side by side)."""
     _need_grpc("fastctx serve coordinator")
     from .auth import channel_credentials
@@ -478,7 +480,8 @@ def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline,
                                  hedge_s=hedge_ms / 1e3 if hedge_ms > 0 else None, credentials=creds)
         srv = CoordinatorServer(Coordinator(cluster, deadline_s=deadline), port=port, host=host, workers=workers,
                                 tls_cert=tls_cert, tls_key=tls_key, tokens=tokens_file, insecure=insecure,
-                                limits=Limits(max_concurrent=max_concurrent), **ops.server_kw())
+                                limits=Limits(max_concurrent=max_concurrent), build_check_s=build_check or None,
+                                **ops.server_kw())
     except (FastctxError, OSError) as e:
         _fail(e)
     auth = f", {len(srv.tokens)} token(s)" if srv.tokens is not None else ""

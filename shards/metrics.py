@@ -58,7 +58,8 @@ class Observer:
             "rx": pc.Counter("fastctx_rpc_received_bytes", "Request bytes received", by_method, registry=reg),
             "tx": pc.Counter("fastctx_rpc_sent_bytes", "Reply bytes sent", by_method, registry=reg),
             "refusals": pc.Counter("fastctx_refusals", "Requests refused: auth, permission, bounds (cost over "
-                                   "the limits), wire (malformed), deadline", ("service", "reason"), registry=reg),
+                                   "the limits), wire (malformed), deadline; and replicas set aside for serving "
+                                   "another build (build)", ("service", "reason"), registry=reg),
             "queries": pc.Counter("fastctx_queries", "Coordinator queries by type and outcome (ok, partial, error)",
                                   ("type", "outcome"), registry=reg),
             "stage": pc.Histogram("fastctx_query_stage_seconds", "Coordinator query time per stage (total: all)",
@@ -124,6 +125,11 @@ class Observer:
         m["hedges"].inc(t.get("hedges", 0))
         m["shard_bytes"].labels("out").inc(t.get("bytes_out", 0))
         m["shard_bytes"].labels("in").inc(t.get("bytes_in", 0))
+
+    def refused(self, reason: str) -> None:
+        """A refusal outside any one request (a coordinator setting aside a replica: ``build``)."""
+        if self.m is not None:
+            self.m["refusals"].labels(self.service, reason).inc()
 
     def build(self, shard, build: str) -> None:
         if self.m is not None:

@@ -326,12 +326,13 @@ def build_identity(index_dir, sidecar_meta: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def check_builds(cluster, timeout_s: float = 2.0) -> list[str]:
+def check_builds(cluster, timeout_s: float = 2.0) -> tuple[Optional[str], list[str]]:
     """Ask every replica of every shard for its Stats at once, and raise `BuildMismatchError`
     naming each replica that serves another shard number, another build than the rest of the
     cluster, or another manifest version than the other replicas of its shard. Returns the
-    replicas that did not answer (not checked; the caller logs them). In-process replicas are
-    one index directory and are not asked."""
+    cluster's build (None if no replica answered) and the replicas that did not answer (not
+    checked now; `BuildWatch` checks them later). In-process replicas are one index directory
+    and are not asked."""
     from collections import Counter
     from .transport import LocalReplica
     data = wire.encode({"v": wire.SCHEMA_VERSION})
@@ -363,7 +364,83 @@ def check_builds(cluster, timeout_s: float = 2.0) -> list[str]:
     if problems:
         raise BuildMismatchError("refusing to mix builds: " + "; ".join(problems[:8]) +
                                  ("" if len(problems) <= 8 else f"; and {len(problems) - 8} more"))
-    return down
+    return (seen[0][2].get("build") if seen else None), down
+
+
+class _RefusedReplica:
+    """Stands in for a replica that serves another shard or build: its calls fail at once, so
+    the cluster fails over to the other replicas (or the shard comes back missing)."""
+
+    def __init__(self, replica, why: str):
+        self.replica, self.name, self.why = replica, replica.name, why
+
+    def future(self, method: str, data: bytes, timeout: float):
+        fut: futures.Future = futures.Future()
+        fut.set_exception(wire.WireError(f"replica {self.name} refused: it {self.why}"))
+        return fut
+
+    def close(self) -> None:
+        self.replica.close()
+
+
+class BuildWatch:
+    """Asks every remote replica for its Stats every `every_s` seconds, so that a replica that
+    was down at start-up, or restarts on another index, is checked too. One that serves another
+    shard number or build than the cluster is set aside (`_RefusedReplica`) until it serves the
+    cluster's build again; each refusal is logged and counted."""
+
+    def __init__(self, cluster, build: Optional[str], every_s: float, timeout_s: float, on_refuse=None):
+        self.cluster, self.build, self.every_s, self.timeout_s = cluster, build, every_s, timeout_s
+        self.on_refuse = on_refuse or (lambda: None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fastctx-build-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.check_once()
+            except Exception:  # noqa: BLE001 - the watch must outlive a bad round
+                log.exception("build check failed")
+
+    def refused(self) -> list[str]:
+        return [r.name for k in self.cluster.shards for r in self.cluster.groups[k].replicas
+                if isinstance(r, _RefusedReplica)]
+
+    def check_once(self) -> None:
+        from .transport import LocalReplica
+        data = wire.encode({"v": wire.SCHEMA_VERSION})
+        calls = []
+        for k in self.cluster.shards:
+            for i, r in enumerate(list(self.cluster.groups[k].replicas)):
+                if not isinstance(r, LocalReplica):
+                    real = r.replica if isinstance(r, _RefusedReplica) else r
+                    calls.append((k, i, r, real, real.future("Stats", data, self.timeout_s)))
+        for k, i, r, real, fut in calls:
+            try:
+                st = wire.decode(fut.result())
+            except Exception:  # noqa: BLE001 - down: failover already handles it
+                continue
+            why = None
+            if st.get("shard") != k:
+                why = f"serves shard {st.get('shard')}, not shard {k}"
+            elif self.build is None:
+                self.build = st.get("build")
+            elif st.get("build") != self.build:
+                why = f"serves build {st.get('build')}, the cluster serves build {self.build}"
+            group = self.cluster.groups[k]
+            if why and not isinstance(r, _RefusedReplica):
+                group.replicas[i] = _RefusedReplica(real, why)
+                log.error("refusing shard %d replica %s: it %s", k, real.name, why)
+                self.on_refuse()
+            elif why is None and isinstance(r, _RefusedReplica):
+                group.replicas[i] = real
+                log.warning("shard %d replica %s serves build %s again", k, real.name, self.build)
 
 
 # ------------------------------------------------------------------------------------ coordinator
@@ -386,22 +463,37 @@ class CoordinatorServer(_Server):
     query runs with the token's principals, narrowed by the request's ``principals`` if any.
 
     Before serving, every shard replica is asked for its build (`check_builds`): a cluster that
-    mixes builds is refused with `BuildMismatchError`; replicas that do not answer are logged."""
+    mixes builds is refused with `BuildMismatchError`; replicas that do not answer are logged.
+    While serving, a `BuildWatch` re-checks every replica each `build_check_s` seconds."""
     wants_caller = True
 
     def __init__(self, coordinator, port: int = 0, host: str = "127.0.0.1", workers: int = 8, *,
                  tls_cert=None, tls_key=None, tokens=None, insecure: bool = False,
                  limits: Optional[wire.Limits] = None, metrics_port: Optional[int] = None,
-                 metrics_host: str = "127.0.0.1", check: bool = True):
+                 metrics_host: str = "127.0.0.1", check: bool = True, build_check_s: Optional[float] = 10.0):
         self.coordinator = coordinator
         self.tokens = TokenTable.load(tokens) if tokens is not None and not isinstance(tokens, TokenTable) \
             else tokens
-        self.unchecked = check_builds(coordinator.cluster, coordinator.cluster.call_timeout_s) if check else []
+        cluster = coordinator.cluster
+        build, self.unchecked = check_builds(cluster, cluster.call_timeout_s) if check else (None, [])
         for r in self.unchecked:
-            log.warning("build not checked: %s did not answer Stats", r)
+            log.warning("build not checked yet: %s did not answer Stats", r)
         super().__init__(COORD_SERVICE, {"Query": self._query, "Stats": self._stats}, wire.COORD_SCHEMAS,
                          port, host, workers, credentials=server_credentials(tls_cert, tls_key), insecure=insecure,
                          limits=limits, metrics_port=metrics_port, metrics_host=metrics_host)
+        self.watch = BuildWatch(cluster, build, build_check_s, cluster.call_timeout_s,
+                                lambda: self.obs.refused("build")) if check and build_check_s else None
+
+    def start(self):
+        super().start()
+        if self.watch is not None:
+            self.watch.start()
+        return self
+
+    def stop(self, grace: Optional[float] = 0) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        super().stop(grace)
 
     def authenticate(self, method: str, context) -> Optional[tuple]:
         """The caller's principals from its bearer token (None when no tokens are configured)."""

@@ -327,6 +327,41 @@ def test_one_build_is_accepted_and_reports_its_identity(world, tmp_path):
         again.stop(0)
 
 
+def _until(cond, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_replica_that_comes_back_on_another_build_is_set_aside(world):
+    addr = _dead_address()
+    port = int(addr.rsplit(":", 1)[1])
+    good = ShardServer(world["root"] / "a", 1, port=0).start()
+    srv = _coordinator(world, {0: [("a", 0)], 1: [good.address, addr]}, metrics_port=0, build_check_s=0.1)
+    late = None
+    try:
+        assert len(srv.unchecked) == 1 and srv.watch.refused() == []     # down at start: not checked yet
+        late = ShardServer(world["root"] / "b", 1, port=port).start()    # comes up serving another build
+        _until(lambda: srv.watch.refused() == [addr])
+        assert _value(_scrape(srv.obs.metrics_address), "fastctx_refusals_total", reason="build") == 1
+        good.stop(0)
+        with connect(srv.address) as c:
+            ans = c.query(world["q"][0])
+        assert ans.partial and ans.missing_shards == [1]                  # never answered by build b
+        late.stop(0)
+        late = ShardServer(world["root"] / "a", 1, port=port).start()    # the right build on that address
+        _until(lambda: srv.watch.refused() == [])
+        with connect(srv.address) as c:
+            assert not c.query(world["q"][0]).partial
+    finally:
+        for s in (good, late):
+            if s is not None:
+                s.stop(0)
+        srv.stop(0)
+        srv.coordinator.close()
+
+
 def test_cli_coordinator_refuses_mixed_builds(world):
     a0, b1 = world["servers"][("a", 0)], world["servers"][("b", 1)]
     res = CliRunner().invoke(main, ["serve", "coordinator", "--shard", f"0={a0.address}",
