@@ -7,7 +7,8 @@ Layout (docs/FORMAT.md has the prose specification)::
     INDEX/shard-000/seg-000001/...     immutable segment files, one file per component
 
 Every file a manifest names carries its byte size and CRC-32; readers check them before
-trusting a byte (sizes always, checksums as asked; see `verify_files`). The manifest itself
+trusting a byte (sizes on open, checksums of small files on open and of big ones on first load or
+on verify; see `verify_files`). The manifest itself
 carries a CRC-32 of its canonical JSON (field "checksum"), and every file name it holds must be a
 plain name inside the shard directory (`check_name`): a manifest is never trusted as a path.
 """
@@ -28,9 +29,13 @@ FORMAT_NAME = "fastctx-index"
 FORMAT_VERSION = 3   # 3: manifests carry "checksum" (version 2 manifests are read without one)
 INDEX_MARKER = "fastctx.json"
 MANIFEST = "MANIFEST.json"
-# Files read whole on open are always checksummed; the big mmapped blobs below only by
-# `verify(full=True)` / `fastctx verify`, so that opening does not read every vector.
-LAZY_CHECKSUM_FILES = frozenset({"vectors.npy", "payload.bin"})
+# Opening checks every file's presence and size, and the checksum of the small files only, so that
+# it costs about the same at any index size. Left for later (`deferred` below): the big memory-mapped
+# blobs and the HNSW graph always, and any other file over EAGER_CHECKSUM_MAX_BYTES. The graph is
+# checksummed when it is first loaded (it is read whole then anyway); every deferred file by
+# `verify(full=True)` / `Index.verify()` / `fastctx verify`. docs/FORMAT.md states the guarantee.
+LAZY_CHECKSUM_FILES = frozenset({"vectors.npy", "payload.bin", "hnsw.bin"})
+EAGER_CHECKSUM_MAX_BYTES = 1 << 20
 
 _CHUNK = 1 << 22
 
@@ -134,8 +139,10 @@ def file_entries(directory: Path, names: Iterable[str]) -> dict[str, dict[str, i
     return out
 
 
-def verify_files(directory: Path, entries: dict[str, dict[str, int]], *, full: bool) -> None:
-    """Check sizes of every file and checksums (all when `full`, else the eagerly read ones)."""
+def verify_files(directory: Path, entries: dict[str, dict[str, int]], *, full: bool) -> set[str]:
+    """Check every file's presence and size, and checksums: all when `full`, else those of the
+    small eagerly read files. Returns the names whose checksum was left unchecked (deferred)."""
+    deferred = set()
     for name, meta in entries.items():
         p = directory / name
         if not p.is_file():
@@ -144,12 +151,20 @@ def verify_files(directory: Path, entries: dict[str, dict[str, int]], *, full: b
         if size != meta["size"]:
             raise CorruptIndexError(
                 f"{p}: size {size} bytes, manifest says {meta['size']} (truncated or replaced)")
-        if full or name not in LAZY_CHECKSUM_FILES:
-            crc = crc32_file(p)
-            if crc != meta["crc32"]:
-                raise CorruptIndexError(
-                    f"{p}: checksum mismatch (crc32 {crc:#010x}, manifest says {meta['crc32']:#010x}); "
-                    "the file is corrupted")
+        if full or (name not in LAZY_CHECKSUM_FILES and size <= EAGER_CHECKSUM_MAX_BYTES):
+            check_checksum(p, meta)
+        else:
+            deferred.add(name)
+    return deferred
+
+
+def check_checksum(path: Path, meta: dict[str, int], shown: Path | None = None) -> None:
+    """CorruptIndexError naming `shown` (default `path`) unless the file's CRC-32 is meta's."""
+    crc = crc32_file(path)
+    if crc != meta["crc32"]:
+        raise CorruptIndexError(
+            f"{shown or path}: checksum mismatch (crc32 {crc:#010x}, manifest says {meta['crc32']:#010x}); "
+            "the file is corrupted")
 
 
 def _read_json(path: Path, what: str) -> dict:

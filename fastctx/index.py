@@ -519,7 +519,7 @@ class Index:
                     vh = view.hidden(shard, seg)
                     hide = vh if hide is None else (hide if vh is None else hide | vh)
                 allowed = segment_allowed(seg, filters, *resolved, extra_mask=hide)
-                out.append((si, seg, allowed, plan_segment(seg.name, seg.n, seg.hnsw is not None,
+                out.append((si, seg, allowed, plan_segment(seg.name, seg.n, seg.has_hnsw,
                                                            allowed, self.search_params, k)))
         return out
 
@@ -691,7 +691,7 @@ class Index:
             "tokens": int(sum(int(np.asarray(s.tokens, dtype=np.int64).sum()) for s in every)),
             "time_min": min((s.time_min for s in every), default=None),
             "time_max": max((s.time_max for s in every), default=None),
-            "hnsw_segments": sum(s.hnsw is not None for s in segs),
+            "hnsw_segments": sum(s.has_hnsw for s in segs),
             "bytes_on_disk": sum(f["size"] for s in segs for f in s.entry["files"].values()),
             "sources": sorted({x for sh in self.shards for x in sh.sources}),
             "kinds": sorted({x for sh in self.shards for x in sh.kinds}),
@@ -702,6 +702,11 @@ class Index:
             "wal_bytes": sum((sh.dir / w).stat().st_size for sh in self.shards for w in sh.manifest.get("wal", [])
                              if (sh.dir / w).exists()),
         }
+
+    def verify(self) -> list[str]:
+        """Every problem found in this index's files (empty list: sound): all checksums, the
+        deferred ones of big files included, and the structural checks; see `verify`."""
+        return verify(self.path)
 
     def close(self) -> None:
         if self._wal is not None:
@@ -844,7 +849,8 @@ def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
 
 def verify(path: Union[str, Path]) -> list[str]:
     """Every problem found in an index directory (empty list: it is sound). Checks every file's
-    size and checksum, then every structural invariant the reader relies on."""
+    size and checksum (those opening defers included), loads every HNSW graph, then checks every
+    structural invariant the reader relies on."""
     from .errors import FastctxError
     try:
         idx = Index(path, verify=True)
@@ -863,6 +869,7 @@ def verify(path: Union[str, Path]) -> list[str]:
             for seg in shard.segments:
                 for row in sorted({0, seg.n - 1}) if seg.n else ():
                     seg.payload(row)
+                _ = seg.hnsw     # opening defers the graph: load it to check what it holds
         if idx.marker.get("partition"):
             problem = _verify_partition(idx)
             if problem:

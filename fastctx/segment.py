@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from functools import cached_property
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pyroaring import BitMap
 
 from .columns import KeyLookup, StringColumn
 from .errors import CorruptIndexError
-from .format import verify_files
+from .format import check_checksum, verify_files
 
 
 class SegmentBase:
@@ -23,6 +24,8 @@ class SegmentBase:
     n: int
     row_base: int
     entity_base: int
+    has_hnsw: bool = False
+    hnsw = None
 
     @cached_property
     def id_lookup(self) -> KeyLookup:
@@ -58,7 +61,8 @@ class Segment(SegmentBase):
         self.row_base: int = int(entry["row_base"] if row_base is None else row_base)
         self.entity_base: int = int(entry["entity_base"])
         self.time_min, self.time_max = int(entry["time_min"]), int(entry["time_max"])
-        verify_files(seg_dir, entry["files"], full=verify)
+        # big files' checksums are deferred (format.verify_files): hnsw.bin's to its first load
+        self._unchecked = verify_files(seg_dir, entry["files"], full=verify)
 
         n = self.n
         self.times = self._load("time.npy", (n,), np.int64)
@@ -84,7 +88,9 @@ class Segment(SegmentBase):
         self.entity_names = StringColumn(seg_dir, "entities", len(self.ent_keys))
         self._check_structure()
         self.bitmaps = self._load_bitmaps()
-        self.hnsw = self._load_hnsw() if entry.get("hnsw") else None
+        self.has_hnsw = bool(entry.get("hnsw"))
+        # loaded by the first search that walks it; shared with copies of this segment
+        self._graph = _LazyGraph(seg_dir / "hnsw.bin") if self.has_hnsw else None
         # payloads are read through a map opened now: a reader keeps its pinned version readable
         # even after a compaction removed these files (see docs/FORMAT.md, "Garbage collection")
         with open(seg_dir / "payload.bin", "rb") as f:
@@ -126,15 +132,38 @@ class Segment(SegmentBase):
         except Exception as e:  # untrusted bytes: any decoding failure is corruption
             raise CorruptIndexError(f"{path}: cannot decode bitmaps ({type(e).__name__}: {e})") from None
 
-    def _load_hnsw(self) -> hnswlib.Index:
+    @property
+    def hnsw_loaded(self) -> bool:
+        return self._graph is not None and self._graph.index is not None
+
+    @property
+    def hnsw(self) -> hnswlib.Index | None:
+        """The segment's HNSW graph, loaded (and checksummed, unless open already did) on first
+        use: opening never reads the graph. None when the segment has none."""
+        g = self._graph
+        if g is None:
+            return None
+        if g.index is None:
+            with g.lock:
+                if g.index is None:
+                    g.index = self._load_hnsw(g)
+        return g.index
+
+    def _load_hnsw(self, g: "_LazyGraph") -> hnswlib.Index:
+        path, fd = g.path, g.file.fileno()
+        # the open descriptor by name: the file as pinned, even if a compaction unlinked it since
+        src = next((p for p in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}") if os.path.exists(p)), str(path))
+        if "hnsw.bin" in self._unchecked:
+            check_checksum(Path(src), self.entry["files"]["hnsw.bin"], shown=path)
         index = hnswlib.Index(space="ip", dim=self.dim)
         try:
-            index.load_index(str(self.dir / "hnsw.bin"), max_elements=self.n)
+            index.load_index(src, max_elements=self.n)
         except RuntimeError as e:
-            raise CorruptIndexError(f"{self.dir / 'hnsw.bin'}: cannot load ({e})") from None
+            raise CorruptIndexError(f"{path}: cannot load ({e})") from None
         if index.get_current_count() != self.n:
-            raise CorruptIndexError(f"{self.dir / 'hnsw.bin'}: holds {index.get_current_count()} items, expected {self.n}")
+            raise CorruptIndexError(f"{path}: holds {index.get_current_count()} items, expected {self.n}")
         index.set_num_threads(1)
+        g.file.close()
         return index
 
     def payload(self, row: int) -> dict:
@@ -145,6 +174,18 @@ class Segment(SegmentBase):
             return msgpack.unpackb(self._payload[lo:hi])
         except Exception as e:
             raise CorruptIndexError(f"{self.dir / 'payload.bin'}: row {row} cannot be decoded ({e})") from None
+
+
+class _LazyGraph:
+    """A segment's HNSW graph file, opened when the segment is pinned and loaded on first use (a
+    pinned reader never opens a file after pinning, see docs/FORMAT.md "Garbage collection")."""
+
+    def __init__(self, path: Path):
+        self.path, self.index, self.lock = path, None, threading.Lock()
+        try:
+            self.file = open(path, "rb")
+        except OSError as e:
+            raise CorruptIndexError(f"{path}: cannot open the HNSW graph ({e.strerror})") from None
 
 
 class MemSegment(SegmentBase):

@@ -303,7 +303,7 @@ def test_not_an_index(tmp_path):
         Index(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["time.npy", "hnsw.bin", "ids.bin", "bitmaps.msgpack", "post_rows.npy"])
+@pytest.mark.parametrize("name", ["time.npy", "ids.bin", "bitmaps.msgpack", "post_rows.npy"])
 def test_corrupted_eager_file_fails_open_naming_it(hnsw_small_index_dir, tmp_path, name):
     path = copy_index(hnsw_small_index_dir, tmp_path / "index")
     f = _seg(path) / name
@@ -315,7 +315,7 @@ def test_corrupted_eager_file_fails_open_naming_it(hnsw_small_index_dir, tmp_pat
     assert len(problems) == 1 and name in problems[0]
 
 
-@pytest.mark.parametrize("name", ["vectors.npy", "payload.bin"])
+@pytest.mark.parametrize("name", ["vectors.npy", "payload.bin", "hnsw.bin"])
 def test_corrupted_lazy_file_found_by_verify(hnsw_small_index_dir, tmp_path, name):
     path = copy_index(hnsw_small_index_dir, tmp_path / "index")
     assert verify(path) == []
