@@ -153,7 +153,7 @@ class Segment(SegmentBase):
         path, fd = g.path, g.file.fileno()
         # the open descriptor by name: the file as pinned, even if a compaction unlinked it since
         src = next((p for p in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}") if os.path.exists(p)), str(path))
-        if "hnsw.bin" in self._unchecked:
+        if "hnsw.bin" in self._unchecked:   # before hnswlib parses a byte of it
             check_checksum(Path(src), self.entry["files"]["hnsw.bin"], shown=path)
         index = hnswlib.Index(space="ip", dim=self.dim)
         try:
