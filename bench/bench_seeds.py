@@ -365,10 +365,15 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
 
     counters = {"hnsw_calls": 0, "exact_calls": 0}
     orig_h, orig_e = seeds._hnsw_query, seeds.exact_search
+    orig_b = getattr(seeds, "_hnsw_knn", None)   # the batch graph call (searches since the batch path)
 
     def hq(*args, **kw):
         counters["hnsw_calls"] += 1
         return orig_h(*args, **kw)
+
+    def hb(*args, **kw):
+        counters["hnsw_calls"] += 1
+        return orig_b(*args, **kw)
 
     def ex(*args, **kw):
         counters["exact_calls"] += 1
@@ -404,14 +409,26 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
         return one, extra, reset
 
     seeds._hnsw_query, seeds.exact_search = hq, ex
+    if orig_b is not None:
+        seeds._hnsw_knn = hb
     try:
         res = sweep("fastctx", list(FASTCTX_LADDER), make_runner, q, truth, a)
         default = [p for p in res["sweep"] if tuple(p["setting"]) == FASTCTX_DEFAULT]
         if not default:  # always report the out-of-the-box point too
             default = sweep("fastctx", [FASTCTX_DEFAULT], make_runner, q, truth, a)["sweep"]
         res["default"] = {k: v for k, v in default[0].items()}
+        if hasattr(index, "search_batch"):   # all queries in one call, at the chosen setting
+            ef, over = res["setting"]
+            index.search_params = replace(base, ef_search=ef, overfetch=over)
+            index.search_batch(q[:3], k=k, **kw)
+            t = time.perf_counter()
+            h = index.search_batch(q, k=k, **kw)
+            dt = time.perf_counter() - t
+            res["batch"] = {"qps": len(q) / dt, "recall": recall(list(h.rows), truth, k)}
     finally:
         seeds._hnsw_query, seeds.exact_search = orig_h, orig_e
+        if orig_b is not None:
+            seeds._hnsw_knn = orig_b
         from fastctx.params import SearchParams as SP
         index.search_params = SP()
     res["plan"] = [str(p) for p in plans]  # with the default params (+ forcing)
@@ -501,7 +518,7 @@ def fmt_setting(m, r) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| filter | frac | allowed | fastctx plan | fastctx R@k / QPS (params) | hnswlib-callable R@k / QPS (ef) "
-            "| faiss R@k / QPS (ef) | numpy QPS | fc/hnswlib | fc/faiss | fc/numpy |")
+            "| faiss R@k / QPS (ef) | numpy QPS | fc/hnswlib | fc/faiss | fc/numpy | fastctx batch R@k / QPS |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         cells = [r["filter"], f"{r['fraction']:g}", str(r["allowed"]), r["fastctx"]["strategy"]]
@@ -512,6 +529,8 @@ def table(rows: list[dict]) -> str:
         cells.append(f"{r['numpy']['qps']:.0f}")
         for m in ("hnswlib", "faiss", "numpy"):
             cells.append(f"{r['ratios'][m]:.2f}")
+        bt = r["fastctx"].get("batch")
+        cells.append(f"{bt['recall']:.3f} / {bt['qps']:.0f}" if bt else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -633,7 +652,9 @@ def main(argv=None) -> int:
         if "fastctx" in methods:
             row["fastctx"] = run_fastctx(index, flt, q, truth, a)
             log(f"   fastctx {row['fastctx']['strategy']}: R={row['fastctx']['recall']:.3f} "
-                f"QPS={row['fastctx']['qps']:.0f} {row['fastctx']['setting']}")
+                f"QPS={row['fastctx']['qps']:.0f} {row['fastctx']['setting']}"
+                + (f" batch R={row['fastctx']['batch']['recall']:.3f} QPS={row['fastctx']['batch']['qps']:.0f}"
+                   if "batch" in row["fastctx"] else ""))
         if "fastctx-hnsw" in methods:
             row["fastctx_hnsw"] = h = run_fastctx(index, flt, q, truth, a, force_hnsw=True)
             log(f"   fastctx forced {h['strategy']}: R={h['recall']:.3f} QPS={h['qps']:.0f} {h['setting']} "

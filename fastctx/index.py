@@ -30,7 +30,7 @@ from .filters import Filters, segment_allowed
 from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marker, write_marker
 from .params import BuildParams, SearchParams
 from .planner import SegmentPlan, plan_segment
-from .seeds import search_segment
+from .seeds import search_segment_batch
 from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
                     open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
@@ -44,8 +44,26 @@ LOCK_FILE = "LOCK"
 
 
 def _filters(filter_kw: dict) -> Filters:
-    """Filters from keyword arguments, with unknown names reported as a query error."""
-    return Filters.from_dict({k: v for k, v in filter_kw.items() if k != "as_of"}, as_of=filter_kw.get("as_of"))
+    """Filters from keyword arguments, with unknown names reported as a query error. Validating
+    long name lists costs more than a small search, so repeated keyword sets are remembered."""
+    if not filter_kw:
+        return _NO_FILTERS
+    try:
+        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in filter_kw.items()))
+        hit = _FILTERS_SEEN.get(key)
+    except TypeError:    # unhashable values: validated (and refused) below
+        key, hit = None, None
+    if hit is None:
+        hit = Filters.from_dict({k: v for k, v in filter_kw.items() if k != "as_of"}, as_of=filter_kw.get("as_of"))
+        if key is not None:
+            if len(_FILTERS_SEEN) >= 256:
+                _FILTERS_SEEN.pop(next(iter(_FILTERS_SEEN)))
+            _FILTERS_SEEN[key] = hit
+    return hit
+
+
+_NO_FILTERS = Filters()
+_FILTERS_SEEN: dict = {}
 
 
 def _encoder_from_marker(marker: dict) -> Optional[Encoder]:
@@ -530,9 +548,9 @@ class Index:
     def search(self, query: QueryInput, k: int = 10, *, filters: Optional[Filters] = None,
                scope=None, principals=None, unrestricted: bool = False, view: Optional[View] = None,
                **filter_kw) -> Hits:
-        """Filtered top-k seed events for one query or a batch (text or vectors).
-        Filters: time_from, time_to, as_of, entities_any, entities_all, sources, kinds.
-        `scope` / `principals` limit what may be returned (see `view.py`)."""
+        """Filtered top-k seed events for one query or a batch (text or vectors); a batch runs
+        as `search_batch` does. Filters: time_from, time_to, as_of, entities_any, entities_all,
+        sources, kinds. `scope` / `principals` limit what may be returned (see `view.py`)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
             raise InvalidQueryError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if filters is not None and filter_kw:
@@ -542,28 +560,66 @@ class Index:
         t0 = time.perf_counter()
         qs, _ = self._vectors(query)
         t_enc = time.perf_counter()
-        plans = self.plans(f, k, view)
+        plans = self._search_plans(f, int(k), view)
         t_plan = time.perf_counter()
+        return self._search_planned(qs, int(k), plans, t_enc - t0, t_plan - t_enc)
+
+    def search_batch(self, vectors: QueryInput, k: int = 10, *, filters: Optional[Filters] = None,
+                     scope=None, principals=None, unrestricted: bool = False, view: Optional[View] = None,
+                     **filter_kw) -> Hits:
+        """Many queries under one filter: planned once, then one HNSW call per segment and
+        over-fetch round for all of them (exact plans scan per query). Row i of the result is
+        what `search(vectors[i], k, ...)` returns."""
+        return self.search(vectors, k, filters=filters, scope=scope, principals=principals,
+                           unrestricted=unrestricted, view=view, **filter_kw)
+
+    _PLAN_CACHE_MAX = 16
+
+    def _search_plans(self, f: Filters, k: int, view: View) -> list:
+        """`plans`, remembered per (filters, k, view, params) until the pinned version changes
+        (a repeated filter is planned once; the cache is dropped with the shards it describes)."""
+        shards = self.shards
+        cache = getattr(self, "_plan_cache", None)
+        if cache is None or cache[0] is not shards:
+            cache = self._plan_cache = (shards, {})
+        try:
+            key = (f, k, view, self.search_params)
+            hash(key)
+        except TypeError:
+            return self.plans(f, k, view)
+        plans = cache[1].get(key)
+        if plans is None:
+            if len(cache[1]) >= self._PLAN_CACHE_MAX:
+                cache[1].pop(next(iter(cache[1])))
+            plans = cache[1][key] = self.plans(f, k, view)
+        return plans
+
+    def _search_planned(self, qs: np.ndarray, k: int, plans: list, enc_s: float, plan_s: float) -> Hits:
         nq = len(qs)
+        ts = time.perf_counter()
+        parts = [(si, seg.row_base, search_segment_batch(seg, plan, allowed, qs, k, self.search_params))
+                 for si, seg, allowed, plan in plans if plan.strategy != "skip"]
         shards = np.full((nq, k), -1, np.int32)
         rows = np.full((nq, k), -1, np.int64)
         scores = np.full((nq, k), np.nan, np.float32)
         counts = np.zeros(nq, np.int64)
-        timings = []
-        for i, q in enumerate(qs):
-            ts = time.perf_counter()
-            parts = [(si, seg.row_base + r, s) for si, seg, allowed, plan in plans
-                     for r, s in zip(*search_segment(seg, plan, allowed, q, k, self.search_params))]
-            if parts:
-                sh = np.array([p[0] for p in parts], np.int32)
-                rw = np.array([p[1] for p in parts], np.int64)
-                sc = np.array([p[2] for p in parts], np.float32)
-                order = np.lexsort((rw, sh, -sc))[:k]
-                c = len(order)
-                shards[i, :c], rows[i, :c], scores[i, :c], counts[i] = sh[order], rw[order], sc[order], c
-            timings.append({"encode_ms": 1e3 * (t_enc - t0) / nq, "plan_ms": 1e3 * (t_plan - t_enc) / nq,
-                            "seeds_ms": 1e3 * (time.perf_counter() - ts)})
-        return Hits(shards, rows, scores, counts, timings, self.event)
+        if parts:
+            sc = np.concatenate([p[2][1] for p in parts], axis=1) if len(parts) > 1 else parts[0][2][1]
+            rw = np.concatenate([np.where(p[2][0] >= 0, p[2][0] + p[1], -1) for p in parts], axis=1)
+            sh = np.concatenate([np.full(p[2][0].shape, p[0], np.int32) for p in parts], axis=1)
+            # score desc, then shard, then row: the fixed tie-break of every merge
+            order = np.lexsort((rw, sh, -sc), axis=1)[:, :k]
+            at = np.arange(nq)[:, None]
+            sc, rw, sh = sc[at, order], rw[at, order], sh[at, order]
+            filled = sc > -np.inf
+            counts = filled.sum(axis=1).astype(np.int64)
+            c = order.shape[1]
+            shards[:, :c] = np.where(filled, sh, -1)
+            rows[:, :c] = np.where(filled, rw, -1)
+            scores[:, :c] = np.where(filled, sc, np.nan)
+        seeds_ms = 1e3 * (time.perf_counter() - ts) / max(nq, 1)
+        timing = {"encode_ms": 1e3 * enc_s / max(nq, 1), "plan_ms": 1e3 * plan_s / max(nq, 1), "seeds_ms": seeds_ms}
+        return Hits(shards, rows, scores, counts, [dict(timing) for _ in range(nq)], self.event)
 
     # -- causal answers ------------------------------------------------------------------------
     def engine(self):

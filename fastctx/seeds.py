@@ -40,6 +40,13 @@ def _hnsw_query(index, q: np.ndarray, k: int, ef: int):
     return labels[0].astype(np.int64), (1.0 - dist[0]).astype(np.float32)
 
 
+def _hnsw_knn(index, qs: np.ndarray, k: int, ef: int):
+    """One graph call for a batch: (labels [nq, k] int64, cosine scores [nq, k] float32)."""
+    index.set_ef(max(ef, k))
+    labels, dist = index.knn_query(qs, k=k, num_threads=1)
+    return labels.astype(np.int64), (1.0 - dist).astype(np.float32)
+
+
 def hnsw_search(index, n: int, q: np.ndarray, allowed: Allowed, k: int, params: SearchParams,
                 vectors: np.ndarray):
     if allowed.count == n:
@@ -63,3 +70,59 @@ def search_segment(seg, plan: SegmentPlan, allowed: Allowed, q: np.ndarray, k: i
     if plan.strategy.startswith("exact"):
         return exact_search(seg.vectors, q, allowed, k)
     return hnsw_search(seg.hnsw, seg.n, q, allowed, k, params, seg.vectors)
+
+
+def allowed_mask(allowed: Allowed, n: int) -> np.ndarray:
+    """A dense bool mask of the allowed rows, built once per `Allowed` (plans are cached, so a
+    repeated filter pays it once): candidate checks become one gather instead of a bitmap build."""
+    mask = getattr(allowed, "_dense", None)
+    if mask is None:
+        mask = np.zeros(n, bool)
+        if allowed.bitmap is None:
+            mask[allowed.lo:allowed.hi] = True
+        else:
+            mask[np.frombuffer(allowed.bitmap.to_array(), np.uint32)] = True
+        allowed._dense = mask
+    return mask
+
+
+def search_segment_batch(seg, plan: SegmentPlan, allowed: Allowed, qs: np.ndarray, k: int,
+                         params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+    """`search_segment` for many queries at once: (local rows [nq, k], scores [nq, k]), best first
+    per query, unfilled slots row -1 and score -inf. The same answers as one `search_segment` per
+    query (hnswlib answers each row of a batch on its own), with one graph call per round."""
+    nq = len(qs)
+    rows = np.full((nq, k), -1, np.int64)
+    scores = np.full((nq, k), -np.inf, np.float32)
+    if plan.strategy == "skip" or nq == 0:
+        return rows, scores
+    if plan.strategy.startswith("exact"):
+        for i in range(nq):
+            r, s = exact_search(seg.vectors, qs[i], allowed, k)
+            rows[i, :len(r)], scores[i, :len(s)] = r, s
+        return rows, scores
+    index, n = seg.hnsw, seg.n
+    if allowed.count == n:
+        kk = min(k, n)
+        rows[:, :kk], scores[:, :kk] = _hnsw_knn(index, qs, kk, params.ef_search)
+        return rows, scores
+    mask = allowed_mask(allowed, n)
+    want = min(k, allowed.count)
+    fetch = min(n, math.ceil(k * n / allowed.count * params.overfetch) + 16)
+    pending = np.arange(nq)
+    for _ in range(params.max_rounds):
+        labels, sc = _hnsw_knn(index, qs[pending], fetch, max(params.ef_search, fetch))
+        ok = mask[labels]
+        done = (ok.sum(axis=1) >= want) | (fetch >= n)
+        for j in np.flatnonzero(done).tolist():
+            r, s = labels[j][ok[j]], sc[j][ok[j]]
+            order = np.lexsort((r, -s))[:k]
+            rows[pending[j], :len(order)], scores[pending[j], :len(order)] = r[order], s[order]
+        pending = pending[~done]
+        if not len(pending):
+            return rows, scores
+        fetch = min(n, fetch * 2)
+    for i in pending.tolist():   # the filter defeats the graph: scan instead
+        r, s = exact_search(seg.vectors, qs[i], allowed, k)
+        rows[i, :len(r)], scores[i, :len(s)] = r, s
+    return rows, scores

@@ -122,3 +122,67 @@ def test_concurrent_first_searches_load_the_graph_once(hnsw_small_index_dir):
     graph = seg.hnsw
     assert all(idx.search(q[i], k=5).rows.tolist() == out[i] for i in range(8))
     assert seg.hnsw is graph
+
+
+# ------------------------------------------------------------------------------------ batch search
+def _reference(idx: Index, q: np.ndarray, k: int, f) -> tuple[list, list]:
+    """The per-query path: `seeds.search_segment` per segment, merged by (score desc, shard, row)."""
+    from fastctx.seeds import search_segment
+    parts = [(si, seg.row_base + int(r), float(s)) for si, seg, allowed, plan in idx.plans(f, k, idx.view())
+             for r, s in zip(*search_segment(seg, plan, allowed, q, k, idx.search_params))]
+    parts.sort(key=lambda p: (-np.float32(p[2]), p[0], p[1]))
+    return [p[1] for p in parts[:k]], [p[2] for p in parts[:k]]
+
+
+def _random_filters(idx: Index, rng) -> dict:
+    sh = idx.shards[0]
+    t = np.sort(np.asarray(sh.times))
+    kw = {}
+    if rng.random() < 0.5:
+        lo, hi = sorted(rng.integers(0, len(t), 2).tolist())
+        kw.update(time_from=int(t[lo]), time_to=int(t[hi]))
+    if rng.random() < 0.5:
+        kw["kinds"] = sorted(set(rng.choice(sh.kinds, rng.integers(1, len(sh.kinds) + 1)).tolist()))
+    if rng.random() < 0.3:
+        kw["sources"] = sorted(set(rng.choice(sh.sources, rng.integers(1, len(sh.sources) + 1)).tolist()))
+    return kw
+
+
+@pytest.mark.parametrize("params", [GRAPH, SearchParams(), SearchParams(ef_search=10, overfetch=1.0, max_rounds=1)],
+                         ids=["graph", "default", "few-rounds"])
+def test_search_batch_equals_per_query_search(hnsw_small_index_dir, params):
+    from fastctx.filters import Filters
+    idx = Index(hnsw_small_index_dir, search_params=params)
+    rng = np.random.default_rng(11)
+    strategies = set()
+    for trial in range(25):
+        kw = _random_filters(idx, rng)
+        k = int(rng.integers(1, 40))
+        q = _queries(idx, int(rng.integers(1, 12)), seed=trial)
+        batch = idx.search_batch(q, k, **kw)
+        strategies |= {p.strategy for p in idx.explain(k=k, **kw)}
+        for i in range(len(q)):
+            one = idx.search(q[i], k, **kw)
+            assert one.rows[0].tolist() == batch.rows[i].tolist(), (kw, k, i)
+            assert np.array_equal(one.scores[0], batch.scores[i], equal_nan=True)
+            assert one.counts[0] == batch.counts[i]
+            rows, scores = _reference(idx, q[i] / np.linalg.norm(q[i]), k, Filters(**kw))
+            c = int(batch.counts[i])
+            assert batch.rows[i, :c].tolist() == rows, (kw, k, i)
+            assert np.allclose(batch.scores[i, :c], scores, atol=1e-5)
+            assert (batch.rows[i, c:] == -1).all() and np.isnan(batch.scores[i, c:]).all()
+    if params is GRAPH:
+        assert {"hnsw", "hnsw-filter"} <= strategies
+    elif params == SearchParams():
+        assert any(s.startswith("exact") for s in strategies)
+
+
+def test_plan_cache_follows_writes(fresh_index):
+    """A cached plan never outlives the version it describes: a delete shows at once."""
+    idx = fresh_index
+    q = idx.shards[0].segments[0].vectors[0]
+    first = idx.search(q, k=3)
+    top = first.ids(0)[0]
+    assert idx.search(q, k=3).ids(0) == first.ids(0)     # planned once, answered twice
+    idx.delete([top])
+    assert top not in idx.search(q, k=3).ids(0)
