@@ -9,6 +9,7 @@ import json
 import shutil
 from builtins import type as builtins_type
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -56,14 +57,16 @@ def _filters(filter_kw: dict) -> Filters:
     if hit is None:
         hit = Filters.from_dict({k: v for k, v in filter_kw.items() if k != "as_of"}, as_of=filter_kw.get("as_of"))
         if key is not None:
-            if len(_FILTERS_SEEN) >= 256:
-                _FILTERS_SEEN.pop(next(iter(_FILTERS_SEEN)))
-            _FILTERS_SEEN[key] = hit
+            with _CACHE_LOCK:    # shard servers search from several threads
+                if len(_FILTERS_SEEN) >= 256:
+                    _FILTERS_SEEN.pop(next(iter(_FILTERS_SEEN)))
+                _FILTERS_SEEN[key] = hit
     return hit
 
 
 _NO_FILTERS = Filters()
 _FILTERS_SEEN: dict = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def _encoder_from_marker(marker: dict) -> Optional[Encoder]:
@@ -589,9 +592,11 @@ class Index:
             return self.plans(f, k, view)
         plans = cache[1].get(key)
         if plans is None:
-            if len(cache[1]) >= self._PLAN_CACHE_MAX:
-                cache[1].pop(next(iter(cache[1])))
-            plans = cache[1][key] = self.plans(f, k, view)
+            plans = self.plans(f, k, view)
+            with _CACHE_LOCK:
+                if len(cache[1]) >= self._PLAN_CACHE_MAX:
+                    cache[1].pop(next(iter(cache[1])))
+                cache[1][key] = plans
         return plans
 
     def _search_planned(self, qs: np.ndarray, k: int, plans: list, enc_s: float, plan_s: float) -> Hits:
