@@ -608,7 +608,17 @@ class Index:
         rows = np.full((nq, k), -1, np.int64)
         scores = np.full((nq, k), np.nan, np.float32)
         counts = np.zeros(nq, np.int64)
-        if parts:
+        if len(parts) == 1:      # one segment to merge (the common case): no concatenation
+            si, base, (rw, sc) = parts[0]
+            order = np.lexsort((rw, -sc), axis=1)     # unfilled slots (score -inf) sort last
+            at = np.arange(nq)[:, None]
+            rw, sc = rw[at, order], sc[at, order]
+            filled = sc > -np.inf
+            counts = filled.sum(axis=1).astype(np.int64)
+            shards = np.where(filled, np.int32(si), np.int32(-1))
+            rows = np.where(filled, rw + base, -1)
+            scores = np.where(filled, sc, np.float32(np.nan))
+        elif parts:
             sc = np.concatenate([p[2][1] for p in parts], axis=1) if len(parts) > 1 else parts[0][2][1]
             rw = np.concatenate([np.where(p[2][0] >= 0, p[2][0] + p[1], -1) for p in parts], axis=1)
             sh = np.concatenate([np.full(p[2][0].shape, p[0], np.int32) for p in parts], axis=1)

@@ -186,3 +186,32 @@ def test_plan_cache_follows_writes(fresh_index):
     assert idx.search(q, k=3).ids(0) == first.ids(0)     # planned once, answered twice
     idx.delete([top])
     assert top not in idx.search(q, k=3).ids(0)
+
+
+def test_search_batch_merges_segments_like_per_query(hnsw_small_index_dir, tmp_path):
+    """Several segments (a graph segment and the memtable of added events), random filters."""
+    from conftest import SMALL_HNSW_PARAMS, make_records
+    from fastctx.corpus import EventBatch
+    path = copy_index(hnsw_small_index_dir, tmp_path / "index")
+    recs, vecs, *_ = make_records(160, seed=5, dim=16, t0=1_800_000_000)
+    for r in recs:
+        r["id"] = "added-" + r["id"]
+        r["links"] = []
+    with Index(path, writable=True) as w:   # a second graph segment, then a memtable
+        w.add(EventBatch.from_records(recs[:120], vecs[:120]), params=SMALL_HNSW_PARAMS)
+        w.flush()
+        w.add(EventBatch.from_records(recs[120:], vecs[120:]))
+    for params in (GRAPH, SearchParams()):
+        idx = Index(path, search_params=params)
+        assert len(idx.shards[0].segments) == 3 and idx.stats()["hnsw_segments"] == 2
+        rng = np.random.default_rng(3)
+        for trial in range(15):
+            kw = _random_filters(idx, rng)
+            k = int(rng.integers(1, 30))
+            q = _queries(idx, 6, seed=100 + trial)
+            batch = idx.search_batch(q, k, **kw)
+            from fastctx.filters import Filters
+            for i in range(len(q)):
+                rows, _ = _reference(idx, q[i] / np.linalg.norm(q[i]), k, Filters(**kw))
+                assert batch.rows[i, :batch.counts[i]].tolist() == rows, (kw, k, i)
+                assert idx.search(q[i], k, **kw).rows[0].tolist() == batch.rows[i].tolist()
