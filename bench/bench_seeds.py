@@ -18,6 +18,9 @@ Same data, same queries, same filters, one query per call, one thread, in one ru
            IDSelectorRange, efSearch=ef)`. ef swept.
   numpy    exact scan of the allowed rows (slice for a time window, gather for a bitmap).
 
+Beside fastctx's chosen point, `Index.search_batch(all queries, k, **filters)` at the same
+setting is timed once ("fastctx batch" column): one plan, one graph call per round.
+
 Filters: "none" (fraction 1), "random" (a `kinds` filter: every event has one of 1000 kinds,
 exactly n/1000 events each, assigned by a random permutation, so listing round(f*1000) kinds
 allows exactly f*n random rows) and "time" (a `time_from/time_to` window holding f*n contiguous
