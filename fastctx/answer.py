@@ -117,6 +117,10 @@ class AnswerParams:
             raise InvalidQueryError(f"AnswerParams.expansion must be 'best_first' or 'ppr', got {self.expansion!r}")
 
 
+# links that say what came next in a conversation or a person's sitting, not why
+_NOT_CAUSAL = np.array([LINK_TYPES.index("reply"), LINK_TYPES.index("same_actor")], np.int64)
+
+
 # ------------------------------------------------------------------------------------ weights
 def link_weights(p: AnswerParams) -> np.ndarray:
     """float32 weight per link type code (LINK_TYPES order)."""
@@ -548,7 +552,7 @@ class Engine:
         if unit <= 0:
             return 1.0
         scores, via_kind, via_id = expansion[1][1:], expansion[3][1:], expansion[4][1:]
-        causal = ~((via_kind == 1) & (via_id == LINK_TYPES.index("reply")))
+        causal = ~((via_kind == 1) & np.isin(via_id, _NOT_CAUSAL))
         return float(min(1.0, float(np.asarray(scores, np.float64)[causal].sum()) / unit))
 
     @staticmethod

@@ -30,9 +30,11 @@ class BuildParams:
     # earlier events per event (bounds the build's cost at large N). 0 disables.
     similar_k: int = 0
     # Derived `same_actor` links: each event links to the previous `actor_k` events of each of
-    # its actors (entities starting with one of `actor_prefixes`) within `actor_window_days`.
-    actor_k: int = 0
-    actor_window_days: float = 14.0
+    # its actors (entities starting with one of `actor_prefixes`) within `actor_window_days`:
+    # one sitting (an hour) of one person is usually one piece of work. Walked at a weak weight;
+    # never counted as causal evidence (see AnswerParams.chain_evidence).
+    actor_k: int = 2
+    actor_window_days: float = 1.0 / 24
     actor_prefixes: tuple[str, ...] = ("person:", "user:", "author:", "speaker:")
     # Derived entities (derive.py): identifier terms of the text (walked, rarity-weighted) and
     # the words of text and entity names (lexical seeds). Access lists are always derived.
