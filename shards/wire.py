@@ -268,7 +268,7 @@ SHARD_SCHEMAS = {
                         "vectors": _nd("f", (2,), MAX_ROWS, True)}, ("op",)),
     "Export": ({}, ()),
     "Install": ({"events": _records, "vectors": _nd("f", (2,), MAX_ROWS, True), "arrays": _map, "meta": _map,
-                 "gen": _int(0, _I64.max), "derived": _map}, ("events", "vectors", "arrays", "meta", "gen")),
+                 "gen": _int(0, _I64.max)}, ("events", "vectors", "arrays", "meta", "gen")),
 }
 FETCH_FIELDS = frozenset({"time", "tokens", "vector", "sup", "slot", "rev", "id", "payload", "entity_names",
                           "visible"})

@@ -38,27 +38,11 @@ OPS = ("add", "upsert", "delete")
 
 
 # ------------------------------------------------------------------------------------ messages
-def batch_msg(batch, derived: bool = False) -> dict:
-    """An EventBatch as a wire message: orgmem records plus the vectors. With `derived`, the
-    derived links (not orgmem link types) travel beside the records as `derived` columns."""
+def batch_msg(batch) -> dict:
+    """An EventBatch as a wire message: orgmem records plus the vectors."""
     from fastctx.build import event_record
-    from fastctx.corpus import DERIVED_LINK_TYPES, LINK_CODE
-    codes = {LINK_CODE[t] for t in DERIVED_LINK_TYPES}
-    is_d = np.isin(np.asarray(batch.link_type, np.int8), list(codes))
-    plain = batch
-    if is_d.any():
-        from dataclasses import replace
-        keep = np.flatnonzero(~is_d)
-        plain = replace(batch, link_src=np.asarray(batch.link_src)[keep], link_to=[batch.link_to[i] for i in keep.tolist()],
-                        link_type=np.asarray(batch.link_type)[keep])
-    msg = {"events": [event_record(plain, i) for i in range(len(batch))],
-           "vectors": np.ascontiguousarray(batch.vectors, np.float32)}
-    if derived:
-        dd = np.flatnonzero(is_d)
-        msg["derived"] = {"src": np.asarray(batch.link_src, np.int64)[dd],
-                          "to": [batch.link_to[i] for i in dd.tolist()],
-                          "type": np.asarray(batch.link_type, np.int8)[dd]}
-    return msg
+    return {"events": [event_record(batch, i) for i in range(len(batch))],
+            "vectors": np.ascontiguousarray(batch.vectors, np.float32)}
 
 
 def msg_batch(msg: dict, where: str):
@@ -68,16 +52,7 @@ def msg_batch(msg: dict, where: str):
     if msg.get("vectors") is None:
         raise CorpusError(f"{where}: events come without vectors", field="vectors")
     src.vectors = np.asarray(msg["vectors"], np.float32)
-    b = to_batch(src)
-    d = msg.get("derived")
-    if d and len(d["to"]):        # derived links back in, after each source row's own (as derive does)
-        from dataclasses import replace
-        all_src = np.concatenate([np.asarray(b.link_src, np.int64), np.asarray(d["src"], np.int64)])
-        all_to = list(b.link_to) + list(d["to"])
-        all_type = np.concatenate([np.asarray(b.link_type, np.int8), np.asarray(d["type"], np.int8)])
-        o = np.argsort(all_src, kind="stable")
-        b = replace(b, link_src=all_src[o], link_to=[all_to[i] for i in o.tolist()], link_type=all_type[o])
-    return b
+    return to_batch(src)
 
 
 # ------------------------------------------------------------------------------------ shard side
@@ -283,5 +258,5 @@ class ClusterWriter:
                     "n_entities_global": len(g["ent_names"]), "dim": batch.dim,
                     "slot_kinds": list(params.slot_kinds), "encoder": spec}
             _call(self.cluster, k, "Install", {"gen": int(exports[k]["gen"]), "arrays": arrays, "meta": meta,
-                                               **batch_msg(sub, derived=True)}, self.timeout_s)
+                                               **batch_msg(sub)}, self.timeout_s)
         return {"n_global": int(g["n"]), "seconds": round(time.perf_counter() - t0, 3)}
