@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from git_corpus import write_orgmem   # bench/: the same orgmem folder writer
+
 _SESSION = re.compile(r"^session_(\d+)$")
 _FORMATS = ("%d.%m.%Y, %H:%M:%S", "%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y", "%Y-%m-%d %H:%M:%S",
             "%Y-%m-%dT%H:%M:%S")
@@ -106,21 +108,8 @@ def write_corpus(files: list[Path], out: Path, *, encoder: str = "hashing", budg
     vecs = enc.encode([e["text"] for e in events]).astype(np.float32)
     qvecs = enc.encode([q["text"] for q, _ in pairs]).astype(np.float32)
     log(f"encoded {len(events)} turns and {len(pairs)} questions with {encoder} in {time.perf_counter() - t0:.1f}s")
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "events.jsonl", "w") as f:
-        for ev in events:
-            f.write(json.dumps(ev, ensure_ascii=False) + "\n")
-    np.save(out / "vectors.npy", vecs)
-    with open(out / "queries.jsonl", "w") as fq, open(out / "truth.jsonl", "w") as ft:
-        for j, (q, t) in enumerate(pairs):
-            qid = f"q{j:05d}"
-            fq.write(json.dumps({"qid": qid, **q}, ensure_ascii=False) + "\n")
-            ft.write(json.dumps({"qid": qid, **t}) + "\n")
-    np.save(out / "query_vectors.npy", qvecs)
-    meta = {"format": "orgmem-v1", "name": out.name, "dim": int(vecs.shape[1]), "n_events": len(events),
-            "n_queries": len(pairs), "sources": ["chat"], "kinds": ["turn"],
-            "params": {"encoder_spec": encoder, "conversations": [Path(p).name for p in files], "budget_tokens": budget}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["chat"], params={
+        "encoder_spec": encoder, "conversations": [Path(p).name for p in files], "budget_tokens": budget})
     log(f"wrote {out}: {len(events)} turns in {len(files)} conversations, {len(pairs)} questions")
     return meta
 

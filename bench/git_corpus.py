@@ -156,6 +156,28 @@ def current_queries(events: list[dict]) -> list[tuple[dict, dict]]:
     return out
 
 
+def write_orgmem(out: Path, events: list[dict], vecs: np.ndarray, pairs: list[tuple[dict, dict]],
+                 qvecs: np.ndarray, *, sources: list[str], params: dict) -> dict:
+    """Write an orgmem-v1 folder: events and their vectors, queries (ids q00000...) with their
+    vectors and truth, and meta.json; returns the meta."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "events.jsonl", "w") as f:
+        for ev in events:
+            f.write(json.dumps(ev, ensure_ascii=False) + "\n")
+    np.save(out / "vectors.npy", np.asarray(vecs, np.float32))
+    with open(out / "queries.jsonl", "w") as fq, open(out / "truth.jsonl", "w") as ft:
+        for j, (q, t) in enumerate(pairs):
+            qid = f"q{j:05d}"
+            fq.write(json.dumps({"qid": qid, **q}, ensure_ascii=False) + "\n")
+            ft.write(json.dumps({"qid": qid, **t}) + "\n")
+    np.save(out / "query_vectors.npy", np.asarray(qvecs, np.float32))
+    meta = {"format": "orgmem-v1", "name": out.name, "dim": int(np.asarray(vecs).shape[1]), "n_events": len(events),
+            "n_queries": len(pairs), "sources": sources, "kinds": sorted({e["kind"] for e in events}),
+            "params": params}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
 def write_corpus(repo, out: Path, *, strip: bool = False, encoder: str = "hashing", max_commits=None,
                  branch=None, home=None, log=print) -> dict:
     t0 = time.perf_counter()
@@ -171,24 +193,10 @@ def write_corpus(repo, out: Path, *, strip: bool = False, encoder: str = "hashin
     vecs = np.concatenate([_embed(enc, events[lo:lo + 2048]) for lo in range(0, len(events), 2048)])
     qvecs = enc.encode([q["text"] for q, _ in pairs]).astype(np.float32)
     log(f"encoded {len(events)} events and {len(pairs)} queries with {encoder} in {time.perf_counter() - t1:.1f}s")
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "events.jsonl", "w") as f:
-        for ev in events:
-            f.write(json.dumps(ev, ensure_ascii=False) + "\n")
-    np.save(out / "vectors.npy", vecs.astype(np.float32))
-    with open(out / "queries.jsonl", "w") as fq, open(out / "truth.jsonl", "w") as ft:
-        for j, (q, t) in enumerate(pairs):
-            qid = f"q{j:05d}"
-            fq.write(json.dumps({"qid": qid, **q}, ensure_ascii=False) + "\n")
-            ft.write(json.dumps({"qid": qid, **t}) + "\n")
-    np.save(out / "query_vectors.npy", qvecs)
-    enc_name = getattr(enc, "name", encoder)
-    meta = {"format": "orgmem-v1", "name": out.name, "dim": int(enc.dim), "n_events": len(events),
-            "n_queries": len(pairs), "sources": ["git"], "kinds": sorted({e["kind"] for e in events}),
-            "params": {"encoder": enc_name, "encoder_spec": encoder, "repo": str(repo),
-                       "strip_tickets": strip, "max_commits": max_commits, "home": home,
-                       "chain_group_size": [CHAIN_MIN, CHAIN_MAX], "budget_tokens": BUDGET}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["git"], params={
+        "encoder": getattr(enc, "name", encoder), "encoder_spec": encoder, "repo": str(repo),
+        "strip_tickets": strip, "max_commits": max_commits, "home": home,
+        "chain_group_size": [CHAIN_MIN, CHAIN_MAX], "budget_tokens": BUDGET})
     n_chain = sum(q["type"] == "chain" for q, _ in pairs)
     log(f"wrote {out}: {len(events)} events, {n_chain} chain and {len(pairs) - n_chain} current queries")
     return meta

@@ -17,10 +17,11 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           explains the best match continues its story). The answer is the pooled chains, best
           evidence first: one scale for chain events and direct hits (a hit is its own
           one-event chain). How broad it is follows how much causal structure the best chain
-          has (its evidence mass through anything but replies, relative to `chain_evidence`):
-          a causal question gets its chain and ends there; a question whose evidence is
-          several unrelated hits (a fact asked of a conversation) pools candidates more widely
-          and lets direct hits, by fused relevance, take the unexplained share of the budget.
+          has (its evidence mass through anything but replies and same-actor links, relative
+          to `chain_evidence`): a causal question gets its chain and ends there; a question
+          whose evidence is several unrelated hits (a fact asked of a conversation) pools
+          candidates more widely and lets direct hits, by fused relevance, take the
+          unexplained share of the budget.
           `fill` pads the whole budget with direct hits.
 current : the top hits are grouped by their slot entity (e.g. `decision:...`) or, lacking
 as_of     one, by their explicit supersession chain; the best group (sum of its two best
@@ -99,10 +100,10 @@ class AnswerParams:
     pool_temperature: float = 0.03   # softmax temperature pooling candidates' chains (0: winner only);
                                      # chains of candidates weighted below 1e-3 are not evidence
     # How much causal structure the best chain has decides the answer's breadth: its evidence
-    # mass (path scores of the events it reaches through anything but reply links) relative to
-    # `chain_evidence` is the confidence c in [0, 1]. The pooling temperature moves from
-    # `wide_temperature` (c = 0) to `pool_temperature` (c = 1), and direct hits, in fused
-    # relevance order, take the share 1 - c of the budget the chains leave.
+    # mass (path scores of the events it reaches through anything but reply or same-actor
+    # links) relative to `chain_evidence` is the confidence c in [0, 1]. The pooling
+    # temperature moves from `wide_temperature` (c = 0) to `pool_temperature` (c = 1), and
+    # direct hits, in fused relevance order, take the share 1 - c of the budget the chains leave.
     chain_evidence: float = 0.5
     wide_temperature: float = 0.3
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
@@ -540,15 +541,18 @@ class Engine:
         # the evidence ends with the chains, unless they explain little of the question: direct
         # hits (fused relevance order) then take the unexplained share of the budget left (all of
         # it with `fill`)
-        by_base = np.lexsort((np.arange(len(rows)), -base))
-        hits = [(int(rows[x]), float(base[x]), "direct hit") for x in by_base.tolist()]
-        return self._pack(g, ranked, budget, hits, 1.0 if fill else 1.0 - confidence), None
+        share = 1.0 if fill else 1.0 - confidence
+        hits = []
+        if share > 0:
+            by_base = np.lexsort((np.arange(len(rows)), -base))
+            hits = [(int(rows[x]), float(base[x]), "direct hit") for x in by_base.tolist()]
+        return self._pack(g, ranked, budget, hits, share), None
 
     @staticmethod
     def _confidence(expansion, unit: float) -> float:
         """How much causal structure a chain has, in [0, 1]: the path scores of the events its
-        expansion reaches (the head excluded) through anything but a reply link, over `unit`.
-        A reply is what came next in a conversation, not a cause."""
+        expansion reaches (the head excluded) through anything but a reply or same-actor link,
+        over `unit`. Those say what came next in a conversation or a sitting, not why."""
         if unit <= 0:
             return 1.0
         scores, via_kind, via_id = expansion[1][1:], expansion[3][1:], expansion[4][1:]
