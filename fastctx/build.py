@@ -27,6 +27,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .columns import csr_from_pairs, keys64, write_strings
+from .compaction import DEFAULT_SEGMENT_ROWS  # noqa: F401 - re-exported
 from .corpus import DERIVED_LINK_TYPES, LINK_CODE, LINK_TYPES, EventBatch
 from .derive import entity_flags, with_derived
 from .errors import CorpusError
@@ -299,3 +300,121 @@ def write_segment(seg_dir: Path, batch: EventBatch, ctx: ShardContext, params: B
     entry = save_segment(seg_dir, arrays, ctx, params, progress)
     ctx.sources[:], ctx.kinds[:] = arrays.sources, arrays.kinds
     return entry, arrays.report
+
+
+# -- time-cut segments ---------------------------------------------------------------------------
+# Offline builds and compaction cut their rows by event time into segments of about
+# `segment_rows` (default compaction.DEFAULT_SEGMENT_ROWS), so a time window covers whole segments
+# (each searched unfiltered, through its own graph) plus at most two partial ones at its edges.
+
+
+def time_cuts(times: np.ndarray, segment_rows: int) -> list[np.ndarray]:
+    """Row indices of `times` (any order) split into groups by time: each group time-sorted (ties
+    keep input order), groups in time order, `max(1, n // segment_rows)` of them (so each holds at
+    least `segment_rows` rows and compaction never sees a cut piece as small). A cut never falls
+    between equal times, so a window's edge cuts whole groups. `segment_rows` 0: one group."""
+    n = len(times)
+    order = np.lexsort((np.arange(n), np.asarray(times)))
+    if segment_rows < 0:
+        raise ValueError(f"segment_rows must be >= 0, got {segment_rows}")
+    pieces = n // segment_rows if segment_rows else 1
+    if pieces <= 1:
+        return [order]
+    st = np.asarray(times)[order]
+    bounds = []
+    for b in (np.arange(1, pieces) * n) // pieces:
+        b = int(np.searchsorted(st, st[b], "left"))   # move the cut before a run of equal times
+        if (not bounds or b > bounds[-1]) and 0 < b < n:
+            bounds.append(b)
+    return np.split(order, bounds)
+
+
+def compute_time_cut(batch: EventBatch, ctx: ShardContext, params: BuildParams, seq: np.ndarray,
+                     segment_rows: int, chash: Optional[np.ndarray] = None, progress: Progress = None,
+                     intro: Optional[tuple[np.ndarray, np.ndarray, list]] = None) -> list[SegmentArrays]:
+    """`compute_segment` for `batch` cut by `time_cuts` into consecutive segments: piece i starts
+    at the row and entity ids the pieces before it end at. Links between pieces resolve (every id
+    of the batch counts as live); an entity one piece introduces is known to the next. `intro`
+    (compaction) goes whole to the first piece, so global entity ids stay where they were."""
+    groups = time_cuts(batch.times, segment_rows)
+    if len(groups) == 1:
+        return [compute_segment(batch, ctx, params, seq, chash, progress, intro)]
+    from .columns import KeyLookup
+    batch_ids = KeyLookup(keys64(batch.ids), np.zeros(len(batch), np.int64))
+    seen_keys: list[np.ndarray] = []
+    seen_ids: list[np.ndarray] = []
+    out = []
+    row_base, entity_base = ctx.row_base, ctx.entity_base
+    sources, kinds = list(ctx.sources), list(ctx.kinds)
+    chash = content_hashes(batch) if chash is None else np.asarray(chash, np.uint64)
+    for i, rows in enumerate(groups):
+        earlier = KeyLookup(np.concatenate(seen_keys) if seen_keys else np.zeros(0, np.uint64),
+                            np.concatenate(seen_ids) if seen_ids else np.zeros(0, np.int64))
+
+        def ids(keys, _outer=ctx.lookup_ids):
+            found = _outer(keys)
+            return np.where(batch_ids.get(keys) >= 0, 0, found)
+
+        def ents(keys, _outer=ctx.lookup_entities, _earlier=earlier):
+            found = _outer(keys)
+            return np.where(found >= 0, found, _earlier.get(keys))
+
+        pctx = ShardContext(row_base=row_base, entity_base=entity_base, sources=sources, kinds=kinds,
+                            lookup_ids=ids, lookup_entities=ents)
+        piece_intro = None
+        if intro is not None:
+            piece_intro = intro if i == 0 else (np.zeros(0, np.uint64), np.zeros(0, np.uint8), [])
+        arrays = compute_segment(batch.select(rows), pctx, params, np.asarray(seq)[rows], chash[rows], progress,
+                                 piece_intro)
+        keys = arrays.cols["ent_keys.npy"]
+        seen_keys.append(np.asarray(keys, np.uint64))
+        seen_ids.append(entity_base + np.arange(len(keys), dtype=np.int64))
+        row_base += arrays.n
+        entity_base += arrays.n_new_entities
+        sources, kinds = arrays.sources, arrays.kinds
+        out.append(arrays)
+    return out
+
+
+def piece_context(ctx: ShardContext, pieces: list[SegmentArrays], i: int) -> ShardContext:
+    """The context piece i of `compute_time_cut` was computed in (its row and entity bases):
+    `save_segment` records them in the manifest entry."""
+    return ShardContext(row_base=ctx.row_base + sum(p.n for p in pieces[:i]),
+                        entity_base=ctx.entity_base + sum(p.n_new_entities for p in pieces[:i]),
+                        sources=pieces[i].sources, kinds=pieces[i].kinds)
+
+
+def append_time_cut(shard_dir: Path, manifest: dict, batch: EventBatch, params: BuildParams,
+                    segment_rows: int, progress: Progress = None) -> BuildReport:
+    """Write `batch` (an offline build) as time-cut segments and commit them in one manifest
+    version (`shard.append_segment` for one piece). Returns the combined report."""
+    from .format import write_manifest
+    from .shard import append_segment, write_segment_dir
+    if len(batch) < 2 * max(segment_rows, 1) or not segment_rows:
+        return append_segment(shard_dir, manifest, batch, params, progress)
+    manifest.setdefault("params", {"slot_prefixes": list(params.slot_prefixes),
+                                   "slot_kinds": list(params.slot_kinds)})
+    ctx = ShardContext(row_base=manifest["n_rows"], entity_base=manifest["n_entities"],
+                       sources=list(manifest["sources"]), kinds=list(manifest["kinds"]))
+    seq0 = int(manifest.get("next_seq", 0))
+    seq = np.arange(seq0, seq0 + len(batch), dtype=np.uint64)
+    pieces = compute_time_cut(batch, ctx, params, seq, segment_rows, progress=progress)
+    entries = []
+    for i, arrays in enumerate(pieces):
+        name = f"seg-{manifest['next_segment'] + i:06d}"
+        entries.append(write_segment_dir(shard_dir, name, arrays, piece_context(ctx, pieces, i), params, progress))
+    report = BuildReport(n_events=len(batch), new_entities=sum(p.n_new_entities for p in pieces))
+    for p in pieces:
+        report.n_links += p.report.n_links
+        report.dangling_links += p.report.dangling_links
+        report.dangling_examples += p.report.dangling_examples[:5 - len(report.dangling_examples)]
+    last = pieces[-1]
+    new = {**manifest, "version": manifest["version"] + 1, "segments": manifest["segments"] + entries,
+           "sources": last.sources, "kinds": last.kinds, "n_rows": manifest["n_rows"] + len(batch),
+           "n_entities": manifest["n_entities"] + report.new_entities,
+           "next_segment": manifest["next_segment"] + len(pieces), "next_seq": seq0 + len(batch),
+           "flushed_seq": max(int(manifest.get("flushed_seq", 0)), seq0 + len(batch))}
+    write_manifest(shard_dir, new)
+    manifest.clear()
+    manifest.update(new)
+    return report

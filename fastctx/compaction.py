@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# Offline builds and compaction cut rows by event time into segments of at least this many rows
+# (`build.time_cuts`): a time window then covers whole segments, searched unfiltered. Each segment
+# costs unfiltered search one more graph walk; bench/README.md ("Time-cut segments") has the
+# measurement behind this value.
+DEFAULT_SEGMENT_ROWS = 1_000_000
+
+
 @dataclass(frozen=True)
 class SegmentMeta:
     n: int            # rows stored
@@ -26,6 +33,13 @@ class CompactionPolicy:
     min_run: int = 2                # merge runs of at least this many adjacent small segments
     max_segments: int = 8           # ... or any run, when more segments than this exist
     deleted_ratio: float = 0.2      # a segment this much deleted is rewritten (alone if need be)
+    segment_rows: int = DEFAULT_SEGMENT_ROWS  # a merged run is cut by time into pieces of >= this (0: never)
+
+    def __post_init__(self):
+        if self.segment_rows and self.segment_rows < self.small_rows:
+            # a cut piece below small_rows would be merged again by the next compaction
+            raise ValueError(f"CompactionPolicy.segment_rows ({self.segment_rows}) must be 0 or "
+                             f">= small_rows ({self.small_rows})")
 
 
 def plan(segments: list[SegmentMeta], policy: CompactionPolicy = CompactionPolicy(),

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import shard as shardmod
 from . import wal as walmod
-from .build import BuildReport, Progress, ShardContext, compute_segment, content_hashes, event_record
+from .build import (BuildReport, Progress, ShardContext, compute_time_cut, content_hashes,
+                    event_record, piece_context)
 from .columns import keys64
 from .compaction import CompactionPolicy, SegmentMeta
 from .compaction import plan as compact_plan
@@ -469,10 +470,14 @@ class Index:
             if len(batch) == 0 and len(intro[0]) == 0:
                 entries[i:j] = []          # nothing live and no entities to carry: gone
                 continue
-            arrays = compute_segment(batch, ctx, self.build_params, seq, chash, intro=intro)
-            entries[i:j] = [write_segment_dir(d, f"seg-{next_segment:06d}", arrays, ctx, self.build_params,
-                                              progress)]
-            next_segment += 1
+            # the run's rows, re-sorted by time, cut into pieces of >= policy.segment_rows
+            pieces = compute_time_cut(batch, ctx, self.build_params, seq, policy.segment_rows, chash, intro=intro)
+            written = []
+            for p, arrays in enumerate(pieces):
+                written.append(write_segment_dir(d, f"seg-{next_segment:06d}", arrays,
+                                                 piece_context(ctx, pieces, p), self.build_params, progress))
+                next_segment += 1
+            entries[i:j] = written
             crashpoint("compact:segment-written")
         base = 0
         for e in entries:
@@ -880,7 +885,8 @@ def read_for_build(corpus: Any, index_dir: Path, overwrite: bool, progress: Prog
 
 def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
           params: BuildParams = BuildParams(), progress: Progress = None, shards: int = 1,
-          shard_key: str = "id", encoder: Any = None, ray: Optional[str] = None) -> tuple[Index, BuildReport]:
+          shard_key: str = "id", encoder: Any = None, ray: Optional[str] = None,
+          segment_rows: Optional[int] = None) -> tuple[Index, BuildReport]:
     """Build an index from a corpus: an orgmem folder (``vectors.npy`` optional), a .jsonl or
     .parquet file, "-" (stdin), a pandas DataFrame, an Arrow table or a list of event mappings.
     Events without vectors are embedded from their text with `encoder` (a spec string such as
@@ -888,7 +894,10 @@ def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
     corpus's meta.json names, else "hashing"), which the index records. The index appears whole
     or not at all: it is built in a temporary sibling directory and renamed into place.
     `shards` > 1 writes that many independently servable shards (fastctx/partition.py); with
-    `ray` ("local" or a cluster address) Ray tasks write them (fastctx/ray_build.py, extra "ray")."""
+    `ray` ("local" or a cluster address) Ray tasks write them (fastctx/ray_build.py, extra "ray").
+    `segment_rows` (single shard): cut the rows by event time into segments of at least this many
+    rows (default `build.DEFAULT_SEGMENT_ROWS`; 0: one segment), so a time window selects whole
+    segments and searches them unfiltered."""
     index_dir = Path(index_dir)
     if ray is not None:
         from .ray_build import build_ray
@@ -908,14 +917,22 @@ def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
         create_shard(shard_dir, batch.dim)
         (tmp / LOCK_FILE).touch()
         write_marker(tmp, ["shard-000"], **({"encoder": encoder_spec} if encoder_spec else {}))
-        from .shard import append_segment, read_manifest
-        report = append_segment(shard_dir, read_manifest(shard_dir), batch, params, progress)
+        from .build import DEFAULT_SEGMENT_ROWS, append_time_cut
+        from .shard import read_manifest
+        rows = DEFAULT_SEGMENT_ROWS if segment_rows is None else _segment_rows(segment_rows)
+        report = append_time_cut(shard_dir, read_manifest(shard_dir), batch, params, rows, progress)
         publish_dir(tmp, index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Index(index_dir, **({"encoder": encoder} if encoder is not None and not isinstance(encoder, str)
                                else {})), report
+
+
+def _segment_rows(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f"segment_rows must be an int >= 0, got {v!r}")
+    return int(v)
 
 
 def verify(path: Union[str, Path]) -> list[str]:
