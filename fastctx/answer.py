@@ -79,7 +79,7 @@ class AnswerParams:
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.5), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
-        ("same_actor", 0.3))
+        ("same_actor", 0.3), ("relands", 0.8))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
     term_weight: float = 0.5         # ... times this for identifier terms derived from text
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence

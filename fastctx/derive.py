@@ -280,8 +280,63 @@ def actor_links(batch, k: int, window_s: int, prefixes: Sequence[str]) -> tuple[
     return src, dst
 
 
+_RELAND_PREFIX = re.compile(r"^(?:\s*(?:re-?land(?:ed)?|reappl(?:y|ied)|re-?commit(?:ted)?)\b\s*:?\s*)+", re.I)
+
+
+_PR_SUFFIX = re.compile(r"(?:\s*\((?:#|gh-)?\d+\))+\s*$", re.I)   # a squash merge's "(#1234)"
+
+
+def title_key(text: Optional[str]) -> Optional[str]:
+    """An event's title as a change's identity: the first line of its text without re-land
+    prefixes ("Reland:", "Reapply") or a trailing pull-request number ("(#1234)": a re-land is a
+    new pull request), as lower-cased words; None under three words (too generic to say two
+    events are the same change)."""
+    line = (text or "").lstrip()[:500].split("\n", 1)[0]
+    line = _PR_SUFFIX.sub("", _RELAND_PREFIX.sub("", line))
+    found = _WORD_RE.findall(line.lower())
+    return " ".join(found) if len(found) >= 3 else None
+
+
+def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) rows of derived `relands` links. When R reverts X, the first later event
+    (after R) whose title repeats X's title re-lands the change: it links to R, and supersession
+    follows the link, so "what is current" answers the re-land rather than the revert. Git
+    histories re-land a reverted commit under its own subject far more often than by reverting
+    the revert (which is an explicit link already). Deterministic: ties by row."""
+    from .corpus import LINK_CODE
+    code = LINK_CODE["reverts"]
+    types = np.asarray(batch.link_type)
+    at = np.flatnonzero(types == code)
+    if not len(at):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    row_of = {eid: i for i, eid in enumerate(batch.ids)}
+    reverts = [(int(batch.link_src[j]), row_of.get(batch.link_to[j])) for j in at.tolist()]
+    key_of = {x: title_key(batch.texts[x]) for _, x in reverts if x is not None}
+    wanted = {k for k in key_of.values() if k}
+    if not wanted:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    t = np.asarray(batch.times, np.int64)
+    by_key: dict[str, list[tuple[int, int]]] = {}
+    for i, text in enumerate(batch.texts):
+        k = title_key(text) if text else None
+        if k in wanted:
+            by_key.setdefault(k, []).append((int(t[i]), i))
+    pairs = set()
+    for r, x in sorted(set((r, x) for r, x in reverts if x is not None)):
+        k = key_of.get(x)
+        if not k:
+            continue
+        later = [(ty, y) for ty, y in by_key[k] if y not in (x, r) and (ty, y) > (int(t[r]), r)]
+        if later:
+            pairs.add((min(later)[1], r))
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    src, dst = np.asarray(sorted(pairs), np.int64).T
+    return src, dst
+
+
 def with_derived_links(batch, params):
-    """`batch` plus its derived `similar` and `same_actor` links, appended to each source row's
+    """`batch` plus its derived `similar`, `same_actor` and `relands` links, appended to each source row's
     links (link_src stays non-decreasing). Build-time only (they need the whole corpus)."""
     from .corpus import LINK_CODE, EventBatch
     if len(batch) < 2:
@@ -294,6 +349,8 @@ def with_derived_links(batch, params):
     if params.actor_k > 0:
         parts.append((actor_links(batch, params.actor_k, int(params.actor_window_days * 86400),
                                   params.actor_prefixes), LINK_CODE["same_actor"]))
+    if params.relands:
+        parts.append((reland_links(batch), LINK_CODE["relands"]))
     parts = [(sd, c) for sd, c in parts if len(sd[0])]
     if not parts:
         return batch

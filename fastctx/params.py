@@ -36,6 +36,9 @@ class BuildParams:
     actor_k: int = 2
     actor_window_days: float = 1.0 / 24
     actor_prefixes: tuple[str, ...] = ("person:", "user:", "author:", "speaker:")
+    # Derived `relands` links: a later event whose title repeats that of a reverted event
+    # re-lands the change and supersedes the revert (derive.reland_links). False disables.
+    relands: bool = True
     # Derived entities (derive.py): identifier terms of the text (walked, rarity-weighted) and
     # the words of text and entity names (lexical seeds). Access lists are always derived.
     text_terms: bool = True

@@ -1,7 +1,7 @@
 """The supersession overlay: for every event, which later event stopped it being current, and when.
 
-Two sources of evidence: explicit `supersedes`/`reverts` links (the link's source supersedes its
-target at the source's time), and implicit slot supersession (consecutive events of a slot kind
+Two sources of evidence: `supersedes`/`reverts` links and the derived `relands` links (the
+link's source supersedes its target at the source's time; a re-land supersedes the revert it undoes), and implicit slot supersession (consecutive events of a slot kind
 that mention the same slot entity, e.g. successive `decision` events on `decision:card-vault`).
 When several events supersede one, the earliest wins. A revert of a revert makes the original's
 line current again through the newest event, which `current` answers follow to its end.
@@ -12,7 +12,7 @@ import numpy as np
 
 from .corpus import LINK_TYPES
 
-_EXPLICIT = (LINK_TYPES.index("supersedes"), LINK_TYPES.index("reverts"))
+_EXPLICIT = (LINK_TYPES.index("supersedes"), LINK_TYPES.index("reverts"), LINK_TYPES.index("relands"))
 
 
 def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.ndarray,

@@ -1,0 +1,96 @@
+"""Derived `relands` links: a change reverted and then re-landed under its own title is current
+again, embedded and sharded, and the rule is exactly the one documented in derive.reland_links."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastctx.corpus import LINK_CODE
+from fastctx.derive import reland_links, title_key
+from fastctx.index import Index, build
+from fastctx.params import BuildParams
+
+T0, HOUR, DAY = 1_704_067_200, 3_600, 86_400
+
+
+def _commit(i, text, t, links=()):
+    return {"id": f"c{i:03d}", "time": T0 + t, "source": "git", "kind": "commit", "text": text,
+            "entities": ["file:src/pay.c"] if "charge" in text else ["file:src/log.c"],
+            "links": [{"to": to, "type": ty} for to, ty in links]}
+
+
+def _history():
+    """A change landed, reverted, re-landed as a new pull request, reverted again by a revert of
+    the re-land, and landed a third time; plus filler commits and an unrelated commit whose
+    title shares two words with it."""
+    title = "pay: retry the charge once on timeout"
+    ev = [_commit(i, f"log: tidy message number {i}", i * DAY) for i in range(40)]
+    ev += [
+        _commit(100, f"{title} (#120)\n\nBody of the first landing.", 50 * DAY),
+        _commit(101, f'Revert "{title} (#120)"\n\nBroke the nightly build.', 52 * DAY, [("c100", "reverts")]),
+        _commit(102, f"{title} (#131)\n\nSecond try, with the build fixed.", 60 * DAY),
+        _commit(103, f'Revert "{title} (#131)"', 61 * DAY, [("c102", "reverts")]),
+        _commit(104, f"Reland: {title}\n\nThird try.", 70 * DAY),
+        _commit(105, "pay: retry the webhook on 503", 71 * DAY),
+        _commit(106, f"{title} (#150)\n\nA later commit with the same title.", 80 * DAY),
+    ]
+    return ev
+
+
+def test_title_key_drops_reland_prefixes_and_pull_request_numbers():
+    assert title_key("sunos: Oracle Developer Studio support (#3364)\n\nbody") == "sunos oracle developer studio support"
+    assert title_key('Reland "unix: use select() for fds"') == "unix use select for fds"
+    assert title_key("Reapply: foo bar baz (#12) (#13)") == "foo bar baz"
+    assert title_key("Fix typo") is None and title_key(None) is None and title_key("") is None
+
+
+def test_each_revert_is_undone_by_the_first_later_event_with_the_reverted_title(tmp_path):
+    idx, _ = build(_history(), tmp_path / "i", params=BuildParams(actor_k=0))
+    got = {e.id: [tuple(x) for x in e.links] for e in idx.get(["c102", "c104", "c106"])}
+    # c102 re-lands c100 (reverted by c101); c104 re-lands c102 (reverted by c103); c106 re-lands nothing
+    assert ("c101", "relands") in got["c102"]
+    assert ("c103", "relands") in got["c104"]
+    assert not [x for x in got["c106"] if x[1] == "relands"]
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_current_follows_revert_and_reland_to_the_last_landing(tmp_path, shards):
+    idx, _ = build(_history(), tmp_path / "i", shards=shards, params=BuildParams(actor_k=0))
+    if shards > 1:
+        from fastctx.shards import open_local
+        idx = open_local(tmp_path / "i")
+    ans = idx.query("retry the charge once on timeout", type="current")
+    assert ans.current is not None and ans.current.id == "c104"
+    # as of the day after the first revert, the revert is what stands
+    early = idx.query("retry the charge once on timeout", type="current", as_of=T0 + 53 * DAY)
+    assert early.current.id == "c101"
+
+
+def test_without_relands_the_revert_stays_current(tmp_path):
+    idx, _ = build(_history(), tmp_path / "i", params=BuildParams(actor_k=0, relands=False))
+    ans = idx.query("retry the charge once on timeout", type="current")
+    assert ans.current.id in ("c101", "c103")
+
+
+def test_reland_links_on_a_batch_match_a_direct_computation():
+    from fastctx.encoder import HashingEncoder
+    from fastctx.sources import read_source, to_batch
+    batch = to_batch(read_source(_history()), HashingEncoder())
+    src, dst = reland_links(batch)
+    ids = batch.ids
+    got = sorted((ids[s], ids[d]) for s, d in zip(src.tolist(), dst.tolist()))
+    # by hand: for each (revert, reverted), the first later event with the reverted one's title
+    events = _history()
+    expect = []
+    for r in events:
+        for lk in r["links"]:
+            if lk["type"] != "reverts":
+                continue
+            x = next(e for e in events if e["id"] == lk["to"])
+            later = sorted((e["time"], e["id"]) for e in events if e["time"] > r["time"]
+                           and title_key(e["text"]) == title_key(x["text"]) and e["id"] != x["id"])
+            if later:
+                expect.append((later[0][1], r["id"]))
+    assert got == sorted(expect) == [("c102", "c101"), ("c104", "c103")]
+    assert LINK_CODE["relands"] > LINK_CODE["same_actor"]   # appended: older indexes keep their codes
+    assert np.all(np.diff(np.asarray(batch.link_src)) >= 0)
