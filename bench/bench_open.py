@@ -15,6 +15,9 @@ process that fills the page cache and the kernels' compile cache):
   search_s   the first `Index.search(vector, k=10)` after the open (an unfiltered seed search:
              loads the segment's HNSW graph when the open left it unread)
   query_s    the first causal `Index.query(vector)` after the open, in its own process
+  walk_s     the first filtered walk (kernels/hnsw_search.py, every row allowed) over each HNSW
+             segment after the open: the graph file is checksummed and read in place, no
+             hnswlib load (source trees without the walk show "-")
 
 The page cache is warm (the discarded process read the files): the numbers are the process's
 own work, not the disk's.
@@ -43,6 +46,10 @@ t2 = time.perf_counter()
 q = np.load(sys.argv[3], mmap_mode="r")[0]
 if sys.argv[4] == "search":
     idx.search(np.array(q), k=10)
+elif sys.argv[4] == "walk":     # the filtered walk over the graph file in place, nothing allowed filtered out
+    for seg in idx.shards[0].segments:
+        if getattr(seg, "has_hnsw", False):
+            seg.walk.search(np.array(q, np.float32), np.ones(seg.n, np.uint8), 10, 64, False)
 else:
     idx.query(np.array(q), unrestricted=True)
 t3 = time.perf_counter()
@@ -61,7 +68,10 @@ def run_child(src: Path, index: Path, qvec: Path, what: str) -> dict:
 
 def measure(src: Path, index: Path, qvec: Path, repeat: int) -> dict:
     res = {}
-    for what in ("search", "query"):
+    for what in ("search", "query", "walk"):
+        if what == "walk" and not (src / "kernels" / "hnsw_search.py").exists():
+            res["walk_s"] = float("nan")
+            continue
         run_child(src, index, qvec, what)            # discarded: page cache and compile cache
         runs = [run_child(src, index, qvec, what) for _ in range(repeat)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -103,12 +113,14 @@ def main(argv=None) -> int:
     srcs = [Path(s).resolve() for s in (a.src or [str(ROOT)])]
     size = sum(f.stat().st_size for f in index.rglob("*") if f.is_file())
     print(f"index {index} ({size / 2**20:.0f} MiB), median of {a.repeat} fresh processes, warm page cache")
-    print(f"{'source tree':<40} {'import s':>9} {'open s':>8} {'1st search s':>13} {'1st query s':>12}")
+    print(f"{'source tree':<40} {'import s':>9} {'open s':>8} {'1st search s':>13} {'1st query s':>12} "
+          f"{'1st walk s':>11}")
     rows = []
     for src in srcs:
         r = measure(src, index, qvec, a.repeat)
         rows.append({"src": str(src), **r})
-        print(f"{str(src):<40} {r['import_s']:>9.3f} {r['open_s']:>8.3f} {r['search_s']:>13.3f} {r['query_s']:>12.3f}")
+        print(f"{str(src):<40} {r['import_s']:>9.3f} {r['open_s']:>8.3f} {r['search_s']:>13.3f} {r['query_s']:>12.3f} "
+              f"{r['walk_s']:>11.3f}")
     if a.out:
         Path(a.out).write_text(json.dumps({"index": str(index), "bytes": size, "rows": rows}, indent=1))
     return 0

@@ -366,9 +366,11 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
         base = replace(base, **{f: 0 for f in ("exact_max_rows", "hnsw_min_fraction", "hnsw_candidate_cost")
                                 if f in names})
 
-    counters = {"hnsw_calls": 0, "exact_calls": 0}
+    import fastctx.index as index_mod
+    counters = {"hnsw_calls": 0, "exact_calls": 0, "walk_calls": 0}
     orig_h, orig_e = seeds._hnsw_query, seeds.exact_search
     orig_b = getattr(seeds, "_hnsw_knn", None)   # the batch graph call (searches since the batch path)
+    orig_w = getattr(index_mod, "walk_search", None)   # the filtered graph walk (versions that have it)
 
     def hq(*args, **kw):
         counters["hnsw_calls"] += 1
@@ -381,6 +383,10 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
     def ex(*args, **kw):
         counters["exact_calls"] += 1
         return orig_e(*args, **kw)
+
+    def wk(*args, **kw):
+        counters["walk_calls"] += 1
+        return orig_w(*args, **kw)
 
     index.search_params = base
     plans = index.explain(**flt["kw"])
@@ -395,7 +401,7 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
         strategy = ",".join(sorted({p.strategy for p in index.explain(**kw)}))
 
         def reset():
-            counters.update(hnsw_calls=0, exact_calls=0)
+            counters.update(hnsw_calls=0, exact_calls=0, walk_calls=0)
             timings.clear()
 
         def one(v):
@@ -408,12 +414,15 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
             return {"plan_ms": sum(t["plan_ms"] for t in timings) / nq,
                     "seeds_ms": sum(t["seeds_ms"] for t in timings) / nq,
                     "hnsw_calls_per_q": counters["hnsw_calls"] / nq,
-                    "exact_calls_per_q": counters["exact_calls"] / nq, "strategy": strategy}
+                    "exact_calls_per_q": counters["exact_calls"] / nq,
+                    "walk_calls_per_q": counters["walk_calls"] / nq, "strategy": strategy}
         return one, extra, reset
 
     seeds._hnsw_query, seeds.exact_search = hq, ex
     if orig_b is not None:
         seeds._hnsw_knn = hb
+    if orig_w is not None:
+        index_mod.walk_search = wk
     try:
         res = sweep("fastctx", list(FASTCTX_LADDER), make_runner, q, truth, a)
         default = [p for p in res["sweep"] if tuple(p["setting"]) == FASTCTX_DEFAULT]
@@ -432,6 +441,8 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
         seeds._hnsw_query, seeds.exact_search = orig_h, orig_e
         if orig_b is not None:
             seeds._hnsw_knn = orig_b
+        if orig_w is not None:
+            index_mod.walk_search = orig_w
         from fastctx.params import SearchParams as SP
         index.search_params = SP()
     res["plan"] = [str(p) for p in plans]  # with the default params (+ forcing)

@@ -31,8 +31,8 @@ from .errors import (AccessDeniedError, CorpusError, FormatError, IndexExistsErr
 from .filters import Filters, segment_allowed
 from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marker, write_marker
 from .params import BuildParams, SearchParams
-from .planner import SegmentPlan, plan_segment
-from .seeds import search_segment_batch
+from .planner import SegmentPlan, plan_segment, walk_search
+from .seeds import allowed_mask, search_segment_batch
 from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
                     open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
@@ -607,7 +607,9 @@ class Index:
     def _search_planned(self, qs: np.ndarray, k: int, plans: list, enc_s: float, plan_s: float) -> Hits:
         nq = len(qs)
         ts = time.perf_counter()
-        parts = [(si, seg.row_base, search_segment_batch(seg, plan, allowed, qs, k, self.search_params))
+        sp = self.search_params
+        parts = [(si, seg.row_base, walk_search(seg, plan, allowed_mask(allowed, seg.n), qs, k, sp)
+                  if plan.strategy == "hnsw-walk" else search_segment_batch(seg, plan, allowed, qs, k, sp))
                  for si, seg, allowed, plan in plans if plan.strategy != "skip"]
         shards = np.full((nq, k), -1, np.int32)
         rows = np.full((nq, k), -1, np.int64)
@@ -707,6 +709,9 @@ class Index:
             for seg in shard.segments:  # each distinct array type (memory map or in memory) compiles once
                 dot_rows(seg.vectors, np.zeros(min(1, seg.n), np.int64), q)
                 dot_range(seg.vectors, 0, min(1, seg.n), q)
+        if any(seg.has_hnsw for shard in self.shards for seg in shard.segments):
+            from .kernels.hnsw_search import warm_up as warm_walk
+            warm_walk(self.dim)   # compiles the filtered walk without reading any graph
         if engine and len(self.shards) == 1:
             self.engine().warm_up()
 

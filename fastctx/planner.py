@@ -5,20 +5,48 @@ Strategies:
   exact-slice  exact scan of a contiguous row range (a time window): one BLAS gemv, no gather
   exact-rows   exact scan of the allowed rows (gathered)
   hnsw         HNSW search, everything allowed
+  hnsw-walk    the filtered graph walk (kernels/hnsw_search.py) over the segment's HNSW graph, the
+               allowed mask checked inside the walk; ACORN-style two-hop expansion below
+               `WALK_TWO_HOP_BELOW` allowed (it keeps the allowed subgraph connected)
   hnsw-filter  HNSW with adaptive over-fetch, candidates checked against the allowed set in bulk
+               (fractions below `WALK_MIN_FRACTION`, where the walk loses recall)
 
 Exact wins when few rows are allowed (cost ~ allowed rows) or when the allowed fraction is so
 small that over-fetching k / fraction candidates from the graph would cost more than a scan:
 the filtered graph search fetches about k * overfetch / fraction candidates, each costing about
 `hnsw_candidate_cost` gathered row scores; a row of a contiguous time-window scan costs
-`slice_row_cost` of a gathered one (both measured in bench/bench_seeds.py).
+`slice_row_cost` of a gathered one (both measured in bench/bench_seeds.py). From
+`WALK_MIN_FRACTION` up the filtered walk takes over-fetch's place (it was as fast or faster at
+equal recall at every fraction measured there): `walk_cost` puts it at `WALK_SLOT_CANDIDATES`
+candidates per beam slot, times 1 / sqrt(fraction) for the plain walk (it scores disallowed nodes
+too) and 2 for two-hop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .filters import Allowed
 from .params import SearchParams
+
+# The filtered walk (measured at 200k x 384, bench/README.md "Filtered graph walk"): two-hop below
+# WALK_TWO_HOP_BELOW allowed (it scores only allowed nodes; at 10% it was 2x faster than the plain
+# walk at equal recall, at 20-50% the plain walk was as fast or faster and recalled more); no walk
+# below WALK_MIN_FRACTION (at 5% two-hop recall was 0.94-0.96 and a scan was as fast). A walk
+# costs about WALK_SLOT_CANDIDATES over-fetched candidates (SearchParams.hnsw_candidate_cost
+# gathered row scores each) per beam slot (ef): 0.13-0.36 ms at ef 16-64 unfiltered, against
+# ~0.09 us per gathered row; the plain walk grew as 1/sqrt(fraction), the two-hop walk stayed
+# about 2x the unfiltered cost from 10% to 20%.
+WALK_TWO_HOP_BELOW = 0.15
+WALK_MIN_FRACTION = 0.08
+WALK_SLOT_CANDIDATES = 5.0
+
+
+def walk_cost(n: int, a: int, params: SearchParams, k: int) -> float:
+    """Estimated cost of the filtered walk, in gathered row scores (see the module doc)."""
+    per_slot = params.hnsw_candidate_cost * WALK_SLOT_CANDIDATES * max(params.ef_search, k)
+    return per_slot * (2.0 if a / n < WALK_TWO_HOP_BELOW else (n / a) ** 0.5)
 
 
 @dataclass(frozen=True)
@@ -52,8 +80,21 @@ def plan_segment(name: str, n: int, has_hnsw: bool, allowed: Allowed, params: Se
         return SegmentPlan(name, n, a, "hnsw", "no filter applies")
     if a / n < params.hnsw_min_fraction:
         return SegmentPlan(name, n, a, exact, f"allowed fraction < hnsw_min_fraction ({params.hnsw_min_fraction})")
-    fetch_cost = params.hnsw_candidate_cost * k * params.overfetch * n / a
     scan_cost = a * (params.slice_row_cost if allowed.is_range else 1.0)
+    if a / n >= WALK_MIN_FRACTION:
+        cost = walk_cost(n, a, params, k)
+        if cost >= scan_cost:
+            return SegmentPlan(name, n, a, exact, f"walk cost ~{cost:.0f} >= scan cost ~{scan_cost:.0f}")
+        how = "two-hop" if a / n < WALK_TWO_HOP_BELOW else "plain"
+        return SegmentPlan(name, n, a, "hnsw-walk", f"{how} walk cost ~{cost:.0f} < scan cost ~{scan_cost:.0f}")
+    fetch_cost = params.hnsw_candidate_cost * k * params.overfetch * n / a
     if fetch_cost >= scan_cost:
         return SegmentPlan(name, n, a, exact, f"over-fetch cost ~{fetch_cost:.0f} >= scan cost ~{scan_cost:.0f}")
     return SegmentPlan(name, n, a, "hnsw-filter", f"over-fetch cost ~{fetch_cost:.0f} < scan cost ~{scan_cost:.0f}")
+
+
+def walk_search(seg, plan: SegmentPlan, mask: np.ndarray, qs: np.ndarray, k: int, params: SearchParams):
+    """Run an `hnsw-walk` plan for a batch of queries: (local rows [nq, k], scores [nq, k]), best
+    first, unfilled slots -1 / -inf. `mask`: the dense allowed mask of the segment's rows."""
+    two_hop = plan.fraction < WALK_TWO_HOP_BELOW
+    return seg.walk.search(qs, mask.view(np.uint8), k, max(params.ef_search, k), two_hop)

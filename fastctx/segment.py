@@ -6,6 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import zlib
 from functools import cached_property
 from pathlib import Path
 
@@ -149,12 +150,36 @@ class Segment(SegmentBase):
                     g.index = self._load_hnsw(g)
         return g.index
 
+    @property
+    def walk(self) -> "GraphArrays | None":
+        """The segment's HNSW graph read in place as arrays (for the filtered walk of
+        kernels/hnsw_search.py), checksummed first unless already checked. None without a graph."""
+        g = self._graph
+        if g is None:
+            return None
+        if g.arrays is None:
+            with g.lock:
+                if g.arrays is None:
+                    self._check_graph(g)
+                    g.arrays = GraphArrays(g.map, g.path, self.n, self.dim)
+        return g.arrays
+
+    def _check_graph(self, g: "_LazyGraph") -> None:
+        """The graph file's CRC-32 (once per segment, whichever reader comes first)."""
+        if "hnsw.bin" in self._unchecked and not g.checked:
+            if g.map is None:
+                raise CorruptIndexError(f"{g.path}: the HNSW graph is empty")
+            check_checksum(g.path, self.entry["files"]["hnsw.bin"], crc=zlib.crc32(g.map))
+        g.checked = True
+
     def _load_hnsw(self, g: "_LazyGraph") -> hnswlib.Index:
-        path, fd = g.path, g.file.fileno()
+        path = g.path
+        if g.file.closed:
+            raise CorruptIndexError(f"{path}: the HNSW graph file was closed")
+        fd = g.file.fileno()
         # the open descriptor by name: the file as pinned, even if a compaction unlinked it since
         src = next((p for p in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}") if os.path.exists(p)), str(path))
-        if "hnsw.bin" in self._unchecked:   # before hnswlib parses a byte of it
-            check_checksum(Path(src), self.entry["files"]["hnsw.bin"], shown=path)
+        self._check_graph(g)   # before hnswlib parses a byte of it
         index = hnswlib.Index(space="ip", dim=self.dim)
         try:
             index.load_index(src, max_elements=self.n)
@@ -181,11 +206,79 @@ class _LazyGraph:
     pinned reader never opens a file after pinning, see docs/FORMAT.md "Garbage collection")."""
 
     def __init__(self, path: Path):
-        self.path, self.index, self.lock = path, None, threading.Lock()
+        self.path, self.index, self.arrays, self.lock = path, None, None, threading.Lock()
+        self.checked = False
         try:
             self.file = open(path, "rb")
+            # mapped now (nothing is read): the walk reads it in place, and the map outlives the
+            # descriptor hnswlib's load closes
+            size = os.fstat(self.file.fileno()).st_size
+            self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         except OSError as e:
             raise CorruptIndexError(f"{path}: cannot open the HNSW graph ({e.strerror})") from None
+
+
+class GraphArrays:
+    """hnswlib's saved graph as plain arrays over a read-only map (layout: kernels/hnsw_search.py),
+    validated against the segment (node count, labels a permutation of its rows, link ids in
+    range), searched by `search` with an allowed mask checked inside the walk."""
+
+    def __init__(self, buf, path: Path, n: int, dim: int):
+        from .kernels.hnsw_search import HEADER_BYTES, parse_header, upper_offsets
+
+        def bad(what):
+            return CorruptIndexError(f"{path}: {what}")
+        size = len(buf)
+        if size < HEADER_BYTES:
+            raise bad(f"{size} bytes, shorter than the graph header")
+        h = parse_header(bytes(buf[:HEADER_BYTES]))
+        spe, count = h["size_per_element"], h["count"]
+        if count != n:
+            raise bad(f"holds {count} items, expected {n}")
+        if (spe % 4 or h["offset_data"] % 4 or h["label_offset"] % 4 or h["offset_level0"] != 0
+                or h["maxM0"] < 1 or h["offset_data"] != 4 * (h["maxM0"] + 1)
+                or h["label_offset"] != h["offset_data"] + 4 * dim or spe != h["label_offset"] + 8
+                or HEADER_BYTES + count * spe > size or not 0 <= h["entry"] < max(count, 1)):
+            raise bad("graph header does not match the segment (dim, degree or size)")
+        self.words = np.frombuffer(buf, np.uint32, count=count * spe // 4, offset=HEADER_BYTES)
+        self.flat = self.words.view(np.float32)
+        self.l0 = self.words.reshape(count, spe // 4)
+        self.vf = self.l0.view(np.float32)
+        lo = h["label_offset"] // 4
+        self.labels = self.l0[:, lo].astype(np.int64) | (self.l0[:, lo + 1].astype(np.int64) << 32)
+        if count and (self.labels.min() < 0 or self.labels.max() >= n
+                      or np.bincount(self.labels, minlength=n).max() != 1):
+            raise bad("graph labels are not the segment's rows")
+        links = self.l0[:, 1:h["maxM0"] + 1]
+        cnt = self.l0[:, 0] & 0xFFFF
+        used = np.arange(h["maxM0"])[None, :] < cnt[:, None]
+        if (cnt > h["maxM0"]).any() or (count and links[used].max(initial=0) >= count):
+            raise bad("level-0 links out of range")
+        self.upper = np.frombuffer(buf, np.uint32, offset=HEADER_BYTES + count * spe)
+        self.levels, self.uptr = upper_offsets(self.upper, count, h["maxM"])
+        if count and (self.levels[0] < 0 or self.levels.max() < h["maxlevel"]):
+            raise bad("upper-level links are truncated")
+        self.header, self.vec_col = h, h["offset_data"] // 4
+        self._local = threading.local()
+
+    def search(self, qs: np.ndarray, allowed: np.ndarray, k: int, ef: int, two_hop: bool):
+        """(rows int64 [nq, k], scores float32 [nq, k]) of the best allowed rows, best first;
+        unfilled slots -1 / -inf. `allowed`: uint8 per row (nonzero = allowed)."""
+        from .kernels.hnsw_search import search_filtered
+        h, loc = self.header, self._local
+        visited = getattr(loc, "visited", None)
+        nq = len(qs)
+        if visited is None or loc.tag + nq >= 2 ** 31 - 1:   # one tag per query: reset when spent
+            count = len(self.labels)    # per thread: visit tags and candidate-heap scratch, reused
+            visited = loc.visited = np.zeros(count, np.int32)
+            loc.cs, loc.cn = np.empty(count + 1, np.float32), np.empty(count + 1, np.int64)
+            loc.tag = 1
+        rows, scores, loc.tag = search_filtered(
+            self.words, self.flat, self.l0.shape[1], self.vec_col, self.upper, self.levels, self.uptr, h["maxM"],
+            h["maxM0"], h["entry"], h["maxlevel"], self.labels, allowed,
+            np.ascontiguousarray(np.atleast_2d(qs), np.float32), int(k), int(ef), bool(two_hop), visited, loc.tag,
+            loc.cs, loc.cn)
+        return rows, scores
 
 
 class MemSegment(SegmentBase):

@@ -10,7 +10,7 @@ names the index has never seen) and checks that
 - `search(k=large)` returns exactly the model's allowed events, each once, best score first;
 - `search(k=small)` returns the exact top-k scores among the allowed rows;
 - no returned event ever violates a filter (checked on the event's own payload);
-- the same holds through HNSW segments forced into the hnsw / hnsw-filter plans.
+- the same holds through HNSW segments forced into the hnsw / hnsw-walk / hnsw-filter plans.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from fastctx.corpus import EventBatch
 from fastctx.filters import Filters
 from fastctx.index import MAX_K, Index, build
 from fastctx.params import BuildParams, SearchParams
+from fastctx.planner import WALK_MIN_FRACTION
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -209,7 +210,8 @@ def test_hnsw_plans_never_violate_filters(model, data, seed):
         want = sum(1 for e in expected if m["seg_of"][e] == seg_no)
         assert plan.allowed == want
         if want:
-            assert plan.strategy == ("hnsw" if want == plan.rows else "hnsw-filter"), plan
+            graph = "hnsw-walk" if plan.fraction >= WALK_MIN_FRACTION else "hnsw-filter"
+            assert plan.strategy == ("hnsw" if want == plan.rows else graph), plan
     q = query_vec(seed)
     hits = idx.search(q, k=MAX_K, filters=f)
     ids = check_hits(f, hits)

@@ -16,6 +16,7 @@ import pytest
 from conftest import make_corpus, query_vectors_near
 from fastctx.index import Index, build
 from fastctx.params import SearchParams
+from fastctx.planner import WALK_MIN_FRACTION, walk_cost
 
 N, DIM, CLUSTERS, NQ, K = 20_000, 32, 64, 40, 10
 
@@ -66,18 +67,20 @@ def brute_top(w, mask, q, k=K):
 
 
 # (case id, filter kwargs (a function of the world), SearchParams, expected strategy)
-G = 0.0  # hnsw_candidate_cost=0 switches the over-fetch cost rule off, to force the graph
+G = 0.0  # hnsw_candidate_cost=0 switches the graph cost rules (walk, over-fetch) off, to force the graph
 CASES = [
     ("100%-default", lambda w: {}, SearchParams(), "hnsw"),                   # 20000 > exact_max_rows 2048
     ("100%-exact", lambda w: {}, SearchParams(exact_max_rows=20_000), "exact-slice"),
-    ("30%-random", lambda w: buckets(30), SearchParams(), "hnsw-filter"),     # over-fetch ~667 < 6000 rows
-    ("30%-time", lambda w: window(w, 0.30), SearchParams(), "hnsw-filter"),
+    ("30%-random", lambda w: buckets(30), SearchParams(), "exact-rows"),      # walk ~7000 >= 6000 rows
+    ("30%-time", lambda w: window(w, 0.30), SearchParams(), "exact-slice"),
+    ("30%-random-graph", lambda w: buckets(30), SearchParams(hnsw_candidate_cost=G), "hnsw-walk"),
+    ("30%-time-graph", lambda w: window(w, 0.30), SearchParams(hnsw_candidate_cost=G), "hnsw-walk"),
     ("10%-random", lambda w: buckets(10), SearchParams(), "exact-rows"),      # over-fetch ~2000 >= 2000 rows
     ("10%-time", lambda w: window(w, 0.10), SearchParams(), "exact-slice"),
     ("10%-random-graph", lambda w: buckets(10), SearchParams(exact_max_rows=1000, hnsw_candidate_cost=G),
-     "hnsw-filter"),
+     "hnsw-walk"),                                                              # two-hop walk
     ("10%-time-graph", lambda w: window(w, 0.10), SearchParams(exact_max_rows=1000, hnsw_candidate_cost=G),
-     "hnsw-filter"),
+     "hnsw-walk"),
     ("10%-random-exact", lambda w: buckets(10), SearchParams(exact_max_rows=5000), "exact-rows"),
     ("10%-time-exact", lambda w: window(w, 0.10), SearchParams(exact_max_rows=5000), "exact-slice"),
     ("1%-random", lambda w: buckets(1), SearchParams(exact_max_rows=100), "exact-rows"),
@@ -136,18 +139,21 @@ def test_thresholds_switch_strategy_exactly_at_the_allowed_count(world, kw_name)
     kw = next(c[1] for c in CASES if c[0] == kw_name)(w)
     a = int(allowed_mask(w, kw).sum())
     exact = "exact-slice" if "time" in kw_name else "exact-rows"
+    graph = "hnsw-walk" if a / N >= WALK_MIN_FRACTION else "hnsw-filter"
     plan = lambda p: Index(w["dir"], search_params=p).explain(**kw)[0].strategy
     assert plan(SearchParams(exact_max_rows=a, hnsw_min_fraction=0.0, hnsw_candidate_cost=G)) == exact
-    assert plan(SearchParams(exact_max_rows=a - 1, hnsw_min_fraction=0.0, hnsw_candidate_cost=G)) == "hnsw-filter"
+    assert plan(SearchParams(exact_max_rows=a - 1, hnsw_min_fraction=0.0, hnsw_candidate_cost=G)) == graph
     frac = a / N
     assert plan(SearchParams(exact_max_rows=0, hnsw_min_fraction=frac * 1.01, hnsw_candidate_cost=G)) == exact
-    assert plan(SearchParams(exact_max_rows=0, hnsw_min_fraction=frac * 0.99, hnsw_candidate_cost=G)) == "hnsw-filter"
-    # the over-fetch cost rule: graph while k * overfetch / fraction candidates cost less than a scan
+    assert plan(SearchParams(exact_max_rows=0, hnsw_min_fraction=frac * 0.99, hnsw_candidate_cost=G)) == graph
+    # the cost rules: graph while k * overfetch / fraction candidates (the walk: `walk_cost`) cost
+    # less than a scan
     cost = lambda c: plan(SearchParams(exact_max_rows=0, hnsw_min_fraction=0.0, hnsw_candidate_cost=c))
     scan = a * (SearchParams().slice_row_cost if "time" in kw_name else 1.0)
-    per = scan / (K * 2.0 * N / a)  # candidate cost at which over-fetching costs exactly the scan
+    unit = walk_cost(N, a, SearchParams(hnsw_candidate_cost=1.0), K) if graph == "hnsw-walk" else K * 2.0 * N / a
+    per = scan / unit  # candidate cost at which the graph plan costs exactly the scan
     assert cost(per * 1.01) == exact
-    assert cost(per * 0.99) == "hnsw-filter"
+    assert cost(per * 0.99) == graph
     # nothing allowed: skip, whatever the thresholds
     assert Index(w["dir"], search_params=SearchParams(exact_max_rows=0)).explain(
         entities_any=["bucket:none"])[0].strategy == "skip"
