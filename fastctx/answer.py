@@ -75,9 +75,10 @@ class AnswerParams:
     ppr_alpha: float = 0.3           # PPR teleport probability
     ppr_epsilon: float = 1e-3        # PPR push threshold
     candidates: int = 64             # hits expanded as possible chain heads
-    # a reply is conversation structure (what came next), not a cause: weaker than a reference
+    # a reply is conversation structure (what came next), not a cause: it weighs what the other
+    # non-causal adjacencies (similar, same_actor) weigh, well below a reference
     link_weights: tuple[tuple[str, float], ...] = (
-        ("reply", 0.5), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
+        ("reply", 0.3), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
         ("same_actor", 0.3), ("relands", 0.8))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
