@@ -963,6 +963,7 @@ def verify(path: Union[str, Path]) -> list[str]:
                 for row in sorted({0, seg.n - 1}) if seg.n else ():
                     seg.payload(row)
                 _ = seg.hnsw     # opening defers the graph: load it to check what it holds
+                _ = getattr(seg, "walk", None)   # ... and read it as the filtered walk does
         if idx.marker.get("partition"):
             problem = _verify_partition(idx)
             if problem:

@@ -203,3 +203,19 @@ def test_bad_header_is_corruption(world):
     bad[96 + 4:96 + 8] = (10 ** 9).to_bytes(4, "little")   # node 0's first neighbour id out of range
     with pytest.raises(CorruptIndexError, match="links out of range"):
         GraphArrays(bytes(bad), src, N, DIM)
+
+
+def test_verify_reads_the_graph_as_the_walk_does(world, tmp_path):
+    def bad_link(data):
+        data[96 + 4:96 + 8] = (10 ** 9).to_bytes(4, "little")   # a neighbour id past the graph
+    dst, path = _damaged_copy(world, tmp_path, bad_link)
+    # keep the manifest's checksum right, so only the structure is wrong
+    import json
+    import zlib
+    man = json.loads((dst / "shard-000" / "MANIFEST.json").read_text())
+    entry = next(e for e in man["segments"] if e["name"] == path.parent.name)
+    entry["files"]["hnsw.bin"]["crc32"] = zlib.crc32(path.read_bytes())
+    from fastctx.format import write_manifest
+    write_manifest(dst / "shard-000", man)
+    problems = Index(dst).verify()
+    assert problems and "hnsw.bin: level-0 links out of range" in problems[0], problems
