@@ -224,7 +224,7 @@ class GraphArrays:
     range), searched by `search` with an allowed mask checked inside the walk."""
 
     def __init__(self, buf, path: Path, n: int, dim: int):
-        from .kernels.hnsw_search import HEADER_BYTES, parse_header, upper_offsets
+        from .kernels.hnsw_search import HEADER_BYTES, links_in_range, parse_header, upper_offsets
 
         def bad(what):
             return CorruptIndexError(f"{path}: {what}")
@@ -249,15 +249,12 @@ class GraphArrays:
         if count and (self.labels.min() < 0 or self.labels.max() >= n
                       or np.bincount(self.labels, minlength=n).max() != 1):
             raise bad("graph labels are not the segment's rows")
-        links = self.l0[:, 1:h["maxM0"] + 1]
-        cnt = self.l0[:, 0] & 0xFFFF
-        used = np.arange(h["maxM0"])[None, :] < cnt[:, None]
-        if (cnt > h["maxM0"]).any() or (count and links[used].max(initial=0) >= count):
+        if not links_in_range(self.words, spe // 4, count, h["maxM0"]):
             raise bad("level-0 links out of range")
         self.upper = np.frombuffer(buf, np.uint32, offset=HEADER_BYTES + count * spe)
         self.levels, self.uptr = upper_offsets(self.upper, count, h["maxM"])
         if count and (self.levels[0] < 0 or self.levels.max() < h["maxlevel"]):
-            raise bad("upper-level links are truncated")
+            raise bad("upper-level links are truncated or out of range")
         self.header, self.vec_col = h, h["offset_data"] // 4
         self._local = threading.local()
 

@@ -49,7 +49,8 @@ def parse_header(head: bytes) -> dict:
 def upper_offsets(tail, count, maxM):
     """(levels int32 [count], ptr int64 [count]) for the upper-level block `tail` (uint32):
     element i's level-l links (l >= 1) start at tail[ptr[i] + (l - 1) * (maxM + 1)].
-    Returns levels[0] = -1 when the block is shorter than its sizes say (a damaged file)."""
+    Returns levels[0] = -1 when the block is shorter than its sizes say or a link is out of range
+    (a damaged file)."""
     levels = np.zeros(count, np.int32)
     ptr = np.zeros(count, np.int64)
     per = 4 * (maxM + 1)
@@ -66,8 +67,32 @@ def upper_offsets(tail, count, maxM):
             return levels, ptr
         levels[i] = size // per
         ptr[i] = pos
+        for lv in range(levels[i]):          # every upper link a valid node: the walk reads unchecked
+            base = pos + lv * (maxM + 1)
+            cnt = tail[base] & 0xFFFF
+            if cnt > maxM:
+                levels[0] = -1
+                return levels, ptr
+            for t in range(cnt):
+                if tail[base + 1 + t] >= count:
+                    levels[0] = -1
+                    return levels, ptr
         pos += size // 4
     return levels, ptr
+
+
+@njit
+def links_in_range(words, stride, count, maxM0):
+    """Whether every level-0 link list holds at most maxM0 ids, each a node of the graph."""
+    for i in range(count):
+        row = i * stride
+        cnt = words[row] & 0xFFFF
+        if cnt > maxM0:
+            return False
+        for t in range(cnt):
+            if words[row + 1 + t] >= count:
+                return False
+    return True
 
 
 @intrinsic
@@ -314,6 +339,7 @@ def warm_up(dim: int) -> None:
     ro = np.frombuffer(words.tobytes(), np.uint32)
     upper = np.frombuffer(np.zeros(2, np.uint32).tobytes(), np.uint32)
     levels, uptr = upper_offsets(upper, 2, maxM)
+    links_in_range(ro, stride, 2, maxM0)
     labels = np.arange(2, dtype=np.int64)
     allowed = np.ones(2, np.uint8)
     qs = np.ones((1, dim), np.float32)

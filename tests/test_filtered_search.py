@@ -203,6 +203,14 @@ def test_bad_header_is_corruption(world):
     bad[96 + 4:96 + 8] = (10 ** 9).to_bytes(4, "little")   # node 0's first neighbour id out of range
     with pytest.raises(CorruptIndexError, match="links out of range"):
         GraphArrays(bytes(bad), src, N, DIM)
+    g = world["seg"].walk                       # an upper-level link past the graph
+    node = int(np.flatnonzero(g.levels > 0)[0])
+    at = 96 + g.header["count"] * g.header["size_per_element"] + 4 * (int(g.uptr[node]) + 1)
+    bad = bytearray(raw)
+    bad[at:at + 4] = (10 ** 9).to_bytes(4, "little")
+    if int.from_bytes(raw[at - 4:at], "little") & 0xFFFF:   # the list holds at least one link
+        with pytest.raises(CorruptIndexError, match="upper-level"):
+            GraphArrays(bytes(bad), src, N, DIM)
 
 
 def test_verify_reads_the_graph_as_the_walk_does(world, tmp_path):
