@@ -904,6 +904,8 @@ def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
     rows (default `build.DEFAULT_SEGMENT_ROWS`; 0: one segment), so a time window selects whole
     segments and searches them unfiltered."""
     index_dir = Path(index_dir)
+    if segment_rows is not None and (ray is not None or shards != 1):
+        raise ValueError("segment_rows applies to single-shard builds (shards=1, no ray)")
     if ray is not None:
         from .ray_build import build_ray
         return build_ray(corpus, index_dir, shards=shards, ray=ray, key=shard_key, overwrite=overwrite,

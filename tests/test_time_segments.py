@@ -184,6 +184,8 @@ def test_compaction_cuts_by_time(tmp_path):
 def test_bad_segment_rows(tmp_path, world):
     with pytest.raises(ValueError, match="segment_rows"):
         build(world["c"].dir, tmp_path / "x", segment_rows=-5)
+    with pytest.raises(ValueError, match="segment_rows applies to single-shard"):
+        build(world["c"].dir, tmp_path / "y", shards=2, segment_rows=1000)
     with pytest.raises(ValueError, match="segment_rows"):
         CompactionPolicy(small_rows=50_000, segment_rows=10_000)
     assert CompactionPolicy(segment_rows=0).segment_rows == 0
