@@ -338,7 +338,7 @@ def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
 def with_derived_links(batch, params):
     """`batch` plus its derived `similar`, `same_actor` and `relands` links, appended to each source row's
     links (link_src stays non-decreasing). Build-time only (they need the whole corpus)."""
-    from .corpus import LINK_CODE, EventBatch
+    from .corpus import LINK_CODE
     if len(batch) < 2:
         return batch
     parts = []
@@ -354,13 +354,22 @@ def with_derived_links(batch, params):
     parts = [(sd, c) for sd, c in parts if len(sd[0])]
     if not parts:
         return batch
-    ids = batch.ids
-    all_src = np.concatenate([np.asarray(batch.link_src, np.int64)] + [sd[0] for sd, _ in parts])
-    all_to = list(batch.link_to) + [ids[d] for sd, _ in parts for d in sd[1].tolist()]
-    all_type = np.concatenate([np.asarray(batch.link_type, np.int8)] +
-                              [np.full(len(sd[0]), c, np.int8) for sd, c in parts])
+    return with_links(batch, np.concatenate([sd[0] for sd, _ in parts]),
+                      [batch.ids[d] for sd, _ in parts for d in sd[1].tolist()],
+                      np.concatenate([np.full(len(sd[0]), c, np.int8) for sd, c in parts]))
+
+
+def with_links(batch: EventBatch, src, to, types) -> EventBatch:
+    """`batch` with links appended to their source rows (link_src stays non-decreasing)."""
+    from .corpus import EventBatch
+    if not len(src):
+        return batch
+    all_src = np.concatenate([np.asarray(batch.link_src, np.int64), np.asarray(src, np.int64)])
+    all_to = list(batch.link_to) + list(to)
+    all_type = np.concatenate([np.asarray(batch.link_type, np.int8), np.asarray(types, np.int8)])
     o = np.argsort(all_src, kind="stable")
     return EventBatch(ids=batch.ids, times=batch.times, tokens=batch.tokens, sources=batch.sources,
                       kinds=batch.kinds, entity_ptr=batch.entity_ptr, entity_names=batch.entity_names,
                       link_src=all_src[o], link_to=[all_to[i] for i in o.tolist()], link_type=all_type[o],
                       texts=batch.texts, attrs=batch.attrs, vectors=batch.vectors)
+

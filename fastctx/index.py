@@ -36,7 +36,8 @@ from .seeds import allowed_mask, search_segment_batch
 from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
                     open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
-from .derive import with_derived_links
+from .derive import with_derived_links, with_links
+from .derive_add import links_at_add
 from .view import View, holds_acl
 from .wal import WalWriter
 
@@ -340,9 +341,14 @@ class Index:
             report.dangling_examples.append((batch.ids[int(batch.link_src[j])], batch.link_to[int(j)]))
         parts = self._parts[0]
         seq0 = int(parts["next_seq"])
+        # derived links (same actor, re-lands) toward what is indexed now: logged beside the
+        # events, which keep only their own links
+        derived = links_at_add(self.shards[0], batch, self.build_params)
         rec = walmod.encode({"t": "add", "seq": seq0, "dim": self.dim,
                              "recs": [event_record(batch, i) for i in range(len(batch))],
-                             "vec": np.ascontiguousarray(batch.vectors, np.float32).tobytes()})
+                             "vec": np.ascontiguousarray(batch.vectors, np.float32).tobytes(),
+                             **({"derived": list(derived)} if derived[0] else {})})
+        batch = with_links(batch, *derived)
         w = self._ensure_wal()
         w.sync = sync
         crashpoint("add:before-write")

@@ -31,6 +31,7 @@ from . import wal as walmod
 from .build import BuildReport, Progress, ShardContext, compute_segment, content_hashes, save_segment
 from .columns import KeyLookup, keys64
 from .corpus import EventBatch
+from .derive import with_links
 from .errors import CorpusError, CorruptIndexError
 from .format import crc32_file, fsync_dir, read_manifest, write_manifest
 from .params import BuildParams
@@ -232,6 +233,8 @@ def replay_log(shard_dir: Path, manifest: dict, segments: Sequence[Segment], *, 
                         continue
                     vec = np.frombuffer(rec["vec"], np.float32).reshape(n, int(rec["dim"]))
                     batch = EventBatch.from_records(rec["recs"], vec, origin=str(path))
+                    if "derived" in rec:
+                        batch = with_links(batch, *_derived_links(rec["derived"], n))
                     log.apply_add(batch, seq, in_disk)
                     next_seq = max(next_seq, seq + n)
                 elif rec["t"] == "del":
@@ -246,6 +249,18 @@ def replay_log(shard_dir: Path, manifest: dict, segments: Sequence[Segment], *, 
             except Exception as e:
                 raise CorruptIndexError(f"{path}: a log record cannot be replayed ({type(e).__name__}: {e})") from None
     return log, next_seq, notes
+
+
+def _derived_links(derived, n: int) -> tuple[list, list, list]:
+    """The derived links an `add` record carries beside its events (derive_add.py), checked."""
+    from .corpus import DERIVED_LINK_TYPES, LINK_CODE
+    src, to, types = derived
+    codes = {LINK_CODE[t] for t in DERIVED_LINK_TYPES}
+    if not (len(src) == len(to) == len(types)) or any(
+            type(s) is not int or not 0 <= s < n for s in src) or any(
+            type(t) is not str or not t for t in to) or any(c not in codes for c in types):
+        raise ValueError("malformed derived links")
+    return list(src), list(to), list(types)
 
 
 def disk_key_test(segments: Sequence[SegmentBase]):

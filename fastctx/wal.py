@@ -6,7 +6,9 @@ Record layout (little-endian)::
     length uint32       payload bytes
     crc32  uint32       CRC-32 of the payload
     payload             msgpack: {"t": "add", "seq": first seq, "recs": [event mappings],
-                                  "dim": d, "vec": float32 bytes [n, d]}
+                                  "dim": d, "vec": float32 bytes [n, d],
+                                  "derived": [[row in recs], [target ids], [link codes]]}
+                                  ("derived", optional: the derived links of derive_add.py)
                               or {"t": "del", "seq": seq, "ids": [external ids]}
 
 One `Index.add` batch is one record, written with one `write` and made durable with one

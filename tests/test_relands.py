@@ -94,3 +94,50 @@ def test_reland_links_on_a_batch_match_a_direct_computation():
     assert got == sorted(expect) == [("c102", "c101"), ("c104", "c103")]
     assert LINK_CODE["relands"] > LINK_CODE["same_actor"]   # appended: older indexes keep their codes
     assert np.all(np.diff(np.asarray(batch.link_src)) >= 0)
+
+
+# ------------------------------------------------------------------------- incrementally at add
+def _links(idx, ids, kind):
+    return {e.id: sorted(to for to, ty in e.links if ty == kind) for e in idx.get(ids)}
+
+
+def test_an_add_derives_relands_and_same_actor_links_as_a_build_would(tmp_path):
+    events = []
+    for i, e in enumerate(_history()):  # each commit by one of three people, two notes within the hour
+        who = [f"person:dev{i % 3}"]
+        events.append(dict(e, entities=e["entities"] + who))
+        for m in (1, 2):
+            events.append(_commit(1000 + 10 * i + m, f"docs: note {m} about commit {i}", e["time"] - T0 + m * 900))
+            events[-1]["entities"] += who
+    cut = next(i for i, e in enumerate(events) if e["id"] == "c102")
+    one, _ = build(events, tmp_path / "one")
+    inc, _ = build(events[:cut], tmp_path / "inc")
+    inc.add(events[cut:cut + 2])        # the re-land and its revert, then the rest one by one
+    for e in events[cut + 2:]:
+        inc.add([e])
+    added = [e["id"] for e in events[cut:]]
+    for kind in ("relands", "same_actor"):
+        assert _links(inc, added, kind) == _links(one, added, kind)
+    assert sum(len(v) for v in _links(inc, added, "same_actor").values()) >= 2 * len(added) // 3
+    assert _links(inc, ["c102", "c104"], "relands") == {"c102": ["c101"], "c104": ["c103"]}
+    q = "retry the charge once on timeout"
+    assert inc.query(q, type="current").current.id == "c104"
+    # the derived links live in the write-ahead log beside the events: a reopened index replays
+    # them, and a flush writes them into the segment
+    inc.close()
+    again = Index(tmp_path / "inc")
+    assert again.query(q, type="current").current.id == "c104"
+    again.flush()
+    assert Index(tmp_path / "inc").query(q, type="current").current.id == "c104"
+    assert _links(Index(tmp_path / "inc"), added, "same_actor") == _links(one, added, "same_actor")
+
+
+def test_a_damaged_derived_links_record_is_refused_by_name(tmp_path):
+    from fastctx.errors import CorruptIndexError
+    from fastctx.shard import _derived_links
+    assert _derived_links([[0], ["c1"], [LINK_CODE["relands"]]], 1) == ([0], ["c1"], [LINK_CODE["relands"]])
+    for bad in ([[1], ["c1"], [LINK_CODE["relands"]]], [[0], [""], [LINK_CODE["relands"]]],
+                [[0], ["c1"], [LINK_CODE["reverts"]]], [[0, 0], ["c1"], [LINK_CODE["relands"]]]):
+        with pytest.raises(ValueError):
+            _derived_links(bad, 1)
+    assert issubclass(CorruptIndexError, Exception)

@@ -1,0 +1,135 @@
+"""Derived links of events added to a live index (`Index.add`): the build's rules
+(`derive.actor_links`, `derive.reland_links`) from each added event to the events already in the
+shard and to the earlier events of its own batch.
+
+What a later full build would add beyond these: links *from* events already indexed *to* an
+added one (an event added out of time order, or a revert added after its re-land), and
+`similar` links (off by default). `fastctx build` or `compact --rebuild` recomputes everything.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .columns import keys64
+from .corpus import LINK_CODE, EventBatch
+from .derive import title_key
+
+_REVERTS, _RELANDS, _SAME_ACTOR = LINK_CODE["reverts"], LINK_CODE["relands"], LINK_CODE["same_actor"]
+
+
+def links_at_add(shard, batch: EventBatch, params) -> tuple[list[int], list[str], list[int]]:
+    """(source rows in `batch`, target ids, link type codes) of the added events' derived links."""
+    out: tuple[list[int], list[str], list[int]] = ([], [], [])
+    live = _Live(shard)
+    if params.actor_k > 0:
+        _actor(live, batch, params, out)
+    if params.relands:
+        _relands(live, batch, out)
+    return out
+
+
+class _Live:
+    """The shard's live rows as the derivations need them (nothing is read when it is empty)."""
+
+    def __init__(self, shard):
+        self.shard = shard
+        self.empty = shard is None or shard.n == 0
+        if not self.empty:
+            self.g, self.deleted = shard.graph, shard.deleted_mask
+
+    def id(self, row: int) -> str:
+        seg, local = self.shard.locate(int(row))
+        return seg.ids[local]
+
+    def text(self, row: int):
+        seg, local = self.shard.locate(int(row))
+        return seg.payload(local).get("text")
+
+    def entity_rows(self, name: str) -> np.ndarray:
+        if self.empty:
+            return np.zeros(0, np.int64)
+        ids = self.shard.entity_ids([name])
+        if not ids:
+            return np.zeros(0, np.int64)
+        rows = np.asarray(self.g.ent_rows[self.g.ent_ptr[ids[0]]:self.g.ent_ptr[ids[0] + 1]], np.int64)
+        return rows[self.deleted[rows] == 0]
+
+    def links_of_type(self, code: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source rows, target rows) of the live links of one type."""
+        if self.empty:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        g = self.g
+        at = np.flatnonzero(np.asarray(g.out_type) == code)
+        src = np.searchsorted(g.out_ptr, at, "right") - 1
+        return src.astype(np.int64), np.asarray(g.out_dst, np.int64)[at]
+
+
+def _actor(live: _Live, batch: EventBatch, params, out) -> None:
+    """Each added event to the previous `actor_k` events of each of its actors within the window
+    (strictly earlier), among the shard's events and the batch's."""
+    pre, k, window = tuple(params.actor_prefixes), params.actor_k, int(params.actor_window_days * 86400)
+    if not pre:
+        return
+    t = np.asarray(batch.times, np.int64)
+    by_actor: dict[str, list[int]] = {}
+    for i in range(len(batch)):
+        for e in batch.entities(i):
+            if e.startswith(pre):
+                by_actor.setdefault(e, []).append(i)
+    for name, rows in by_actor.items():
+        old = live.entity_rows(name)
+        old_t = np.asarray(live.g.times, np.int64)[old] if len(old) else np.zeros(0, np.int64)
+        # candidates: (time, tie order, target id); the shard's rows before the batch's
+        cands = [(int(tm), 0, int(r), None) for tm, r in zip(old_t.tolist(), old.tolist())]
+        cands += [(int(t[j]), 1, j, batch.ids[j]) for j in rows]
+        cands.sort(key=lambda c: (c[0], c[1], c[2]))
+        times = np.array([c[0] for c in cands], np.int64)
+        for i in rows:
+            lo = int(np.searchsorted(times, t[i] - window, "left"))
+            hi = int(np.searchsorted(times, t[i], "left"))    # strictly earlier
+            for c in cands[max(lo, hi - k):hi][::-1]:
+                out[0].append(i)
+                out[1].append(c[3] if c[3] is not None else live.id(c[2]))
+                out[2].append(_SAME_ACTOR)
+
+
+def _relands(live: _Live, batch: EventBatch, out) -> None:
+    """Each revert (already indexed or in the batch) whose reverted event's title an added event
+    repeats later, and which no earlier event has re-landed yet, is re-landed by the first such
+    added event."""
+    keys = [title_key(x) for x in batch.texts]
+    if not any(keys):
+        return
+    t = np.asarray(batch.times, np.int64)
+    row_of = {eid: i for i, eid in enumerate(batch.ids)}
+    reverts = []   # (revert time, revert id, reverted event's title, time it was re-landed or None)
+    src, dst = live.links_of_type(_REVERTS)
+    landed_src, landed = live.links_of_type(_RELANDS)
+    first_reland = {}
+    for s, d in zip(landed_src.tolist(), landed.tolist()):
+        first_reland[d] = min(first_reland.get(d, 1 << 62), int(live.g.times[s]))
+    for r, x in zip(src.tolist(), dst.tolist()):
+        reverts.append((int(live.g.times[r]), live.id(r), title_key(live.text(x)), first_reland.get(r)))
+    for j in np.flatnonzero(np.asarray(batch.link_type) == _REVERTS).tolist():
+        r, target = int(batch.link_src[j]), batch.link_to[j]
+        x = row_of.get(target)
+        if x is not None:
+            title = keys[x]
+        else:
+            rows = live.shard.lookup_ids(keys64([target])) if not live.empty else [-1]
+            title = title_key(live.text(int(rows[0]))) if len(rows) and int(rows[0]) >= 0 else None
+        reverts.append((int(t[r]), batch.ids[r], title, None))
+    by_title: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        if k:
+            by_title.setdefault(k, []).append(i)
+    for rt, rid, title, landed_at in reverts:
+        if not title or title not in by_title:
+            continue
+        later = [(int(t[i]), i) for i in by_title[title] if batch.ids[i] != rid and int(t[i]) > rt]
+        if later:
+            tm, i = min(later)
+            if landed_at is None or tm < landed_at:
+                out[0].append(i)
+                out[1].append(rid)
+                out[2].append(_RELANDS)
