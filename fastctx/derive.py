@@ -337,7 +337,8 @@ def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
 
 def with_derived_links(batch, params):
     """`batch` plus its derived `similar`, `same_actor` and `relands` links, appended to each source row's
-    links (link_src stays non-decreasing). Build-time only (they need the whole corpus)."""
+    links (link_src stays non-decreasing), over a whole corpus at build; `Index.add` derives
+    same_actor and relands for the added events (derive_add.py)."""
     from .corpus import LINK_CODE
     if len(batch) < 2:
         return batch
