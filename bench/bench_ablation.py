@@ -4,8 +4,8 @@
 
 For every corpus: builds the default index and one index per build-time variant (identifier
 terms off, words off = no lexical seeds, derived `similar` links on, derived `same_actor` links
-on), answers every query with the default engine and with engine variants (lexical weight 0,
-no weight inheritance, fixed breadth, `fill`), scores each with the yardstick's scorer and prints one markdown
+off, derived `relands` links off), answers every query with the default engine and with engine
+variants (lexical weight 0, no weight inheritance, fixed breadth, replies at 0.5, `fill`), scores each with the yardstick's scorer and prints one markdown
 row per variant: chain recall / precision and current accuracy, with plain RAG (the yardstick's
 `rag_baseline.py`, k=100) in the first row. Never reads truth.jsonl itself: only the scorer does.
 """
@@ -26,9 +26,12 @@ from fastctx.params import BuildParams
 ROOT = Path(__file__).resolve().parents[1]
 BUILDS = {"default": BuildParams(), "terms off": BuildParams(text_terms=False),
           "words off (no lexical seeds)": BuildParams(text_words=False),
-          "similar links on (k=3)": BuildParams(similar_k=3), "same_actor links on (k=2)": BuildParams(actor_k=2)}
+          "similar links on (k=3)": BuildParams(similar_k=3), "same_actor links off": BuildParams(actor_k=0),
+          "relands off": BuildParams(relands=False)}
+_REPLY_HALF = tuple((t, 0.5 if t == "reply" else w) for t, w in AnswerParams().link_weights)
 ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit=False),
-           "breadth fixed (chain_evidence 0: always ends with the chains)": dict(chain_evidence=0.0), "fill": "fill"}
+           "breadth fixed (chain_evidence 0: always ends with the chains)": dict(chain_evidence=0.0),
+           "reply links at 0.5": dict(link_weights=_REPLY_HALF), "fill": "fill"}
 
 
 def _score(orgmem: Path, corpus: Path, results: Path) -> dict:
