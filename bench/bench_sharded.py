@@ -17,6 +17,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def _start_shard(exe, index, k):
         if not line and p.poll() is not None:
             raise RuntimeError(f"shard {k} exited")
         if "serving on" in line:
+            # keep reading: a server writes an access-log line per call, and a full pipe would
+            # block it mid-run (every later call then times out)
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
             return p, line.strip().rsplit(" ", 1)[-1]
 
 
