@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -64,19 +64,37 @@ def shard_of(batch: EventBatch, n_shards: int, key: str = "id") -> np.ndarray:
     return (keys64(list(values)) % np.uint64(n_shards)).astype(np.int64)
 
 
-def global_graph(batch: EventBatch, params: BuildParams) -> dict:
+def local_parts(batch: EventBatch, params: BuildParams) -> dict:
+    """The per-event inputs of `global_graph`, computed in process: hash keys of the ids and link
+    targets, each event's entity list with the derived entities (`ent_ptr_ev`), the sorted entity
+    names, each mention's entity id and each entity's mention count. fastctx/ray_graph.py computes
+    the same arrays as partial aggregations over blocks of events and merges them."""
+    derived = with_derived(batch, params)
+    names = np.asarray(derived.entity_names, dtype=object)
+    if len(names):
+        uniq, inverse = np.unique(names, return_inverse=True)
+    else:
+        uniq, inverse = np.array([], dtype=object), np.zeros(0, np.int64)
+    inverse = inverse.astype(np.int64).ravel()
+    return dict(id_keys=keys64(batch.ids), to_keys=keys64(batch.link_to), ent_ptr_ev=derived.entity_ptr,
+                uniq=uniq, inverse=inverse, ent_count=np.bincount(inverse, minlength=len(uniq)).astype(np.int64))
+
+
+def global_graph(batch: EventBatch, params: BuildParams, parts: Optional[dict] = None) -> dict:
     """The one-shard graph of the whole corpus in global rows (same arithmetic as a one-shard
-    `build` + `Shard.graph` + `Shard.supersession`)."""
-    batch = with_derived(batch, params)
+    `build` + `Shard.graph` + `Shard.supersession`). `parts`: `local_parts` computed elsewhere
+    (by blocks, on Ray); the result is the same arrays."""
+    if parts is None:
+        parts = local_parts(batch, params)
     n = len(batch)
     order = np.lexsort((np.arange(n), batch.times))
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     times = batch.times[order].astype(np.int64)
-    id_keys = keys64(batch.ids)
+    id_keys = parts["id_keys"]
     key_sorted = np.argsort(id_keys)
     # -- links (targets outside the corpus are dropped, as a one-shard build drops them)
-    to_keys = keys64(batch.link_to)
+    to_keys = parts["to_keys"]
     pos = np.searchsorted(id_keys[key_sorted], to_keys)
     pos = np.minimum(pos, max(n - 1, 0))
     ok = id_keys[key_sorted][pos] == to_keys if n else np.zeros(len(to_keys), bool)
@@ -92,22 +110,18 @@ def global_graph(batch: EventBatch, params: BuildParams) -> dict:
     in_ptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(dst, minlength=n), out=in_ptr[1:])
     # -- entities: global id = rank of the name among all names
-    names = np.asarray(batch.entity_names, dtype=object)
-    if len(names):
-        uniq, inverse = np.unique(names, return_inverse=True)
-    else:
-        uniq, inverse = np.array([], dtype=object), np.zeros(0, np.int64)
-    ev_src = rank[np.repeat(np.arange(n, dtype=np.int64), np.diff(batch.entity_ptr))]
-    ev_ent = inverse.astype(np.int64).ravel()
+    uniq = parts["uniq"]
+    ev_src = rank[np.repeat(np.arange(n, dtype=np.int64), np.diff(parts["ent_ptr_ev"]))]
+    ev_ent = parts["inverse"]
     eo = np.argsort(ev_src, kind="stable")
     ev_ptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(ev_src, minlength=n), out=ev_ptr[1:])
     ev_ent_sorted = ev_ent[eo]
     by_ent = np.lexsort((ev_src, ev_ent))
-    post_ent, post_rows = ev_ent[by_ent], ev_src[by_ent]
+    post_rows = ev_src[by_ent]
     n_ent = len(uniq)
     ent_ptr = np.zeros(n_ent + 1, np.int64)
-    np.cumsum(np.bincount(post_ent, minlength=n_ent), out=ent_ptr[1:])
+    np.cumsum(parts["ent_count"], out=ent_ptr[1:])   # mentions per entity (the global df)
     slot = np.array([str(s).startswith(tuple(params.slot_prefixes)) for s in uniq], bool)
     # -- supersession (Shard.supersession over the whole corpus)
     kinds_sorted = np.asarray(batch.kinds, dtype=object)[order]

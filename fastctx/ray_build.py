@@ -6,8 +6,10 @@ fastctx/partition.py), so the index answers exactly as the in-process build does
 
 * events without vectors are embedded by a pool of Ray actors running the encoder the build
   records (`embed_batch` rows per call; GPUs when `embed_gpus` > 0);
-* the whole-corpus pass (global order, entities, links, supersession) is `global_graph`, vectorized
-  on the driver, and its arrays go to the object store once;
+* the whole-corpus pass is `global_graph`: its per-event inputs (derived entities, id and link
+  keys, the entity vocabulary and frequencies) are partial aggregations over blocks of events in
+  Ray tasks, merged exactly (fastctx/ray_graph.py); the order, link CSR and supersession are then
+  vectorized numpy on the driver, and the arrays go to the object store once;
 * one Ray task per shard writes its segment, HNSW graph and sidecar into a staging directory
   next to the index (``.NAME.raystage``) and then a completion marker holding a digest of the
   build's inputs. A re-run of the same build (after a crash or a failed task) keeps every shard
@@ -209,6 +211,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
     from .format import publish_dir, write_marker
     from .index import LOCK_FILE, Index
     from .partition import MAX_SHARDS, global_graph, shard_of
+    from .ray_graph import ray_parts
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
     if shards < 2:
@@ -228,7 +231,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
         batch, encoder_spec = read_with_ray(corpus, index_dir, overwrite, progress, encoder,
                                             actors=embed_actors, batch_size=embed_batch, gpus=embed_gpus)
         batch = with_derived_links(batch, params)
-        g = global_graph(batch, params)
+        g = global_graph(batch, params, parts=ray_parts(batch, params))   # per-event work in Ray tasks
         shard_no = shard_of(batch, shards, key)[g["order"]]   # by global row
         names = [f"shard-{k:03d}" for k in range(shards)]
         digest = _digest(batch, params, shards, key, encoder_spec)

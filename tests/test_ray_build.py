@@ -63,6 +63,38 @@ def test_ray_build_answers_as_in_process(cluster, corpus):
     assert not (corpus / f".ray{STAGE_SUFFIX}").exists()
 
 
+def _same_graph(g1: dict, g2: dict) -> None:
+    import numpy as np
+    assert g1.keys() == g2.keys()
+    for k, a in g1.items():
+        b = g2[k]
+        if isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and a.shape == b.shape and (a == b).all(), k
+        else:
+            assert a == b, k
+
+
+def test_block_partials_merge_to_the_in_process_graph(cluster, corpus):
+    """The whole-corpus pass from per-block partial aggregations (derived entities, keys,
+    vocabulary, frequencies) gives `global_graph`'s arrays exactly, for any block count."""
+    from fastctx.derive import with_derived_links
+    from fastctx.index import read_for_build
+    from fastctx.params import BuildParams
+    from fastctx.partition import global_graph, local_parts
+    from fastctx.ray_graph import merge_partials, ray_parts
+    params = BuildParams()
+    batch, _ = read_for_build(corpus / "c", corpus / "unused", False, None)
+    batch = with_derived_links(batch, params)
+    want = global_graph(batch, params)
+    for blocks in (1, 3, 8):
+        _same_graph(want, global_graph(batch, params, parts=ray_parts(batch, params, blocks=blocks)))
+    tiny = batch.select(list(range(3)))   # more blocks than events, links to events elsewhere
+    _same_graph(global_graph(tiny, params), global_graph(tiny, params, parts=ray_parts(tiny, params, blocks=16)))
+    empty = merge_partials([])
+    assert len(empty["uniq"]) == 0 and empty["ent_ptr_ev"].tolist() == [0]
+    assert set(empty) == set(local_parts(tiny, params))
+
+
 def test_failed_shard_resumes_without_redoing_finished_shards(cluster, corpus):
     c, target = corpus / "c", corpus / "resumed"
     stage = corpus / f".resumed{STAGE_SUFFIX}"
