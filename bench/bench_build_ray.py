@@ -9,7 +9,8 @@ The first form generates an orgmem corpus with ../shared/orgmem/generate.py into
 (unless present), builds it in process (`build(..., shards=S)`) and on a local Ray cluster of
 W CPUs for each W (`build(..., shards=S, ray="local")` after `ray.init(num_cpus=W)`), and
 prints events/s; cluster start-up is timed apart. It checks the Ray index is byte-identical to
-the in-process one. The second form builds hnswlib and faiss HNSW graphs over clustered unit
+the in-process one. A second table times the whole-corpus pass alone: `global_graph` in process
+against its per-block partial aggregations in Ray tasks (fastctx/ray_graph.py). The second form builds hnswlib and faiss HNSW graphs over clustered unit
 vectors and reports build events/s, events/s per thread and recall@10 (exact inner product as
 truth; search ef 64 for both).
 """
@@ -63,6 +64,37 @@ def bench_ray(events: int, workers: list[int], shards: int, work: Path, dim: int
             ray.shutdown()
         same = _same_files(work / "inproc", work / f"ray{w}")
         print(f"| Ray local | {w} | {start:.1f} | {took:.1f} | {events / took:,.0f} | {same} |")
+    bench_graph_pass(corpus, workers, params)
+
+
+def bench_graph_pass(corpus: Path, workers: list[int], params) -> None:
+    """The whole-corpus pass alone: `global_graph` in process against its per-block partial
+    aggregations in Ray tasks (fastctx/ray_graph.py), W CPUs, two blocks per CPU."""
+    import ray
+
+    from fastctx.derive import with_derived_links
+    from fastctx.index import read_for_build
+    from fastctx.partition import global_graph
+    from fastctx.ray_graph import ray_parts
+    batch, _ = read_for_build(corpus, corpus.parent / "unused", False, None)
+    batch = with_derived_links(batch, params)
+    t = time.perf_counter()
+    want = global_graph(batch, params)
+    base = time.perf_counter() - t
+    print("\nwhole-corpus pass (global_graph)")
+    print("| pass | workers | s | events/s | same arrays |")
+    print("|---|---|---|---|---|")
+    print(f"| in process | 1 | {base:.1f} | {len(batch) / base:,.0f} | - |")
+    for w in workers:
+        ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            t = time.perf_counter()
+            got = global_graph(batch, params, parts=ray_parts(batch, params))
+            took = time.perf_counter() - t
+        finally:
+            ray.shutdown()
+        same = all(np.array_equal(v, got[k]) if isinstance(v, np.ndarray) else v == got[k] for k, v in want.items())
+        print(f"| Ray blocks | {w} | {took:.1f} | {len(batch) / took:,.0f} | {same} |")
 
 
 def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
