@@ -125,16 +125,27 @@ def build(corpus_dir, index_dir: Path, encoder_spec: Optional[str], overwrite: b
 
 
 @main.command()
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("corpus_dir", metavar="CORPUS", callback=lambda ctx, p, v: _corpus_arg(v))
+@click.argument("args", nargs=-1, required=True, metavar="[INDEX_DIR] CORPUS")
+@click.option("--remote", default=None, metavar="HOST:PORT",
+              help="Add through a coordinator server to its shards: `add --remote H:P CORPUS`.")
+@click.option("--token", envvar="FASTCTX_TOKEN", default=None, help="With --remote: bearer token (or set FASTCTX_TOKEN).")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="With --remote: use TLS, trusting this CA (PEM).")
+@click.option("--insecure", "remote_insecure", is_flag=True,
+              help="Allow sending --token in plaintext to a non-loopback --remote.")
 @click.option("--encoder", "encoder_spec", default=None, metavar="SPEC",
               help="The encoder the index was built with (checked; default: the recorded one).")
 @click.option("--batch", "batch_size", type=click.IntRange(1, 10_000_000), default=1000, show_default=True,
               help="Events per durable batch (one log record, one fsync).")
 @click.option("--flush/--no-flush", default=True, show_default=True,
               help="Turn the log into a segment at the end.")
-def add(index_dir: Path, corpus_dir, encoder_spec: Optional[str], batch_size: int, flush: bool) -> None:
+def add(args, remote, token, ca, remote_insecure, encoder_spec: Optional[str], batch_size: int,
+        flush: bool) -> None:
     """Append CORPUS's events to INDEX_DIR, durably, batch by batch.
+
+    With --remote HOST:PORT the events go through a coordinator server to their owner shards'
+    logs (each batch acked once every owner logged it), then one sync makes them visible; a
+    shard down fails the add naming it, and running the same add again completes it.
 
     CORPUS is a folder, a .jsonl or .parquet file, or - (JSONL on stdin), as for build; events
     without vectors are embedded with the index's recorded encoder.
@@ -145,6 +156,14 @@ def add(index_dir: Path, corpus_dir, encoder_spec: Optional[str], batch_size: in
     content replaces the old version."""
     from .index import Index
     from .sources import read_source, to_batch
+    if len(args) != (1 if remote else 2):
+        raise click.UsageError("expected INDEX_DIR CORPUS, or --remote HOST:PORT CORPUS")
+    corpus_dir = _corpus_arg(args[-1])
+    if remote:
+        return _add_remote(remote, token, ca, remote_insecure, corpus_dir, batch_size)
+    index_dir = Path(args[0])
+    if not index_dir.is_dir():
+        raise click.BadParameter(f"{index_dir}: no such directory", param_hint="INDEX_DIR")
     try:
         idx = Index(index_dir, writable=True, encoder=encoder_spec)
         src = read_source(corpus_dir)
@@ -166,6 +185,18 @@ def add(index_dir: Path, corpus_dir, encoder_spec: Optional[str], batch_size: in
         idx.close()
     except FastctxError as e:
         _fail(e)
+
+
+def _add_remote(remote, token, ca, insecure, corpus_dir, batch_size: int) -> None:
+    """`add --remote`: `acked <n>` after each batch every owner shard logged, then the sync."""
+    client = _connect(remote, token, ca, insecure)
+    try:
+        n = client.add(corpus_dir, batch=batch_size, progress=lambda _s, done, _t: click.echo(f"acked {done}"))
+        click.echo(f"acked {n}, visible after sync")
+    except FastctxError as e:
+        _fail(e)
+    finally:
+        client.close()
 
 
 @main.group()

@@ -211,11 +211,11 @@ class Index:
         if FileLock is SoftFileLock:   # no OS lock here: a lock file a crash leaves behind would block forever
             raise IndexLockedError(f"{self.path}: this platform has no OS file lock (fcntl or Windows locking), "
                                    "so the index cannot be opened for writing here; reading works")
-        f = FileLock(str(self.path / LOCK_FILE), timeout=0, thread_local=False)
+        f = FileLock(str(self._lock_path), timeout=0, thread_local=False)
         try:
             f.acquire()
         except (Timeout, BlockingIOError, PermissionError):
-            raise IndexLockedError(f"{self.path / LOCK_FILE}: another writer holds this index's lock "
+            raise IndexLockedError(f"{self._lock_path}: another writer holds this index's lock "
                                    "(one writer at a time; readers need no lock)") from None
         self._lockf = f
         try:
@@ -227,6 +227,10 @@ class Index:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.path / LOCK_FILE    # a shard server's writer locks its own shard (shards/service.py)
 
     @property
     def _shard_dir(self) -> Path:

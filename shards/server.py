@@ -24,6 +24,7 @@ start-up, a cluster that mixes builds (`check_builds`). docs/WIRE.md is the wire
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -195,6 +196,12 @@ class ShardServer(_Server):
         super().__init__(SHARD_SERVICE, methods, wire.SHARD_SCHEMAS, port, host, workers, credentials=creds,
                          insecure=insecure, limits=limits, metrics_port=metrics_port, metrics_host=metrics_host)
         self.obs.build(shard, self.build)
+        self.service.on_reload.append(self._reloaded)
+
+    def _reloaded(self) -> None:
+        """After a write sync installed a new partition: its build identity and cost arrays."""
+        self.build = build_identity(self.service.index_dir, self.service.meta)
+        self.cost = ShardCost(self.service)
 
     def _stats(self, req: dict) -> dict:
         return {**self.service.Stats(req), "build": self.build}
@@ -393,6 +400,7 @@ class BuildWatch:
         self.cluster, self.build, self.every_s, self.timeout_s = cluster, build, every_s, timeout_s
         self.on_refuse = on_refuse or (lambda: None)
         self._stop = threading.Event()
+        self.lock = threading.Lock()    # a write sync holds it while shards change build
         self._thread = threading.Thread(target=self._run, name="fastctx-build-watch", daemon=True)
 
     def start(self) -> None:
@@ -413,6 +421,10 @@ class BuildWatch:
                 if isinstance(r, _RefusedReplica)]
 
     def check_once(self) -> None:
+        with self.lock:
+            self._check()
+
+    def _check(self) -> None:
         from .transport import LocalReplica
         data = wire.encode({"v": wire.SCHEMA_VERSION})
         calls = []
@@ -478,7 +490,10 @@ class CoordinatorServer(_Server):
         build, self.unchecked = check_builds(cluster, cluster.call_timeout_s) if check else (None, [])
         for r in self.unchecked:
             log.warning("build not checked yet: %s did not answer Stats", r)
-        super().__init__(COORD_SERVICE, {"Query": self._query, "Stats": self._stats}, wire.COORD_SCHEMAS,
+        from .writes import ClusterWriter
+        self.writer = ClusterWriter(cluster)
+        super().__init__(COORD_SERVICE, {"Query": self._query, "Stats": self._stats, "Write": self._write,
+                                         "Sync": self._sync}, wire.COORD_SCHEMAS,
                          port, host, workers, credentials=server_credentials(tls_cert, tls_key), insecure=insecure,
                          limits=limits, metrics_port=metrics_port, metrics_host=metrics_host)
         self.watch = BuildWatch(cluster, build, build_check_s, cluster.call_timeout_s,
@@ -537,6 +552,23 @@ class CoordinatorServer(_Server):
         self.obs.query(spec["type"], ans)
         return answer_to_msg(ans)
 
+    def _write(self, req: dict, caller, context) -> dict:
+        return self.writer.write(req["op"], req.get("events"), req.get("vectors"), req.get("ids"))
+
+    def _sync(self, req: dict, caller, context) -> dict:
+        # the shards change build one by one: the build watch waits (else it would set aside the
+        # shards installed first), then takes over the new build
+        with self.watch.lock if self.watch is not None else contextlib.nullcontext():
+            try:
+                got = self.writer.sync()
+                if self.watch is not None and got.get("build"):
+                    self.watch.build = got["build"]
+            finally:     # new global sizes
+                self.coordinator._stats = None
+        if self.watch is not None:
+            self.watch.check_once()     # take back at once replicas set aside before the sync
+        return got
+
     def _stats(self, req: dict, caller, context) -> dict:
         s = self.coordinator.shard_stats()
         one = next(iter(s.get("shards", {}).values()), {})
@@ -571,6 +603,8 @@ class RemoteClient:
             else grpc.insecure_channel(address, options=GRPC_OPTIONS)
         self._query = self.channel.unary_unary(f"/{COORD_SERVICE}/Query")
         self._stats = self.channel.unary_unary(f"/{COORD_SERVICE}/Stats")
+        self._write = self.channel.unary_unary(f"/{COORD_SERVICE}/Write")
+        self._sync = self.channel.unary_unary(f"/{COORD_SERVICE}/Sync")
         self.last_bytes = (0, 0)
 
     def _call(self, stub, msg: dict, timeout: float) -> dict:
@@ -591,6 +625,45 @@ class RemoteClient:
 
     def stats(self) -> dict:
         return self._call(self._stats, {}, self.timeout_s)
+
+    # -- writes (shards/writes.py) ---------------------------------------------------------------
+    def add(self, events, vectors=None, *, batch: int = 1000, on_existing: str = "error",
+            progress=None) -> int:
+        """Add events to the cluster: batches of `batch` events routed to their owners' logs,
+        then one sync makes them visible. Returns how many events were acked. Re-running the
+        same add after a failure completes it (ids are the idempotency key)."""
+        from .writes import batch_msg
+        from fastctx.sources import read_source, to_batch
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InvalidQueryError(f"batch must be a positive integer, got {batch!r}")
+        src = read_source(events)
+        if vectors is not None:
+            src.vectors = vectors
+        b = to_batch(src)
+        op = "upsert" if on_existing == "upsert" else "add"
+        acked = 0
+        for lo in range(0, len(b), batch):
+            m = batch_msg(b.select(np.arange(lo, min(lo + batch, len(b)))))
+            acked += int(self._call(self._write, {"op": op, **m}, self.timeout_s * 4)["acked"])
+            if progress:
+                progress("add", acked, len(b))
+        self.sync()
+        return acked
+
+    def upsert(self, events, vectors=None, **kw) -> int:
+        return self.add(events, vectors, on_existing="upsert", **kw)
+
+    def delete(self, ids) -> int:
+        """Delete events by id on every shard, then sync; returns how many live events that hid."""
+        if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
+            raise InvalidQueryError("delete() takes a list of non-empty id strings")
+        got = self._call(self._write, {"op": "delete", "ids": list(ids)}, self.timeout_s * 4)
+        self.sync()
+        return int(got.get("changed", 0))
+
+    def sync(self) -> dict:
+        """Make logged writes visible (re-partition the cluster; see docs/SHARDED.md, Writes)."""
+        return self._call(self._sync, {}, max(self.timeout_s, 600.0))
 
     def query(self, query, *, type: str = "chain", filters=None, as_of: Optional[int] = None,
               direction: str = "back", budget_tokens: int = 4000, require_all: bool = False,

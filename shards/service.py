@@ -42,9 +42,17 @@ I64_MAX = np.iinfo(np.int64).max
 class ShardIndex(Index):
     """An `Index` that opens only one named shard of an index directory."""
 
-    def __init__(self, path, shard_name: str, **kw):
+    def __init__(self, path, shard_name: str, *, installed: bool = False, **kw):
         self._only = shard_name
         super().__init__(path, **kw)
+        if installed:   # serve the installed state: logged writes become visible at the next sync
+            from fastctx.shard import MemLog
+            self._parts[0]["log"] = MemLog()
+            self._changed()
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.path / self._only / "LOCK"    # one writer per shard, not per index directory
 
     @property
     def marker(self) -> dict:
@@ -61,9 +69,11 @@ class ShardService:
     """One shard of a partitioned index, serving the shard stages (see the module doc)."""
 
     def __init__(self, index_dir, shard: int):
+        from .writes import ShardWriter
         index_dir = Path(index_dir)
         name = f"shard-{int(shard):03d}"
-        self.index = ShardIndex(index_dir, name)
+        self.index_dir, self.name = index_dir, name
+        self.index = ShardIndex(index_dir, name, installed=True)
         self.sc, self.meta = read_sidecar(index_dir / name)
         if int(self.meta["shard"]) != int(shard):
             raise InvalidQueryError(f"{index_dir / name}: sidecar says shard {self.meta['shard']}, not {shard}")
@@ -88,6 +98,28 @@ class ShardService:
         self._weights: dict = {}
         self._views: dict = {}   # view key -> (hidden rows mask or None, post_ok per posting)
         self.doc_len = np.diff(self.ev_ptr)   # entities per row (BM25 document length)
+        self.writer = ShardWriter(self)
+        self.on_reload: list = []             # callbacks after Install (the server's build and cost)
+
+    def reload(self) -> None:
+        """Serve the directory just installed: the new state replaces this one in one step
+        (in-flight requests finish on the old arrays); writer and callbacks carry over."""
+        new = ShardService(self.index_dir, self.shard_no)
+        new.writer, new.on_reload = self.writer, self.on_reload
+        self.__dict__ = new.__dict__      # the old pinned index stays open for in-flight requests
+        self.writer.svc = self
+        for fn in self.on_reload:
+            fn()
+
+    # -- writes (shards/writes.py) -------------------------------------------------------------
+    def Write(self, req: dict) -> dict:
+        return self.writer.write(req)
+
+    def Export(self, req: dict) -> dict:
+        return self.writer.export(req)
+
+    def Install(self, req: dict) -> dict:
+        return self.writer.install(req)
 
     def warm_up(self) -> None:
         """Compile (or load) the kernels for this shard's exact array types before serving, so

@@ -193,6 +193,29 @@ def _view(name, v):
     return check_fields(v, spec, where=f"{name}.")
 
 
+def _records(name, v):
+    """Events of a write: a list of orgmem event maps (fields checked by the corpus reader)."""
+    if v is None:
+        return []
+    if not isinstance(v, list) or len(v) > MAX_ROWS or not all(isinstance(e, dict) for e in v):
+        raise WireError(f"field '{name}' must be a list of <= {MAX_ROWS} event maps, got {_show(v)}")
+    return v
+
+
+def _ids(name, v):
+    if v is None:
+        return []
+    if not isinstance(v, list) or len(v) > MAX_ROWS or not all(isinstance(s, str) and 0 < len(s) <= MAX_STR for s in v):
+        raise WireError(f"field '{name}' must be a list of <= {MAX_ROWS} non-empty id strings, got {_show(v)}")
+    return v
+
+
+def _map(name, v):
+    if not isinstance(v, dict):
+        raise WireError(f"field '{name}' must be a map, got {_show(v)}")
+    return v
+
+
 def _show(v) -> str:
     if isinstance(v, np.ndarray):
         return f"array {v.dtype} {list(v.shape)}"
@@ -240,6 +263,12 @@ SHARD_SCHEMAS = {
                ("params",)),
     "Fetch": ({"rows": _nd("i", (1,), MAX_ROWS), "fields": lambda n, v: _fields(n, v),
                "entities": _nd("i", (1,), MAX_ROWS, True), "view": _view}, ("rows", "fields")),
+    # writes (shards/writes.py): log a batch, export live events, install a re-partitioned shard
+    "Write": (WRITE := {"op": _str({"add", "upsert", "delete"}), "events": _records, "ids": _ids,
+                        "vectors": _nd("f", (2,), MAX_ROWS, True)}, ("op",)),
+    "Export": ({}, ()),
+    "Install": ({"events": _records, "vectors": _nd("f", (2,), MAX_ROWS, True), "arrays": _map, "meta": _map,
+                 "gen": _int(0, _I64.max), "derived": _map}, ("events", "vectors", "arrays", "meta", "gen")),
 }
 FETCH_FIELDS = frozenset({"time", "tokens", "vector", "sup", "slot", "rev", "id", "payload", "entity_names",
                           "visible"})
@@ -260,4 +289,6 @@ COORD_SCHEMAS = {
                "scope": lambda n, x: None if x is None else _filters(n, x),
                "principals": lambda n, x: None if x is None else _strs(n, x), "fill": _bool,
                "deadline_ms": _int(1, MAX_DEADLINE_MS)}, ()),
+    "Write": (WRITE, ("op",)),
+    "Sync": ({}, ()),
 }
