@@ -6,8 +6,8 @@ Strategies:
   exact-rows   exact scan of the allowed rows (gathered)
   hnsw         HNSW search, everything allowed
   hnsw-walk    the filtered graph walk (kernels/hnsw_search.py) over the segment's HNSW graph, the
-               allowed mask checked inside the walk; ACORN-style two-hop expansion below
-               `WALK_TWO_HOP_BELOW` allowed (it keeps the allowed subgraph connected)
+               allowed mask checked inside the walk (the kernel's ACORN-style two-hop mode is
+               used below `WALK_TWO_HOP_BELOW` allowed: off, see below)
   hnsw-filter  HNSW with adaptive over-fetch, candidates checked against the allowed set in bulk
                (fractions below `WALK_MIN_FRACTION`, where the walk loses recall)
 
@@ -30,15 +30,16 @@ import numpy as np
 from .filters import Allowed
 from .params import SearchParams
 
-# The filtered walk (measured at 200k x 384, bench/README.md "Filtered graph walk"): two-hop below
-# WALK_TWO_HOP_BELOW allowed (it scores only allowed nodes; at 10% it was 2x faster than the plain
-# walk at equal recall, at 20-50% the plain walk was as fast or faster and recalled more); no walk
-# below WALK_MIN_FRACTION (at 5% two-hop recall was 0.94-0.96 and a scan was as fast). A walk
+# The filtered walk (measured at 200k and 500k x 384, bench/README.md "Filtered graph walk"): the
+# planner runs the plain walk. The two-hop walk (`WALK_TWO_HOP_BELOW`, 0: never) was 2x faster at
+# 10% allowed at 200k, but at 500k its recall stalled (0.51 on a 10% time window at any ef, 0.94 at
+# ef 32 on a random 10%) while the plain walk reached 0.97-0.99 at ef 10; no walk below
+# WALK_MIN_FRACTION (at 5% a scan was as fast). A walk
 # costs about WALK_SLOT_CANDIDATES over-fetched candidates (SearchParams.hnsw_candidate_cost
 # gathered row scores each) per beam slot (ef): 0.13-0.36 ms at ef 16-64 unfiltered, against
 # ~0.09 us per gathered row; the plain walk grew as 1/sqrt(fraction), the two-hop walk stayed
 # about 2x the unfiltered cost from 10% to 20%.
-WALK_TWO_HOP_BELOW = 0.15
+WALK_TWO_HOP_BELOW = 0.0
 WALK_MIN_FRACTION = 0.08
 WALK_SLOT_CANDIDATES = 5.0
 

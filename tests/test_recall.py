@@ -78,7 +78,7 @@ CASES = [
     ("10%-random", lambda w: buckets(10), SearchParams(), "exact-rows"),      # over-fetch ~2000 >= 2000 rows
     ("10%-time", lambda w: window(w, 0.10), SearchParams(), "exact-slice"),
     ("10%-random-graph", lambda w: buckets(10), SearchParams(exact_max_rows=1000, hnsw_candidate_cost=G),
-     "hnsw-walk"),                                                              # two-hop walk
+     "hnsw-walk"),
     ("10%-time-graph", lambda w: window(w, 0.10), SearchParams(exact_max_rows=1000, hnsw_candidate_cost=G),
      "hnsw-walk"),
     ("10%-random-exact", lambda w: buckets(10), SearchParams(exact_max_rows=5000), "exact-rows"),
