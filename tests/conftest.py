@@ -277,3 +277,23 @@ def hnsw_small_index_dir(hnsw_small_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory) -> Corpus:
     return make_text_corpus(tmp_path_factory.mktemp("text") / "corpus")
+
+
+# ------------------------------------------------------------------------------------ servers
+def server_address(proc, pattern: str = "serving on", timeout: float = 120.0) -> str:
+    """The address a server process (stderr piped, text mode) prints on its `pattern` line. Its
+    stderr is then drained in the background: a server writes an access-log line per call, and a
+    full pipe would block it (later calls time out and answers come back partial)."""
+    import threading
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stderr.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}")
+            continue
+        if pattern in line:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return line.strip().rsplit(" ", 1)[-1].strip('"}')
+    raise AssertionError("server did not start in time")

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import make_records, query_vectors_near, write_corpus
+from conftest import make_records, query_vectors_near, server_address, write_corpus
 
 from fastctx.auth import (AuthError, SecurityConfigError, TokenTable, bearer, check_bind, effective_principals,
                           is_loopback)
@@ -312,18 +312,7 @@ def test_cli_bad_security_options_give_clear_errors(world, pki, tmp_path):
         assert match is None or match in r.output, (args, r.output)
 
 
-def _wait_listening(proc, pattern: str, timeout: float = 90.0) -> str:
-    import time
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}")
-            continue
-        if pattern in line:
-            return line.strip().rsplit(" ", 1)[-1]
-    raise AssertionError("server did not start in time")
+_wait_listening = server_address
 
 
 @pytest.mark.slow

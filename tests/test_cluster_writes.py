@@ -8,12 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import server_address
 
 import fastctx
 from fastctx.errors import FastctxError, ShardUnavailableError
@@ -40,20 +41,7 @@ def _split(corpus: Path, out_a: Path, out_b: Path) -> None:
         (out / "meta.json").write_text(json.dumps({**meta, "n_events": len(part), "n_queries": 0}))
 
 
-def _listening(proc, timeout=120.0) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}")
-            continue
-        if "serving on" in line:
-            # keep reading: a server writes an access-log line per call, and a full pipe would
-            # block it (its later calls then time out and answers come back partial)
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return line.strip().rsplit(" ", 1)[-1].strip('"}')
-    raise AssertionError("server did not start in time")
+_listening = server_address
 
 
 def _shard(idx, k, port=0):

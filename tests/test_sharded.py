@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from conftest import T0, HOUR, make_corpus, query_vectors_near
+from conftest import T0, HOUR, make_corpus, query_vectors_near, server_address
 
 from fastctx.errors import InvalidQueryError, ShardUnavailableError
 from fastctx.index import build
@@ -261,17 +261,7 @@ def test_malformed_and_hostile_requests_refused_cleanly(world, cluster):
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _wait_listening(proc, pattern: str, timeout: float = 60.0) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}")
-            continue
-        if pattern in line:
-            return line.strip().rsplit(" ", 1)[-1]
-    raise AssertionError("server did not start in time")
+_wait_listening = server_address
 
 
 @pytest.mark.slow
