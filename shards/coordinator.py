@@ -31,6 +31,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from fastctx.answer import DAY, Answer, AnswerParams, Engine, check_query, link_weights
+from fastctx.derive import query_words
 from fastctx.encoder import from_record
 from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
 from fastctx.filters import Filters
@@ -63,6 +64,9 @@ class DistributedGraph:
         self.ts = float(p.time_scale_days * DAY)
         self.view = View()
         self.vmsg: Optional[dict] = None   # the view on the wire (None: unrestricted)
+        self.text: Optional[str] = None    # the query's text and type (what the seed round asks)
+        self.qtype = "chain"
+        self._lex: Optional[tuple] = None  # lexical seeds answered by the seed round
 
     def for_view(self, view: View) -> "DistributedGraph":
         """One graph per query: the view travels with every shard request; shards never send
@@ -158,8 +162,20 @@ class DistributedGraph:
 
     # -- GraphAccess ---------------------------------------------------------------------------
     def seeds(self, q, k, filters: Filters):
+        """One Search round: the vector hits, the lexical hits of the query's words (asked by
+        `lexical` next) and, for a chain query (whose head choice reads every hit's vector and
+        time), the vectors and times of each shard's first hits: about its share of the global
+        top k plus a margin. Hits past that margin are fetched when read."""
         req = self._with_view({"vectors": np.asarray(q, np.float32)[None, :], "k": int(k), "filters": filters.to_dict(),
                                "as_of": filters.as_of})
+        names = query_words(self.text)
+        if names:
+            req.update(self._lexical_req(names, self.params.lexical_k))
+            req["lex_k"] = req.pop("k")
+            req["k"] = int(k)
+        n_sh = len(self.cluster.shards)
+        if self.qtype == "chain":
+            req["hit_vectors"] = min(int(k), -(-5 * int(k) // (4 * n_sh)) + 16) if n_sh > 1 else int(k)
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
         cand = []
         for s, out in res.items():
@@ -170,18 +186,31 @@ class DistributedGraph:
         cand = cand[:k]
         for _, r, s in cand:
             self.owner[r] = s
+        keep = {r for _, r, _ in cand}
+        vc, tc = self.cache["vector"], self.cache["time"]
+        for s, out in res.items():
+            if "vectors" in out:
+                m = len(out["vectors"])
+                for r, vec, t in zip(out["rows"][0, :m].tolist(), out["vectors"], out["times"].tolist()):
+                    if r in keep:
+                        vc[r], tc[r] = vec, t
+        if names:
+            self._lex = (list(names), self.params.lexical_k, filters,
+                         self._merge_lexical({s: {"rows": out["lex_rows"], "scores": out["lex_scores"]}
+                                              for s, out in res.items() if "lex_rows" in out},
+                                             self.params.lexical_k))
         rows = np.array([r for _, r, _ in cand], np.int64)
         sims = np.array([np.float32(-sc) for sc, _, _ in cand], np.float32).astype(np.float64)
         return rows, sims
 
-    def lexical(self, names, k, filters: Filters):
-        """Lexical seeds: each shard scores its own postings with the corpus-wide df (one round)."""
+    def _lexical_req(self, names, k) -> dict:
         st = self.c.shard_stats()
         avg = sum(int(v.get("doc_len_sum", 0)) for v in st["shards"].values()) / max(self.n, 1)
         p = self.params
-        req = self._with_view({"words": list(names), "k": int(k), "filters": filters.to_dict(), "as_of": filters.as_of,
-                               "avg_len": float(avg), "bm25": np.array([p.bm25_k1, p.bm25_b], np.float64)})
-        res = self._scatter("Search", {s: req for s in self.cluster.shards})
+        return {"words": list(names), "k": int(k), "avg_len": float(avg),
+                "bm25": np.array([p.bm25_k1, p.bm25_b], np.float64)}
+
+    def _merge_lexical(self, res: dict, k: int):
         cand = []
         for s, out in res.items():
             for r, sc in zip(out["rows"].tolist(), out["scores"].tolist()):
@@ -191,6 +220,14 @@ class DistributedGraph:
         for _, r, s in cand:
             self.owner[r] = s
         return np.array([r for _, r, _ in cand], np.int64), np.array([-sc for sc, _, _ in cand], np.float64)
+
+    def lexical(self, names, k, filters: Filters):
+        """Lexical seeds: each shard scores its own postings with the corpus-wide df. Usually
+        answered by the seed round already (same words, k and filters)."""
+        if self._lex is not None and self._lex[:3] == (list(names), int(k), filters):
+            return self._lex[3]
+        req = self._with_view({**self._lexical_req(names, k), "filters": filters.to_dict(), "as_of": filters.as_of})
+        return self._merge_lexical(self._scatter("Search", {s: req for s in self.cluster.shards}), int(k))
 
     def times(self, rows):
         return np.asarray(self._get("time", rows, 0), np.int64)
@@ -573,6 +610,7 @@ class Coordinator:
         g = DistributedGraph(self, deadline, bool(require_all))
         if text is None and isinstance(query, str):
             text = query
+        g.text, g.qtype = text, type
         ans = self.engine.run(q, type, f, direction, int(budget_tokens), graph=g, view=view, text=text, fill=fill)
         ans.partial, ans.missing_shards = bool(g.missing), sorted(g.missing)
         ans.timings.update({"total_ms": 1e3 * (time.perf_counter() - t0), "waves": g.waves, "rpcs": g.stats.calls,

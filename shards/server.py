@@ -271,7 +271,10 @@ class ShardCost:
         if method == "Search":
             v = req.get("vectors")
             nq = len(v) if v is not None else 1
-            return {"cells": nq * req["k"], "nbytes": nq * req["k"] * 20}
+            hv = min(int(req.get("hit_vectors") or 0), req["k"]) if v is not None else 0
+            lex = int(req.get("lex_k") or req["k"]) if v is not None and req.get("words") else 0
+            return {"cells": nq * req["k"] + hv * int(svc.index.dim) + lex,
+                    "nbytes": nq * req["k"] * 28 + hv * 4 * int(svc.index.dim) + lex * 16}
         if method == "Fetch":
             loc = svc.local_rows(req["rows"])
             n, fields = len(loc), req["fields"]

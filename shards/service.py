@@ -183,19 +183,29 @@ class ShardService:
         try:
             f = Filters.from_dict(req.get("filters") or {}, as_of=req.get("as_of"))
             view = self._view(req.get("view"))[0]
-            if req.get("words") is not None:
-                return self._lexical(req["words"], req["k"], f, view, req.get("avg_len") or 1.0, req.get("bm25"))
+            words = req.get("words")
             if req.get("vectors") is None:
-                raise wire.WireError("a Search needs 'vectors' or 'words'")
+                if words is None:
+                    raise wire.WireError("a Search needs 'vectors' or 'words'")
+                return self._lexical(words, req["k"], f, view, req.get("avg_len") or 1.0, req.get("bm25"))
             q = np.asarray(req["vectors"], np.float32)
             if q.shape[1] != self.index.dim:
                 raise wire.WireError(f"field 'vectors' has dim {q.shape[1]}, the index has dim {self.index.dim}")
             hits = self.index.search(q, k=req["k"], filters=f, view=view)
+            out: dict = {}
+            if words:   # the lexical seeds of the same query, in the same round trip
+                lex = self._lexical(words, req.get("lex_k") or req["k"], f, view, req.get("avg_len") or 1.0,
+                                    req.get("bm25"))
+                out = {"lex_rows": lex["rows"], "lex_scores": lex["scores"]}
         except InvalidQueryError as e:
             raise wire.WireError(str(e)) from None
         rows = np.where(hits.rows >= 0, self.grow[np.maximum(hits.rows, 0)] if len(self.grow) else -1, -1)
-        return {"rows": rows.astype(np.int64), "scores": hits.scores.astype(np.float32),
-                "counts": hits.counts.astype(np.int64)}
+        out.update({"rows": rows.astype(np.int64), "scores": hits.scores.astype(np.float32),
+                    "counts": hits.counts.astype(np.int64)})
+        if len(q) == 1 and req.get("hit_vectors"):   # the first hits' vectors and times
+            loc = hits.rows[0, :min(int(hits.counts[0]), int(req["hit_vectors"]))].astype(np.int64)
+            out["vectors"], out["times"] = self._vectors(loc), self.times[loc]
+        return out
 
     def _lexical(self, words, k, f, view, avg_len, bm) -> dict:
         k1, b = (float(bm[0]), float(bm[1])) if bm is not None and len(bm) == 2 else (1.2, 0.75)

@@ -255,7 +255,10 @@ SHARD_SCHEMAS = {
     "Stats": ({}, ()),
     "Search": ({"vectors": _nd("f", (2,), MAX_NQ), "k": _int(1, MAX_K), "filters": _filters,
                 "as_of": _int(_I64.min, _I64.max, True), "view": _view, "words": _strs,
-                "avg_len": _float(0, 1e12), "bm25": _nd("f", (1,), 2, True)}, ("k",)),
+                "avg_len": _float(0, 1e12), "bm25": _nd("f", (1,), 2, True),
+                # with `vectors`: return the vectors and times of the first `hit_vectors` hits (one
+                # round trip less); `words` beside `vectors`: the lexical hits too (`lex_k` of them)
+                "hit_vectors": _int(0, MAX_K), "lex_k": _int(1, MAX_K)}, ("k",)),
     "Expand": ({"rows": _nd("i", (1,), MAX_ROWS, True), "walk_u": _nd("i", (1,), MAX_WALKS, True),
                 "walk_t": _nd("i", (1,), MAX_WALKS, True), "walk_e": _nd("i", (1,), MAX_WALKS, True),
                 "params": lambda n, v: check_fields(v, EXPAND_PARAMS, tuple(k for k in EXPAND_PARAMS if k not in ("view", "term_weight")),

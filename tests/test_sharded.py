@@ -132,6 +132,44 @@ def test_side_by_side_coordinators_agree(world, cluster):
         other.close()
 
 
+class _Rounds:
+    """Records the scatter rounds (method, shards asked) of an in-process coordinator."""
+
+    def __init__(self, co):
+        self.log, inner = [], co.cluster.scatter
+
+        def scatter(method, reqs, *a, **kw):
+            self.log.append((method, sorted(reqs)))
+            return inner(method, reqs, *a, **kw)
+        co.cluster.scatter = scatter
+
+
+@pytest.fixture(scope="module")
+def text_world(text_corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharded-text")
+    one, _ = build(text_corpus.dir, root / "one")
+    build(text_corpus.dir, root / "four", shards=N_SHARDS)
+    return one, root / "four"
+
+
+def test_text_queries_seed_round_carries_lexical_hits_and_vectors(text_corpus, text_world):
+    """Vector and lexical seeds come back in one Search round; a chain query's hits bring their
+    vectors and times along (no Fetch of seed vectors); answers equal the embedded ones."""
+    one, four = text_world
+    co = open_local(four)
+    rounds = _Rounds(co)
+    for spec, vec in zip(text_corpus.queries, text_corpus.query_vectors):
+        for d in ("back", "forward", "both"):
+            rounds.log.clear()
+            want = one.query_spec({**spec, "direction": d}, vec)
+            got = co.query_spec({**spec, "direction": d}, vec)
+            _same(want, got, f"{spec['qid']} {d}")
+            methods = [m for m, _ in rounds.log if m != "Stats"]   # (Stats: once per coordinator)
+            assert methods.count("Search") == 1 and methods[0] == "Search", rounds.log
+            if spec["type"] == "chain":   # 16 + 5/4 * 1024 / 4 hits per shard cover the 68 events
+                assert methods[1] == "Expand", rounds.log
+
+
 # ------------------------------------------------------------------------------------ failures
 def test_killed_replica_mid_run_every_query_answered(world):
     c = Cluster(world["four_dir"], replicas=(2, 2, 1, 1), hedge_s=None)
