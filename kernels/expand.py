@@ -332,6 +332,37 @@ def _gap(ent_rows, times, i, a, b, t_u, time_lo, time_hi, lim):
 
 
 @njit
+def link_time_ok(tv, t_u, time_lo, time_hi, direction):
+    """A link target's time passes: inside the window, and not later (back) / earlier
+    (forward) than the source. Shared with the shard-side link scan (kernels/walks.py)."""
+    if tv < time_lo or tv > time_hi:
+        return False
+    if direction == DIR_BACK and tv > t_u:
+        return False
+    if direction == DIR_FORWARD and tv < t_u:
+        return False
+    return True
+
+
+@njit
+def nearer_is_lower(d_lo, d_hi):
+    """An entity walk takes the earlier side's next entry (|dt| d_lo, -1 when that side is
+    closed) before the later side's (d_hi): nearest first, ties to the earlier side. Shared with
+    the coordinator's walk merge (kernels/frontier.py)."""
+    return d_lo >= 0 and (d_hi < 0 or d_lo <= d_hi)
+
+
+@njit
+def entity_decay(w_e, dt, time_scale_s):
+    """Weight of an entity edge |dt| seconds apart: ``w_e / (1 + |dt| / scale)`` as
+    ``w_e * (1 / (1 + dt / scale))`` in float64 (1 when scale <= 0)."""
+    decay = 1.0
+    if time_scale_s > 0.0:
+        decay = 1.0 / (1.0 + np.float64(dt) / time_scale_s)
+    return w_e * decay
+
+
+@njit
 def _scan_links(u, ptr, nbr, typ, link_weight, times, allowed, time_lo,
                 time_hi, direction, bv, bw, bk, bi, count, examined, budget):
     """Append eligible link neighbours; returns (count, examined, hit)."""
@@ -350,12 +381,7 @@ def _scan_links(u, ptr, nbr, typ, link_weight, times, allowed, time_lo,
         v = nbr[k]
         if v == u or allowed[v] == 0:
             continue
-        tv = times[v]
-        if tv < time_lo or tv > time_hi:
-            continue
-        if direction == DIR_BACK and tv > t_u:
-            continue
-        if direction == DIR_FORWARD and tv < t_u:
+        if not link_time_ok(times[v], t_u, time_lo, time_hi, direction):
             continue
         bv[count] = v
         bw[count] = w
@@ -395,7 +421,7 @@ def _scan_entity(u, e, direction, times, allowed, ent_ptr, ent_rows, w_e,
         if examined >= budget:
             return count, examined, True
         examined += 1
-        if d_lo >= 0 and (d_hi < 0 or d_lo <= d_hi):
+        if nearer_is_lower(d_lo, d_hi):
             v = ent_rows[lo]
             dt = d_lo
             lo -= 1
@@ -408,11 +434,8 @@ def _scan_entity(u, e, direction, times, allowed, ent_ptr, ent_rows, w_e,
         if v == u or allowed[v] == 0:
             continue
         taken += 1
-        decay = 1.0
-        if time_scale_s > 0.0:
-            decay = 1.0 / (1.0 + np.float64(dt) / time_scale_s)
         bv[count] = v
-        bw[count] = w_e * decay
+        bw[count] = entity_decay(w_e, dt, time_scale_s)
         bk[count] = VIA_ENTITY
         bi[count] = e
         count += 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import INT64_MAX, njit
+from .expand import link_time_ok
 
 
 @njit
@@ -103,3 +104,59 @@ def _grown(a, cap, m):
     b = np.empty(cap, dtype=a.dtype)
     b[:m] = a[:m]
     return b
+
+
+@njit
+def row_links(loc, grow, times, out_ptr, out_dst, out_type, out_time, out_shard, in_ptr, in_src, in_type,
+              in_time, in_shard, link_weight, direction, t_lo, t_hi, as_of):
+    """The owner shard's half of a row's link enumeration (kernels/expand.py `_scan_links`): per
+    local row in ``loc``, its out-links (direction bit 1) then in-links (bit 2) in CSR order, the
+    ones a walk may take (type weight > 0, not the row itself, target time not after ``as_of``
+    and passing `link_time_ok`) with their 1-based visit positions, and ``total`` links
+    examined. The link arrays are the partition sidecar's (cross-shard links included, with the
+    other end's global row, time and shard). Returns (ptr, v, type, pos, time, shard, total)."""
+    n = loc.shape[0]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    bound = 0
+    for j in range(n):
+        r = loc[j]
+        if direction & 1:
+            bound += out_ptr[r + 1] - out_ptr[r]
+        if direction & 2:
+            bound += in_ptr[r + 1] - in_ptr[r]
+    vs = np.empty(bound, dtype=np.int64)
+    ty = np.empty(bound, dtype=np.int8)
+    ps = np.empty(bound, dtype=np.int64)
+    tm = np.empty(bound, dtype=np.int64)
+    sh = np.empty(bound, dtype=np.int32)
+    total = np.zeros(n, dtype=np.int64)
+    n_types = link_weight.shape[0]
+    m = 0
+    for j in range(n):
+        r = loc[j]
+        u, t_u = grow[r], times[r]
+        pos = 0
+        for side in range(2):
+            if side == 0:
+                if not direction & 1:
+                    continue
+                a, b = out_ptr[r], out_ptr[r + 1]
+            else:
+                if not direction & 2:
+                    continue
+                a, b = in_ptr[r], in_ptr[r + 1]
+            for x in range(a, b):
+                pos += 1
+                t = np.int64(out_type[x] if side == 0 else in_type[x])
+                if t < 0 or t >= n_types or not link_weight[t] > 0.0:
+                    continue
+                v = out_dst[x] if side == 0 else in_src[x]
+                tv = out_time[x] if side == 0 else in_time[x]
+                if v == u or tv > as_of or not link_time_ok(tv, t_u, t_lo, t_hi, direction):
+                    continue
+                vs[m], ty[m], ps[m], tm[m] = v, t, pos, tv
+                sh[m] = out_shard[x] if side == 0 else in_shard[x]
+                m += 1
+        total[j] = pos
+        ptr[j + 1] = m
+    return ptr, vs[:m].copy(), ty[:m].copy(), ps[:m].copy(), tm[:m].copy(), sh[:m].copy(), total

@@ -6,24 +6,23 @@
 * seeds: ``Search`` on every shard at once, k-way merge by (score desc, global row asc): the
   one-shard tie-break, since global rows are the rows of a one-shard build;
 * per-row attributes: ``Fetch`` grouped by owner shard (owners are learned with every row);
-* expansion: the kernel's best-first search replayed here in Python, every candidate head's
-  search advancing in lockstep. A search that needs the neighbours of a row it pops pauses;
-  when all are paused or done, one *wave* fetches the neighbour lists of the paused rows plus
-  the best `prefetch` queued rows of every search: ``Expand`` on the owner shards (explicit
-  links in and out, checked shard-side, with their visit positions; the row's entities with
-  global df and holder shards; the owner's part of each entity walk), then ``Expand`` on the
-  other holder shards of those entities (their part of the walks). The coordinator merges the
-  walk parts by (time, global row) and replays the kernel's walk (nearest first, both sides
-  merged by |dt| with ties to the lower side, max_per_entity eligible entries, hub window),
-  so every neighbour gets the kernel's weight, order and edge-visit position; budget cuts are
-  applied exactly as the kernel applies them. Results equal the kernel's on a one-shard build.
+* expansion: one best-first search per candidate head, all advancing together in the Numba
+  kernels of kernels/frontier.py (the node tables and heap of kernels/expand.py). A search that
+  pops a row whose neighbours are not fetched yet waits; when all wait or are done, one *wave*
+  fetches the neighbour lists of the waiting rows plus the best `prefetch` queued rows of every
+  search: ``Expand`` on the owner shards (explicit links checked shard-side with their visit
+  positions; the row's entities with global df and holder shards; the owner's part of each
+  entity walk), then ``Expand`` on the other holder shards of those entities (their parts of
+  the walks). `merge_wave` merges the walk parts by (time, global row) and replays the kernel's
+  walk (nearest first, ties to the earlier side, max_per_entity eligible entries, hub window),
+  so every neighbour gets the kernel's weight, order and edge-visit position, and budget cuts
+  fall where the kernel's fall. Results equal the kernel's on a one-shard build.
 
 The coordinator holds no index state (only a cache of shard stats), so several can run side by
 side behind a load balancer.
 """
 from __future__ import annotations
 
-import heapq
 import time
 from dataclasses import replace
 from typing import Optional, Sequence, Union
@@ -36,12 +35,10 @@ from fastctx.encoder import from_record
 from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
 from fastctx.filters import Filters
 from fastctx.types import Event
+from fastctx.kernels.frontier import merge_wave, searches_results, searches_run, searches_start
 from fastctx.view import View
 
 from .transport import CallStats, Cluster
-
-_NEG_INF = float("-inf")
-
 
 class DistributedGraph:
     """`GraphAccess` over a `Cluster` for one query (it caches what it learns)."""
@@ -52,15 +49,16 @@ class DistributedGraph:
         self.n = coord.n_global
         self.missing: set[int] = set()
         self.stats = CallStats()
-        self.owner: dict[int, int] = {}
-        self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "sup", "slot", "id", "rev", "vector",
+        self.owner = _Owners(self.n)
+        self.vecs = _Vectors(self.n, coord.dim)
+        self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "sup", "slot", "id", "rev",
                                                          "visible")}
-        self.nb: dict[int, tuple[list, int]] = {}
+        self.nbs: Optional[_NeighbourStore] = None   # neighbour lists fetched (created by expand)
         self.waves = 0
         p = self.params
         if p.expansion != "best_first":
             raise InvalidQueryError(f"the coordinator runs expansion='best_first' only, got {p.expansion!r}")
-        self.lw = [float(x) for x in link_weights(p).tolist()]
+        self.lw64 = link_weights(p).astype(np.float64)
         self.ts = float(p.time_scale_days * DAY)
         self.view = View()
         self.vmsg: Optional[dict] = None   # the view on the wire (None: unrestricted)
@@ -99,24 +97,23 @@ class DistributedGraph:
                                             f"(every replica failed or timed out)")
         return res
 
-    def _by_owner(self, rows) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        owner = self.owner
-        for r in rows:
-            k = owner[r]
-            lst = out.get(k)
-            if lst is None:
-                out[k] = [r]
-            else:
-                lst.append(r)
-        return out
+    def _by_owner(self, rows) -> dict[int, np.ndarray]:
+        """Rows grouped by owner shard, each group in the order given."""
+        rows = np.asarray(rows, np.int64)
+        own = self.owner.a[rows] - 1
+        if len(rows) and own.min() < 0:
+            raise KeyError(int(rows[np.argmin(own)]))
+        return {int(k): rows[own == k] for k in np.unique(own).tolist()}
 
     def _fetch(self, rows: Sequence[int], fields: list[str], extra: Optional[dict] = None) -> None:
         """Fill the caches of `fields` for `rows` (one Fetch per owner shard)."""
         rows = set(map(int, rows))
         need = set()
         for f in fields:
-            need.update(rows.difference(self.cache[f].keys()))
+            if f == "vector":
+                need.update(self.vecs.missing(np.fromiter(rows, np.int64, len(rows))).tolist())
+            else:
+                need.update(rows.difference(self.cache[f].keys()))
         need = sorted(need)
         if not need:
             return
@@ -124,7 +121,7 @@ class DistributedGraph:
         res = self._scatter("Fetch", {k: self._with_view({"rows": np.asarray(v, np.int64), "fields": fields})
                                       for k, v in groups.items()})
         for k, v in groups.items():
-            out = res.get(k)
+            out, v = res.get(k), v.tolist()
             if out is None:
                 continue
             for f in fields:
@@ -146,8 +143,7 @@ class DistributedGraph:
                             self.cache["sup"][rr[x]] = (r, ra[x])
                         self.cache["rev"][r] = lst
                 elif f == "vector":
-                    for r, vec in zip(v, out["vector"]):
-                        self.cache.setdefault("vector", {})[r] = vec
+                    self.vecs.put(np.asarray(v, np.int64), out["vector"])
                 else:
                     vals = out[f]
                     vals = vals.tolist() if isinstance(vals, np.ndarray) else vals
@@ -187,13 +183,14 @@ class DistributedGraph:
         for _, r, s in cand:
             self.owner[r] = s
         keep = {r for _, r, _ in cand}
-        vc, tc = self.cache["vector"], self.cache["time"]
+        tc = self.cache["time"]
         for s, out in res.items():
             if "vectors" in out:
                 m = len(out["vectors"])
-                for r, vec, t in zip(out["rows"][0, :m].tolist(), out["vectors"], out["times"].tolist()):
-                    if r in keep:
-                        vc[r], tc[r] = vec, t
+                hit = out["rows"][0, :m]
+                mine = np.fromiter((r in keep for r in hit.tolist()), bool, m)
+                self.vecs.put(hit[mine], out["vectors"][mine])
+                tc.update(zip(hit[mine].tolist(), out["times"][mine].tolist()))
         if names:
             self._lex = (list(names), self.params.lexical_k, filters,
                          self._merge_lexical({s: {"rows": out["lex_rows"], "scores": out["lex_scores"]}
@@ -237,12 +234,9 @@ class DistributedGraph:
         return np.asarray(self._get("tokens", rows, np.iinfo(np.int64).max // 4), np.int64)
 
     def vectors(self, rows):
-        rows = [int(r) for r in rows]
-        self._fetch(rows, ["vector", "time"])
-        c = self.cache.setdefault("vector", {})
-        dim = self.c.dim
-        return np.stack([np.asarray(c.get(r, np.zeros(dim, np.float32)), np.float32) for r in rows]) \
-            if rows else np.zeros((0, dim), np.float32)
+        rows = np.asarray(rows, np.int64)
+        self._fetch(rows.tolist(), ["vector", "time"])
+        return self.vecs.get(rows)   # zeros for rows of a missing shard
 
     def supersession(self, rows):
         got = self._get("sup", rows, (-1, -1))
@@ -284,7 +278,7 @@ class DistributedGraph:
                                       for k, v in groups.items()})
         got: dict[int, tuple] = {}
         for k, v in groups.items():
-            out = res.get(k)
+            out, v = res.get(k), v.tolist()
             if out is None:
                 continue
             for j, r in enumerate(v):
@@ -324,201 +318,227 @@ class DistributedGraph:
                 "term_weight": float(p.term_weight),
                 **({"view": self.vmsg} if self.vmsg is not None else {})}
 
-    def _wave(self, rows: list[int], pmsg: dict) -> None:
-        """Fetch the full neighbour enumeration (kernel order, with visit positions) of `rows`."""
+    def _wave(self, rows: np.ndarray, pmsg: dict) -> None:
+        """Fetch the full neighbour enumeration of `rows` into the neighbour store: ``Expand`` on
+        their owners (links with visit positions, entities with holders, the owner's walk
+        parts), then on the other holders of those entities (their walk parts); the kernel
+        `merge_wave` merges the parts and replays each row's enumeration."""
         self.waves += 1
-        rows = sorted(set(rows))
-        t_of = self.cache["time"]
+        nb = self.nbs
+        rows = np.unique(np.asarray(rows, np.int64))
         groups = self._by_owner(rows)
-        res = self._scatter("Expand", {k: {"rows": np.asarray(v, np.int64), "params": pmsg}
-                                       for k, v in groups.items()})
-        parts: dict[tuple[int, int], list] = {}   # (u, gid) -> walk parts
-        todo = []                                  # (u, owner, links, total, entity entries)
-        need: dict[int, set] = {}                  # holder shard -> {(u, gid)}
+        res = self._scatter("Expand", {k: {"rows": v, "params": pmsg} for k, v in groups.items()})
+        R, LP, LV, LT, LPOS, LTM, LSH, LTOT, EP, EG, EW, EU, EHP, EH, EK = ([] for _ in range(15))
+        OW = []   # the owners' walk parts, one per entity entry: (ptr, rows, time, elig, side, shard)
         for k, v in groups.items():
             out = res.get(k)
-            if out is None:
-                for u in v:
-                    self.nb[u] = ([], 0)
+            if out is None:   # the owner did not answer: its rows have no neighbours
+                R.append(v)
+                z = np.zeros(len(v) + 1, np.int64)
+                LP.append(z), EP.append(z), LTOT.append(np.zeros(len(v), np.int64))
                 continue
-            lp, ep, hp, wp = out["l_ptr"], out["e_ptr"], out["e_hold_ptr"], out["ew_ptr"]
-            for j, u in enumerate(v):
-                links = []
-                for x in range(int(lp[j]), int(lp[j + 1])):
-                    vv = int(out["l_v"][x])
-                    self.owner[vv] = int(out["l_shard"][x])
-                    t_of[vv] = int(out["l_time"][x])
-                    t = int(out["l_type"][x])
-                    links.append((vv, self.lw[t], 1, t, int(out["l_pos"][x])))
-                ents = []
-                for x in range(int(ep[j]), int(ep[j + 1])):
-                    gid, w_e = int(out["e_gid"][x]), float(out["e_w"][x])   # the owner's weight
-                    ents.append((gid, w_e))
-                    key = (u, gid)
-                    if key not in parts:
-                        a, b = int(wp[x]), int(wp[x + 1])
-                        parts[key] = [(out["ew_rows"][a:b], out["ew_time"][a:b], out["ew_elig"][a:b],
-                                       out["ew_side"][a:b], k)]
-                        for h in out["e_hold"][int(hp[x]):int(hp[x + 1])].tolist():
-                            if h != k and h not in self.missing:
-                                need.setdefault(h, set()).add(key)
-                todo.append((u, links, int(out["l_total"][j]), ents))
-        if self.vmsg is not None:   # never walk through a link target the asker cannot see
-            targets = sorted({e[0] for _, links, _, _ in todo for e in links})
-            ok = dict(zip(targets, self.visible(targets).tolist()))
-            todo = [(u, [e for e in links if ok[e[0]]], total, ents) for u, links, total, ents in todo]
-        if need:
-            reqs = {}
-            order = {}
-            for h, keys in need.items():
-                ks = sorted(keys)
-                order[h] = ks
-                reqs[h] = {"walk_u": np.array([u for u, _ in ks], np.int64),
-                           "walk_t": np.array([t_of[u] for u, _ in ks], np.int64),
-                           "walk_e": np.array([e for _, e in ks], np.int64), "params": pmsg}
-            res2 = self._scatter("Expand", reqs)
-            for h, ks in order.items():
+            R.append(v), LP.append(out["l_ptr"]), LV.append(out["l_v"]), LT.append(out["l_type"])
+            LPOS.append(out["l_pos"]), LTM.append(out["l_time"]), LSH.append(out["l_shard"])
+            LTOT.append(out["l_total"]), EP.append(out["e_ptr"]), EG.append(out["e_gid"])
+            EW.append(out["e_w"]), EU.append(np.repeat(v, np.diff(out["e_ptr"])))
+            EHP.append(out["e_hold_ptr"]), EH.append(out["e_hold"])
+            EK.append(np.full(len(out["e_gid"]), k, np.int64))
+            OW.append((out["ew_ptr"], out["ew_rows"], out["ew_time"], out["ew_elig"], out["ew_side"], k))
+        cat = lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt)  # noqa: E731
+        rows = cat(R, np.int64)
+        l_ptr, e_ptr = _cat_ptr(LP), _cat_ptr(EP)
+        l_v, l_type, l_pos = cat(LV, np.int64), cat(LT, np.int8), cat(LPOS, np.int64)
+        l_time, l_shard, l_total = cat(LTM, np.int64), cat(LSH, np.int64), cat(LTOT, np.int64)
+        if self.vmsg is not None and len(l_v):   # never walk through a link target the asker cannot see
+            self.owner.a[l_v] = l_shard + 1
+            targets = np.unique(l_v)
+            ok = self.visible(targets)[np.searchsorted(targets, l_v)]
+            l_ptr = np.concatenate([[0], np.cumsum(ok)])[l_ptr]
+            l_v, l_type, l_pos, l_time, l_shard = l_v[ok], l_type[ok], l_pos[ok], l_time[ok], l_shard[ok]
+        e_gid, e_w, e_u, e_own = cat(EG, np.int64), cat(EW, np.float64), cat(EU, np.int64), cat(EK, np.int64)
+        # one walk per distinct (row, entity); an entity listed twice walks the same parts twice
+        order = np.lexsort((e_gid, e_u))
+        new = np.ones(len(order), bool)
+        new[1:] = (np.diff(e_u[order]) != 0) | (np.diff(e_gid[order]) != 0)
+        e_wid = np.empty(len(order), np.int64)
+        e_wid[order] = np.cumsum(new) - 1
+        first = np.zeros(len(order), bool)
+        first[order[new]] = True
+        n_walks = int(new.sum())
+        w_u, w_gid = e_u[order[new]], e_gid[order[new]]
+        # parts: the owners' (first occurrence of each walk), then the other holders'
+        P = []
+        at = 0
+        for ptr, prow, ptime, pelig, pside, k in OW:
+            cnt = np.diff(ptr)
+            f = first[at:at + len(cnt)]
+            keep = np.repeat(f, cnt)
+            P.append((np.repeat(e_wid[at:at + len(cnt)], cnt)[keep], prow[keep], ptime[keep], pelig[keep],
+                      pside[keep], np.full(int(keep.sum()), k, np.int64)))
+            at += len(cnt)
+        if EH:
+            hold_ptr = _cat_ptr(EHP)
+            hold = cat(EH, np.int64)
+            cnt = np.diff(hold_ptr)
+            x_of = np.repeat(np.arange(len(cnt)), cnt)
+            ask = first[x_of] & (hold != e_own[x_of])
+            if self.missing:
+                ask &= ~np.isin(hold, sorted(self.missing))
+            h_of, wid_of = hold[ask], e_wid[x_of[ask]]
+            reqs, asked = {}, {}
+            for h in np.unique(h_of).tolist():
+                wids = np.sort(wid_of[h_of == h])
+                asked[h] = wids
+                reqs[h] = {"walk_u": w_u[wids], "walk_t": nb.tim[w_u[wids]], "walk_e": w_gid[wids], "params": pmsg}
+            res2 = self._scatter("Expand", reqs) if reqs else {}
+            for h, wids in asked.items():
                 out = res2.get(h)
                 if out is None:
                     continue
-                wp = out["w_ptr"]
-                for j, key in enumerate(ks):
-                    a, b = int(wp[j]), int(wp[j + 1])
-                    parts[key].append((out["w_rows"][a:b], out["w_time"][a:b], out["w_elig"][a:b],
-                                       out["w_side"][a:b], h))
-        mpe = pmsg["max_per_entity"]
-        for u, links, pos, ents in todo:
-            t_u = t_of[u]
-            entries = list(links)
-            for gid, w_e in ents:
-                if not w_e > 0.0 or mpe <= 0:
-                    continue
-                lo, hi = [], []
-                for rws, tms, elg, sd, shard in parts[(u, gid)]:
-                    for r, t, e, s in zip(rws.tolist(), tms.tolist(), elg.tolist(), sd.tolist()):
-                        (lo if s == 0 else hi).append((t, r, e, shard))
-                lo.sort(reverse=True)
-                hi.sort()
-                i = j = taken = 0
-                while taken < mpe and (i < len(lo) or j < len(hi)):
-                    pos += 1
-                    d_lo = abs(t_u - lo[i][0]) if i < len(lo) else -1
-                    d_hi = abs(hi[j][0] - t_u) if j < len(hi) else -1
-                    if d_lo >= 0 and (d_hi < 0 or d_lo <= d_hi):
-                        t, r, e, shard = lo[i]
-                        dt = d_lo
-                        i += 1
-                    else:
-                        t, r, e, shard = hi[j]
-                        dt = d_hi
-                        j += 1
-                    if not e:
-                        continue
-                    taken += 1
-                    self.owner[r] = shard
-                    t_of[r] = t
-                    decay = 1.0
-                    if self.ts > 0.0:
-                        decay = 1.0 / (1.0 + float(dt) / self.ts)
-                    entries.append((r, w_e * decay, 2, gid, pos))
-            self.nb[u] = (entries, pos)
-
-    def _search(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
-        """The kernel's expand_best_first as a generator: yields (row needed, heap) when it must
-        expand a row whose neighbours are not fetched yet; returns the result arrays."""
-        p = self.params
-        min_score = float(p.min_score)
-        t_of = self.cache["time"]
-        nodes: dict[int, list] = {}   # row -> [best, parent, kind, via, hops, final]
-        heap: list = []
-        for r, s in zip(np.asarray(seeds).tolist(), np.asarray(seed_scores, np.float32).tolist()):
-            sc = float(s)
-            tr = t_of.get(r)
-            if not 0 <= r < self.n or tr is None or (as_of is not None and tr > as_of) or not t_lo <= tr <= t_hi:
-                continue
-            if self.owner.get(r) in self.missing or not sc >= min_score:
-                continue
-            nd = nodes.get(r)
-            if nd is None:
-                nd = nodes[r] = [_NEG_INF, -1, 0, -1, 0, False]
-            if sc > nd[0]:
-                nd[0] = sc
-                heapq.heappush(heap, (-sc, r))
-        out: list[int] = []
-        examined, budget_hit = 0, False
-        while heap and len(out) < p.max_results:
-            if -heap[0][0] < min_score:
-                break
-            neg, u = heapq.heappop(heap)
-            nu = nodes[u]
-            if nu[5]:
-                continue
-            nu[5] = True
-            out.append(u)
-            if len(out) >= p.max_results or budget_hit or nu[4] >= p.max_hops:
-                continue
-            if u not in self.nb:
-                yield u, heap, nodes
-            entries, total = self.nb[u]
-            budget = p.max_edge_visits - examined
-            examined += min(total, budget)
-            if total > budget:
-                budget_hit = True
-            sc_u = -neg
-            hops_v = nu[4] + 1
-            for v, w, kind, via, pos in entries:
-                if pos > budget:
-                    break
-                cand = sc_u * w
-                if cand < min_score:
-                    continue
-                nv = nodes.get(v)
-                if nv is None:
-                    nv = nodes[v] = [_NEG_INF, -1, -1, -1, 0, False]
-                if nv[5] or not cand > nv[0]:
-                    continue
-                nv[0], nv[1], nv[2], nv[3], nv[4] = cand, u, kind, via, hops_v
-                heapq.heappush(heap, (-cand, v))
-        return (np.array(out, np.int64), np.array([nodes[r][0] for r in out], np.float32),
-                np.array([nodes[r][1] for r in out], np.int64), np.array([nodes[r][2] for r in out], np.int8),
-                np.array([nodes[r][3] for r in out], np.int64), np.array([nodes[r][4] for r in out], np.int32))
+                cnt = np.diff(out["w_ptr"])
+                P.append((np.repeat(wids, cnt), out["w_rows"], out["w_time"], out["w_elig"], out["w_side"],
+                          np.full(int(cnt.sum()), h, np.int64)))
+        p_wid, p_rows, p_time = cat([x[0] for x in P], np.int64), cat([x[1] for x in P], np.int64), \
+            cat([x[2] for x in P], np.int64)
+        p_elig, p_side, p_shard = cat([x[3] for x in P], np.bool_), cat([x[4] for x in P], np.int8), \
+            cat([x[5] for x in P], np.int64)
+        # each walk: its earlier side nearest first (time, row descending), then its later side
+        lo = p_side == 0
+        srt = np.lexsort((np.where(lo, -p_rows, p_rows), np.where(lo, -p_time, p_time), p_side, p_wid))
+        p_wid, p_rows, p_time, p_elig, p_side, p_shard = (a[srt] for a in (p_wid, p_rows, p_time, p_elig, p_side,
+                                                                          p_shard))
+        wp = np.searchsorted(p_wid, np.arange(n_walks + 1))
+        mpe = int(pmsg["max_per_entity"])
+        bound = len(l_v) + (int(np.minimum(np.diff(wp)[e_wid], 2 * mpe + np.diff(wp)[e_wid]).sum())
+                            if len(e_wid) else 0)
+        nb.reserve(bound)
+        nb.fill = merge_wave(rows, l_ptr, l_v, l_type, l_pos, l_time, l_shard, l_total, self.lw64,
+                             e_ptr, e_gid, e_w, e_wid, wp.astype(np.int64), p_rows, p_time, p_elig, p_side, p_shard,
+                             mpe, self.ts, self.owner.a, nb.tim, nb.ok, nb.lo, nb.hi, nb.tot,
+                             nb.v, nb.w, nb.k, nb.i, nb.pos, nb.fill)
 
     def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
+        """One best-first search per seed, all advancing together in the kernels of
+        kernels/frontier.py; a wave fetches what the blocked searches need next."""
         p = self.params
         pmsg = self._params_msg(direction, t_lo, t_hi, as_of)
         seeds = np.asarray(seeds, np.int64)
-        self.times(seeds.tolist())  # seed checks need their times
-        gens = [self._search(seeds[i:i + 1], np.asarray(seed_scores)[i:i + 1], direction, t_lo, t_hi, as_of)
-                for i in range(len(seeds))]
-        results: list = [None] * len(gens)
-        blocked: dict[int, tuple] = {}
-        active = list(range(len(gens)))
-        for i in active:
-            try:
-                blocked[i] = next(gens[i])
-            except StopIteration as st:
-                results[i] = st.value
-        while blocked:
-            need = {u for u, _, _ in blocked.values()}
-            if self.c.prefetch > 0:
-                for u, heap, nodes in blocked.values():
-                    extra = 0
-                    for neg, v in heapq.nsmallest(self.c.prefetch * 2, heap):
-                        nv = nodes[v]
-                        if nv[5] or v in self.nb or v in need or nv[4] >= p.max_hops or -neg < p.min_score:
-                            continue
-                        need.add(v)
-                        extra += 1
-                        if extra >= self.c.prefetch:
-                            break
-            self._wave([u for u in need if u not in self.nb], pmsg)
-            for i in list(blocked):
-                try:
-                    blocked[i] = gens[i].send(None)
-                except StopIteration as st:
-                    results[i] = st.value
-                    del blocked[i]
-        return results
+        got = self.times(seeds.tolist())  # seed checks need their times
+        if self.nbs is None:
+            self.nbs = _NeighbourStore(self.n)
+        tc = self.cache["time"]
+        ok = np.zeros(len(seeds), np.uint8)
+        for i, r in enumerate(seeds.tolist()):
+            tr = tc.get(r)
+            if not 0 <= r < self.n or tr is None or (as_of is not None and tr > as_of) or not t_lo <= tr <= t_hi:
+                continue
+            if self.owner.get(r) in self.missing:
+                continue
+            ok[i] = 1
+            self.nbs.tim[r] = got[i]
+        state = searches_start(seeds, np.asarray(seed_scores, np.float32).astype(np.float64), ok,
+                               float(p.min_score), int(p.max_results))
+        nb = self.nbs
+        while True:
+            need = searches_run(*state, nb.ok, nb.lo, nb.hi, nb.tot, nb.v, nb.w, nb.k, nb.i, nb.pos,
+                                float(p.min_score), int(p.max_results), int(p.max_hops), int(p.max_edge_visits),
+                                int(self.c.prefetch))
+            if not len(need):
+                break
+            need = need[nb.ok[need] == 0]
+            self._wave(need, pmsg)
+        res_ptr, *out = searches_results(state[2], state[3], state[6], state[7])
+        return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
+
+
+def _cat_ptr(ptrs: list) -> np.ndarray:
+    """Concatenate CSR pointer arrays (each starting at 0) into one."""
+    if not ptrs:
+        return np.zeros(1, np.int64)
+    out, base = [np.zeros(1, np.int64)], 0
+    for p in ptrs:
+        p = np.asarray(p, np.int64)
+        out.append(p[1:] + base)
+        base += int(p[-1])
+    return np.concatenate(out)
+
+
+class _Owners:
+    """The shard of each global row a query has learned, dense (shard + 1; 0 = unknown).
+    np.zeros is calloc: only the pages of rows touched cost anything."""
+
+    def __init__(self, n: int):
+        self.a = np.zeros(max(int(n), 1), np.int64)
+
+    def __setitem__(self, r, s) -> None:
+        self.a[r] = int(s) + 1
+
+    def __getitem__(self, r) -> int:
+        s = int(self.a[r]) - 1 if 0 <= r < len(self.a) else -1
+        if s < 0:
+            raise KeyError(r)
+        return s
+
+    def get(self, r, default=None):
+        s = int(self.a[r]) - 1 if 0 <= r < len(self.a) else -1
+        return default if s < 0 else s
+
+
+class _Vectors:
+    """Vectors a query has fetched: one growing float32 matrix and a dense row -> position map."""
+
+    def __init__(self, n: int, dim: int):
+        self.at = np.zeros(max(int(n), 1), np.int64)   # position + 1; 0 = not fetched
+        self.buf = np.zeros((256, int(dim)), np.float32)
+        self.n = 0
+
+    def missing(self, rows: np.ndarray) -> np.ndarray:
+        return rows[self.at[rows] == 0]
+
+    def put(self, rows: np.ndarray, vecs: np.ndarray) -> None:
+        """Store the vectors of distinct `rows` (rows already held keep theirs)."""
+        new = self.at[rows] == 0
+        rows, vecs = rows[new], np.asarray(vecs, np.float32)[new]
+        if self.n + len(rows) > len(self.buf):
+            buf = np.zeros((max(2 * len(self.buf), self.n + len(rows)), self.buf.shape[1]), np.float32)
+            buf[:self.n] = self.buf[:self.n]
+            self.buf = buf
+        self.buf[self.n:self.n + len(rows)] = vecs
+        self.at[rows] = np.arange(self.n + 1, self.n + len(rows) + 1)
+        self.n += len(rows)
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        idx = self.at[rows] - 1
+        out = self.buf[np.maximum(idx, 0)]
+        out[idx < 0] = 0.0
+        return out
+
+
+class _NeighbourStore:
+    """The neighbour lists fetched so far in one query (see kernels/frontier.py): per global row
+    known flag, slice, edges examined, and time; entries in arrays grown by doubling."""
+
+    def __init__(self, n: int):
+        n = max(int(n), 1)
+        self.ok = np.zeros(n, np.uint8)
+        self.lo, self.hi, self.tot, self.tim = (np.zeros(n, np.int64) for _ in range(4))
+        self.fill = 0
+        self.v, self.w, self.k, self.i, self.pos = _entries(1024)
+
+    def reserve(self, extra: int) -> None:
+        need = self.fill + int(extra)
+        if need <= len(self.v):
+            return
+        cap = max(need, 2 * len(self.v))
+        new = _entries(cap)
+        for a, b in zip(new, (self.v, self.w, self.k, self.i, self.pos)):
+            a[:self.fill] = b[:self.fill]
+        self.v, self.w, self.k, self.i, self.pos = new
+
+
+def _entries(cap: int):
+    return (np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int8), np.empty(cap, np.int64),
+            np.empty(cap, np.int64))
 
 
 class Coordinator:

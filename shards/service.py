@@ -30,7 +30,7 @@ from fastctx.derive import bm25
 from fastctx.errors import InvalidQueryError
 from fastctx.filters import Filters
 from fastctx.index import Index
-from fastctx.kernels.walks import walk_parts
+from fastctx.kernels.walks import row_links, walk_parts
 from fastctx.partition import read_sidecar
 from fastctx.view import View, holds_acl
 
@@ -272,62 +272,34 @@ class ShardService:
 
     # -- expand: owned rows --------------------------------------------------------------------
     def _rows(self, loc: np.ndarray, p: dict) -> dict:
-        sc, direction = self.sc, p["direction"]
-        lw = np.asarray(p["link_weight"], np.float32)
-        t_lo, t_hi, as_of = p["t_lo"], p["t_hi"], p["as_of"]
-        ew = self._ent_w(p)
-        l_ptr, l_v, l_type, l_pos, l_time, l_shard, l_total = [0], [], [], [], [], [], []
-        e_ptr, e_gid, e_df, e_w, e_hold_ptr, e_hold = [0], [], [], [], [0], []
-        walk_u, walk_t, walk_le = [], [], []
-        for r in loc.tolist():
-            u, t_u = int(self.grow[r]), int(self.times[r])
-            pos = 0
-            for on, (ptr, nbr, typ, tim, shd) in ((direction & 1, ("out_ptr", "out_dst", "out_type", "out_time",
-                                                                    "out_shard")),
-                                                  (direction & 2, ("in_ptr", "in_src", "in_type", "in_time",
-                                                                   "in_shard"))):
-                if not on:
-                    continue
-                a, b = int(sc[ptr][r]), int(sc[ptr][r + 1])
-                for j in range(a, b):
-                    pos += 1
-                    t = int(sc[typ][j])
-                    if t < 0 or t >= len(lw) or not float(lw[t]) > 0.0:
-                        continue
-                    v, tv = int(sc[nbr][j]), int(sc[tim][j])
-                    if v == u or (as_of is not None and tv > as_of) or tv < t_lo or tv > t_hi:
-                        continue
-                    if direction == 1 and tv > t_u or direction == 2 and tv < t_u:
-                        continue
-                    l_v.append(v)
-                    l_type.append(t)
-                    l_pos.append(pos)
-                    l_time.append(tv)
-                    l_shard.append(int(sc[shd][j]))
-            l_total.append(pos)
-            l_ptr.append(len(l_v))
-            if direction & 3 and p["max_per_entity"] > 0:
-                for le in self.ev_ent[self.ev_ptr[r]:self.ev_ptr[r + 1]].tolist():
-                    if not float(ew[le]) > 0.0:
-                        continue
-                    e_gid.append(int(self.gent[le]))
-                    e_df.append(int(self.ent_df[le]))
-                    e_w.append(ew[le])
-                    h = sc["hold"][sc["hold_ptr"][le]:sc["hold_ptr"][le + 1]]
-                    e_hold.extend(h.tolist())
-                    e_hold_ptr.append(len(e_hold))
-                    walk_u.append(u)
-                    walk_t.append(t_u)
-                    walk_le.append(le)
-            e_ptr.append(len(e_gid))
-        i64 = lambda x: np.asarray(x, np.int64)  # noqa: E731
-        out = {"l_ptr": i64(l_ptr), "l_v": i64(l_v), "l_type": np.asarray(l_type, np.int8), "l_pos": i64(l_pos),
-               "l_time": i64(l_time), "l_shard": np.asarray(l_shard, np.int32), "l_total": i64(l_total),
-               "e_ptr": i64(e_ptr), "e_gid": i64(e_gid), "e_df": i64(e_df), "e_w": np.asarray(e_w, np.float32),
-               "e_hold_ptr": i64(e_hold_ptr),
-               "e_hold": np.asarray(e_hold, np.int32)}
+        """Owned rows: their links (the Numba kernel `row_links`), their walkable entities with
+        global id, df, weight and holder shards, and this shard's part of each entity walk."""
+        sc, direction = self.sc, int(p["direction"])
+        as_of = I64_MAX if p["as_of"] is None else int(p["as_of"])
+        loc = np.ascontiguousarray(loc, np.int64)
+        l_ptr, l_v, l_type, l_pos, l_time, l_shard, l_total = row_links(
+            loc, self.grow, self.times, sc["out_ptr"], sc["out_dst"], sc["out_type"], sc["out_time"],
+            sc["out_shard"], sc["in_ptr"], sc["in_src"], sc["in_type"], sc["in_time"], sc["in_shard"],
+            np.asarray(p["link_weight"], np.float32), direction, int(p["t_lo"]), int(p["t_hi"]), as_of)
+        out = {"l_ptr": l_ptr, "l_v": l_v, "l_type": l_type, "l_pos": l_pos, "l_time": l_time, "l_shard": l_shard,
+               "l_total": l_total}
+        if direction & 3 and p["max_per_entity"] > 0:
+            ew = self._ent_w(p)
+            cnt = self.ev_ptr[loc + 1] - self.ev_ptr[loc]
+            le = self.ev_ent[_ranges(self.ev_ptr[loc], cnt)]
+            of = np.repeat(np.arange(len(loc)), cnt)
+            keep = ew[le] > 0.0
+            le, of = le[keep], of[keep]
+        else:
+            ew, le, of = np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        hp = np.asarray(sc["hold_ptr"], np.int64)
+        h_cnt = hp[le + 1] - hp[le]
+        out.update({"e_ptr": np.searchsorted(of, np.arange(len(loc) + 1)).astype(np.int64),
+                    "e_gid": self.gent[le], "e_df": self.ent_df[le], "e_w": np.asarray(ew[le], np.float32),
+                    "e_hold_ptr": np.concatenate([[0], np.cumsum(h_cnt)]).astype(np.int64),
+                    "e_hold": np.asarray(sc["hold"], np.int32)[_ranges(hp[le], h_cnt)]})
         # this shard's part of each of those walks (one per entity entry, duplicates included)
-        walks = self._walk_parts(walk_u, walk_t, walk_le, p)
+        walks = self._walk_parts(self.grow[loc][of], self.times[loc][of], le, p)
         out.update({"ew_" + k: v for k, v in walks.items()})
         return out
 
@@ -381,3 +353,13 @@ class ShardService:
     def _entity_name(self, gid: int) -> Optional[str]:
         le = self.local_ent.get(gid)
         return None if le is None else self.sh.entity_name(le)
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + c)`` for each (start, count), as int64 indices."""
+    starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    before = np.cumsum(counts) - counts
+    return np.arange(total, dtype=np.int64) - np.repeat(before - starts, counts)

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import T0, HOUR, make_corpus, query_vectors_near, server_address
 
+from fastctx.answer import AnswerParams
 from fastctx.errors import InvalidQueryError, ShardUnavailableError
 from fastctx.index import build
 from fastctx.shards import open_local, wire
@@ -130,6 +131,36 @@ def test_side_by_side_coordinators_agree(world, cluster):
             _same(cluster.client.query(q, **kw), other.query(q, **kw))
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("params", [AnswerParams(),
+                                    AnswerParams(max_edge_visits=150, max_per_entity=3, max_results=40),
+                                    AnswerParams(max_hops=2, hub_postings=8, hub_window_days=2.0, min_score=0.3,
+                                                 time_scale_days=0.0)])
+def test_frontier_kernels_equal_the_expansion_kernel(world, params):
+    """Reference check of kernels/frontier.py: the coordinator's searches over neighbour lists
+    fetched in waves return exactly what the embedded kernel returns on the one-shard build
+    (rows, float32 scores, parents, via kinds and ids, hops), budget cuts and hub windows
+    included, with and without prefetch."""
+    from fastctx.answer import LocalGraph
+    from fastctx.shards.coordinator import DistributedGraph
+    local = LocalGraph(world["one"], params=params)
+    seeds = np.arange(0, 1500, 23, dtype=np.int64)
+    ones = np.ones(len(seeds), np.float32)
+    lo, hi, big = T0 + 40 * HOUR, T0 + 400 * HOUR, np.iinfo(np.int64).max
+    for prefetch in (64, 0):
+        co = open_local(world["four_dir"], params=params, prefetch=prefetch)
+        for d, t_lo, t_hi, as_of in ((1, -big, big, None), (2, -big, big, None), (3, -big, big, None),
+                                     (3, lo, hi, None), (1, -big, T0 + 300 * HOUR, T0 + 300 * HOUR)):
+            g = DistributedGraph(co, time.monotonic() + 60)
+            for k, grp in co.cluster.groups.items():      # owners, as a seed search would teach them
+                g.owner.a[grp.replicas[0].service.grow] = k + 1
+            want = local.expand(seeds, ones, d, t_lo, t_hi, as_of)
+            got = g.expand(seeds, ones, d, t_lo, t_hi, as_of)
+            assert g.waves >= 1
+            for i, (a, b) in enumerate(zip(want, got)):
+                for x, y in zip(a, b):
+                    assert x.dtype == y.dtype and np.array_equal(x, y), (prefetch, d, t_lo, as_of, i)
 
 
 class _Rounds:
