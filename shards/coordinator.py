@@ -54,6 +54,12 @@ class DistributedGraph:
         self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "sup", "slot", "id", "rev",
                                                          "visible")}
         self.nbs: Optional[_NeighbourStore] = None   # neighbour lists fetched (created by expand)
+        self.rk: Optional[_ReachStore] = None         # entity lists of reached rows
+        self.n_ent = int(coord.shard_stats()["n_entities_global"]) + 1
+        # rows per Expand reply whose entity lists come back (0: two rounds per wave); off when
+        # a (row, entity) key could overflow int64
+        self.reach = int(coord.reach) if self.n * self.n_ent < (1 << 62) else 0
+        self.rounds = 0                                # Expand rounds (a wave is one or two)
         self.waves = 0
         p = self.params
         if p.expansion != "best_first":
@@ -321,13 +327,27 @@ class DistributedGraph:
     def _wave(self, rows: np.ndarray, pmsg: dict) -> None:
         """Fetch the full neighbour enumeration of `rows` into the neighbour store: ``Expand`` on
         their owners (links with visit positions, entities with holders, the owner's walk
-        parts), then on the other holders of those entities (their walk parts); the kernel
-        `merge_wave` merges the parts and replays each row's enumeration."""
+        parts) and on the other holders of those entities (their walk parts); the kernel
+        `merge_wave` merges the parts and replays each row's enumeration. Owners and holders
+        are asked in one round: every reply lists the entities of the rows it reaches
+        (`reach`), so the holders of a row's entities are known before the row is expanded.
+        Holders of rows not known that way (seeds, rows reached over a cross-shard link) are
+        asked in a second round once the owners have answered."""
         self.waves += 1
+        self.rounds += 1
         nb = self.nbs
         rows = np.unique(np.asarray(rows, np.int64))
         groups = self._by_owner(rows)
-        res = self._scatter("Expand", {k: {"rows": v, "params": pmsg} for k, v in groups.items()})
+        reqs = {k: {"rows": v} for k, v in groups.items()}
+        asked = self._predicted_walks(rows)
+        for h, keys in asked.items():
+            reqs.setdefault(h, {}).update({"walk_u": keys[0], "walk_t": nb.tim[keys[0]], "walk_e": keys[1]})
+        for r in reqs.values():
+            r["params"] = pmsg
+            if self.reach:
+                r["reach"] = self.reach
+        res = self._scatter("Expand", reqs)
+        self._learn_reach(res)
         R, LP, LV, LT, LPOS, LTM, LSH, LTOT, EP, EG, EW, EU, EHP, EH, EK = ([] for _ in range(15))
         OW = []   # the owners' walk parts, one per entity entry: (ptr, rows, time, elig, side, shard)
         for k, v in groups.items():
@@ -385,13 +405,42 @@ class DistributedGraph:
             if self.missing:
                 ask &= ~np.isin(hold, sorted(self.missing))
             h_of, wid_of = hold[ask], e_wid[x_of[ask]]
-            reqs, asked = {}, {}
+            wkey = self._key(w_u, w_gid)
+            # the walk parts the first round brought (a walk asked but not needed is dropped)
+            for h, (ku, kg) in asked.items():
+                out = res.get(h)
+                if out is None or "w_ptr" not in out:
+                    continue
+                wid = np.searchsorted(wkey, self._key(ku, kg))
+                wid = np.minimum(wid, max(n_walks - 1, 0))
+                hit = (wkey[wid] == self._key(ku, kg)) if n_walks else np.zeros(len(ku), bool)
+                cnt = np.diff(out["w_ptr"])
+                keep = np.repeat(hit, cnt)
+                P.append((np.repeat(wid, cnt)[keep], out["w_rows"][keep], out["w_time"][keep], out["w_elig"][keep],
+                          out["w_side"][keep], np.full(int(keep.sum()), h, np.int64)))
+                done = np.isin(wid_of, wid[hit]) & (h_of == h)
+                h_of, wid_of = h_of[~done], wid_of[~done]
+            reqs, second = {}, {}
             for h in np.unique(h_of).tolist():
-                wids = np.sort(wid_of[h_of == h])
-                asked[h] = wids
+                wids = np.unique(wid_of[h_of == h])
+                second[h] = wids
                 reqs[h] = {"walk_u": w_u[wids], "walk_t": nb.tim[w_u[wids]], "walk_e": w_gid[wids], "params": pmsg}
+            if reqs and self.reach and len(l_v):
+                # a second round anyway: it also brings the entities of the link targets on other
+                # shards just learned (no reply reaches those), for the waves that expand them
+                todo = np.ones(len(l_v), bool) if self.rk is None else self.rk.ok[l_v] == 0
+                unknown, at = np.unique(l_v[todo], return_index=True)
+                sh = l_shard[todo][at]
+                for k in np.unique(sh).tolist():
+                    if k not in self.missing:
+                        reqs.setdefault(k, {"params": pmsg})["reach_rows"] = unknown[sh == k]
+            for r in reqs.values():
+                if self.reach:
+                    r["reach"] = self.reach
             res2 = self._scatter("Expand", reqs) if reqs else {}
-            for h, wids in asked.items():
+            self._learn_reach(res2)
+            self.rounds += bool(reqs)
+            for h, wids in second.items():
                 out = res2.get(h)
                 if out is None:
                     continue
@@ -416,6 +465,45 @@ class DistributedGraph:
                              e_ptr, e_gid, e_w, e_wid, wp.astype(np.int64), p_rows, p_time, p_elig, p_side, p_shard,
                              mpe, self.ts, self.owner.a, nb.tim, nb.ok, nb.lo, nb.hi, nb.tot,
                              nb.v, nb.w, nb.k, nb.i, nb.pos, nb.fill)
+
+    def _key(self, u: np.ndarray, gid: np.ndarray) -> np.ndarray:
+        """(row, entity) as one int64, ordered like (row, entity)."""
+        return np.asarray(u, np.int64) * self.n_ent + np.asarray(gid, np.int64)
+
+    def _predicted_walks(self, rows: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """{holder shard: (rows, entity ids)}: the walks the other holders of `rows`' entities
+        will be asked for, for the rows whose entities an earlier reply listed."""
+        rk = self.rk
+        if rk is None:
+            return {}
+        rows = rows[rk.ok[rows] == 1]
+        if not len(rows):
+            return {}
+        cnt = rk.hi[rows] - rk.lo[rows]
+        x = _ranges(rk.lo[rows], cnt)
+        u, gid = np.repeat(rows, cnt), rk.gid[x]
+        hcnt = rk.hhi[x] - rk.hlo[x]
+        h = rk.hold[_ranges(rk.hlo[x], hcnt)]
+        u, gid = np.repeat(u, hcnt), np.repeat(gid, hcnt)
+        ask = h != self.owner.a[u] - 1
+        if self.missing:
+            ask &= ~np.isin(h, sorted(self.missing))
+        u, gid, h = u[ask], gid[ask], h[ask]
+        out = {}
+        for k in np.unique(h).tolist():
+            key = np.unique(self._key(u[h == k], gid[h == k]))
+            out[k] = (key // self.n_ent, key % self.n_ent)
+        return out
+
+    def _learn_reach(self, res: dict) -> None:
+        """Keep the entity lists (with holders) of reached rows that replies carry."""
+        if not self.reach:
+            return
+        for out in res.values():
+            if "r_rows" in out and len(out["r_rows"]):
+                if self.rk is None:
+                    self.rk = _ReachStore(self.n)
+                self.rk.add(out["r_rows"], out["r_ptr"], out["r_gid"], out["r_hold_ptr"], out["r_hold"])
 
     def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
         """One best-first search per seed, all advancing together in the kernels of
@@ -451,6 +539,15 @@ class DistributedGraph:
         return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
 
 
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + c)`` for each (start, count)."""
+    starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts - starts, counts)
+
+
 def _cat_ptr(ptrs: list) -> np.ndarray:
     """Concatenate CSR pointer arrays (each starting at 0) into one."""
     if not ptrs:
@@ -482,6 +579,27 @@ class _Owners:
     def get(self, r, default=None):
         s = int(self.a[r]) - 1 if 0 <= r < len(self.a) else -1
         return default if s < 0 else s
+
+
+class _ReachStore:
+    """Entity lists (global ids, holder shards) of rows that replies reached, per global row."""
+
+    def __init__(self, n: int):
+        n = max(int(n), 1)
+        self.ok = np.zeros(n, np.uint8)
+        self.lo, self.hi = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.gid = self.hlo = self.hhi = self.hold = np.zeros(0, np.int64)
+
+    def add(self, rows, ptr, gid, hold_ptr, hold) -> None:
+        rows, ptr = np.asarray(rows, np.int64), np.asarray(ptr, np.int64)
+        hold_ptr = np.asarray(hold_ptr, np.int64)
+        base, hbase = len(self.gid), len(self.hold)
+        self.lo[rows], self.hi[rows] = base + ptr[:-1], base + ptr[1:]
+        self.ok[rows] = 1
+        self.gid = np.concatenate([self.gid, np.asarray(gid, np.int64)])
+        self.hlo = np.concatenate([self.hlo, hbase + hold_ptr[:-1]])
+        self.hhi = np.concatenate([self.hhi, hbase + hold_ptr[1:]])
+        self.hold = np.concatenate([self.hold, np.asarray(hold, np.int64)])
 
 
 class _Vectors:
@@ -546,8 +664,9 @@ class Coordinator:
     embedded engine's `query()` API. Stateless apart from a cache of shard stats."""
 
     def __init__(self, cluster: Cluster, *, params: AnswerParams = AnswerParams(), encoder=None,
-                 deadline_s: float = 10.0, prefetch: int = 64):
+                 deadline_s: float = 10.0, prefetch: int = 64, reach: int = 2048):
         self.cluster, self.params, self.deadline_s, self.prefetch = cluster, params, deadline_s, prefetch
+        self.reach = reach   # rows per Expand reply whose entity lists come back (0: off)
         self.engine = Engine(params=params, graph=_NoGraph())
         self._encoder = encoder
         self._stats: Optional[dict] = None
@@ -567,6 +686,7 @@ class Coordinator:
                                         f"{self.cluster.shards}")
             self._stats = {"n_global": int(one["n_global"]), "n_shards": n_shards, "dim": int(one["dim"]),
                            "encoder": one.get("encoder"), "shards": {k: v for k, v in res.items()},
+                           "n_entities_global": int(one.get("n_entities_global", 0)),
                            "acl": any(bool(v.get("acl")) for v in res.values())}
         return self._stats
 
@@ -633,7 +753,8 @@ class Coordinator:
         g.text, g.qtype = text, type
         ans = self.engine.run(q, type, f, direction, int(budget_tokens), graph=g, view=view, text=text, fill=fill)
         ans.partial, ans.missing_shards = bool(g.missing), sorted(g.missing)
-        ans.timings.update({"total_ms": 1e3 * (time.perf_counter() - t0), "waves": g.waves, "rpcs": g.stats.calls,
+        ans.timings.update({"total_ms": 1e3 * (time.perf_counter() - t0), "waves": g.waves, "expand_rounds": g.rounds,
+                            "rpcs": g.stats.calls,
                             "bytes_out": g.stats.bytes_out, "bytes_in": g.stats.bytes_in,
                             "failovers": g.stats.failovers, "hedges": g.stats.hedges})
         self.last_graph = g

@@ -222,6 +222,7 @@ class ShardCost:
 
     def __init__(self, svc):
         self.svc = svc
+        self._top: Optional[np.ndarray] = None
         ent_ptr = np.asarray(svc.ent_ptr, np.int64)
         self.post_len = np.diff(ent_ptr)
         post_t = np.asarray(svc.post_t, np.int64)
@@ -313,8 +314,18 @@ class ShardCost:
                 le = np.fromiter((svc.local_ent.get(int(e), -1) for e in np.asarray(we).tolist()), np.int64, len(we))
                 loop += len(we)
                 cells += 4 * int(self.walk_entries(wt, le, p).sum())
+            if req.get("reach"):   # entity lists of reached rows: at most those of the rows with the most
+                cells += 3 * self.top_mentions(int(req["reach"]))
             return {"cells": cells, "loop": loop, "nbytes": 5 * cells}
         return {}
+
+    def top_mentions(self, n_rows: int) -> int:
+        """Entity mentions (each with its holders, a few shards) of the `n_rows` rows that
+        mention the most: a bound of what `reach` lists."""
+        if self._top is None:
+            per_row = np.sort(np.diff(np.asarray(self.svc.ev_ptr, np.int64)))[::-1]
+            self._top = np.concatenate([[0], np.cumsum(per_row)])
+        return int(self._top[min(max(n_rows, 0), len(self._top) - 1)]) * (1 + int(self.svc.meta["n_shards"]))
 
 
 # ------------------------------------------------------------------------------------ builds

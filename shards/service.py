@@ -268,6 +268,8 @@ class ShardService:
             if wt is None or we is None or not len(wu) == len(wt) == len(we):
                 raise wire.WireError("fields 'walk_u', 'walk_t', 'walk_e' must have one entry per walk")
             out.update({"w_" + k: v for k, v in self._walks(wu, wt, we, p).items()})
+        if req.get("reach"):
+            out.update(self._reach(out, int(req["reach"]), p, req.get("reach_rows")))
         return out
 
     # -- expand: owned rows --------------------------------------------------------------------
@@ -283,25 +285,49 @@ class ShardService:
             np.asarray(p["link_weight"], np.float32), direction, int(p["t_lo"]), int(p["t_hi"]), as_of)
         out = {"l_ptr": l_ptr, "l_v": l_v, "l_type": l_type, "l_pos": l_pos, "l_time": l_time, "l_shard": l_shard,
                "l_total": l_total}
-        if direction & 3 and p["max_per_entity"] > 0:
+        le, of, ents = self._entities(loc, p)
+        out.update({"e_" + k: v for k, v in ents.items()})
+        out["e_df"] = self.ent_df[le]
+        # this shard's part of each of those walks (one per entity entry, duplicates included)
+        walks = self._walk_parts(self.grow[loc][of], self.times[loc][of], le, p)
+        out.update({"ew_" + k: v for k, v in walks.items()})
+        return out
+
+    def _entities(self, loc: np.ndarray, p: dict):
+        """The entities of local rows ``loc`` an expansion walks (weight > 0), in the rows'
+        mention order: (local entity ids, row index of each, {ptr, gid, w, hold_ptr, hold})."""
+        if p["direction"] & 3 and p["max_per_entity"] > 0:
             ew = self._ent_w(p)
             cnt = self.ev_ptr[loc + 1] - self.ev_ptr[loc]
-            le = self.ev_ent[_ranges(self.ev_ptr[loc], cnt)]
+            le = np.asarray(self.ev_ent[_ranges(self.ev_ptr[loc], cnt)], np.int64)
             of = np.repeat(np.arange(len(loc)), cnt)
             keep = ew[le] > 0.0
             le, of = le[keep], of[keep]
         else:
             ew, le, of = np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        hp = np.asarray(sc["hold_ptr"], np.int64)
+        hp = np.asarray(self.sc["hold_ptr"], np.int64)
         h_cnt = hp[le + 1] - hp[le]
-        out.update({"e_ptr": np.searchsorted(of, np.arange(len(loc) + 1)).astype(np.int64),
-                    "e_gid": self.gent[le], "e_df": self.ent_df[le], "e_w": np.asarray(ew[le], np.float32),
-                    "e_hold_ptr": np.concatenate([[0], np.cumsum(h_cnt)]).astype(np.int64),
-                    "e_hold": np.asarray(sc["hold"], np.int32)[_ranges(hp[le], h_cnt)]})
-        # this shard's part of each of those walks (one per entity entry, duplicates included)
-        walks = self._walk_parts(self.grow[loc][of], self.times[loc][of], le, p)
-        out.update({"ew_" + k: v for k, v in walks.items()})
-        return out
+        return le, of, {"ptr": np.searchsorted(of, np.arange(len(loc) + 1)).astype(np.int64),
+                        "gid": self.gent[le], "w": np.asarray(ew[le], np.float32),
+                        "hold_ptr": np.concatenate([[0], np.cumsum(h_cnt)]).astype(np.int64),
+                        "hold": np.asarray(self.sc["hold"], np.int32)[_ranges(hp[le], h_cnt)]}
+
+    def _reach(self, out: dict, cap: int, p: dict, asked=None) -> dict:
+        """The walkable entities (with holders) of up to `cap` rows of this shard: the owned rows
+        `asked` (``reach_rows``), then those this reply reaches (eligible walk entries, then link
+        targets; first listed first), so that the coordinator can ask their owners and holders
+        in one round when it expands them."""
+        parts = [out[r][out[e]] for r, e in (("ew_rows", "ew_elig"), ("w_rows", "w_elig")) if r in out]
+        if asked is not None:
+            parts.insert(0, np.asarray(asked, np.int64))
+        if "l_v" in out:
+            parts.append(out["l_v"][out["l_shard"] == self.shard_no])
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        uniq, first = np.unique(rows, return_index=True)
+        rows = np.sort(uniq[np.argsort(first, kind="stable")][:cap])
+        _, _, ents = self._entities(self.local_rows(rows), p)
+        return {"r_rows": rows, "r_ptr": ents["ptr"], "r_gid": ents["gid"], "r_hold_ptr": ents["hold_ptr"],
+                "r_hold": ents["hold"]}
 
     # -- expand: entity walks ------------------------------------------------------------------
     def _walks(self, wu, wt, we, p) -> dict:

@@ -261,6 +261,7 @@ SHARD_SCHEMAS = {
                 "hit_vectors": _int(0, MAX_K), "lex_k": _int(1, MAX_K)}, ("k",)),
     "Expand": ({"rows": _nd("i", (1,), MAX_ROWS, True), "walk_u": _nd("i", (1,), MAX_WALKS, True),
                 "walk_t": _nd("i", (1,), MAX_WALKS, True), "walk_e": _nd("i", (1,), MAX_WALKS, True),
+                "reach": _int(0, MAX_ROWS), "reach_rows": _nd("i", (1,), MAX_ROWS, True),
                 "params": lambda n, v: check_fields(v, EXPAND_PARAMS, tuple(k for k in EXPAND_PARAMS if k not in ("view", "term_weight")),
                                                     n + ".")},
                ("params",)),
