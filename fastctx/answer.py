@@ -620,7 +620,7 @@ class Engine:
             groups.setdefault(key, []).append(s)
             first_row.setdefault(key, r)
         best = max(groups, key=lambda k: (sum(sorted(groups[k], reverse=True)[:2]), -first_row[k]))
-        current = self._latest(g, [first_row[best]], as_of)[0]
+        current = self._latest(g, [self._start(g, row_list, slots, best, first_row[best])], as_of)[0]
         # the answer: the current fact first, then its earlier versions (flagged), then context
         chain = self._versions(g, current, as_of)
         # the answer: the current fact, its earlier versions (flagged), and what else mentions
@@ -633,6 +633,21 @@ class Engine:
         if fill:
             order += [(r, 0.25, "vector similarity") for r in row_list]
         return self._pack(g, order, budget), current
+
+    @staticmethod
+    def _start(g, rows: list[int], slots: list[int], key: tuple, first: int) -> int:
+        """Where to follow the winning group to its current version. For a slot group, its best
+        hit that is a version of the fact (superseded, or superseding another): a hit that only
+        mentions the fact (a discussion) is never its current version. Else the group's best hit."""
+        if key[0] != "slot":
+            return first
+        members = [r for r, s in zip(rows, slots) if s == key[1]]
+        by = np.asarray(g.supersession(members)[0]).tolist()
+        earlier = g.superseded(members)
+        for r, b, e in zip(members, by, earlier):
+            if b >= 0 or e:
+                return r
+        return first
 
     @staticmethod
     def _latest(g, rows: list[int], as_of: Optional[int]) -> list[int]:

@@ -151,3 +151,22 @@ def test_replies_alone_are_no_causal_chain_so_direct_hits_fill_the_budget():
     assert set(range(20)) <= set(got)
     assert len(got) == len(set(got))
     assert len(_hop_answer("reply", budget=7)) == 7   # padding stops at the budget
+
+
+def test_current_follows_a_version_of_the_fact_not_a_discussion_that_mentions_it(tmp_path):
+    """The hit most like the question is a discussion mentioning the decision; the current fact is
+    still the latest decision version on that slot, reached from a version (not the discussion)."""
+    from conftest import event, write_corpus
+    from fastctx.index import Index, build
+
+    topic, other = _unit([1, 0, 0, 0]), _unit([0, 0, 1, 0])
+    recs = [event(0, kind="decision", entities=["decision:vault"]),
+            event(1, kind="decision", entities=["decision:vault"], links=[("e000000", "supersedes")]),
+            event(2, kind="discussion", entities=["decision:vault"]),
+            event(3, kind="decision", entities=["decision:other"])]
+    vecs = np.array([_unit([1, 0.3, 0, 0]), _unit([1, 0.35, 0, 0]), _unit([1, 0.05, 0, 0]), other],
+                    np.float32)
+    build(write_corpus(tmp_path / "c", recs, vecs), tmp_path / "i")
+    a = Index(tmp_path / "i").query(topic, type="current", budget_tokens=1000)
+    assert a.current.id == "e000001"
+    assert [e.id for e in a.events][:1] == ["e000000"] and "e000002" in [e.id for e in a.events]
