@@ -178,7 +178,14 @@ class DistributedGraph:
         n_sh = len(self.cluster.shards)
         if self.qtype == "chain":
             req["hit_vectors"] = min(int(k), -(-5 * int(k) // (4 * n_sh)) + 16) if n_sh > 1 else int(k)
+            if self.reach:   # the candidates' entities: their first wave asks owners and holders at once
+                p = self.params
+                req["reach"] = req["hit_vectors"]
+                req["entity_params"] = {"entity_weight": float(p.entity_weight), "entity_max_df": int(p.entity_max_df),
+                                        "entity_max_share": float(p.entity_max_share),
+                                        "term_weight": float(p.term_weight), "max_per_entity": int(p.max_per_entity)}
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
+        self._learn_reach(res)
         cand = []
         for s, out in res.items():
             c = int(out["counts"][0])
@@ -197,6 +204,7 @@ class DistributedGraph:
                 mine = np.fromiter((r in keep for r in hit.tolist()), bool, m)
                 self.vecs.put(hit[mine], out["vectors"][mine])
                 tc.update(zip(hit[mine].tolist(), out["times"][mine].tolist()))
+                self.cache["tokens"].update(zip(hit[mine].tolist(), out["tokens"][mine].tolist()))
         if names:
             self._lex = (list(names), self.params.lexical_k, filters,
                          self._merge_lexical({s: {"rows": out["lex_rows"], "scores": out["lex_scores"]}
@@ -241,7 +249,7 @@ class DistributedGraph:
 
     def vectors(self, rows):
         rows = np.asarray(rows, np.int64)
-        self._fetch(rows.tolist(), ["vector", "time"])
+        self._fetch(rows.tolist(), ["vector", "time", "tokens"])   # tokens: what a budget asks next
         return self.vecs.get(rows)   # zeros for rows of a missing shard
 
     def supersession(self, rows):

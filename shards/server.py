@@ -274,8 +274,9 @@ class ShardCost:
             nq = len(v) if v is not None else 1
             hv = min(int(req.get("hit_vectors") or 0), req["k"]) if v is not None else 0
             lex = int(req.get("lex_k") or req["k"]) if v is not None and req.get("words") else 0
-            return {"cells": nq * req["k"] + hv * int(svc.index.dim) + lex,
-                    "nbytes": nq * req["k"] * 28 + hv * 4 * int(svc.index.dim) + lex * 16}
+            reach = 3 * self.top_mentions(min(int(req.get("reach") or 0), req["k"])) if v is not None else 0
+            return {"cells": nq * req["k"] + hv * (int(svc.index.dim) + 2) + lex + reach,
+                    "nbytes": nq * req["k"] * 28 + hv * (4 * int(svc.index.dim) + 16) + lex * 16 + 5 * reach}
         if method == "Fetch":
             loc = svc.local_rows(req["rows"])
             n, fields = len(loc), req["fields"]

@@ -202,9 +202,19 @@ class ShardService:
         rows = np.where(hits.rows >= 0, self.grow[np.maximum(hits.rows, 0)] if len(self.grow) else -1, -1)
         out.update({"rows": rows.astype(np.int64), "scores": hits.scores.astype(np.float32),
                     "counts": hits.counts.astype(np.int64)})
-        if len(q) == 1 and req.get("hit_vectors"):   # the first hits' vectors and times
+        if len(q) == 1 and req.get("hit_vectors"):   # the first hits' vectors, times and tokens
             loc = hits.rows[0, :min(int(hits.counts[0]), int(req["hit_vectors"]))].astype(np.int64)
             out["vectors"], out["times"] = self._vectors(loc), self.times[loc]
+            out["tokens"] = np.asarray(self.sh.tokens)[loc].astype(np.int64)
+        if len(q) == 1 and req.get("reach"):   # the first hits' walkable entities, for the first wave
+            loc = np.sort(hits.rows[0, :min(int(hits.counts[0]), int(req["reach"]))].astype(np.int64))
+            d = AnswerParams()
+            ep = {"direction": 3, "max_per_entity": d.max_per_entity, "entity_weight": d.entity_weight,
+                  "entity_max_df": d.entity_max_df, "entity_max_share": d.entity_max_share,
+                  "term_weight": d.term_weight, **(req.get("entity_params") or {})}
+            _, _, ents = self._entities(loc, ep)
+            out.update({"r_rows": self.grow[loc], "r_ptr": ents["ptr"], "r_gid": ents["gid"],
+                        "r_hold_ptr": ents["hold_ptr"], "r_hold": ents["hold"]})
         return out
 
     def _lexical(self, words, k, f, view, avg_len, bm) -> dict:

@@ -8,6 +8,7 @@ engine: unknown fields, wrong types, out-of-range numbers and oversized arrays r
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -81,7 +82,7 @@ def _array(d: dict) -> np.ndarray:
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_MESSAGE_BYTES for s in shape):
         raise WireError("malformed array (expected __nd__, a known dtype, shape <= 4 dims, bytes)")
     dt = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)   # Python ints: no overflow, and ~20x cheaper than np.prod per array
     if count * dt.itemsize != len(data):
         raise WireError(f"array of shape {shape} {dtype} needs {count * dt.itemsize} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=dt).reshape(shape)
@@ -251,6 +252,8 @@ EXPAND_PARAMS = {
     "entity_max_share": _float(0, 1), "max_edge_visits": _int(0, 100_000_000), "view": _view,
     "term_weight": _float(0, 1e6),
 }
+ENTITY_PARAMS = {k: EXPAND_PARAMS[k] for k in ("entity_weight", "entity_max_df", "entity_max_share", "term_weight",
+                                               "max_per_entity")}
 SHARD_SCHEMAS = {
     "Stats": ({}, ()),
     "Search": ({"vectors": _nd("f", (2,), MAX_NQ), "k": _int(1, MAX_K), "filters": _filters,
@@ -258,7 +261,10 @@ SHARD_SCHEMAS = {
                 "avg_len": _float(0, 1e12), "bm25": _nd("f", (1,), 2, True),
                 # with `vectors`: return the vectors and times of the first `hit_vectors` hits (one
                 # round trip less); `words` beside `vectors`: the lexical hits too (`lex_k` of them)
-                "hit_vectors": _int(0, MAX_K), "lex_k": _int(1, MAX_K)}, ("k",)),
+                "hit_vectors": _int(0, MAX_K), "lex_k": _int(1, MAX_K),
+                # with `vectors`: the walkable entities of the first `reach` hits (as Expand's `reach`)
+                "reach": _int(0, MAX_K), "entity_params": lambda n, v: check_fields(v, ENTITY_PARAMS, (), n + ".")},
+               ("k",)),
     "Expand": ({"rows": _nd("i", (1,), MAX_ROWS, True), "walk_u": _nd("i", (1,), MAX_WALKS, True),
                 "walk_t": _nd("i", (1,), MAX_WALKS, True), "walk_e": _nd("i", (1,), MAX_WALKS, True),
                 "reach": _int(0, MAX_ROWS), "reach_rows": _nd("i", (1,), MAX_ROWS, True),
