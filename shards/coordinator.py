@@ -55,6 +55,8 @@ class DistributedGraph:
                                                          "visible")}
         self.nbs: Optional[_NeighbourStore] = None   # neighbour lists fetched (created by expand)
         self.rk: Optional[_ReachStore] = None         # entity lists of reached rows
+        self.names: dict[tuple[int, int], str] = {}   # (row, entity id) -> entity name
+        self._hint: Optional[tuple] = None             # what the why-paths will ask (see _riders)
         self.n_ent = int(coord.shard_stats()["n_entities_global"]) + 1
         # rows per Expand reply whose entity lists come back (0: two rounds per wave); off when
         # a (row, entity) key could overflow int64
@@ -124,8 +126,14 @@ class DistributedGraph:
         if not need:
             return
         groups = self._by_owner(need)
-        res = self._scatter("Fetch", {k: self._with_view({"rows": np.asarray(v, np.int64), "fields": fields})
-                                      for k, v in groups.items()})
+        reqs = {k: self._with_view({"rows": np.asarray(v, np.int64), "fields": fields}) for k, v in groups.items()}
+        riders = self._riders(reqs, fields) if "vector" in fields else {}
+        res = self._scatter("Fetch", reqs)
+        for k, (ids, names) in riders.items():
+            out = res.get(k) or {}
+            self.cache["id"].update(zip(ids.tolist(), out.get("also_ids", [])))
+            for r, e, nm in zip(names[0].tolist(), names[1].tolist(), out.get("also_names", [])):
+                self.names[(r, e)] = nm if nm is not None else f"entity#{e}"
         for k, v in groups.items():
             out, v = res.get(k), v.tolist()
             if out is None:
@@ -155,6 +163,28 @@ class DistributedGraph:
                     vals = vals.tolist() if isinstance(vals, np.ndarray) else vals
                     for r, x in zip(v, vals):
                         self.cache[f][r] = x
+
+    def _riders(self, reqs: dict, fields: list) -> dict:
+        """Add to a chain's vector fetch (`_chain_relevance`, right after the expansion) the ids
+        of the expansion's parents and the names of the entities its paths went through: the
+        why-paths ask for them next, so they ride along instead of taking two rounds."""
+        hint, self._hint = self._hint, None
+        if hint is None:
+            return {}
+        par, pr, pe = hint
+        par = np.array([r for r in par.tolist() if r not in self.cache["id"]], np.int64)
+        new = [(r, e) for r, e in zip(pr.tolist(), pe.tolist()) if (r, e) not in self.names]
+        pr, pe = np.array([r for r, _ in new], np.int64), np.array([e for _, e in new], np.int64)
+        o_par, o_pr = self.owner.a[par] - 1, self.owner.a[pr] - 1
+        riders = {}
+        for k in np.unique(np.concatenate([o_par, o_pr])).tolist():
+            if k < 0 or k in self.missing:
+                continue
+            ids, m = par[o_par == k], o_pr == k
+            req = reqs.setdefault(k, self._with_view({"rows": np.zeros(0, np.int64), "fields": fields}))
+            req.update({"also_ids": ids, "also_names": pr[m], "also_entities": pe[m]})
+            riders[k] = (ids, (pr[m], pe[m]))
+        return riders
 
     def _get(self, field: str, rows, default):
         rows = [int(r) for r in rows]
@@ -274,11 +304,14 @@ class DistributedGraph:
     def entity_names(self, pairs):
         groups: dict[int, list[tuple[int, int]]] = {}
         for r, e in pairs:
-            groups.setdefault(self.owner[r], []).append((r, e))
+            if (r, e) not in self.names:
+                groups.setdefault(self.owner[r], []).append((r, e))
+        if not groups:
+            return [self.names[(r, e)] for r, e in pairs]
         res = self._scatter("Fetch", {k: {"rows": np.array([r for r, _ in v], np.int64), "fields": ["entity_names"],
                                           "entities": np.array([e for _, e in v], np.int64)}
                                       for k, v in groups.items()})
-        names = {}
+        names = self.names
         for k, v in groups.items():
             for (r, e), nm in zip(v, (res.get(k) or {}).get("entity_names", [None] * len(v))):
                 names[(r, e)] = nm if nm is not None else f"entity#{e}"
@@ -544,6 +577,10 @@ class DistributedGraph:
             need = need[nb.ok[need] == 0]
             self._wave(need, pmsg)
         res_ptr, *out = searches_results(state[2], state[3], state[6], state[7])
+        par, kind, via = out[2], out[3], out[4]
+        ent = (kind == 2) & (par >= 0)
+        pairs = np.unique(np.stack([par[ent], via[ent]], 1), axis=0) if ent.any() else np.zeros((0, 2), np.int64)
+        self._hint = (np.unique(par[par >= 0]), pairs[:, 0], pairs[:, 1])
         return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
 
 

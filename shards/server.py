@@ -287,6 +287,8 @@ class ShardCost:
                 deg = int((rp[loc + 1] - rp[loc]).sum())
                 cells, nbytes = cells + 5 * deg, nbytes + 40 * deg
             loop = n if any(f in fields for f in self.PY_LOOP_FIELDS) else 0
+            also = sum(len(req.get(f) if req.get(f) is not None else ()) for f in ("also_ids", "also_names"))
+            cells, loop, nbytes = cells + also, loop + also, nbytes + 96 * also
             return {"cells": cells, "loop": loop, "nbytes": nbytes,
                     "payload_rows": n if "payload" in fields else 0}
         if method == "Expand":

@@ -265,6 +265,14 @@ class ShardService:
                 if ents is None or len(ents) != len(loc):
                     raise wire.WireError("field 'entities' must give one entity id per row for entity_names")
                 out[f] = [self._entity_name(int(e)) for e in np.asarray(ents).tolist()]
+        if req.get("also_ids") is not None:
+            out["also_ids"] = [self._id(int(r)) for r in self.local_rows(req["also_ids"]).tolist()]
+        if req.get("also_names") is not None:
+            ents = req.get("also_entities")
+            if ents is None or len(ents) != len(req["also_names"]):
+                raise wire.WireError("field 'also_entities' must give one entity id per row of 'also_names'")
+            self.local_rows(req["also_names"])
+            out["also_names"] = [self._entity_name(int(e)) for e in np.asarray(ents).tolist()]
         return out
 
     def Expand(self, req: dict) -> dict:

@@ -272,6 +272,9 @@ SHARD_SCHEMAS = {
                                                     n + ".")},
                ("params",)),
     "Fetch": ({"rows": _nd("i", (1,), MAX_ROWS), "fields": lambda n, v: _fields(n, v),
+               # riders: ids of other owned rows, and entity names asked with owned rows (one round less)
+               "also_ids": _nd("i", (1,), MAX_ROWS, True), "also_names": _nd("i", (1,), MAX_ROWS, True),
+               "also_entities": _nd("i", (1,), MAX_ROWS, True),
                "entities": _nd("i", (1,), MAX_ROWS, True), "view": _view}, ("rows", "fields")),
     # writes (shards/writes.py): log a batch, export live events, install a re-partitioned shard
     "Write": (WRITE := {"op": _str({"add", "upsert", "delete"}), "events": _records, "ids": _ids,
