@@ -7,7 +7,7 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           query-specific similarity (cosine after subtracting the mean of all the hits, so the
           words every hit shares stop counting) and lexical match, plus their place in the
           query's time window (asking "what led here" anchors at the latest matching
-          situation), minus a penalty growing with how close a later hit is (an older version
+          situation) and their closeness to a date the question's text names, minus a penalty growing with how close a later hit is (an older version
           of the same thing). The best `candidates` are expanded over the event graph (explicit
           links, rare shared entities and identifier terms) in the asked direction and gain the
           relevance of their chain (how much the events they reach are about the query: a
@@ -55,6 +55,7 @@ from .derive import FLAG_LEXICAL, FLAG_NO_WALK, bm25, query_words
 from .errors import InvalidQueryError
 from .filters import Filters
 from .kernels.expand import expand_best_first_batch, expand_ppr_push_batch
+from .timeexpr import date_intervals
 from .results import Answer  # noqa: F401 - re-exported (shards import it from here)
 from .types import Event
 from .view import View
@@ -113,6 +114,11 @@ class AnswerParams:
                                      # beside its query-specific similarity
     bm25_k1: float = 1.2             # textbook BM25 constants (presence only: tf = 1)
     bm25_b: float = 0.75
+    # a question that names a date ("what did Kate cook on 29 Dec 2023?") is about what happened
+    # then: a hit's closeness to it (1 on the day, 1/2 three days away; timeexpr.py) adds this
+    # much to its head and direct-hit score, a prior like `recency`, never a filter
+    date_weight: float = 0.4
+    date_scale_days: float = 3.0
 
     def __post_init__(self):
         if self.expansion not in ("best_first", "ppr"):
@@ -397,7 +403,8 @@ class Engine:
         rows, sims, lex = self._seeds(g, q, filters, text)
         t1 = time.perf_counter()
         if query_type == "chain":
-            picked, current = self._chain(g, q, rows, sims, lex, filters, DIRECTIONS[direction], budget, fill)
+            picked, current = self._chain(g, q, rows, sims, lex, filters, DIRECTIONS[direction], budget, fill,
+                                          date_intervals(text))
         else:
             picked, current = self._current(g, rows, sims, lex, filters, budget, fill)
         t2 = time.perf_counter()
@@ -458,6 +465,16 @@ class Engine:
         return 1.0 - recency if direction == DIRECTIONS["forward"] else recency
 
     @staticmethod
+    def _named_dates(times: np.ndarray, dates: Sequence[tuple[int, int]], scale_days: float) -> np.ndarray:
+        """How close each hit is to a date the question names: 1 inside a named interval, falling
+        as 1 / (1 + days away / scale) outside it; 0 for every hit when no date is named."""
+        if not dates or len(times) == 0:
+            return np.zeros(len(times))
+        t = times.astype(np.float64)
+        away = np.min([np.maximum(np.maximum(lo - t, t - hi), 0.0) for lo, hi in dates], axis=0)
+        return 1.0 / (1.0 + away / (scale_days * DAY))
+
+    @staticmethod
     def _specific_similarity(vecs: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Cosine of each hit to the query after removing what all the hits share (their mean):
         the words every hit has (the service, the topic) stop counting, and what is specific to
@@ -487,7 +504,8 @@ class Engine:
             at += len(ev)
         return out
 
-    def _chain(self, g, q, rows, sims, lex, filters: Filters, direction: int, budget: int, fill: bool):
+    def _chain(self, g, q, rows, sims, lex, filters: Filters, direction: int, budget: int, fill: bool,
+               dates: Sequence[tuple[int, int]] = ()):
         p = self.params
         if len(rows) == 0:
             return [], None
@@ -499,10 +517,11 @@ class Engine:
         times = np.asarray(g.times(rows), np.int64)
         specific = self._specific_similarity(vecs, q)
         recency = self._recency(times, filters, direction)
+        named = self._named_dates(times, dates, p.date_scale_days)
         # possible chain heads: the hits that look most like the asked situation, less a penalty
         # growing with how close a later hit is (an older version of it). The penalty only
         # lowers a score, so it is computed for a pool of twice the candidates, not all hits.
-        base = specific + p.recency * recency + p.lexical * lex
+        base = specific + p.recency * recency + p.lexical * lex + p.date_weight * named
         pool = np.lexsort((np.arange(len(rows)), -base))[:2 * p.candidates]
         later = times[None, :] > times[pool][:, None]
         later_cos = np.where(later, vecs[pool] @ vecs.T, -1.0).max(axis=1)
