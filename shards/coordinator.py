@@ -57,6 +57,7 @@ class DistributedGraph:
         self.rk: Optional[_ReachStore] = None         # entity lists of reached rows
         self.names: dict[tuple[int, int], str] = {}   # (row, entity id) -> entity name
         self._hint: Optional[tuple] = None             # what the why-paths will ask (see _riders)
+        self._payloads: dict[int, tuple] = {}           # row -> (payload, superseded_by, at)
         self.n_ent = int(coord.shard_stats()["n_entities_global"]) + 1
         # rows per Expand reply whose entity lists come back (0: two rounds per wave); off when
         # a (row, entity) key could overflow int64
@@ -123,7 +124,7 @@ class DistributedGraph:
             else:
                 need.update(rows.difference(self.cache[f].keys()))
         need = sorted(need)
-        if not need:
+        if not need and not ("vector" in fields and self._hint is not None):
             return
         groups = self._by_owner(need)
         reqs = {k: self._with_view({"rows": np.asarray(v, np.int64), "fields": fields}) for k, v in groups.items()}
@@ -206,11 +207,15 @@ class DistributedGraph:
             req["lex_k"] = req.pop("k")
             req["k"] = int(k)
         n_sh = len(self.cluster.shards)
+        # each shard's share of the merged top k plus a margin (the rest is fetched when read)
+        req["hit_rows"] = min(int(k), -(-5 * int(k) // (4 * n_sh)) + 16) if n_sh > 1 else int(k)
+        # what the query type reads of every hit next: a chain query its head choice (vectors,
+        # times) and budget (tokens); current/as_of its grouping (slot entity, supersession)
+        req["hit_fields"] = ["vector", "time", "tokens"] if self.qtype == "chain" else ["slot", "sup", "tokens"]
         if self.qtype == "chain":
-            req["hit_vectors"] = min(int(k), -(-5 * int(k) // (4 * n_sh)) + 16) if n_sh > 1 else int(k)
             if self.reach:   # the candidates' entities: their first wave asks owners and holders at once
                 p = self.params
-                req["reach"] = req["hit_vectors"]
+                req["reach"] = req["hit_rows"]
                 req["entity_params"] = {"entity_weight": float(p.entity_weight), "entity_max_df": int(p.entity_max_df),
                                         "entity_max_share": float(p.entity_max_share),
                                         "term_weight": float(p.term_weight), "max_per_entity": int(p.max_per_entity)}
@@ -226,15 +231,22 @@ class DistributedGraph:
         for _, r, s in cand:
             self.owner[r] = s
         keep = {r for _, r, _ in cand}
-        tc = self.cache["time"]
         for s, out in res.items():
-            if "vectors" in out:
-                m = len(out["vectors"])
-                hit = out["rows"][0, :m]
-                mine = np.fromiter((r in keep for r in hit.tolist()), bool, m)
-                self.vecs.put(hit[mine], out["vectors"][mine])
-                tc.update(zip(hit[mine].tolist(), out["times"][mine].tolist()))
-                self.cache["tokens"].update(zip(hit[mine].tolist(), out["tokens"][mine].tolist()))
+            m = min(int(req["hit_rows"]), int(out["counts"][0]))
+            hit = out["rows"][0, :m]
+            mine = np.fromiter((r in keep for r in hit.tolist()), bool, m)
+            rows_m = hit[mine].tolist()
+            for f in req["hit_fields"]:
+                if f == "vector" and "hit_vector" in out:
+                    self.vecs.put(hit[mine], out["hit_vector"][mine])
+                elif f == "sup" and "hit_sup_by" in out:
+                    by, at, sh = (out[x][mine].tolist() for x in ("hit_sup_by", "hit_sup_at", "hit_sup_shard"))
+                    self.cache["sup"].update(zip(rows_m, zip(by, at)))
+                    for b, k2 in zip(by, sh):
+                        if b >= 0:
+                            self.owner[b] = k2
+                elif "hit_" + f in out:
+                    self.cache[f].update(zip(rows_m, out["hit_" + f][mine].tolist()))
         if names:
             self._lex = (list(names), self.params.lexical_k, filters,
                          self._merge_lexical({s: {"rows": out["lex_rows"], "scores": out["lex_scores"]}
@@ -319,11 +331,20 @@ class DistributedGraph:
 
     def events(self, rows, scores, as_of):
         rows = [int(r) for r in rows]
-        groups = self._by_owner(rows)
-        res = self._scatter("Fetch", {k: self._with_view({"rows": np.asarray(v, np.int64),
-                                                          "fields": ["payload", "sup"]})
-                                      for k, v in groups.items()})
-        got: dict[int, tuple] = {}
+        got = self._payloads   # payloads fetched earlier in this query (the current version is asked twice)
+        groups = self._by_owner([r for r in rows if r not in got])
+        reqs = {k: self._with_view({"rows": np.asarray(v, np.int64), "fields": ["payload", "sup"]})
+                for k, v in groups.items()}
+        if self.vmsg is None:   # ids of the superseders known already ride along (named in the answer)
+            sup = sorted({b for r in rows for b, a in [self.cache["sup"].get(r, (-1, -1))]
+                          if b >= 0 and b not in self.cache["id"] and (as_of is None or a <= as_of)})
+            for k, v in (self._by_owner(sup).items() if sup else ()):
+                if k not in self.missing:
+                    reqs.setdefault(k, {"rows": np.zeros(0, np.int64), "fields": ["sup"]})["also_ids"] = v
+        res = self._scatter("Fetch", reqs) if reqs else {}
+        for k, r in reqs.items():
+            if "also_ids" in r and k in res:
+                self.cache["id"].update(zip(r["also_ids"].tolist(), res[k]["also_ids"]))
         for k, v in groups.items():
             out, v = res.get(k), v.tolist()
             if out is None:
@@ -334,7 +355,7 @@ class DistributedGraph:
                     self.owner[b] = s
                 if out["payload"][j] is not None:
                     got[r] = (out["payload"][j], b, a)
-        sup = sorted({b for _, b, a in got.values() if b >= 0 and (as_of is None or a <= as_of)
+        sup = sorted({b for _, b, a in (got[r] for r in rows if r in got) if b >= 0 and (as_of is None or a <= as_of)
                       and self.owner.get(b) not in self.missing})
         if sup and self.vmsg is not None:   # a superseder the asker cannot see is not named
             sup = [b for b, ok in zip(sup, self.visible(sup).tolist()) if ok]

@@ -272,11 +272,14 @@ class ShardCost:
         if method == "Search":
             v = req.get("vectors")
             nq = len(v) if v is not None else 1
-            hv = min(int(req.get("hit_vectors") or 0), req["k"]) if v is not None else 0
+            hv = min(int(req.get("hit_rows") or 0), req["k"]) if v is not None and req.get("hit_fields") else 0
+            per_row = sum(4 * int(svc.index.dim) if f == "vector" else self.FETCH_BYTES.get(f, 8)
+                          for f in req.get("hit_fields") or ())
             lex = int(req.get("lex_k") or req["k"]) if v is not None and req.get("words") else 0
             reach = 3 * self.top_mentions(min(int(req.get("reach") or 0), req["k"])) if v is not None else 0
-            return {"cells": nq * req["k"] + hv * (int(svc.index.dim) + 2) + lex + reach,
-                    "nbytes": nq * req["k"] * 28 + hv * (4 * int(svc.index.dim) + 16) + lex * 16 + 5 * reach}
+            return {"cells": nq * req["k"] + hv * (int(svc.index.dim) + 4) + lex + reach,
+                    "nbytes": nq * req["k"] * 28 + hv * per_row + lex * 16 + 5 * reach,
+                    "loop": hv if "slot" in (req.get("hit_fields") or ()) else 0}
         if method == "Fetch":
             loc = svc.local_rows(req["rows"])
             n, fields = len(loc), req["fields"]

@@ -202,10 +202,10 @@ class ShardService:
         rows = np.where(hits.rows >= 0, self.grow[np.maximum(hits.rows, 0)] if len(self.grow) else -1, -1)
         out.update({"rows": rows.astype(np.int64), "scores": hits.scores.astype(np.float32),
                     "counts": hits.counts.astype(np.int64)})
-        if len(q) == 1 and req.get("hit_vectors"):   # the first hits' vectors, times and tokens
-            loc = hits.rows[0, :min(int(hits.counts[0]), int(req["hit_vectors"]))].astype(np.int64)
-            out["vectors"], out["times"] = self._vectors(loc), self.times[loc]
-            out["tokens"] = np.asarray(self.sh.tokens)[loc].astype(np.int64)
+        if len(q) == 1 and req.get("hit_rows") and req.get("hit_fields"):   # the first hits' attributes
+            loc = hits.rows[0, :min(int(hits.counts[0]), int(req["hit_rows"]))].astype(np.int64)
+            got = self.Fetch({"rows": self.grow[loc], "fields": req["hit_fields"]})
+            out.update({"hit_" + k: v for k, v in got.items()})
         if len(q) == 1 and req.get("reach"):   # the first hits' walkable entities, for the first wave
             loc = np.sort(hits.rows[0, :min(int(hits.counts[0]), int(req["reach"]))].astype(np.int64))
             d = AnswerParams()

@@ -259,9 +259,10 @@ SHARD_SCHEMAS = {
     "Search": ({"vectors": _nd("f", (2,), MAX_NQ), "k": _int(1, MAX_K), "filters": _filters,
                 "as_of": _int(_I64.min, _I64.max, True), "view": _view, "words": _strs,
                 "avg_len": _float(0, 1e12), "bm25": _nd("f", (1,), 2, True),
-                # with `vectors`: return the vectors and times of the first `hit_vectors` hits (one
+                # with `vectors`: per-row attributes (`hit_fields`) of the first `hit_rows` hits (one
                 # round trip less); `words` beside `vectors`: the lexical hits too (`lex_k` of them)
-                "hit_vectors": _int(0, MAX_K), "lex_k": _int(1, MAX_K),
+                "hit_rows": _int(0, MAX_K), "hit_fields": lambda n, v: _fields(n, v, HIT_FIELDS),
+                "lex_k": _int(1, MAX_K),
                 # with `vectors`: the walkable entities of the first `reach` hits (as Expand's `reach`)
                 "reach": _int(0, MAX_K), "entity_params": lambda n, v: check_fields(v, ENTITY_PARAMS, (), n + ".")},
                ("k",)),
@@ -287,9 +288,12 @@ FETCH_FIELDS = frozenset({"time", "tokens", "vector", "sup", "slot", "rev", "id"
                           "visible"})
 
 
-def _fields(name, v):
-    if not isinstance(v, list) or not v or not all(isinstance(f, str) for f in v) or set(v) - FETCH_FIELDS:
-        raise WireError(f"field '{name}' must be a non-empty list drawn from {sorted(FETCH_FIELDS)}, got {_show(v)}")
+HIT_FIELDS = frozenset({"vector", "time", "tokens", "slot", "sup"})
+
+
+def _fields(name, v, allowed=FETCH_FIELDS):
+    if not isinstance(v, list) or not v or not all(isinstance(f, str) for f in v) or set(v) - allowed:
+        raise WireError(f"field '{name}' must be a non-empty list drawn from {sorted(allowed)}, got {_show(v)}")
     return v
 
 

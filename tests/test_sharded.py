@@ -188,7 +188,7 @@ class _Rounds:
         self.log, inner = [], co.cluster.scatter
 
         def scatter(method, reqs, *a, **kw):
-            self.log.append((method, sorted(reqs)))
+            self.log.append((method, sorted(reqs), sorted({f for r in reqs.values() for f in r.get("fields", ())})))
             return inner(method, reqs, *a, **kw)
         co.cluster.scatter = scatter
 
@@ -203,7 +203,9 @@ def text_world(text_corpus, tmp_path_factory):
 
 def test_text_queries_seed_round_carries_lexical_hits_and_vectors(text_corpus, text_world):
     """Vector and lexical seeds come back in one Search round; a chain query's hits bring their
-    vectors and times along (no Fetch of seed vectors); answers equal the embedded ones."""
+    vectors and times along (no Fetch of seed vectors), a current query's hits their slot
+    entities and supersession; why-path ids and entity names ride with the vector fetch after
+    the expansion; payloads are fetched once; answers equal the embedded ones."""
     one, four = text_world
     co = open_local(four)
     rounds = _Rounds(co)
@@ -213,10 +215,15 @@ def test_text_queries_seed_round_carries_lexical_hits_and_vectors(text_corpus, t
             want = one.query_spec({**spec, "direction": d}, vec)
             got = co.query_spec({**spec, "direction": d}, vec)
             _same(want, got, f"{spec['qid']} {d}")
-            methods = [m for m, _ in rounds.log if m != "Stats"]   # (Stats: once per coordinator)
+            methods = [m for m, _, _ in rounds.log if m != "Stats"]   # (Stats: once per coordinator)
+            fetched = [f for m, _, f in rounds.log if m == "Fetch"]
             assert methods.count("Search") == 1 and methods[0] == "Search", rounds.log
+            assert sum("payload" in f for f in fetched) == 1, rounds.log
             if spec["type"] == "chain":   # 16 + 5/4 * 1024 / 4 hits per shard cover the 68 events
                 assert methods[1] == "Expand", rounds.log
+                assert ["id"] not in fetched and ["entity_names"] not in fetched, rounds.log
+            else:
+                assert not any({"slot", "sup", "tokens"} & set(f) for f in fetched if "payload" not in f), rounds.log
 
 
 # ------------------------------------------------------------------------------------ failures
