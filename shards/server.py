@@ -512,6 +512,8 @@ class CoordinatorServer(_Server):
             log.warning("build not checked yet: %s did not answer Stats", r)
         from .writes import ClusterWriter
         self.writer = ClusterWriter(cluster)
+        if hasattr(coordinator, "warm_up"):
+            coordinator.warm_up()                       # the expansion kernels, before serving
         super().__init__(COORD_SERVICE, {"Query": self._query, "Stats": self._stats, "Write": self._write,
                                          "Sync": self._sync}, wire.COORD_SCHEMAS,
                          port, host, workers, credentials=server_credentials(tls_cert, tls_key), insecure=insecure,
