@@ -110,7 +110,7 @@ class AnswerParams:
     wide_temperature: float = 0.3
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
     lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)
-    lexical: float = 0.5             # weight of a hit's lexical match (0..1, relative to the best)
+    lexical: float = 0.75            # weight of a hit's lexical match (0..1, relative to the best)
                                      # beside its query-specific similarity
     bm25_k1: float = 1.2             # textbook BM25 constants (presence only: tf = 1)
     bm25_b: float = 0.75
