@@ -125,9 +125,12 @@ class ShardService:
         """Compile (or load) the kernels for this shard's exact array types before serving, so
         the first request does not spend its deadline compiling."""
         self.index.warm_up(engine=False)
-        none = np.zeros(0, np.int64)
-        self._walk_parts(none, none, none, {"direction": 1, "max_per_entity": 1, "t_lo": 0, "t_hi": 0,
-                                            "as_of": None, "hub_window_s": 0, "hub_postings": 0})
+        d = AnswerParams()
+        # an empty Expand of owned rows compiles the link scan and the walk parts
+        self._rows(np.zeros(0, np.int64), {
+            "direction": 3, "max_per_entity": 1, "t_lo": 0, "t_hi": 0, "as_of": None, "hub_window_s": 0,
+            "hub_postings": 0, "link_weight": np.ones(1, np.float32), "entity_weight": d.entity_weight,
+            "entity_max_df": d.entity_max_df, "entity_max_share": d.entity_max_share, "term_weight": d.term_weight})
 
     # -- helpers -------------------------------------------------------------------------------
     def local_rows(self, rows: np.ndarray) -> np.ndarray:
