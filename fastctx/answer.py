@@ -86,7 +86,7 @@ class AnswerParams:
     term_weight: float = 0.5         # ... times this for identifier terms derived from text
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence
     entity_max_share: float = 0.02   # ... or at this share of the shard's events, if that is fewer
-    time_scale_days: float = 120.0   # entity edges decay as 1 / (1 + |dt| / scale)
+    time_scale_days: float = 240.0   # entity edges decay as 1 / (1 + |dt| / scale): a story spans months
     hub_postings: int = 4096         # postings longer than this are scanned only ...
     hub_window_days: float = 30.0    # ... this close in time to the node
     max_per_entity: int = 64         # candidates examined per (node, entity)
