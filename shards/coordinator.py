@@ -224,6 +224,7 @@ class DistributedGraph:
         cand = []
         for s, out in res.items():
             c = int(out["counts"][0])
+            self._in_range(out["rows"][0, :c])
             for r, sc in zip(out["rows"][0, :c].tolist(), out["scores"][0, :c].tolist()):
                 cand.append((-sc, r, s))
         cand.sort()
@@ -519,6 +520,7 @@ class DistributedGraph:
         p_wid, p_rows, p_time, p_elig, p_side, p_shard = (a[srt] for a in (p_wid, p_rows, p_time, p_elig, p_side,
                                                                           p_shard))
         wp = np.searchsorted(p_wid, np.arange(n_walks + 1))
+        self._in_range(l_v, p_rows)   # the kernels index per-row arrays without bounds checks
         mpe = int(pmsg["max_per_entity"])
         bound = len(l_v) + (int(np.minimum(np.diff(wp)[e_wid], 2 * mpe + np.diff(wp)[e_wid]).sum())
                             if len(e_wid) else 0)
@@ -527,6 +529,14 @@ class DistributedGraph:
                              e_ptr, e_gid, e_w, e_wid, wp.astype(np.int64), p_rows, p_time, p_elig, p_side, p_shard,
                              mpe, self.ts, self.owner.a, nb.tim, nb.ok, nb.lo, nb.hi, nb.tot,
                              nb.v, nb.w, nb.k, nb.i, nb.pos, nb.fill)
+
+    def _in_range(self, *arrays) -> None:
+        """Rows a shard sent must be rows of the build the coordinator knows (a query racing a
+        write's sync could see a shard of a larger build)."""
+        for a in arrays:
+            if len(a) and (int(a.max()) >= self.n or int(a.min()) < 0):
+                raise ShardUnavailableError(f"a shard answered rows outside 0..{self.n - 1}: the cluster changed "
+                                            f"build during the query; ask again")
 
     def _key(self, u: np.ndarray, gid: np.ndarray) -> np.ndarray:
         """(row, entity) as one int64, ordered like (row, entity)."""
@@ -563,6 +573,7 @@ class DistributedGraph:
             return
         for out in res.values():
             if "r_rows" in out and len(out["r_rows"]):
+                self._in_range(out["r_rows"])
                 if self.rk is None:
                     self.rk = _ReachStore(self.n)
                 self.rk.add(out["r_rows"], out["r_ptr"], out["r_gid"], out["r_hold_ptr"], out["r_hold"])
@@ -634,6 +645,9 @@ class _Owners:
         self.a = np.zeros(max(int(n), 1), np.int64)
 
     def __setitem__(self, r, s) -> None:
+        if not 0 <= r < len(self.a):
+            raise ShardUnavailableError(f"a shard named row {r}, outside 0..{len(self.a) - 1}: the cluster changed "
+                                        f"build during the query; ask again")
         self.a[r] = int(s) + 1
 
     def __getitem__(self, r) -> int:
