@@ -5,7 +5,8 @@ Three kinds, each a reserved entity type starting with `~` (a user entity may no
 - `~t:NAME`  identifier-like terms of the text: code identifiers (snake_case, camelCase,
              CONSTANT_CASE), dotted and qualified names, call-like names (`f()`), file paths,
              exception and error names, config keys (`a.b=`, `--flag`), ticket-like ids
-             (`ABC-123`, `#123`), version strings, quoted names. Two events naming the same
+             (`ABC-123`, `#123`), version strings, quoted names, and the people a message
+             credits in a trailer (`Reported-by: Jane Doe`). Two events naming the same
              rare thing connect through it, weighted by rarity like any entity.
 - `~w:WORD`  the event's words (text and the names of its entities), lower-cased, crudely
              stemmed, stop words dropped: the vocabulary the query's own words are matched
@@ -52,6 +53,9 @@ also just get got like one two yes yeah oh ok okay really well much many thing t
 
 _WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9']*")
 _TERM_RES = (
+    # people a message credits in a trailer ("Reported-by: Jane Doe <jd@x.org>", "Co-authored-by:",
+    # "Reviewed-by:"; not the author's own "Signed-off-by:"): the name, as one term
+    re.compile(r"(?im)^[ \t]*(?!signed-off-by)[a-z]+(?:-[a-z]+)*-by:[ \t]*([^<>\n]*[^\s<>])[ \t]*(?:<[^>\n]*>)?[ \t]*$"),
     re.compile(r"(?:[A-Za-z0-9_.-]+/)+[A-Za-z0-9_.-]+"),                     # paths a/b/c.py
     re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::)[A-Za-z_][A-Za-z0-9_]*)+\b"),  # dotted / qualified
     re.compile(r"\b[A-Za-z]*_[A-Za-z0-9_]+\b"),                                # snake_case, CONSTANT_CASE

@@ -164,6 +164,15 @@ def test_identifier_terms_and_words():
     assert query_words("computeHash charges") == ["~w:computehash", "~w:charge", "~t:computeHash"]
 
 
+def test_people_credited_in_trailers_are_terms_but_not_the_authors_sign_off():
+    text = ("lib: fix the retry\n\nReported-by: Harry Sintonen\nReviewed-By: Ben Noordhuis <ben@nl.org>\n"
+            "Co-authored-by: Jane Q. Doe <jd@x.org>\nSigned-off-by: Me Myself <me@x.org>\nFixes #1234")
+    t = terms(text)
+    assert {"Harry Sintonen", "Ben Noordhuis", "Jane Q. Doe"} <= set(t)
+    assert not any("Myself" in x for x in t)
+    assert terms("reported by Harry Sintonen in the review") == []   # not a trailer line
+
+
 def test_lexical_seeds_find_a_rare_identifier(tmp_path):
     """A question naming a rare identifier finds the one event that mentions it, although its
     vector is no closer than the look-alikes'."""
