@@ -600,12 +600,11 @@ class Index:
         cache = getattr(self, "_plan_cache", None)
         if cache is None or cache[0] is not shards:
             cache = self._plan_cache = (shards, {})
+        key = (f, k, view, self.search_params)
         try:
-            key = (f, k, view, self.search_params)
-            hash(key)
+            plans = cache[1].get(key)     # hashes the key once (filters, view, params)
         except TypeError:
             return self.plans(f, k, view)
-        plans = cache[1].get(key)
         if plans is None:
             plans = self.plans(f, k, view)
             with _CACHE_LOCK:
@@ -621,21 +620,21 @@ class Index:
         parts = [(si, seg.row_base, walk_search(seg, plan, allowed_mask(allowed, seg.n), qs, k, sp)
                   if plan.strategy == "hnsw-walk" else search_segment_batch(seg, plan, allowed, qs, k, sp))
                  for si, seg, allowed, plan in plans if plan.strategy != "skip"]
+        if len(parts) == 1:      # one segment to merge (the common case): no concatenation
+            si, base, (rw, sc) = parts[0]
+            order = np.lexsort((rw, -sc), axis=1)     # unfilled slots (score -inf) sort last
+            rw, sc = np.take_along_axis(rw, order, 1), np.take_along_axis(sc, order, 1)
+            filled = sc > -np.inf
+            counts = np.count_nonzero(filled, axis=1).astype(np.int64)
+            shards = np.where(filled, np.int32(si), np.int32(-1))
+            rows = np.where(filled, rw + base, -1)
+            scores = np.where(filled, sc, np.float32(np.nan))
+            return self._hits(shards, rows, scores, counts, nq, ts, enc_s, plan_s)
         shards = np.full((nq, k), -1, np.int32)
         rows = np.full((nq, k), -1, np.int64)
         scores = np.full((nq, k), np.nan, np.float32)
         counts = np.zeros(nq, np.int64)
-        if len(parts) == 1:      # one segment to merge (the common case): no concatenation
-            si, base, (rw, sc) = parts[0]
-            order = np.lexsort((rw, -sc), axis=1)     # unfilled slots (score -inf) sort last
-            at = np.arange(nq)[:, None]
-            rw, sc = rw[at, order], sc[at, order]
-            filled = sc > -np.inf
-            counts = filled.sum(axis=1).astype(np.int64)
-            shards = np.where(filled, np.int32(si), np.int32(-1))
-            rows = np.where(filled, rw + base, -1)
-            scores = np.where(filled, sc, np.float32(np.nan))
-        elif parts:
+        if parts:
             sc = np.concatenate([p[2][1] for p in parts], axis=1) if len(parts) > 1 else parts[0][2][1]
             rw = np.concatenate([np.where(p[2][0] >= 0, p[2][0] + p[1], -1) for p in parts], axis=1)
             sh = np.concatenate([np.full(p[2][0].shape, p[0], np.int32) for p in parts], axis=1)
@@ -649,9 +648,12 @@ class Index:
             shards[:, :c] = np.where(filled, sh, -1)
             rows[:, :c] = np.where(filled, rw, -1)
             scores[:, :c] = np.where(filled, sc, np.nan)
-        seeds_ms = 1e3 * (time.perf_counter() - ts) / max(nq, 1)
-        timing = {"encode_ms": 1e3 * enc_s / max(nq, 1), "plan_ms": 1e3 * plan_s / max(nq, 1), "seeds_ms": seeds_ms}
-        return Hits(shards, rows, scores, counts, [dict(timing) for _ in range(nq)], self.event)
+        return self._hits(shards, rows, scores, counts, nq, ts, enc_s, plan_s)
+
+    def _hits(self, shards, rows, scores, counts, nq: int, ts: float, enc_s: float, plan_s: float) -> Hits:
+        per = 1e3 / max(nq, 1)
+        timing = {"encode_ms": enc_s * per, "plan_ms": plan_s * per, "seeds_ms": (time.perf_counter() - ts) * per}
+        return Hits(shards, rows, scores, counts, [timing] + [dict(timing) for _ in range(nq - 1)], self.event)
 
     # -- causal answers ------------------------------------------------------------------------
     def engine(self):

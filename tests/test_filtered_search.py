@@ -165,6 +165,25 @@ def test_planner_uses_the_walk_for_mid_fractions(world):
         idx.search_params = SearchParams()
 
 
+def test_repeated_filter_is_planned_once(world, monkeypatch):
+    """The per-call path: a filter searched again reuses its plans (and their allowed masks);
+    each query of a batch gets its own timing record."""
+    idx = world["idx"]
+    kw = {"entities_any": [f"bucket:b{j}" for j in range(30)]}
+    qs = world["queries"][:4]
+    first = idx.search(qs[0], k=10, **kw)
+    calls = []
+    real = Index.plans
+    monkeypatch.setattr(Index, "plans", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    again = idx.search(qs[0], k=10, **kw)
+    assert again.ids(0) == first.ids(0) and not calls
+    idx.search(qs[0], k=10, entities_any=["bucket:b1"])      # a new filter is planned
+    assert len(calls) == 1
+    batch = idx.search(qs, k=10, **kw)
+    assert len({id(t) for t in batch.timings}) == len(qs)
+    assert all(t["plan_ms"] >= 0 and t["seeds_ms"] >= 0 for t in batch.timings)
+
+
 def _damaged_copy(world, tmp_path, edit):
     dst = tmp_path / "copy"
     shutil.copytree(world["root"] / "index", dst)
