@@ -131,43 +131,10 @@ def _prefetch_vector(flat, start, dim):
         _prefetch(flat, start + off)
 
 
-# Binary heaps over parallel (score, node) arrays: `_push_max`/`_pop_max` keep the best score at
-# the top (candidates), `_push_min`/`_pop_min` the worst (the result beam).
+# One binary min-heap over parallel (score, node) arrays serves both queues: the result beam keeps
+# its worst score at the top; the candidates are pushed with negated scores, so their best is on top.
 @njit
-def _push_max(hs, hn, size, s, node):
-    i = size
-    hs[i], hn[i] = s, node
-    while i > 0:
-        p = (i - 1) >> 1
-        if hs[p] >= hs[i]:
-            break
-        hs[p], hs[i] = hs[i], hs[p]
-        hn[p], hn[i] = hn[i], hn[p]
-        i = p
-    return size + 1
-
-
-@njit
-def _pop_max(hs, hn, size):
-    size -= 1
-    hs[0], hn[0] = hs[size], hn[size]
-    i = 0
-    while True:
-        a, b, m = 2 * i + 1, 2 * i + 2, i
-        if a < size and hs[a] > hs[m]:
-            m = a
-        if b < size and hs[b] > hs[m]:
-            m = b
-        if m == i:
-            break
-        hs[m], hs[i] = hs[i], hs[m]
-        hn[m], hn[i] = hn[i], hn[m]
-        i = m
-    return size
-
-
-@njit
-def _push_min(hs, hn, size, s, node):
+def _heap_push(hs, hn, size, s, node):
     i = size
     hs[i], hn[i] = s, node
     while i > 0:
@@ -181,7 +148,7 @@ def _push_min(hs, hn, size, s, node):
 
 
 @njit
-def _pop_min(hs, hn, size):
+def _heap_pop(hs, hn, size):
     size -= 1
     hs[0], hn[0] = hs[size], hn[size]
     i = 0
@@ -227,14 +194,14 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
     nc = 0
     nr = 0
     visited[cur] = tag
-    nc = _push_max(cs, cn, nc, cur_s, cur)
+    nc = _heap_push(cs, cn, nc, -cur_s, cur)
     if allowed[labels[cur]]:
-        nr = _push_min(rs, rn, nr, cur_s, cur)
+        nr = _heap_push(rs, rn, nr, cur_s, cur)
     while nc > 0:
-        c_s, c = cs[0], cn[0]
+        c_s, c = -cs[0], cn[0]
         if nr >= ef and c_s < rs[0]:
             break
-        nc = _pop_max(cs, cn, nc)
+        nc = _heap_pop(cs, cn, nc)
         row = c * stride
         cnt = words[row] & 0xFFFF
         if not two_hop:
@@ -259,10 +226,10 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
                     s = _dot(flat, nb2 * stride + vec_col, q)
                     scored += 1
                     if nr < ef or s > rs[0]:
-                        nc = _push_max(cs, cn, nc, s, nb2)
-                        nr = _push_min(rs, rn, nr, s, nb2)
+                        nc = _heap_push(cs, cn, nc, -s, nb2)
+                        nr = _heap_push(rs, rn, nr, s, nb2)
                         if nr > ef:
-                            nr = _pop_min(rs, rn, nr)
+                            nr = _heap_pop(rs, rn, nr)
                     if scored >= maxM0:
                         break
             else:
@@ -270,11 +237,11 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
                 s = _dot(flat, nb * stride + vec_col, q)
                 scored += 1
                 if nr < ef or s > rs[0]:
-                    nc = _push_max(cs, cn, nc, s, nb)
+                    nc = _heap_push(cs, cn, nc, -s, nb)
                     if allowed[labels[nb]]:
-                        nr = _push_min(rs, rn, nr, s, nb)
+                        nr = _heap_push(rs, rn, nr, s, nb)
                         if nr > ef:
-                            nr = _pop_min(rs, rn, nr)
+                            nr = _heap_pop(rs, rn, nr)
             if two_hop and scored >= maxM0:
                 break
     # the beam, best first (ties: lower row first), cut to k
@@ -282,7 +249,7 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
     while nr > 0:
         nr -= 1
         s, node = rs[0], rn[0]
-        _pop_min(rs, rn, nr + 1)
+        _heap_pop(rs, rn, nr + 1)
         if nr < k:
             out_rows[nr] = labels[node]
             out_scores[nr] = s
