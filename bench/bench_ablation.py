@@ -5,7 +5,8 @@
 For every corpus: builds the default index and one index per build-time variant (identifier
 terms off, words off = no lexical seeds, derived `similar` links on, derived `same_actor` links
 off, derived `relands` links off), answers every query with the default engine and with engine
-variants (lexical weight 0, no weight inheritance, fixed breadth, replies at 0.5, `fill`), scores each with the yardstick's scorer and prints one markdown
+variants (lexical weight 0 and 0.5, no weight inheritance, fixed breadth, replies at 0.5, entity
+decay over 120 days, named dates ignored, `fill`), scores each with the yardstick's scorer and prints one markdown
 row per variant: chain recall / precision and current accuracy, with plain RAG (the yardstick's
 `rag_baseline.py`, k=100) in the first row. Never reads truth.jsonl itself: only the scorer does.
 """
@@ -31,7 +32,9 @@ BUILDS = {"default": BuildParams(), "terms off": BuildParams(text_terms=False),
 _REPLY_HALF = tuple((t, 0.5 if t == "reply" else w) for t, w in AnswerParams().link_weights)
 ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit=False),
            "breadth fixed (chain_evidence 0: always ends with the chains)": dict(chain_evidence=0.0),
-           "reply links at 0.5": dict(link_weights=_REPLY_HALF), "fill": "fill"}
+           "reply links at 0.5": dict(link_weights=_REPLY_HALF), "lexical weight 0.5": dict(lexical=0.5),
+           "entity edges decay over 120 days": dict(time_scale_days=120.0),
+           "dates named in the question ignored": dict(date_weight=0.0), "fill": "fill"}
 
 
 def _score(orgmem: Path, corpus: Path, results: Path) -> dict:
