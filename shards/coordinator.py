@@ -23,6 +23,7 @@ side behind a load balancer.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from typing import Optional, Sequence, Union
@@ -840,6 +841,7 @@ class Coordinator:
         if type == "as_of" and f.as_of is None:
             raise InvalidQueryError("an as_of query needs as_of=<unix time>")
         check_query(type, direction, budget_tokens)
+        _warm_once()                     # compiling the kernels is not part of any query's deadline
         t0 = time.perf_counter()
         q = self._vector(query)
         deadline = time.monotonic() + (deadline_s if deadline_s is not None else self.deadline_s)
@@ -867,6 +869,23 @@ class Coordinator:
 
     def close(self) -> None:
         self.cluster.close()
+
+
+_WARM = threading.Lock()
+_warm_done = False
+
+
+def _warm_once() -> None:
+    """Compile (or load from Numba's cache) the coordinator kernels once per process, before the
+    first query starts its deadline: in a fresh environment compiling takes seconds, and a
+    first query that spent them would come back partial."""
+    global _warm_done
+    if _warm_done:
+        return
+    with _WARM:
+        if not _warm_done:
+            Coordinator.warm_up()
+            _warm_done = True
 
 
 class _NoGraph:
