@@ -526,8 +526,6 @@ def _seed_ok(r, n, times, allowed, time_lo, time_hi):
     return 0 <= r < n and allowed[r] != 0 and time_lo <= times[r] <= time_hi
 
 
-
-
 @njit
 def _output(ni, order, n_out, score_of):
     """Gather result arrays for the slots in ``order[:n_out]``."""
@@ -546,6 +544,45 @@ def _output(ni, order, n_out, score_of):
         via_id[i] = ni[s, _VIA]
         hops[i] = ni[s, _HOPS]
     return rows, scores, parent, via_kind, via_id, hops
+
+
+@njit
+def _relax(keys, vals, ni, nf, hs, hr, n_nodes, h_size, su, u, sc_u,
+           nv, nw, nk, nvia, lo, hi, min_score):
+    """Offer node `u` (slot `su`, score `sc_u`) 's neighbours nv[lo:hi] (edge weights nw, via
+    kind nk, via id nvia) to a best-first search: each one better than its current score (and
+    than `min_score`) is updated and pushed. The one relaxation step of every best-first
+    expansion (this kernel and the coordinator's frontier.py). Returns the possibly regrown
+    node table and heap, their sizes and the number of pushes."""
+    count = hi - lo
+    if (n_nodes + count > ni.shape[0]
+            or 2 * (n_nodes + count) > keys.shape[0]):
+        keys, vals, ni, nf = _reserve_nodes(keys, vals, ni, nf, n_nodes,
+                                            count)
+    if h_size + count > hs.shape[0]:
+        hs, hr = _reserve_heap(hs, hr, h_size, count)
+    hops_v = ni[su, _HOPS] + 1
+    pushes = 0
+    for j in range(lo, hi):
+        cand = sc_u * nw[j]
+        if cand < min_score:
+            continue
+        v = nv[j]
+        sv = _find(keys, vals, v)
+        if sv < 0:
+            sv = n_nodes
+            n_nodes += 1
+            _add_node(keys, vals, ni, nf, sv, v, -np.inf)
+        if ni[sv, _FLAG] or not cand > nf[sv, 0]:
+            continue
+        nf[sv, 0] = cand
+        ni[sv, _PARENT] = u
+        ni[sv, _KIND] = nk[j]
+        ni[sv, _VIA] = nvia[j]
+        ni[sv, _HOPS] = hops_v
+        h_size = _heap_push(hs, hr, h_size, cand, v)
+        pushes += 1
+    return keys, vals, ni, nf, hs, hr, n_nodes, h_size, pushes
 
 
 @njit
@@ -649,32 +686,10 @@ def expand_best_first(seeds, seed_scores, times, allowed, out_ptr, out_dst,
             ent_weight, time_lo, time_hi, hub_postings, hub_window_s,
             max_per_entity, time_scale_s, bv, bw, bk, bi, budget)
         examined += ex
-        if (n_nodes + count > ni.shape[0]
-                or 2 * (n_nodes + count) > keys.shape[0]):
-            keys, vals, ni, nf = _reserve_nodes(keys, vals, ni, nf, n_nodes,
-                                                count)
-        if h_size + count > hs.shape[0]:
-            hs, hr = _reserve_heap(hs, hr, h_size, count)
-        hops_v = ni[su, _HOPS] + 1
-        for j in range(count):
-            cand = sc_u * bw[j]
-            if cand < min_score:
-                continue
-            v = bv[j]
-            sv = _find(keys, vals, v)
-            if sv < 0:
-                sv = n_nodes
-                n_nodes += 1
-                _add_node(keys, vals, ni, nf, sv, v, -np.inf)
-            if ni[sv, _FLAG] or not cand > nf[sv, 0]:
-                continue
-            nf[sv, 0] = cand
-            ni[sv, _PARENT] = u
-            ni[sv, _KIND] = bk[j]
-            ni[sv, _VIA] = bi[j]
-            ni[sv, _HOPS] = hops_v
-            h_size = _heap_push(hs, hr, h_size, cand, v)
-            pushes += 1
+        keys, vals, ni, nf, hs, hr, n_nodes, h_size, pushed = _relax(
+            keys, vals, ni, nf, hs, hr, n_nodes, h_size, su, u, sc_u,
+            bv, bw, bk, bi, 0, count, min_score)
+        pushes += pushed
 
     rows, scores, parent, via_kind, via_id, hops = _output(
         ni, order, n_out, nf[:, 0])

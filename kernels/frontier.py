@@ -21,8 +21,8 @@ from numba.typed import List
 
 from ._jit import njit
 from .expand import (_FLAG, _HOPS, _KIND, _PARENT, _ROW, _VIA, VIA_ENTITY, VIA_LINK, VIA_SEED, _add_node,
-                     _concat_groups, _find, _grow, _heap_pop, _heap_push, _new_nodes, _output, _reserve_heap,
-                     _reserve_nodes, entity_decay, nearer_is_lower)
+                     _concat_groups, _find, _grow, _heap_pop, _heap_push, _new_nodes, _output, _relax,
+                     entity_decay, nearer_is_lower)
 
 # per-search scalars (columns of `scal`)
 _NN, _HS, _NO, _EX, _BH, _ST, _PEND = 0, 1, 2, 3, 4, 5, 6
@@ -183,32 +183,11 @@ def searches_run(keys_l, vals_l, ni_l, nf_l, hs_l, hr_l, ord_l, scal, pend,
             if total > budget:
                 budget_hit = True
             lo, hi = nb_lo[u], nb_hi[u]
-            count = hi - lo
-            if n_nodes + count > ni.shape[0] or 2 * (n_nodes + count) > keys.shape[0]:
-                keys, vals, ni, nf = _reserve_nodes(keys, vals, ni, nf, n_nodes, count)
-            if h + count > hs.shape[0]:
-                hs, hr = _reserve_heap(hs, hr, h, count)
-            hops_v = ni[su, _HOPS] + 1
-            for j in range(lo, hi):
-                if nb_pos[j] > budget:
-                    break
-                cand = sc_u * nb_w[j]
-                if cand < min_score:
-                    continue
-                v = nb_v[j]
-                sv = _find(keys, vals, v)
-                if sv < 0:
-                    sv = n_nodes
-                    n_nodes += 1
-                    _add_node(keys, vals, ni, nf, sv, v, -np.inf)
-                if ni[sv, _FLAG] or not cand > nf[sv, 0]:
-                    continue
-                nf[sv, 0] = cand
-                ni[sv, _PARENT] = u
-                ni[sv, _KIND] = nb_k[j]
-                ni[sv, _VIA] = nb_i[j]
-                ni[sv, _HOPS] = hops_v
-                h = _heap_push(hs, hr, h, cand, v)
+            end = lo                     # neighbours within the edge-visit budget
+            while end < hi and nb_pos[end] <= budget:
+                end += 1
+            keys, vals, ni, nf, hs, hr, n_nodes, h, _ = _relax(
+                keys, vals, ni, nf, hs, hr, n_nodes, h, su, u, sc_u, nb_v, nb_w, nb_k, nb_i, lo, end, min_score)
             su = -1
         keys_l[i], vals_l[i], ni_l[i], nf_l[i] = keys, vals, ni, nf
         hs_l[i], hr_l[i], ord_l[i] = hs, hr, order

@@ -740,6 +740,10 @@ def _entries(cap: int):
             np.empty(cap, np.int64))
 
 
+_WARM = threading.Lock()
+_warm_done = False
+
+
 class Coordinator:
     """Answers causal queries over a `Cluster` of shards (in-process or remote), with the
     embedded engine's `query()` API. Stateless apart from a cache of shard stats."""
@@ -755,8 +759,20 @@ class Coordinator:
 
     @staticmethod
     def warm_up() -> None:
-        """Compile (or load) the frontier kernels for the exact argument types a query uses, so
-        the first query does not spend its deadline compiling: two rows, one link 0 -> 1."""
+        """Compile (or load) the frontier kernels for the exact argument types a query uses, once
+        per process, before the first query starts its deadline: in a fresh environment compiling
+        takes seconds, and a first query that spent them would come back partial. Two rows, one
+        link 0 -> 1."""
+        global _warm_done
+        if _warm_done:
+            return
+        with _WARM:
+            if not _warm_done:
+                Coordinator._compile_kernels()
+                _warm_done = True
+
+    @staticmethod
+    def _compile_kernels() -> None:
         nb, own = _NeighbourStore(2), _Owners(2)
         i64 = lambda *x: np.array(x, np.int64)  # noqa: E731
         nb.reserve(4)
@@ -841,7 +857,7 @@ class Coordinator:
         if type == "as_of" and f.as_of is None:
             raise InvalidQueryError("an as_of query needs as_of=<unix time>")
         check_query(type, direction, budget_tokens)
-        _warm_once()                     # compiling the kernels is not part of any query's deadline
+        self.warm_up()                   # compiling the kernels is not part of any query's deadline
         t0 = time.perf_counter()
         q = self._vector(query)
         deadline = time.monotonic() + (deadline_s if deadline_s is not None else self.deadline_s)
@@ -869,23 +885,6 @@ class Coordinator:
 
     def close(self) -> None:
         self.cluster.close()
-
-
-_WARM = threading.Lock()
-_warm_done = False
-
-
-def _warm_once() -> None:
-    """Compile (or load from Numba's cache) the coordinator kernels once per process, before the
-    first query starts its deadline: in a fresh environment compiling takes seconds, and a
-    first query that spent them would come back partial."""
-    global _warm_done
-    if _warm_done:
-        return
-    with _WARM:
-        if not _warm_done:
-            Coordinator.warm_up()
-            _warm_done = True
 
 
 class _NoGraph:
