@@ -7,9 +7,10 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           query-specific similarity (cosine after subtracting the mean of all the hits, so the
           words every hit shares stop counting) and lexical match, plus their place in the
           query's time window (asking "what led here" anchors at the latest matching
-          situation) and their closeness to a date the question's text names, minus a penalty growing with how close a later hit is (an older version
-          of the same thing). The best `candidates` are expanded over the event graph (explicit
-          links, rare shared entities and identifier terms) in the asked direction and gain the
+          situation) and their closeness to a date the question's text names, minus a penalty
+          growing with how close a later hit is (an older version of the same thing). The best
+          `candidates` are expanded over the event graph (explicit links, rare shared entities
+          and identifier terms) in the asked direction and gain the
           relevance of their chain (how much the events they reach are about the query: a
           look-alike usually stands alone or sits among unrelated events). Each candidate's
           chain counts with a softmax weight of its score; a candidate whose chain reaches
@@ -55,8 +56,8 @@ from .derive import FLAG_LEXICAL, FLAG_NO_WALK, bm25, query_words
 from .errors import InvalidQueryError
 from .filters import Filters
 from .kernels.expand import expand_best_first_batch, expand_ppr_push_batch
-from .timeexpr import date_intervals
 from .results import Answer  # noqa: F401 - re-exported (shards import it from here)
+from .timeexpr import date_intervals
 from .types import Event
 from .view import View
 
