@@ -34,7 +34,9 @@ ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit
            "breadth fixed (chain_evidence 0: always ends with the chains)": dict(chain_evidence=0.0),
            "reply links at 0.5": dict(link_weights=_REPLY_HALF), "lexical weight 0.5": dict(lexical=0.5),
            "entity edges decay over 120 days": dict(time_scale_days=120.0),
-           "dates named in the question ignored": dict(date_weight=0.0), "fill": "fill"}
+           "dates named in the question ignored": dict(date_weight=0.0),
+           "chain relevance counts one unit of evidence (relevance_mass 1)": dict(relevance_mass=1.0),
+           "fill": "fill"}
 
 
 def _score(orgmem: Path, corpus: Path, results: Path) -> dict:

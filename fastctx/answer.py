@@ -96,6 +96,9 @@ class AnswerParams:
     max_edge_visits: int = 20_000    # work cap per expansion
     min_score: float = 0.02
     relevance: float = 0.8           # weight of how much a candidate's chain is about the query
+    relevance_mass: float = 1.5      # ... counting up to this many units of evidence behind it, those
+                                     # past the first only through causal links: a head with a
+                                     # linked history beats a look-alike with one neighbour
     recency: float = 0.6             # weight of a candidate's place in the query's time window
     older_version_cos: float = 0.6   # a later hit more similar than this marks an older version ...
     older_version_penalty: float = 1.3  # ... penalised by this times the excess similarity
@@ -128,6 +131,12 @@ class AnswerParams:
 
 # links that say what came next in a conversation or a person's sitting, not why
 _NOT_CAUSAL = np.array([LINK_TYPES.index("reply"), LINK_TYPES.index("same_actor")], np.int64)
+
+
+def _causal(expansion) -> np.ndarray:
+    """Which events an expansion reached (its head excluded) through anything but those links."""
+    via_kind, via_id = expansion[3][1:], expansion[4][1:]
+    return ~((via_kind == 1) & np.isin(via_id, _NOT_CAUSAL))
 
 
 # ------------------------------------------------------------------------------------ weights
@@ -487,11 +496,13 @@ class Engine:
         return (vc @ qc) / np.maximum(np.linalg.norm(vc, axis=1) * np.linalg.norm(qc), 1e-12)
 
     @staticmethod
-    def _chain_relevance(g, q: np.ndarray, expansions) -> np.ndarray:
+    def _chain_relevance(g, q: np.ndarray, expansions, mass_cap: float = 1.0) -> np.ndarray:
         """Per candidate, how much its chain is about the query: the evidence-weighted mean query
-        similarity of the events its expansion reaches (the candidate itself excluded), counting
-        at most one unit of evidence. A look-alike standing alone, or one whose neighbourhood is
-        about something else, gets little; a situation with a relevant history gets the most."""
+        similarity of the events its expansion reaches (the candidate itself excluded), times the
+        units of evidence behind it: at most one, plus the causal evidence (anything but reply and
+        same-actor links) past the first unit, up to `mass_cap` in all. A look-alike standing
+        alone, or one whose neighbourhood is about something else, gets little; a situation with
+        a relevant, linked history gets the most."""
         reached = [res[0][1:] for res in expansions]
         flat = np.concatenate(reached) if reached else np.zeros(0, np.int64)
         qsim = np.maximum(np.asarray(g.vectors(flat), np.float64) @ np.asarray(q, np.float64), 0.0) if len(flat) else flat
@@ -501,7 +512,10 @@ class Engine:
             ev = res[1][1:].astype(np.float64)
             mass = ev.sum()
             if mass > 0:
-                out[i] = float(ev @ qsim[at:at + len(ev)]) / mass * min(mass, 1.0)
+                units = min(mass, 1.0)
+                if mass_cap > 1.0:
+                    units += min(max(float(ev[_causal(res)].sum()) - 1.0, 0.0), mass_cap - 1.0)
+                out[i] = float(ev @ qsim[at:at + len(ev)]) / mass * units
             at += len(ev)
         return out
 
@@ -530,7 +544,7 @@ class Engine:
         top = np.lexsort((pool, -prior))[:p.candidates]
         chosen = pool[top]
         expansions = g.expand(rows[chosen], np.ones(len(chosen), np.float32), direction, t_lo, exp_hi, filters.as_of)
-        relevance = self._chain_relevance(g, q, expansions)
+        relevance = self._chain_relevance(g, q, expansions, p.relevance_mass)
         cands = [(float(pr + p.relevance * rel), i, res)
                  for i, pr, rel, res in zip(chosen.tolist(), prior[top].tolist(), relevance.tolist(), expansions)]
         cands.sort(key=lambda c: (-c[0], c[1]))
@@ -576,9 +590,8 @@ class Engine:
         over `unit`. Those say what came next in a conversation or a sitting, not why."""
         if unit <= 0:
             return 1.0
-        scores, via_kind, via_id = expansion[1][1:], expansion[3][1:], expansion[4][1:]
-        causal = ~((via_kind == 1) & np.isin(via_id, _NOT_CAUSAL))
-        return float(min(1.0, float(np.asarray(scores, np.float64)[causal].sum()) / unit))
+        scores = np.asarray(expansion[1][1:], np.float64)
+        return float(min(1.0, float(scores[_causal(expansion)].sum()) / unit))
 
     @staticmethod
     def _inherit(rows, cands, weights) -> list[float]:

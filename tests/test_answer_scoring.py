@@ -66,6 +66,23 @@ def test_chain_relevance_is_evidence_weighted_query_similarity_capped_at_one_uni
     assert np.isclose(got[2], (0.8 * s1 + 0.8 * 0.0 + 0.4 * 0.0) / 2.0)
 
 
+def test_chain_relevance_counts_causal_evidence_past_the_first_unit_up_to_the_cap():
+    """Two candidates with the same reached events and path scores (mass 2.0): the one reached
+    through references counts up to `mass_cap` units, the one reached through replies only one."""
+    q = _unit([1, 0, 0])
+    g = _Vectors({1: _unit([1, 1, 0]), 2: _unit([1, 0.5, 0]), 9: q})
+    rows, scores = np.array([9, 1, 2]), np.array([1.0, 1.0, 1.0], np.float32)
+    kind = np.array([0, 1, 1])                                  # reached through links
+    ref = np.full(3, LINK_TYPES.index("references"))
+    reply = np.full(3, LINK_TYPES.index("reply"))
+    linked, chatted = (rows, scores, rows, kind, ref), (rows, scores, rows, kind, reply)
+    mean = (float(g.table[1] @ q) + float(g.table[2] @ q)) / 2.0
+    got = Engine._chain_relevance(g, q, [linked, chatted], 1.5)
+    assert np.isclose(got[0], mean * 1.5)                      # 1 + min(2 - 1, 0.5)
+    assert np.isclose(got[1], mean * 1.0)                      # replies add nothing past one unit
+    assert np.allclose(Engine._chain_relevance(g, q, [linked, chatted], 1.0), mean)
+
+
 def test_recency_inside_the_window_by_direction():
     times = np.array([100, 150, 200])
     f = Filters(time_from=100, time_to=200)
