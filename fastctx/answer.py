@@ -33,103 +33,30 @@ view    : every stage sees the graph as the asker does (view.py): rows outside t
           never current (the walk along supersessions may pass a hidden version but lands only
           on visible ones), never named as a superseder or in a why-path.
 
-The engine reads the event graph only through a small *graph access protocol* (`GraphAccess`):
-merged seeds, per-row attributes (times, tokens, vectors, supersession, slot entity), batched
-best-first expansion, the reverse supersession overlay, ids, entity names and payloads.
-`LocalGraph` serves it from one local shard's arrays and the Numba kernel (the embedded case);
-`fastctx.shards.coordinator.DistributedGraph` serves it from shard servers, reproducing the
-kernel's semantics hop by hop. The engine code is the same for both, so both give one answer.
-Every call is batched, so a remote implementation pays round trips per stage, not per row.
+The engine reads the event graph only through the graph access protocol of graph.py
+(`GraphAccess`): `LocalGraph` there for one local shard, the coordinator's `DistributedGraph` for
+shard servers; the engine code is the same for both, so both give one answer.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
-from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .corpus import LINK_TYPES
-from .derive import FLAG_LEXICAL, FLAG_NO_WALK, bm25, query_words
+from .derive import query_words
 from .errors import InvalidQueryError
 from .filters import Filters
-from .kernels.expand import expand_best_first_batch, expand_ppr_push_batch
+from .graph import DAY, LocalGraph
+from .params import AnswerParams
 from .results import Answer  # noqa: F401 - re-exported (shards import it from here)
 from .timeexpr import date_intervals
-from .types import Event
 from .view import View
 
 DIRECTIONS = {"back": 1, "forward": 2, "both": 3}
 QUERY_TYPES = ("chain", "current", "as_of")
-DAY = 86_400
-
-
-@dataclass(frozen=True)
-class AnswerParams:
-    """Knobs of the causal engine. Defaults are measured on the orgmem yardstick (see docs)."""
-    seed_k: int = 1024               # seed hits considered (their mean is what "specific" is relative
-                                     # to; a fact's versions and mentions group together among them)
-    current_seed_k: int = 1024       # ... for `current` / `as_of`: a fact's versions must be among
-                                     # the hits to group. At 3.4M events 4096 lifts current from
-                                     # 0.84 to 0.93 at twice the latency; no change at 1e6 or below
-    # "best_first" (max-product paths; the sharded coordinator reproduces it exactly) or "ppr"
-    # (personalized PageRank push; embedded only for now; measured in the issue notes)
-    expansion: str = "best_first"
-    ppr_alpha: float = 0.3           # PPR teleport probability
-    ppr_epsilon: float = 1e-3        # PPR push threshold
-    candidates: int = 64             # hits expanded as possible chain heads
-    # a reply is conversation structure (what came next), not a cause: it weighs what the other
-    # non-causal adjacencies (similar, same_actor) weigh, well below a reference
-    link_weights: tuple[tuple[str, float], ...] = (
-        ("reply", 0.3), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
-        ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
-        ("same_actor", 0.3), ("relands", 0.8))
-    entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
-    term_weight: float = 0.5         # ... times this for identifier terms derived from text
-    entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence
-    entity_max_share: float = 0.02   # ... or at this share of the shard's events, if that is fewer
-    time_scale_days: float = 240.0   # entity edges decay as 1 / (1 + |dt| / scale): a story spans months
-    hub_postings: int = 4096         # postings longer than this are scanned only ...
-    hub_window_days: float = 30.0    # ... this close in time to the node
-    max_per_entity: int = 64         # candidates examined per (node, entity)
-    max_hops: int = 6
-    max_results: int = 256           # events reached per expansion
-    max_edge_visits: int = 20_000    # work cap per expansion
-    min_score: float = 0.02
-    relevance: float = 0.8           # weight of how much a candidate's chain is about the query
-    relevance_mass: float = 1.5      # ... counting up to this many units of evidence behind it, those
-                                     # past the first only through causal links: a head with a
-                                     # linked history beats a look-alike with one neighbour
-    recency: float = 0.6             # weight of a candidate's place in the query's time window
-    older_version_cos: float = 0.6   # a later hit more similar than this marks an older version ...
-    older_version_penalty: float = 1.3  # ... penalised by this times the excess similarity
-    inherit: bool = True             # a candidate whose chain reaches another inherits its weight
-    pool_temperature: float = 0.03   # softmax temperature pooling candidates' chains (0: winner only);
-                                     # chains of candidates weighted below 1e-3 are not evidence
-    # How much causal structure the best chain has decides the answer's breadth: its evidence
-    # mass (path scores of the events it reaches through anything but reply or same-actor
-    # links) relative to `chain_evidence` is the confidence c in [0, 1]. The pooling
-    # temperature moves from `wide_temperature` (c = 0) to `pool_temperature` (c = 1), and
-    # direct hits, in fused relevance order, take the share 1 - c of the budget the chains leave.
-    chain_evidence: float = 0.5
-    wide_temperature: float = 0.3
-    window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
-    lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)
-    lexical: float = 0.75            # weight of a hit's lexical match (0..1, relative to the best)
-                                     # beside its query-specific similarity
-    bm25_k1: float = 1.2             # textbook BM25 constants (presence only: tf = 1)
-    bm25_b: float = 0.75
-    # a question that names a date ("what did Kate cook on 29 Dec 2023?") is about what happened
-    # then: a hit's closeness to it (1 on the day, 1/2 three days away; timeexpr.py) adds this
-    # much to its head and direct-hit score, a prior like `recency`, never a filter
-    date_weight: float = 0.4
-    date_scale_days: float = 3.0
-
-    def __post_init__(self):
-        if self.expansion not in ("best_first", "ppr"):
-            raise InvalidQueryError(f"AnswerParams.expansion must be 'best_first' or 'ppr', got {self.expansion!r}")
 
 
 # links that say what came next in a conversation or a person's sitting, not why
@@ -140,246 +67,6 @@ def _causal(expansion) -> np.ndarray:
     """Which events an expansion reached (its head excluded) through anything but those links."""
     via_kind, via_id = expansion[3][1:], expansion[4][1:]
     return ~((via_kind == 1) & np.isin(via_id, _NOT_CAUSAL))
-
-
-# ------------------------------------------------------------------------------------ weights
-def link_weights(p: AnswerParams) -> np.ndarray:
-    """float32 weight per link type code (LINK_TYPES order)."""
-    weights = dict(p.link_weights)
-    return np.array([weights.get(t, 0.0) for t in LINK_TYPES], np.float32)
-
-
-def entity_weights(df: np.ndarray, n_events: int, p: AnswerParams, flags: Optional[np.ndarray] = None) -> np.ndarray:
-    """float32 rarity weight of entities with document frequencies `df` among `n_events` events.
-    Computed per distinct df with scalar `math.log`, so a shard holding a few entities and a
-    whole-corpus engine get bit-identical weights for equal df (no SIMD/tail differences).
-    `flags` (derive.FLAG_* per entity): words and access lists weigh 0 (no relation); terms
-    derived from text weigh `term_weight` times their rarity (a name in prose is weaker evidence
-    than an entity the source system recorded)."""
-    df = np.asarray(df, np.int64)
-    out = np.zeros(len(df), np.float32)
-    if len(df) == 0:
-        return out
-    if flags is not None and len(flags) == len(df):
-        w = entity_weights(df, n_events, p)
-        flags = np.asarray(flags)
-        term = ((flags & FLAG_LEXICAL) != 0) & ((flags & FLAG_NO_WALK) == 0)
-        w[term] = (w[term] * np.float32(p.term_weight)).astype(np.float32)
-        w[(flags & FLAG_NO_WALK) != 0] = 0.0
-        return w
-    max_df = max(4.0, min(float(p.entity_max_df), p.entity_max_share * n_events))
-    uniq, inv = np.unique(df, return_inverse=True)
-    vals = np.empty(len(uniq), np.float32)
-    for i, d in enumerate(uniq.tolist()):
-        rarity = math.log(max_df / max(float(d), 1.0)) / math.log(max_df / 2)
-        vals[i] = 0.0 if d < 2 else np.float32(p.entity_weight * min(max(rarity, 0.0), 1.0))
-    return vals[inv.ravel()]
-
-
-def filter_rows(index, shard_no: int, rows: np.ndarray, filters: Filters, view: View) -> np.ndarray:
-    """bool per row (ascending shard rows): passes `filters` (time window and as_of included),
-    is live and visible in `view` — the seed rules, for rows found another way (lexical)."""
-    ok = np.zeros(len(rows), bool)
-    for si, seg, allowed, _ in index.plans(filters, 1, view):
-        if si != shard_no:
-            continue
-        inside = (rows >= seg.row_base) & (rows < seg.row_base + seg.n)
-        if inside.any():
-            ok[inside] = allowed.contains(rows[inside] - seg.row_base)
-    return ok
-
-
-# ------------------------------------------------------------------------------------ protocol
-class GraphAccess(Protocol):
-    """What the engine needs from the event graph. Rows are this graph's row ids (global rows
-    of the corpus for a partitioned index); every call takes and returns batches."""
-    missing: Sequence[int]
-
-    def seeds(self, q: np.ndarray, k: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
-        """(rows int64, similarities float64) best first, ties by row."""
-
-    def times(self, rows: Sequence[int]) -> np.ndarray: ...
-
-    def tokens(self, rows: Sequence[int]) -> np.ndarray: ...
-
-    def vectors(self, rows: Sequence[int]) -> np.ndarray: ...
-
-    def supersession(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(superseded_by row or -1, superseded_at) per row."""
-
-    def superseded(self, rows: Sequence[int]) -> list[list[int]]:
-        """Per row, the rows whose superseded_by is that row, ascending."""
-
-    def slot_entity(self, rows: Sequence[int]) -> np.ndarray:
-        """Per row, the smallest id of a slot entity it mentions, or -1."""
-
-    def expand(self, seeds: np.ndarray, seed_scores: np.ndarray, direction: int, t_lo: int, t_hi: int,
-               as_of: Optional[int]) -> list[tuple[np.ndarray, ...]]:
-        """One independent best-first expansion per seed (the kernel contract of
-        kernels/expand.py, allowed = time <= as_of)."""
-
-    def ids(self, rows: Sequence[int]) -> list[str]: ...
-
-    def entity_names(self, pairs: Sequence[tuple[int, int]]) -> list[str]:
-        """Names of entity ids, each asked with a row that mentions it."""
-
-    def events(self, rows: Sequence[int], scores: Sequence[float], as_of: Optional[int]) -> list[Optional[Event]]:
-        """Payloads, with superseded_by/at set when visible at as_of (None: unavailable)."""
-
-
-class LocalGraph:
-    """`GraphAccess` over one local shard: its arrays and the Numba kernel."""
-
-    def __init__(self, index, shard_no: int = 0, params: AnswerParams = AnswerParams()):
-        self.index, self.shard_no, self.params = index, shard_no, params
-        self.shard = index.shards[shard_no]
-        g = self.shard.graph
-        self.graph = g
-        self.link_weight = link_weights(params)
-        self.ent_weight = entity_weights(g.entity_df, g.n, params, np.asarray(self.shard.entity_flags))
-        self.superseded_by, self.superseded_at = self.shard.supersession
-        self._sup_rows = np.argsort(self.superseded_by, kind="stable")  # reverse overlay: who did r supersede
-        self._sup_by = self.superseded_by[self._sup_rows]
-        # deleted rows are never walked through or returned (the graph already drops their edges;
-        # the mask keeps that true even for a seed or a window edge case)
-        self.allowed = (self.shard.deleted_mask == 0).astype(np.uint8)
-        self.slot = (self.shard.entity_flags & 1).astype(bool)
-        self.missing: list[int] = []
-        self.view = View()
-        self.doc_len = np.diff(g.ev_ptr)   # entities per row (BM25 document length)
-
-    def for_view(self, view: View) -> "LocalGraph":
-        """This graph as one asker sees it: rows outside the view's scope or access are neither
-        seeds nor walked nor returned."""
-        if not view.restricts:
-            return self
-        g = copy.copy(self)
-        g.view = view
-        hidden = view.hidden_mask(self.shard)
-        if hidden is not None:
-            g.allowed = ((self.allowed == 1) & ~hidden).astype(np.uint8)
-        return g
-
-    def visible(self, rows) -> np.ndarray:
-        return self.allowed[np.asarray(rows, np.int64)] == 1
-
-    def warm_up(self) -> None:
-        """Compile the kernel for this shard's exact array types (memory maps are read-only
-        arrays to Numba, a different signature from in-memory ones)."""
-        one = np.zeros(1, np.int64)
-        self.expand(one, np.ones(1, np.float32), 1, 0, 0, None)
-        self.expand(one, np.ones(1, np.float32), 1, 0, 0, 0)
-
-    def allowed_mask(self, as_of: Optional[int]) -> np.ndarray:
-        if as_of is None:
-            return self.allowed
-        return ((self.graph.times <= as_of) & (self.allowed == 1)).astype(np.uint8)
-
-    def seeds(self, q, k, filters):
-        hits = self.index.search(q, k=k, filters=filters, view=self.view)
-        n_hits = int(hits.counts[0])
-        mine = hits.shards[0, :n_hits] == self.shard_no
-        return hits.rows[0, :n_hits][mine], hits.scores[0, :n_hits][mine].astype(np.float64)
-
-    def lexical(self, names, k, filters):
-        """(rows, BM25 scores) of the best `k` rows matching the query's words and terms (derived
-        entities, see derive.py), under `filters` and the view; best first, ties by row."""
-        p, g = self.params, self.graph
-        ids = self.shard.entity_ids(names)
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.float64))
-        if not ids or g.n == 0:
-            return empty
-        doc_len = self.doc_len
-        postings = [g.ent_rows[g.ent_ptr[e]:g.ent_ptr[e + 1]] for e in ids]
-        rows, scores = bm25(postings, [len(x) for x in postings], g.n, doc_len, float(g.ev_ptr[-1]) / g.n,
-                            p.bm25_k1, p.bm25_b)
-        keep = filter_rows(self.index, self.shard_no, rows, filters, self.view)
-        rows, scores = rows[keep], scores[keep]
-        top = np.lexsort((rows, -scores))[:k]
-        return rows[top], scores[top]
-
-    def times(self, rows):
-        return self.graph.times[np.asarray(rows, np.int64)]
-
-    def tokens(self, rows):
-        return np.asarray(self.shard.tokens)[np.asarray(rows, np.int64)]
-
-    def vectors(self, rows):
-        segs = self.shard.segments
-        if len(segs) == 1:
-            return np.asarray(segs[0].vectors[np.asarray(rows, np.int64)])
-        out = np.empty((len(rows), self.shard.dim), np.float32)
-        for j, r in enumerate(np.asarray(rows).tolist()):
-            seg, local = self.shard.locate(r)
-            out[j] = seg.vectors[local]
-        return out
-
-    def supersession(self, rows):
-        rows = np.asarray(rows, np.int64)
-        return self.superseded_by[rows], self.superseded_at[rows]
-
-    def superseded(self, rows):
-        out = []
-        for f in rows:
-            prev = self._sup_rows[np.searchsorted(self._sup_by, f):np.searchsorted(self._sup_by, f, "right")]
-            out.append(prev[self.allowed[prev] == 1].tolist())
-        return out
-
-    def slot_entity(self, rows):
-        g = self.graph
-        out = np.full(len(rows), -1, np.int64)
-        for j, r in enumerate(rows):
-            ents = g.ev_ent[g.ev_ptr[r]:g.ev_ptr[r + 1]]
-            slots = ents[self.slot[ents]]
-            if len(slots):
-                out[j] = int(slots.min())
-        return out
-
-    def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
-        """One independent expansion per seed; a list of (rows, scores, parent, via_kind, via_id,
-        hops) per seed, each best first. One kernel call for all of them."""
-        p, g = self.params, self.graph
-        seeds = np.asarray(seeds, np.int64)
-        args = (np.arange(len(seeds) + 1, dtype=np.int64), seeds, np.asarray(seed_scores, np.float32),
-                g.times, self.allowed_mask(as_of),
-                g.out_ptr, g.out_dst, g.out_type, g.in_ptr, g.in_src, g.in_type, self.link_weight,
-                g.ev_ptr, g.ev_ent, g.ent_ptr, g.ent_rows, self.ent_weight,
-                direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
-                p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity)
-        scale = float(p.time_scale_days * DAY)
-        if p.expansion == "best_first":
-            res_ptr, *out = expand_best_first_batch(*args, p.min_score, scale)
-            return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
-        res_ptr, *out = expand_ppr_push_batch(*args, 0.0, scale, p.ppr_alpha, p.ppr_epsilon)
-        groups = []
-        for i in range(len(seeds)):  # best first, scores relative to the group's best (the seed: 1)
-            part = [a[res_ptr[i]:res_ptr[i + 1]] for a in out]
-            order = np.lexsort((part[0], -part[1]))
-            part = [a[order] for a in part]
-            if len(part[1]):
-                part[1] = (part[1] / part[1][0]).astype(np.float32)
-            groups.append(tuple(part))
-        return groups
-
-    def ids(self, rows):
-        out = []
-        for r in rows:
-            seg, local = self.shard.locate(int(r))
-            out.append(seg.ids[local])
-        return out
-
-    def entity_names(self, pairs):
-        return [self.shard.entity_name(int(e)) for _, e in pairs]
-
-    def events(self, rows, scores, as_of):
-        out = []
-        for r, s in zip(rows, scores):
-            e = self.index.event(self.shard_no, int(r), float(s))
-            by, at = int(self.superseded_by[r]), int(self.superseded_at[r])
-            if by >= 0 and (as_of is None or at <= as_of) and self.allowed[by] == 1:
-                e.superseded_by, e.superseded_at = self.ids([by])[0], at
-            out.append(e)
-        return out
 
 
 # ------------------------------------------------------------------------------------ engine

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:   # corpus imports this module
+    from .corpus import EventBatch
 
 FLAG_SLOT = 1        # implicit supersession slot (e.g. decision:...)
 FLAG_NO_WALK = 2     # never followed by expansion (words, access lists)

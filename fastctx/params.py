@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from .errors import InvalidQueryError
+
 
 def _check_positive(obj) -> None:
     for f in fields(obj):
@@ -68,3 +70,69 @@ class SearchParams:
         _check_positive(self)
         if not 0 <= self.hnsw_min_fraction <= 1:
             raise ValueError(f"SearchParams.hnsw_min_fraction must be in [0, 1], got {self.hnsw_min_fraction}")
+
+
+@dataclass(frozen=True)
+class AnswerParams:
+    """Knobs of the causal engine. Defaults are measured on the orgmem yardstick (see docs)."""
+    seed_k: int = 1024               # seed hits considered (their mean is what "specific" is relative
+                                     # to; a fact's versions and mentions group together among them)
+    current_seed_k: int = 1024       # ... for `current` / `as_of`: a fact's versions must be among
+                                     # the hits to group. At 3.4M events 4096 lifts current from
+                                     # 0.84 to 0.93 at twice the latency; no change at 1e6 or below
+    # "best_first" (max-product paths; the sharded coordinator reproduces it exactly) or "ppr"
+    # (personalized PageRank push; embedded only for now; measured in the issue notes)
+    expansion: str = "best_first"
+    ppr_alpha: float = 0.3           # PPR teleport probability
+    ppr_epsilon: float = 1e-3        # PPR push threshold
+    candidates: int = 64             # hits expanded as possible chain heads
+    # a reply is conversation structure (what came next), not a cause: it weighs what the other
+    # non-causal adjacencies (similar, same_actor) weigh, well below a reference
+    link_weights: tuple[tuple[str, float], ...] = (
+        ("reply", 0.3), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
+        ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
+        ("same_actor", 0.3), ("relands", 0.8))
+    entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
+    term_weight: float = 0.5         # ... times this for identifier terms derived from text
+    entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence
+    entity_max_share: float = 0.02   # ... or at this share of the shard's events, if that is fewer
+    time_scale_days: float = 240.0   # entity edges decay as 1 / (1 + |dt| / scale): a story spans months
+    hub_postings: int = 4096         # postings longer than this are scanned only ...
+    hub_window_days: float = 30.0    # ... this close in time to the node
+    max_per_entity: int = 64         # candidates examined per (node, entity)
+    max_hops: int = 6
+    max_results: int = 256           # events reached per expansion
+    max_edge_visits: int = 20_000    # work cap per expansion
+    min_score: float = 0.02
+    relevance: float = 0.8           # weight of how much a candidate's chain is about the query
+    relevance_mass: float = 1.5      # ... counting up to this many units of evidence behind it, those
+                                     # past the first only through causal links: a head with a
+                                     # linked history beats a look-alike with one neighbour
+    recency: float = 0.6             # weight of a candidate's place in the query's time window
+    older_version_cos: float = 0.6   # a later hit more similar than this marks an older version ...
+    older_version_penalty: float = 1.3  # ... penalised by this times the excess similarity
+    inherit: bool = True             # a candidate whose chain reaches another inherits its weight
+    pool_temperature: float = 0.03   # softmax temperature pooling candidates' chains (0: winner only);
+                                     # chains of candidates weighted below 1e-3 are not evidence
+    # How much causal structure the best chain has decides the answer's breadth: its evidence
+    # mass (path scores of the events it reaches through anything but reply or same-actor
+    # links) relative to `chain_evidence` is the confidence c in [0, 1]. The pooling
+    # temperature moves from `wide_temperature` (c = 0) to `pool_temperature` (c = 1), and
+    # direct hits, in fused relevance order, take the share 1 - c of the budget the chains leave.
+    chain_evidence: float = 0.5
+    wide_temperature: float = 0.3
+    window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
+    lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)
+    lexical: float = 0.75            # weight of a hit's lexical match (0..1, relative to the best)
+                                     # beside its query-specific similarity
+    bm25_k1: float = 1.2             # textbook BM25 constants (presence only: tf = 1)
+    bm25_b: float = 0.75
+    # a question that names a date ("what did Kate cook on 29 Dec 2023?") is about what happened
+    # then: a hit's closeness to it (1 on the day, 1/2 three days away; timeexpr.py) adds this
+    # much to its head and direct-hit score, a prior like `recency`, never a filter
+    date_weight: float = 0.4
+    date_scale_days: float = 3.0
+
+    def __post_init__(self):
+        if self.expansion not in ("best_first", "ppr"):
+            raise InvalidQueryError(f"AnswerParams.expansion must be 'best_first' or 'ppr', got {self.expansion!r}")

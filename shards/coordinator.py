@@ -30,11 +30,12 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from fastctx.answer import DAY, Answer, AnswerParams, Engine, check_query, link_weights
+from fastctx.answer import Answer, AnswerParams, Engine, check_query
 from fastctx.derive import query_words
 from fastctx.encoder import from_record
 from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
 from fastctx.filters import Filters
+from fastctx.graph import DAY, link_weights
 from fastctx.types import Event
 from fastctx.kernels.frontier import merge_wave, searches_results, searches_run, searches_start
 from fastctx.view import View

@@ -24,13 +24,14 @@ from typing import Optional
 
 import numpy as np
 
-from fastctx.answer import AnswerParams, entity_weights, filter_rows
 from fastctx.columns import keys64
 from fastctx.derive import bm25
 from fastctx.errors import InvalidQueryError
 from fastctx.filters import Filters
+from fastctx.graph import entity_weights, filter_rows
 from fastctx.index import Index
 from fastctx.kernels.walks import row_links, walk_parts
+from fastctx.params import AnswerParams
 from fastctx.partition import read_sidecar
 from fastctx.view import View, holds_acl
 

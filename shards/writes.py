@@ -27,7 +27,6 @@ import os
 import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np

@@ -142,7 +142,7 @@ def test_frontier_kernels_equal_the_expansion_kernel(world, params):
     fetched in waves return exactly what the embedded kernel returns on the one-shard build
     (rows, float32 scores, parents, via kinds and ids, hops), budget cuts and hub windows
     included, with and without prefetch."""
-    from fastctx.answer import LocalGraph
+    from fastctx.graph import LocalGraph
     from fastctx.shards.coordinator import DistributedGraph
     local = LocalGraph(world["one"], params=params)
     seeds = np.arange(0, 1500, 23, dtype=np.int64)
