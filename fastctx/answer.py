@@ -175,14 +175,32 @@ class Engine:
         away = np.min([np.maximum(np.maximum(lo - t, t - hi), 0.0) for lo, hi in dates], axis=0)
         return 1.0 / (1.0 + away / (scale_days * DAY))
 
+    def _specific_seeds(self, g, q, mean, rows, sims, lex, vecs, filters: Filters):
+        """Add the hits of a second search with the query less what the first hits share (their
+        mean): among many look-alikes the asked event may rank low by plain similarity, yet high
+        once the words every hit has stop counting (the head-choice score, `specific`)."""
+        qc = np.asarray(q, np.float64) - mean
+        norm = float(np.linalg.norm(qc))
+        if norm <= 1e-9:
+            return rows, sims, lex, vecs
+        extra, _ = g.seeds((qc / norm).astype(np.float32), self.params.specific_seeds, filters)
+        new = np.asarray(extra, np.int64)
+        new = new[~np.isin(new, rows)]
+        if len(new) == 0:
+            return rows, sims, lex, vecs
+        nv = np.asarray(g.vectors(new), np.float64)
+        return (np.concatenate([rows, new]), np.concatenate([sims, nv @ np.asarray(q, np.float64)]),
+                np.concatenate([lex, np.zeros(len(new))]), np.vstack([vecs, nv]))
+
     @staticmethod
-    def _specific_similarity(vecs: np.ndarray, q: np.ndarray) -> np.ndarray:
-        """Cosine of each hit to the query after removing what all the hits share (their mean):
-        the words every hit has (the service, the topic) stop counting, and what is specific to
-        the query's situation decides. Plain similarity when there are too few hits to tell."""
+    def _specific_similarity(vecs: np.ndarray, q: np.ndarray, mean: Optional[np.ndarray] = None) -> np.ndarray:
+        """Cosine of each hit to the query after removing what the hits share (`mean`, by default
+        their mean): the words every hit has (the service, the topic) stop counting, and what is
+        specific to the query's situation decides. Plain similarity when there are too few hits."""
         if len(vecs) < 8:
             return vecs @ np.asarray(q, np.float64)
-        mean = vecs.mean(axis=0)
+        if mean is None:
+            mean = vecs.mean(axis=0)
         qc, vc = np.asarray(q, np.float64) - mean, vecs - mean
         return (vc @ qc) / np.maximum(np.linalg.norm(vc, axis=1) * np.linalg.norm(qc), 1e-12)
 
@@ -220,8 +238,12 @@ class Engine:
         t_lo = max(t_lo - slack, np.iinfo(np.int64).min // 2) if filters.time_from is not None else t_lo
         exp_hi = np.iinfo(np.int64).max if filters.as_of is None else filters.as_of
         vecs = np.asarray(g.vectors(rows), np.float64)
+        mean = vecs.mean(axis=0) if len(rows) >= 8 else None
+        # a second search only when the first may have missed rows (it returned all it was asked)
+        if mean is not None and p.specific_seeds > 0 and len(rows) >= p.seed_k:
+            rows, sims, lex, vecs = self._specific_seeds(g, q, mean, rows, sims, lex, vecs, filters)
         times = np.asarray(g.times(rows), np.int64)
-        specific = self._specific_similarity(vecs, q)
+        specific = self._specific_similarity(vecs, q, mean)
         recency = self._recency(times, filters, direction)
         named = self._named_dates(times, dates, p.date_scale_days)
         # possible chain heads: the hits that look most like the asked situation, less a penalty

@@ -187,3 +187,33 @@ def test_current_follows_a_version_of_the_fact_not_a_discussion_that_mentions_it
     a = Index(tmp_path / "i").query(topic, type="current", budget_tokens=1000)
     assert a.current.id == "e000001"
     assert [e.id for e in a.events][:1] == ["e000000"] and "e000002" in [e.id for e in a.events]
+
+
+def test_specific_seeds_find_the_asked_event_that_plain_similarity_ranks_below_the_look_alikes(tmp_path):
+    """Three hundred look-alikes share the query's common words; the asked event shares fewer of
+    them and the query's specific ones. Plain similarity ranks it below the first seed_k hits; a
+    second search with the query less those hits' mean (`specific_seeds`) brings it in."""
+    from dataclasses import replace
+
+    from conftest import event, write_corpus
+    from fastctx.index import Index, build
+
+    rng = np.random.default_rng(3)
+    common, specific = np.eye(32)[0], np.eye(32)[1]
+    looks = common + rng.normal(size=(300, 32)) * (np.arange(32) >= 2) / 20
+    asked = 0.3 * common + specific
+    vecs = np.vstack([looks, asked])
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    recs = [event(i, time=1_700_000_000 + 3600 * i, tokens=10) for i in range(len(vecs))]
+    build(write_corpus(tmp_path / "c", recs, vecs), tmp_path / "i")
+    idx = Index(tmp_path / "i")
+    q = _unit(common + 0.6 * specific).astype(np.float32)
+    asked_id = f"e{len(vecs) - 1:06d}"
+    assert asked_id not in idx.search(q, k=8).ids()          # plain top 8: look-alikes
+
+    def answer(**kw):
+        params = replace(AnswerParams(), seed_k=8, candidates=8, **kw)
+        a = Engine(idx, params=params).run(q, "chain", Filters(), "back", 10)
+        return [e.id for e in a.events]
+    assert asked_id not in answer()
+    assert answer(specific_seeds=8) == [asked_id]

@@ -18,6 +18,7 @@ from conftest import T0, HOUR, make_corpus, query_vectors_near, server_address
 
 from fastctx.answer import AnswerParams
 from fastctx.errors import InvalidQueryError, ShardUnavailableError
+from fastctx.filters import Filters
 from fastctx.index import build
 from fastctx.shards import open_local, wire
 from fastctx.shards.coordinator import Coordinator
@@ -111,6 +112,32 @@ def test_in_process_coordinator_equals_embedded(world):
     co = open_local(world["four_dir"])
     for i, (q, kw) in enumerate(_cases(world["queries"])):
         _same(world["one"].query(q, **kw), co.query(q, **kw), f"case {i} {kw}")
+
+
+def test_specific_seeds_second_search_same_answers_sharded(world, monkeypatch):
+    """The chain's second seed search (query less the hits' mean) runs through the same
+    protocol call, so the coordinator answers exactly as the embedded engine does."""
+    from fastctx.answer import Engine
+    added = []
+    inner = Engine._specific_seeds
+
+    def spy(self, g, q, mean, rows, *rest):
+        out = inner(self, g, q, mean, rows, *rest)
+        added.append(len(out[0]) - len(rows))
+        return out
+    monkeypatch.setattr(Engine, "_specific_seeds", spy)
+    params = AnswerParams(seed_k=64, specific_seeds=64)
+    one = Engine(world["one"], params=params)
+    co = open_local(world["four_dir"], params=params)
+    n = 0
+    for i, (q, kw) in enumerate(_cases(world["queries"])):
+        if kw["type"] != "chain":
+            continue
+        f = Filters.from_dict({k: v for k, v in kw.items() if k in ("entities_any", "time_from")})
+        a = one.run(q, "chain", f, kw["direction"], kw["budget_tokens"])
+        _same(a, co.query(q, **kw), f"case {i} {kw}")
+        n += 1
+    assert n == 8 * 3 and sum(x > 0 for x in added) >= 8   # the second search found new hits
 
 
 def test_four_servers_equal_one_embedded_shard(world, cluster):
