@@ -30,7 +30,7 @@ from .errors import (AccessDeniedError, CorpusError, FormatError, IndexExistsErr
                      InvalidQueryError)
 from .filters import Filters, segment_allowed
 from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marker, write_marker
-from .params import BuildParams, SearchParams
+from .params import AnswerParams, BuildParams, SearchParams
 from .planner import SegmentPlan, plan_segment, walk_search
 from .seeds import allowed_mask, search_segment_batch
 from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
@@ -86,12 +86,13 @@ class Index:
     def __init__(self, path: Union[str, Path], *, verify: bool = False, encoder: Optional[Encoder] = None,
                  search_params: SearchParams = SearchParams(), writable: bool = False,
                  build_params: BuildParams = BuildParams(), memtable_max_rows: int = 200_000,
-                 compaction: CompactionPolicy = CompactionPolicy()):
+                 compaction: CompactionPolicy = CompactionPolicy(), answer_params: AnswerParams = AnswerParams()):
         self.path = Path(path)
         if not (self.path / INDEX_MARKER).exists():
             raise FormatError(f"{self.path}: not a fastctx index (no {INDEX_MARKER})")
         self.marker = read_marker(self.path)
         self.search_params = search_params
+        self.answer_params = answer_params
         self.build_params = build_params
         self.memtable_max_rows = memtable_max_rows
         self.compaction = compaction
@@ -661,7 +662,7 @@ class Index:
             from .answer import Engine
             if len(self.shards) != 1:
                 raise InvalidQueryError("causal queries over several local shards go through the coordinator")
-            self._engine = Engine(self)
+            self._engine = Engine(self, params=self.answer_params)
         return self._engine
 
     def view(self, scope=None, principals=None, unrestricted: bool = False) -> View:

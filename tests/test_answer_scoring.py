@@ -217,3 +217,14 @@ def test_specific_seeds_find_the_asked_event_that_plain_similarity_ranks_below_t
         return [e.id for e in a.events]
     assert asked_id not in answer()
     assert answer(specific_seeds=8) == [asked_id]
+
+
+def test_index_answer_params_reach_the_engine(tmp_path):
+    from conftest import event, write_corpus
+    from fastctx.index import Index, build
+
+    vecs = np.eye(8, dtype=np.float32)
+    build(write_corpus(tmp_path / "c", [event(i, tokens=10) for i in range(8)], vecs), tmp_path / "i")
+    params = AnswerParams(seed_k=4, relevance_mass=1.0)
+    assert Index(tmp_path / "i", answer_params=params).engine().params is params
+    assert Index(tmp_path / "i").engine().params == AnswerParams()
