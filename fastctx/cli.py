@@ -265,6 +265,42 @@ def _remote_options(fn):
                         help="With --remote: bearer token (or set FASTCTX_TOKEN).")(fn)
 
 
+def _answer_params(pairs: tuple, remote: Optional[str]):
+    """AnswerParams from repeated --param KEY=VALUE (each converted to the knob's type)."""
+    from dataclasses import fields, replace
+    from .params import AnswerParams
+    if not pairs:
+        return AnswerParams()
+    if remote:
+        raise click.UsageError("--param sets the local engine's knobs; a coordinator server uses its own")
+    known = {f.name: f for f in fields(AnswerParams)}
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        f = known.get(key.strip())
+        if not eq or f is None:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}",
+                                     param_hint="--param")
+        kind = type(f.default)
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError("not a boolean")
+                out[f.name] = value.lower() in ("true", "1")
+            elif kind in (int, float, str):
+                out[f.name] = kind(value)
+            else:
+                raise ValueError(f"{kind.__name__} knobs are set from Python")
+        except ValueError as e:
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
+            raise click.BadParameter(f"{pair!r}: {f.name} must be {article} {kind.__name__} ({e})",
+                                     param_hint="--param") from None
+    try:
+        return replace(AnswerParams(), **out)
+    except (ValueError, FastctxError) as e:
+        raise click.BadParameter(str(e), param_hint="--param") from None
+
+
 def _need_grpc(feature: str) -> None:
     """A clear error naming the extra when grpc is not installed (it is optional)."""
     from .extras import MissingExtraError, require
@@ -303,12 +339,15 @@ def _connect(remote: str, token, ca, insecure: bool):
               help="Every returned event must mention one of these (a tenant, a conversation): expansion never leaves it.")
 @click.option("--unrestricted", is_flag=True, help="Local index with access lists: ask with unrestricted access.")
 @click.option("--fill", is_flag=True, help="Pad the answer with further direct hits up to the budget.")
+@click.option("--param", "answer_params", multiple=True, metavar="KEY=VALUE",
+              help="Set an engine knob (fastctx.params.AnswerParams), e.g. --param specific_seeds=1024; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "context"]), default=None,
               help="table (default): a readable timeline; json: the answer; jsonl: one event a line; "
                    "context: prompt-ready text within the budget.")
 def query(args, remote, token, ca, remote_insecure, principals, entities, entities_all, sources, kinds, since,
-          until, as_of, qtype, direction, budget, scope_entities, unrestricted, fill, as_json, fmt) -> None:
+          until, as_of, qtype, direction, budget, scope_entities, unrestricted, fill, answer_params, as_json,
+          fmt) -> None:
     """Answer TEXT from INDEX_DIR (or from a coordinator server, --remote) as a readable timeline."""
     from .index import Index
     from .filters import Filters
@@ -316,6 +355,7 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
         raise click.UsageError("expected INDEX_DIR TEXT, or --remote HOST:PORT TEXT")
     text = args[-1]
     fmt = _out_format(fmt, as_json)
+    params = _answer_params(answer_params, remote)
     try:
         as_of_t = _date(as_of, "--as-of")
         f = Filters(time_from=_date(since, "--since"), time_to=_date(until, "--until"),
@@ -327,11 +367,11 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
             index_dir = Path(args[0])
             if not index_dir.is_dir():
                 raise click.BadParameter(f"{index_dir}: no such directory", param_hint="INDEX_DIR")
-            idx = Index(index_dir)
+            idx = Index(index_dir, answer_params=params)
             if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
                 _need_grpc("querying a partitioned index")
                 from .shards import open_local
-                idx = open_local(index_dir)
+                idx = open_local(index_dir, params=params)
         who = {"principals": list(principals)} if principals else {}
         if scope_entities:
             who["scope"] = {"entities_any": list(scope_entities)}
@@ -363,9 +403,11 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
 @click.option("--unrestricted", is_flag=True,
               help="Local index with access lists: queries that name no principals see everything.")
 @click.option("--fill", is_flag=True, help="Pad every answer with further direct hits up to its budget.")
+@click.option("--param", "answer_params", multiple=True, metavar="KEY=VALUE",
+              help="Set an engine knob (fastctx.params.AnswerParams), e.g. --param specific_seeds=1024; repeatable.")
 @click.option("--quiet", is_flag=True)
 def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_insecure: bool, unrestricted: bool,
-             fill: bool, quiet: bool) -> None:
+             fill: bool, answer_params: tuple, quiet: bool) -> None:
     """Run every query of CORPUS_DIR/queries.jsonl against INDEX_DIR (never reads truth.jsonl).
 
     Usage: eval INDEX_DIR CORPUS_DIR --out R.jsonl, or eval --remote HOST:PORT CORPUS_DIR --out R.jsonl."""
@@ -374,17 +416,18 @@ def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_i
     if len(paths) != (1 if remote else 2):
         raise click.UsageError("expected INDEX_DIR CORPUS_DIR, or --remote HOST:PORT CORPUS_DIR")
     corpus_dir = paths[-1]
+    params = _answer_params(answer_params, remote)
     try:
         if remote:
             idx = _connect(remote, token, ca, remote_insecure)
             dim = int(idx.stats()["dim"])
         else:
-            idx = Index(paths[0])
+            idx = Index(paths[0], answer_params=params)
             dim = idx.dim
             if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
                 _need_grpc("querying a partitioned index")
                 from .shards import open_local
-                idx = open_local(paths[0])
+                idx = open_local(paths[0], params=params)
         queries, qvecs = read_queries(corpus_dir)
         if qvecs.shape[1] != dim:
             raise FastctxError(f"{corpus_dir / 'query_vectors.npy'}: dim {qvecs.shape[1]}, index dim {dim}")

@@ -241,3 +241,30 @@ def test_connect_without_grpc_names_the_extra():
             "try:\n    fastctx.connect('127.0.0.1:1')\nexcept fastctx.MissingExtraError as e:\n    print(e)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and "pip install 'fastctx[serve]'" in res.stdout, res.stderr
+
+
+def test_param_sets_engine_knobs_for_query_and_eval(runner, built, tmp_path):
+    base = runner.invoke(main, ["query", str(built), VAULT_Q, "--format", "jsonl"])
+    same = runner.invoke(main, ["query", str(built), VAULT_Q, "--format", "jsonl", "--param", "relevance_mass=1.5"])
+    assert base.exit_code == 0 and same.exit_code == 0 and base.output == same.output   # the default, spelled out
+    narrow = runner.invoke(main, ["query", str(built), VAULT_Q, "--format", "jsonl", "--param", "max_results=1",
+                                  "--param", "candidates=1", "--param", "chain_evidence=0"])
+    assert narrow.exit_code == 0, narrow.output
+    assert 0 < len(narrow.output.splitlines()) < len(base.output.splitlines())
+    out = tmp_path / "r.jsonl"
+    r = runner.invoke(main, ["eval", str(built), str(SAMPLE), "--out", str(out), "--param", "seed_k=16", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert out.read_text().count("\n") == len((SAMPLE / "queries.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("arg, says", [("seed_kk=3", "seed_kk=3"), ("seed_k", "KEY=VALUE"),
+                                       ("seed_k=many", "seed_k must be an int"), ("inherit=maybe", "not a boolean"),
+                                       ("expansion=bfs", "expansion"), ("link_weights=1", "set from Python")])
+def test_param_errors_name_the_knob(runner, built, arg, says):
+    r = runner.invoke(main, ["query", str(built), VAULT_Q, "--param", arg])
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
+
+
+def test_param_with_remote_is_refused(runner):
+    r = runner.invoke(main, ["query", "--remote", "127.0.0.1:1", VAULT_Q, "--param", "seed_k=8"])
+    assert r.exit_code == 2 and "its own" in r.output
