@@ -272,7 +272,8 @@ def _answer_params(pairs: tuple, remote: Optional[str]):
     if not pairs:
         return AnswerParams()
     if remote:
-        raise click.UsageError("--param sets the local engine's knobs; a coordinator server uses its own")
+        raise click.UsageError("--param sets the local engine's knobs; a coordinator server uses its own "
+                               "(fastctx serve coordinator --param)")
     known = {f.name: f for f in fields(AnswerParams)}
     out = {}
     for pair in pairs:
@@ -531,6 +532,8 @@ def _metrics_note(srv) -> str:
 @click.option("--build-check", type=click.FloatRange(0), default=10.0, show_default=True,
               help="Seconds between checks that every shard replica serves the cluster's build (0: only at start).")
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--param", "answer_params", multiple=True, metavar="KEY=VALUE",
+              help="Set an engine knob for every query (fastctx.params.AnswerParams); repeatable.")
 @_tls_options
 @click.option("--tokens", "tokens_file", type=_FILE, default=None,
               help="Require bearer tokens: a JSON object mapping each token to its list of principals.")
@@ -538,8 +541,9 @@ def _metrics_note(srv) -> str:
 @click.option("--client-cert", type=_FILE, default=None, help="Client certificate for mutual-TLS shards.")
 @click.option("--client-key", type=_FILE, default=None, help="PEM private key of --client-cert.")
 @_limit_options
-def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, build_check, workers, tls_cert,
-                      tls_key, insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent, ops) -> None:
+def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, build_check, workers, answer_params,
+                      tls_cert, tls_key, insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent,
+                      ops) -> None:
     """Serve queries over shard servers (stateless: run several side by side)."""
     _need_grpc("fastctx serve coordinator")
     from .auth import channel_credentials
@@ -547,12 +551,13 @@ def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline,
     from .shards.server import CoordinatorServer, serve_forever
     from .shards.transport import remote_cluster
     from .shards.wire import Limits
+    params = _answer_params(answer_params, None)
     try:
         creds = channel_credentials(shard_ca, client_cert, client_key) \
             if shard_ca or client_cert or client_key else None
         cluster = remote_cluster(_shard_map(shard_specs), call_timeout_s=call_timeout,
                                  hedge_s=hedge_ms / 1e3 if hedge_ms > 0 else None, credentials=creds)
-        srv = CoordinatorServer(Coordinator(cluster, deadline_s=deadline), port=port, host=host, workers=workers,
+        srv = CoordinatorServer(Coordinator(cluster, params=params, deadline_s=deadline), port=port, host=host, workers=workers,
                                 tls_cert=tls_cert, tls_key=tls_key, tokens=tokens_file, insecure=insecure,
                                 limits=Limits(max_concurrent=max_concurrent), build_check_s=build_check or None,
                                 **ops.server_kw())

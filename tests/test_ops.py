@@ -20,6 +20,7 @@ from conftest import make_corpus, query_vectors_near
 from fastctx.auth import AuthError
 from fastctx.cli import main
 from fastctx.index import build
+from fastctx.params import AnswerParams
 from fastctx.shards import wire
 from fastctx.shards.coordinator import Coordinator
 from fastctx.shards.metrics import MetricsUnavailableError, Observer
@@ -253,6 +254,22 @@ def test_shard_cli_precedence_flag_over_env_over_file_over_default(world, tmp_pa
     assert srv.service.shard_no == 0 and srv.limits.max_concurrent == 5          # FASTCTX_CONFIG; flags win
     res, srv = _serve_once(monkeypatch, ["serve", "shard", "--index", str(world["root"] / "a"), "--shard", "0"])
     assert srv.limits.max_concurrent == 16                                       # default
+
+
+def test_coordinator_engine_knobs_from_flag_env_and_file(world, tmp_path, monkeypatch):
+    a0, a1 = world["servers"][("a", 0)], world["servers"][("a", 1)]
+    cfg = tmp_path / "coordinator.json"
+    cfg.write_text(json.dumps({"shard": [f"0={a0.address}", f"1={a1.address}"],
+                               "param": ["seed_k=64", "relevance_mass=1.0"]}))
+    res, srv = _serve_once(monkeypatch, ["serve", "coordinator", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    p = srv.coordinator.params
+    assert (p.seed_k, p.relevance_mass, p.candidates) == (64, 1.0, AnswerParams().candidates)
+    res, srv = _serve_once(monkeypatch, ["serve", "coordinator", "--config", str(cfg)],
+                           {"FASTCTX_PARAM": "candidates=8"})
+    assert srv.coordinator.params.candidates == 8 and srv.coordinator.params.seed_k == 1024   # env over file
+    res = CliRunner().invoke(main, ["serve", "coordinator", "--shard", f"0={a0.address}", "--param", "seed_kk=1"])
+    assert res.exit_code == 2 and "seed_kk" in res.output
 
 
 @pytest.mark.parametrize("content, name, needle", [
