@@ -286,7 +286,7 @@ class ShardCost:
             per_row = sum(4 * int(svc.index.dim) if f == "vector" else self.FETCH_BYTES.get(f, 8) for f in fields)
             cells, nbytes = n * len(fields), n * per_row
             if "rev" in fields:
-                rp = np.asarray(svc.sc["rev_ptr"], np.int64)
+                rp = np.asarray(svc.sc.rev_ptr, np.int64)
                 deg = int((rp[loc + 1] - rp[loc]).sum())
                 cells, nbytes = cells + 5 * deg, nbytes + 40 * deg
             loop = n if any(f in fields for f in self.PY_LOOP_FIELDS) else 0
@@ -303,7 +303,7 @@ class ShardCost:
                 links = 0
                 for bit, ptr in ((1, "out_ptr"), (2, "in_ptr")):
                     if p["direction"] & bit:
-                        a = np.asarray(svc.sc[ptr], np.int64)
+                        a = np.asarray(getattr(svc.sc, ptr), np.int64)
                         links += int((a[loc + 1] - a[loc]).sum())
                 ev_ptr = np.asarray(svc.ev_ptr, np.int64)
                 n_ent = ev_ptr[loc + 1] - ev_ptr[loc]

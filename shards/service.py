@@ -19,6 +19,7 @@ both call these methods, so local and remote shards speak one protocol.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from fastctx.columns import keys64
 from fastctx.derive import bm25
-from fastctx.errors import InvalidQueryError
+from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.filters import Filters
 from fastctx.graph import entity_weights, filter_rows
 from fastctx.index import Index
@@ -66,6 +67,42 @@ class ShardIndex(Index):
         self._marker = {**value, "shards": [self._only]}
 
 
+@dataclass(frozen=True)
+class Sidecar:
+    """The whole-corpus arrays a shard serves beside its segments (PARTITION.npz, written by
+    fastctx/partition.py `sidecar_arrays`), one field each, all checked present on load."""
+    grow: np.ndarray        # global row of each local row
+    gent: np.ndarray        # global id of each local entity ...
+    ent_df: np.ndarray      # ... its document frequency over the whole corpus
+    hold_ptr: np.ndarray    # ... and the shards holding it (CSR)
+    hold: np.ndarray
+    out_ptr: np.ndarray     # outgoing links of each local row (CSR): target global row, type,
+    out_dst: np.ndarray     # target time and owner shard
+    out_type: np.ndarray
+    out_time: np.ndarray
+    out_shard: np.ndarray
+    in_ptr: np.ndarray      # incoming links, the same way
+    in_src: np.ndarray
+    in_type: np.ndarray
+    in_time: np.ndarray
+    in_shard: np.ndarray
+    sup_by: np.ndarray      # superseding global row (-1: current), when, and its shard
+    sup_at: np.ndarray
+    sup_shard: np.ndarray
+    rev_ptr: np.ndarray     # the rows each local row superseded (CSR), their times and shards
+    rev_rows: np.ndarray
+    rev_time: np.ndarray
+    rev_shard: np.ndarray
+
+    @classmethod
+    def load(cls, shard_dir: Path) -> tuple["Sidecar", dict]:
+        arrays, meta = read_sidecar(shard_dir)
+        missing = sorted({f.name for f in fields(cls)} - set(arrays))
+        if missing:
+            raise CorruptIndexError(f"{shard_dir}: partition sidecar lacks arrays {missing}")
+        return cls(**{f.name: arrays[f.name] for f in fields(cls)}), meta
+
+
 class ShardService:
     """One shard of a partitioned index, serving the shard stages (see the module doc)."""
 
@@ -75,21 +112,21 @@ class ShardService:
         name = f"shard-{int(shard):03d}"
         self.index_dir, self.name = index_dir, name
         self.index = ShardIndex(index_dir, name, installed=True)
-        self.sc, self.meta = read_sidecar(index_dir / name)
+        self.sc, self.meta = Sidecar.load(index_dir / name)
         if int(self.meta["shard"]) != int(shard):
             raise InvalidQueryError(f"{index_dir / name}: sidecar says shard {self.meta['shard']}, not {shard}")
         self.shard_no = int(shard)
         sh = self.index.shards[0]
         self.sh = sh
         g = sh.graph
-        self.grow = np.asarray(self.sc["grow"], np.int64)
+        self.grow = np.asarray(self.sc.grow, np.int64)
         if len(self.grow) != sh.n:
             raise InvalidQueryError(f"{index_dir / name}: sidecar has {len(self.grow)} rows, shard has {sh.n}")
         self.times = np.asarray(g.times, np.int64)
         self.ev_ptr, self.ev_ent = np.asarray(g.ev_ptr), np.asarray(g.ev_ent)
         self.ent_ptr, self.ent_rows = np.asarray(g.ent_ptr), np.asarray(g.ent_rows)
-        self.gent = np.asarray(self.sc["gent"], np.int64)
-        self.ent_df = np.asarray(self.sc["ent_df"], np.int64)
+        self.gent = np.asarray(self.sc.gent, np.int64)
+        self.ent_df = np.asarray(self.sc.ent_df, np.int64)
         self.local_ent = {int(e): i for i, e in enumerate(self.gent.tolist())}
         self.slot = (sh.entity_flags & 1).astype(bool) if sh.n_entities else np.zeros(0, bool)
         # postings keys in (time, global row) order, per entity slice
@@ -245,18 +282,18 @@ class ShardService:
             elif f == "vector":
                 out[f] = self._vectors(loc)
             elif f == "sup":
-                out["sup_by"], out["sup_at"] = self.sc["sup_by"][loc], self.sc["sup_at"][loc]
-                out["sup_shard"] = self.sc["sup_shard"][loc]
+                out["sup_by"], out["sup_at"] = self.sc.sup_by[loc], self.sc.sup_at[loc]
+                out["sup_shard"] = self.sc.sup_shard[loc]
             elif f == "slot":
                 out[f] = self._slots(loc)
             elif f == "rev":
-                lo, hi = self.sc["rev_ptr"][loc], self.sc["rev_ptr"][loc + 1]
+                lo, hi = self.sc.rev_ptr[loc], self.sc.rev_ptr[loc + 1]
                 ptr = np.zeros(len(loc) + 1, np.int64)
                 np.cumsum(hi - lo, out=ptr[1:])
                 idx = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())] or
                                      [np.zeros(0, np.int64)]).astype(np.int64)
-                out["rev_ptr"], out["rev_rows"] = ptr, self.sc["rev_rows"][idx]
-                out["rev_time"], out["rev_shard"] = self.sc["rev_time"][idx], self.sc["rev_shard"][idx]
+                out["rev_ptr"], out["rev_rows"] = ptr, self.sc.rev_rows[idx]
+                out["rev_time"], out["rev_shard"] = self.sc.rev_time[idx], self.sc.rev_shard[idx]
                 out["rev_at"] = np.repeat(self.times[loc], hi - lo)
             elif f == "id":
                 out[f] = [self._id(int(r)) for r in loc.tolist()]
@@ -302,8 +339,8 @@ class ShardService:
         as_of = I64_MAX if p["as_of"] is None else int(p["as_of"])
         loc = np.ascontiguousarray(loc, np.int64)
         l_ptr, l_v, l_type, l_pos, l_time, l_shard, l_total = row_links(
-            loc, self.grow, self.times, sc["out_ptr"], sc["out_dst"], sc["out_type"], sc["out_time"],
-            sc["out_shard"], sc["in_ptr"], sc["in_src"], sc["in_type"], sc["in_time"], sc["in_shard"],
+            loc, self.grow, self.times, sc.out_ptr, sc.out_dst, sc.out_type, sc.out_time,
+            sc.out_shard, sc.in_ptr, sc.in_src, sc.in_type, sc.in_time, sc.in_shard,
             np.asarray(p["link_weight"], np.float32), direction, int(p["t_lo"]), int(p["t_hi"]), as_of)
         out = {"l_ptr": l_ptr, "l_v": l_v, "l_type": l_type, "l_pos": l_pos, "l_time": l_time, "l_shard": l_shard,
                "l_total": l_total}
@@ -327,12 +364,12 @@ class ShardService:
             le, of = le[keep], of[keep]
         else:
             ew, le, of = np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        hp = np.asarray(self.sc["hold_ptr"], np.int64)
+        hp = np.asarray(self.sc.hold_ptr, np.int64)
         h_cnt = hp[le + 1] - hp[le]
         return le, of, {"ptr": np.searchsorted(of, np.arange(len(loc) + 1)).astype(np.int64),
                         "gid": self.gent[le], "w": np.asarray(ew[le], np.float32),
                         "hold_ptr": np.concatenate([[0], np.cumsum(h_cnt)]).astype(np.int64),
-                        "hold": np.asarray(self.sc["hold"], np.int32)[_ranges(hp[le], h_cnt)]}
+                        "hold": np.asarray(self.sc.hold, np.int32)[_ranges(hp[le], h_cnt)]}
 
     def _reach(self, out: dict, cap: int, p: dict, asked=None) -> dict:
         """The walkable entities (with holders) of up to `cap` rows of this shard: the owned rows

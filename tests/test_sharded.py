@@ -442,3 +442,20 @@ def test_cli_serve_shards_coordinator_and_remote_eval(text_corpus, tmp_path):
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_a_sidecar_lacking_an_array_is_refused_naming_it(world, tmp_path):
+    """A consistent (checksummed) sidecar written without one of the arrays a shard serves from
+    is refused when the shard opens, not by a KeyError mid-query."""
+    import shutil
+    from fastctx.errors import CorruptIndexError
+    from fastctx.partition import read_sidecar, write_sidecar
+    from fastctx.shards.service import ShardService
+    d = tmp_path / "four"
+    shutil.copytree(world["four_dir"], d)
+    shard = d / "shard-001"
+    arrays, meta = read_sidecar(shard)
+    del arrays["out_time"]
+    write_sidecar(shard, arrays, {k: v for k, v in meta.items() if k not in ("version", "npz", "checksum")})
+    with pytest.raises(CorruptIndexError, match="out_time"):
+        ShardService(d, 1)
