@@ -4,7 +4,6 @@ the coordinator, one shard server SIGKILLed mid-add and restarted, the add re-ru
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -17,7 +17,7 @@ import pytest
 import fastctx.format as fmt
 import fastctx.index as index_mod
 from fastctx import wal
-from fastctx.errors import CorpusError, CorruptIndexError, IndexLockedError, InvalidQueryError
+from fastctx.errors import CorruptIndexError, IndexLockedError, InvalidQueryError
 from fastctx.format import manifest_checksum, read_manifest, write_manifest
 from fastctx.index import Index, build, verify
 
