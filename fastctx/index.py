@@ -614,12 +614,16 @@ class Index:
                 cache[1][key] = plans
         return plans
 
+    # plans answered by the graph walk over the file in place: the unfiltered "hnsw" too, so a
+    # first search needs no hnswlib load of the graph (2.7 s at 3.4M x 128, bench/README.md "Open")
+    _WALK_PLANS = ("hnsw", "hnsw-walk")
+
     def _search_planned(self, qs: np.ndarray, k: int, plans: list, enc_s: float, plan_s: float) -> Hits:
         nq = len(qs)
         ts = time.perf_counter()
         sp = self.search_params
         parts = [(si, seg.row_base, walk_search(seg, plan, allowed_mask(allowed, seg.n), qs, k, sp)
-                  if plan.strategy == "hnsw-walk" else search_segment_batch(seg, plan, allowed, qs, k, sp))
+                  if plan.strategy in self._WALK_PLANS else search_segment_batch(seg, plan, allowed, qs, k, sp))
                  for si, seg, allowed, plan in plans if plan.strategy != "skip"]
         if len(parts) == 1:      # one segment to merge (the common case): no concatenation
             si, base, (rw, sc) = parts[0]

@@ -169,8 +169,10 @@ def _heap_pop(hs, hn, size):
 @njit(fastmath=True)
 def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel, labels, allowed,
                 q, k, ef, two_hop, visited, tag, cs, cn, rs, rn, out_rows, out_scores):
-    """One query; writes up to k (row, score) pairs best first into out_*; returns how many."""
+    """One query; writes up to k (row, score) pairs best first into out_*; returns how many, or
+    -1 when a level-0 link list it reads is damaged (count > maxM0 or an id past the graph)."""
     dim = q.shape[0]
+    count = visited.shape[0]
     # greedy descent through the upper levels, unfiltered (as hnswlib and ACORN do)
     cur = entry
     cur_s = _dot(flat, cur * stride + vec_col, q)
@@ -204,6 +206,11 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
         nc = _heap_pop(cs, cn, nc)
         row = c * stride
         cnt = words[row] & 0xFFFF
+        if cnt > maxM0:
+            return -1                      # a damaged link list (the caller names the file)
+        for t in range(cnt):
+            if words[row + 1 + t] >= count:
+                return -1                  # a link past the graph: checked here, not in a whole-file pass
         if not two_hop:
             for t in range(cnt):
                 nb = words[row + 1 + t]
@@ -218,8 +225,12 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
                 visited[nb] = tag          # look through it once
                 row2 = nb * stride
                 cnt2 = words[row2] & 0xFFFF
+                if cnt2 > maxM0:
+                    return -1
                 for u in range(cnt2):
                     nb2 = words[row2 + 1 + u]
+                    if nb2 >= count:
+                        return -1
                     if visited[nb2] == tag or not allowed[labels[nb2]]:
                         continue
                     visited[nb2] = tag
@@ -266,7 +277,8 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
 def search_filtered(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel, labels,
                     allowed, qs, k, ef, two_hop, visited, tag0, cs, cn):
     """Top-k allowed rows for each query row of `qs` (float32 [nq, dim]): (rows int64 [nq, k],
-    scores float32 [nq, k]; unfilled slots row -1, score -inf), and the next free visit tag.
+    scores float32 [nq, k]; unfilled slots row -1, score -inf), the next free visit tag, and False
+    when a level-0 link list met on the way was damaged (the answers are then void).
 
     words: the level-0 block as uint32 (1-D), flat: the same memory as float32; stride: uint32
     words per record; vec_col: the vector's first word in a record (offset_data / 4); upper,
@@ -286,10 +298,12 @@ def search_filtered(words, flat, stride, vec_col, upper, levels, uptr, maxM, max
     for i in range(nq):
         m = _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel, labels,
                         allowed, qs[i], k, ef, two_hop, visited, tag0 + i, cs, cn, rs, rn, tmp_r, tmp_s)
+        if m < 0:
+            return out_rows, out_scores, tag0 + nq, False
         for j in range(m):
             out_rows[i, j] = tmp_r[j]
             out_scores[i, j] = tmp_s[j]
-    return out_rows, out_scores, tag0 + nq
+    return out_rows, out_scores, tag0 + nq, True
 
 
 def warm_up(dim: int) -> None:

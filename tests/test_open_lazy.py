@@ -43,7 +43,16 @@ def test_open_loads_no_graph_until_searched(hnsw_small_index_dir):
     assert [p.strategy for p in idx.explain()] == ["hnsw"]
     assert not seg.hnsw_loaded
     hits = idx.search(_queries(idx), k=5)
-    assert seg.hnsw_loaded and seg.hnsw.get_current_count() == seg.n
+    # the walk reads the graph file in place: no hnswlib load on the search path
+    assert seg.walk_loaded and not seg.hnsw_loaded
+    # as good as hnswlib's own search of the same graph, against the exact top 5
+    seg.hnsw.set_ef(GRAPH.ef_search)
+    ref = seg.hnsw.knn_query(_queries(idx), k=5, num_threads=1)[0]
+    exact = np.argsort(-(_queries(idx) @ np.asarray(seg.vectors, np.float32).T), axis=1)[:, :5]
+
+    def recall(rows):
+        return np.mean([len(set(a) & set(b)) / 5 for a, b in zip(rows.tolist(), exact.tolist())])
+    assert recall(hits.rows) >= recall(ref) - 0.05 and recall(hits.rows) >= 0.9
     # the same answers as an index opened with every checksum checked up front
     full = Index(hnsw_small_index_dir, verify=True, search_params=GRAPH).search(_queries(idx), k=5)
     assert hits.rows.tolist() == full.rows.tolist()
@@ -119,17 +128,26 @@ def test_concurrent_first_searches_load_the_graph_once(hnsw_small_index_dir):
     q = _queries(idx, 8)
     with ThreadPoolExecutor(4) as pool:
         out = list(pool.map(lambda i: idx.search(q[i], k=5).rows.tolist(), range(8)))
-    graph = seg.hnsw
+    graph = seg.walk
     assert all(idx.search(q[i], k=5).rows.tolist() == out[i] for i in range(8))
-    assert seg.hnsw is graph
+    assert seg.walk is graph
 
 
 # ------------------------------------------------------------------------------------ batch search
 def _reference(idx: Index, q: np.ndarray, k: int, f) -> tuple[list, list]:
-    """The per-query path: `seeds.search_segment` per segment, merged by (score desc, shard, row)."""
-    from fastctx.seeds import search_segment
+    """The per-query path: `seeds.search_segment` per segment (the graph walk for the plans the
+    index answers with it), merged by (score desc, shard, row)."""
+    from fastctx.planner import walk_search
+    from fastctx.seeds import allowed_mask, search_segment
+
+    def one(seg, allowed, plan):
+        if plan.strategy in Index._WALK_PLANS:
+            rows, scores = walk_search(seg, plan, allowed_mask(allowed, seg.n), q[None], k, idx.search_params)
+            keep = rows[0] >= 0
+            return rows[0][keep], scores[0][keep]
+        return search_segment(seg, plan, allowed, q, k, idx.search_params)
     parts = [(si, seg.row_base + int(r), float(s)) for si, seg, allowed, plan in idx.plans(f, k, idx.view())
-             for r, s in zip(*search_segment(seg, plan, allowed, q, k, idx.search_params))]
+             for r, s in zip(*one(seg, allowed, plan))]
     parts.sort(key=lambda p: (-np.float32(p[2]), p[0], p[1]))
     return [p[1] for p in parts[:k]], [p[2] for p in parts[:k]]
 
@@ -215,3 +233,82 @@ def test_search_batch_merges_segments_like_per_query(hnsw_small_index_dir, tmp_p
                 rows, _ = _reference(idx, q[i] / np.linalg.norm(q[i]), k, Filters(**kw))
                 assert batch.rows[i, :batch.counts[i]].tolist() == rows, (kw, k, i)
                 assert idx.search(q[i], k, **kw).rows[0].tolist() == batch.rows[i].tolist()
+
+
+# ------------------------------------------------------------- big graphs: checked by the walk, not whole
+def _big_graphs(monkeypatch):
+    import fastctx.segment as segmod
+    monkeypatch.setattr(segmod, "GRAPH_CHECK_MAX_BYTES", 0)     # every graph counts as big
+
+
+def _rewrite_graph(path: Path, edit) -> Path:
+    """Edit hnsw.bin and re-record its size and checksum: only the structure is wrong."""
+    import json
+    from fastctx.format import file_entries, write_manifest
+    f = _seg_dir(path) / "hnsw.bin"
+    data = bytearray(f.read_bytes())
+    edit(data)
+    f.write_bytes(bytes(data))
+    mpath = path / "shard-000" / "MANIFEST.json"
+    m = json.loads(mpath.read_text())
+    m["segments"][0]["files"].update(file_entries(f.parent, ["hnsw.bin"]))
+    write_manifest(mpath.parent, m)
+    return f
+
+
+def test_big_graph_first_search_skips_the_checksum_verify_finds_it(hnsw_small_index_dir, tmp_path, monkeypatch):
+    _big_graphs(monkeypatch)
+    path = copy_index(hnsw_small_index_dir, tmp_path / "index")
+    want = Index(hnsw_small_index_dir, search_params=GRAPH).search(_queries(idx := Index(path)), k=5)
+    f = _seg_dir(path) / "hnsw.bin"
+    from fastctx.kernels.hnsw_search import HEADER_BYTES, parse_header
+    h = parse_header(f.read_bytes()[:HEADER_BYTES])
+    _flip(f, HEADER_BYTES + h["offset_data"] + 2)     # a byte of node 0's vector: links stay sound
+    got = Index(path, search_params=GRAPH).search(_queries(idx), k=5)   # answered, never a crash
+    assert got.rows.shape == want.rows.shape
+    problems = verify(path)              # the guarantee for big graphs: verify checks the checksum
+    assert len(problems) == 1 and str(f) in problems[0] and "checksum" in problems[0], problems
+
+
+@pytest.mark.parametrize("what", ["link", "count"])
+def test_big_graph_bad_level0_link_stops_the_walk_clearly(hnsw_small_index_dir, tmp_path, monkeypatch, what):
+    _big_graphs(monkeypatch)
+    path = copy_index(hnsw_small_index_dir, tmp_path / "index")
+    from fastctx.kernels.hnsw_search import HEADER_BYTES, parse_header
+    raw = (_seg_dir(path) / "hnsw.bin").read_bytes()
+    h = parse_header(raw[:HEADER_BYTES])
+    spe = h["size_per_element"]
+
+    def edit(data):       # every node's first link list damaged: whichever the walk reads first
+        for i in range(h["count"]):
+            at = HEADER_BYTES + i * spe
+            if what == "link":
+                data[at + 4:at + 8] = (10 ** 9).to_bytes(4, "little")
+            else:
+                data[at:at + 2] = (h["maxM0"] + 1).to_bytes(2, "little")
+    f = _rewrite_graph(path, edit)
+    idx = Index(path, search_params=GRAPH)
+    for _ in range(2):      # and again: nothing half-loaded
+        with pytest.raises(CorruptIndexError) as ei:
+            idx.search(_queries(idx), k=5)
+        assert str(f) in str(ei.value) and "links out of range" in str(ei.value)
+    problems = verify(path)
+    assert len(problems) == 1 and str(f) in problems[0] and "out of range" in problems[0], problems
+
+
+def test_big_graph_bad_labels_and_header_are_clear(hnsw_small_index_dir, tmp_path, monkeypatch):
+    _big_graphs(monkeypatch)
+    from fastctx.kernels.hnsw_search import HEADER_BYTES, parse_header
+    for name, edit in (
+            ("label", lambda d, h: d.__setitem__(slice(HEADER_BYTES + h["label_offset"],
+                                                       HEADER_BYTES + h["label_offset"] + 8),
+                                                 (10 ** 9).to_bytes(8, "little"))),
+            ("header", lambda d, h: d.__setitem__(slice(16, 24), (h["count"] + 7).to_bytes(8, "little")))):
+        path = copy_index(hnsw_small_index_dir, tmp_path / name)
+        raw = (_seg_dir(path) / "hnsw.bin").read_bytes()
+        h = parse_header(raw[:HEADER_BYTES])
+        f = _rewrite_graph(path, lambda d: edit(d, h))
+        idx = Index(path, search_params=GRAPH)
+        with pytest.raises(CorruptIndexError, match="hnsw.bin"):
+            idx.search(_queries(idx), k=5)
+        assert any(str(f) in p for p in verify(path))
