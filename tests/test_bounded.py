@@ -223,7 +223,8 @@ def test_the_callers_deadline_bounds_a_coordinator_query(world):
             try:            # the coordinator stops just inside the caller's deadline: a partial answer,
                 got = wire.decode(ch.unary_unary("/fastctx.Coordinator/Query")(
                     wire.encode({"v": 1, "vector": world["queries"][0]}), timeout=3.0))
-                assert got["partial"] and got["missing_shards"] == [1]
+                # the hung shard is missing; on a loaded machine the healthy one may be late too
+                assert got["partial"] and 1 in got["missing_shards"]
             except grpc.RpcError as e:      # ... or, on a loaded machine, just too late for it
                 assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         end = time.monotonic() + 10
