@@ -13,11 +13,11 @@ process that fills the page cache and the kernels' compile cache):
   import_s   importing fastctx
   open_s     `fastctx.open(index)`
   search_s   the first `Index.search(vector, k=10)` after the open (an unfiltered seed search:
-             loads the segment's HNSW graph when the open left it unread)
+             the graph walk reads each segment's HNSW graph in place, no hnswlib load)
   query_s    the first causal `Index.query(vector)` after the open, in its own process
-  walk_s     the first filtered walk (kernels/hnsw_search.py, every row allowed) over each HNSW
-             segment after the open: the graph file is checksummed and read in place, no
-             hnswlib load (source trees without the walk show "-")
+  walk_s     the first walk (kernels/hnsw_search.py, every row allowed) over each HNSW segment
+             after the open, called directly on the segments: the graph file read in place
+             (checksummed first when at most 64 MiB); source trees without the walk show "-"
 
 The page cache is warm (the discarded process read the files): the numbers are the process's
 own work, not the disk's.
