@@ -4,7 +4,8 @@ Strategies:
   skip         nothing allowed
   exact-slice  exact scan of a contiguous row range (a time window): one BLAS gemv, no gather
   exact-rows   exact scan of the allowed rows (gathered)
-  hnsw         HNSW search, everything allowed
+  hnsw         HNSW search, everything allowed (answered by the walk below with an all-allowed
+               mask: the graph is read in place, no hnswlib load, see Index._WALK_PLANS)
   hnsw-walk    the filtered graph walk (kernels/hnsw_search.py) over the segment's HNSW graph, the
                allowed mask checked inside the walk (the kernel's ACORN-style two-hop mode is
                used below `WALK_TWO_HOP_BELOW` allowed: off, see below)
