@@ -531,10 +531,26 @@ class Shard:
         if self.n_deleted:
             keep = self.deleted_mask[rows] == 0
             ent, rows = ent[keep], rows[keep]
-        order = np.lexsort((rows, self.times[rows], ent))
+        order = postings_order(ent, rows, np.asarray(self.times))
         ptr = np.zeros(self.n_entities + 1, np.int64)
         np.cumsum(np.bincount(ent, minlength=self.n_entities), out=ptr[1:])
         return ptr, rows[order]
+
+
+def postings_order(ent: np.ndarray, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The order of postings (entity, row) by entity, then the row's time, then row: the walk's
+    order. The input is the segments' postings one after another, each segment's sorted by
+    entity then time, so a stable sort by entity (timsort merges those runs in linear time per
+    run) is already in time order within each entity whenever the segments do not overlap in
+    time, as time-cut builds and compactions make them; else (late arrivals in a later segment)
+    the full three-key sort. At 3.4M events the three-key sort alone took 5.7 s."""
+    order = np.argsort(ent, kind="stable")
+    r = rows[order]
+    t = times[r]
+    same = ent[order][1:] == ent[order][:-1]
+    if np.any(same & ((t[1:] < t[:-1]) | ((t[1:] == t[:-1]) & (r[1:] < r[:-1])))):
+        return np.lexsort((rows, times[rows], ent))
+    return order
 
 
 def load_parts(shard_dir: Path, *, verify: bool = False, cache: Optional[dict] = None, repair: bool = False,

@@ -749,3 +749,26 @@ def test_ppr_batch_equals_separate_calls():
         lo, hi = res_ptr[gi], res_ptr[gi + 1]
         for got, want in zip(batch, single[:6]):
             np.testing.assert_array_equal(got[lo:hi], want)
+
+
+def test_postings_order_equals_the_three_key_sort():
+    """Shard postings merged across segments: the linear merge path (segments apart in time) and
+    the fallback (a later segment holding earlier events) both equal the plain three-key sort."""
+    from fastctx.shard import postings_order
+    rng = np.random.default_rng(5)
+    for overlap in (False, True):
+        segs, base, times = [], 0, []
+        for k in range(4):
+            n = int(rng.integers(1, 60))
+            t0 = (0 if overlap else 1000 * k) + rng.integers(0, 500 if overlap else 990, n)
+            times.append(np.sort(t0))                       # a segment's rows are in time order
+            pairs = {(int(e), int(r)) for e, r in zip(rng.integers(0, 12, 3 * n), rng.integers(0, n, 3 * n))}
+            e, r = np.array(sorted(pairs)).T                # sorted by entity, then row
+            segs.append((e, r + base))
+            base += n
+        times = np.concatenate(times)
+        ent = np.concatenate([e for e, _ in segs]).astype(np.int64)
+        rows = np.concatenate([r for _, r in segs]).astype(np.int64)
+        want = np.lexsort((rows, times[rows], ent))
+        got = postings_order(ent, rows, times)
+        assert np.array_equal(rows[got], rows[want]) and np.array_equal(ent[got], ent[want])
