@@ -493,7 +493,7 @@ class Shard:
         out_dst = np.ascontiguousarray(out_dst, np.int64)
         # reverse links: group sources by destination (sources ascending inside each group)
         src = np.repeat(np.arange(n, dtype=np.int64), np.diff(out_ptr))
-        order = np.lexsort((src, out_dst))
+        order = np.argsort(out_dst, kind="stable")   # src is ascending: ties stay in source order
         in_ptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(out_dst, minlength=n), out=in_ptr[1:])
         if len(segs) == 1 and len(segs[0].post_ent) == self.n_entities and not self.n_deleted:
