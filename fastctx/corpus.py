@@ -532,9 +532,13 @@ def _add_links(links, k: int, eid: str, link_src: list, link_to: list, link_type
         link_type.append(code)
 
 
-def _jsonl_objects(path: Path, counter: list, progress=None, name: str | None = None) -> Iterator:
+def _jsonl_objects(path: Path, counter: list, progress=None, name: str | None = None,
+                   span: tuple[int, int, int] | None = None) -> Iterator:
     """Yield the parsed object of each line; blank lines only allowed at the end.
-    counter[0] is kept equal to the number of lines yielded."""
+    counter[0] is kept equal to the number of lines yielded. `span` = (start byte, end byte,
+    number of the first line) reads one block of the file (fastctx/ray_read.py); a block that
+    ends in blank lines then sets counter[1] to the first of them (the reader of the whole file
+    decides whether a later block makes that an error)."""
     fname = name or str(path)
     try:
         # a binary stream (stdin) is read as is; the caller keeps it open
@@ -546,9 +550,13 @@ def _jsonl_objects(path: Path, counter: list, progress=None, name: str | None = 
     scan = json.JSONDecoder().scan_once   # the C scanner; skips loads()'s per-call overhead
     every = PROGRESS_EVERY if progress is not None else 0
     with f:
-        lineno = 0
+        first = 1
+        if span is not None:
+            f.seek(span[0])
+            f, first = _Lines(f.read(span[1] - span[0])), span[2]
+        lineno = first - 1
         blank_at = None
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(f, first):
             try:
                 s = raw.decode("utf-8")
                 d, end = scan(s, 0)
@@ -580,10 +588,34 @@ def _jsonl_objects(path: Path, counter: list, progress=None, name: str | None = 
         if blank_at is not None:
             for ln, raw in enumerate(f, blank_at + 1):
                 if raw.strip():
-                    raise CorpusError(f"blank line inside the file (line {ln} after it is not blank); "
-                                      "blank lines are only allowed at the end", file=fname, line=blank_at)
+                    raise blank_inside(fname, blank_at, ln)
+            if span is not None:
+                counter[1] = blank_at
         if progress is not None:
             progress(counter[0])
+
+
+def blank_inside(fname: str, blank_at: int, later: int) -> CorpusError:
+    return CorpusError(f"blank line inside the file (line {later} after it is not blank); "
+                       "blank lines are only allowed at the end", file=fname, line=blank_at)
+
+
+class _Lines:
+    """The lines of one block of bytes (with their line ends), as a file object would give them."""
+
+    def __init__(self, data: bytes):
+        parts = data.split(b"\n")          # b"\n" only, as a binary file splits (not bare b"\r")
+        last = parts.pop()
+        self._lines = iter([p + b"\n" for p in parts] + ([last] if last else []))
+
+    def __iter__(self):
+        return self._lines
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 # ------------------------------------------------------------------------------------ meta

@@ -11,7 +11,7 @@ class CorpusError(FastctxError, ValueError):
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
                  field: str | None = None):
-        self.file, self.line, self.field = file, line, field
+        self.message, self.file, self.line, self.field = message, file, line, field
         where = ":".join(str(p) for p in (file, line) if p is not None)
         parts = [where] if where else []
         if field:

@@ -163,6 +163,22 @@ def _read_parquet(path: Path):
     return _from_rows(str(path), table.to_pylist())
 
 
+def _read_blocks(path: Path):
+    """A `Source` read in blocks by Ray tasks, for an orgmem folder with vectors or a JSONL file;
+    None for other inputs. Two blocks per CPU of the cluster."""
+    from .ray_read import read_folder_blocks, read_jsonl_blocks
+    from .sources import JSONL_SUFFIXES, Source
+    blocks = 2 * max(1, int(_ray().cluster_resources().get("CPU", 1)))
+    if path.is_dir() and (path / "vectors.npy").exists():
+        efile = str(path / "events.jsonl")
+        batch, meta = read_folder_blocks(path, blocks)
+        return Source(str(path), batch=batch, meta=meta, where=lambda k: (efile, k + 1))
+    if path.is_file() and path.suffix.lower() in JSONL_SUFFIXES:
+        cols = read_jsonl_blocks(path, blocks)
+        return Source(str(path), cols=cols, where=lambda k, f=str(path): (f, k + 1))
+    return None
+
+
 def _is_parquet(corpus: Any) -> bool:
     from .sources import PARQUET_SUFFIXES
     p = Path(corpus)
@@ -172,16 +188,18 @@ def _is_parquet(corpus: Any) -> bool:
 
 def read_with_ray(corpus: Any, index_dir: Path, overwrite: bool, progress, encoder: Any, *,
                   actors: int, batch_size: int, gpus: float):
-    """`read_for_build`, with Parquet inputs read as a Ray dataset and the embedding of a source
-    without vectors done by Ray actors. Orgmem folders and JSONL go through the ordinary
-    readers (their line-numbered validation)."""
+    """`read_for_build`, with inputs read by Ray: Parquet as a Ray dataset, an orgmem folder's
+    events.jsonl and a JSONL file in blocks parsed by Ray tasks (fastctx/ray_read.py, the same
+    line-numbered validation), and the embedding of a source without vectors done by Ray actors.
+    A text-only folder (no vectors.npy) and stdin go through the ordinary readers."""
     from .encoder import HashingEncoder, from_record, from_spec, spec_of
     from .index import _corpus_encoder, read_for_build
     from .sources import read_source, to_batch
     if isinstance(corpus, (str, Path)) and str(corpus) != "-":
         if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())) and not overwrite:
             return read_for_build(corpus, index_dir, overwrite, progress, encoder)   # raises IndexExistsError
-        src = _read_parquet(Path(corpus)) if _is_parquet(corpus) else read_source(corpus, progress=progress)
+        src = _read_blocks(Path(corpus)) or (_read_parquet(Path(corpus)) if _is_parquet(corpus)
+                                             else read_source(corpus, progress=progress))
         if src.has_vectors and encoder is None:   # as read_for_build: record the corpus's encoder if it fits
             batch, recorded = to_batch(src), _corpus_encoder(src.meta)
             return batch, recorded if recorded and int(recorded.get("dim", batch.dim)) == batch.dim else None
