@@ -475,15 +475,7 @@ def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | N
         if k == stop:
             break
     n = k + 1
-    if len_(set_(ids)) != n:
-        first: dict = {}
-        for j, eid in enumerate(ids):
-            if eid in first:
-                f, ln = where(j)
-                f0, ln0 = where(first[eid])
-                at = f"line {ln0}" if ln0 is not None else f0
-                raise CorpusError(f"duplicate id {_show(eid)} (first used at {at})", file=f, line=ln, field="id")
-            first[eid] = j
+    check_unique_ids(ids, where)
     del interned
     ptr = np.zeros(n + 1, dtype=np.int64)
     if n:
@@ -503,6 +495,20 @@ def _parse_events(objs: Iterator, where: Callable[[int], tuple], expect: int | N
         texts=texts,
         attrs=attrs,
     )
+
+
+def check_unique_ids(ids: list, where: Callable[[int], tuple]) -> None:
+    """CorpusError naming the second use of a repeated id and where the first was."""
+    if len(set(ids)) == len(ids):
+        return
+    first: dict = {}
+    for j, eid in enumerate(ids):
+        if eid in first:
+            f, ln = where(j)
+            f0, ln0 = where(first[eid])
+            at = f"line {ln0}" if ln0 is not None else f0
+            raise CorpusError(f"duplicate id {_show(eid)} (first used at {at})", file=f, line=ln, field="id")
+        first[eid] = j
 
 
 def _add_links(links, k: int, eid: str, link_src: list, link_to: list, link_type: list, fail) -> None:
@@ -812,9 +818,11 @@ def _vec_fail(file: str, lines_of: str | None, row: int, what: str):
 
 
 # ------------------------------------------------------------------------------------ events
-def read_events(corpus_dir, *, progress: Callable[[int], Any] | None = None) -> EventBatch:
+def read_events(corpus_dir, *, progress: Callable[[int], Any] | None = None,
+                parse: Callable[[Path], dict] | None = None) -> EventBatch:
     """Read ``events.jsonl`` + ``vectors.npy`` of an orgmem-v1 corpus (meta.json validated too).
-    `progress(n_lines_done)` is called every ~10k lines and at the end."""
+    `progress(n_lines_done)` is called every ~10k lines and at the end. `parse(events_path)`
+    replaces the whole-file parse (fastctx/ray_read.py parses it in blocks)."""
     d = Path(corpus_dir)
     meta = read_meta(d)
     n_meta, dim = meta["n_events"], meta["dim"]
@@ -830,10 +838,11 @@ def read_events(corpus_dir, *, progress: Callable[[int], Any] | None = None) -> 
     def where(k: int):
         return efile, k + 1
 
-    cols = _parse_events(_jsonl_objects(epath, counter, progress), where, expect=n_meta)
+    cols = (_parse_events(_jsonl_objects(epath, counter, progress), where, expect=n_meta) if parse is None
+            else parse(epath))
     n = len(cols["ids"])
-    if n > n_meta:
-        raise CorpusError(f"more event lines than meta.json n_events = {n_meta}", file=efile, line=n,
+    if n > n_meta:   # the whole-file parse stops at line n_meta + 1
+        raise CorpusError(f"more event lines than meta.json n_events = {n_meta}", file=efile, line=n_meta + 1,
                           field="n_events")
     if n < n_meta:
         raise CorpusError(f"meta.json n_events = {n_meta} but the file has only {n} event lines",

@@ -166,13 +166,14 @@ def _read_parquet(path: Path):
 def _read_blocks(path: Path):
     """A `Source` read in blocks by Ray tasks, for an orgmem folder with vectors or a JSONL file;
     None for other inputs. Two blocks per CPU of the cluster."""
+    from .corpus import read_meta
     from .ray_read import read_folder_blocks, read_jsonl_blocks
     from .sources import JSONL_SUFFIXES, Source
     blocks = 2 * max(1, int(_ray().cluster_resources().get("CPU", 1)))
     if path.is_dir() and (path / "vectors.npy").exists():
         efile = str(path / "events.jsonl")
-        batch, meta = read_folder_blocks(path, blocks)
-        return Source(str(path), batch=batch, meta=meta, where=lambda k: (efile, k + 1))
+        return Source(str(path), batch=read_folder_blocks(path, blocks), meta=read_meta(path),
+                      where=lambda k: (efile, k + 1))
     if path.is_file() and path.suffix.lower() in JSONL_SUFFIXES:
         cols = read_jsonl_blocks(path, blocks)
         return Source(str(path), cols=cols, where=lambda k, f=str(path): (f, k + 1))

@@ -4,17 +4,18 @@ The driver cuts ``events.jsonl`` into byte ranges on line boundaries and counts 
 each (a byte scan, no parsing), so every task parses its block with the ordinary validator
 (fastctx/corpus.py) under the block's real line numbers: a bad line names its line in the file.
 The driver then joins the blocks' columns in file order and applies the rules that span
-blocks: ids unique across the file (the duplicate names the line of the first use), blank lines
-only at the end, the line count against meta.json; it checks ``vectors.npy`` (numbers, no
-parsing) as the whole-file reader does. The result is the batch the whole-file reader returns.
+blocks: ids unique across the file (the duplicate names the line of the first use) and blank
+lines only at the end. A folder goes through `corpus.read_events` with this parse in place of
+its own, so meta.json, the line count and ``vectors.npy`` are checked by the same code.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 
-from .corpus import (CorpusError, EventBatch, _check_header, _jsonl_objects, _load_npy, _parse_events, _show,
-                     blank_inside, read_meta, validate_vectors)
+from .corpus import (CorpusError, EventBatch, _jsonl_objects, _parse_events, blank_inside, check_unique_ids,
+                     read_events)
 
 SCAN_BYTES = 1 << 24
 
@@ -82,14 +83,8 @@ def join_blocks(parts: list, spans: list, fname: str) -> dict:
     out["link_type"] = np.concatenate([c["link_type"] for c in cols]).astype(np.int8)
     out["entity_ptr"] = np.concatenate([[0]] + [c["entity_ptr"][1:] + e_at[i] for i, c in enumerate(cols)]
                                        ).astype(np.int64)
-    if len(set(out["ids"])) != len(out["ids"]):
-        line_of = np.concatenate([span[2] + np.arange(len(c["ids"])) for c, span in zip(cols, spans)])
-        first: dict = {}
-        for j, eid in enumerate(out["ids"]):
-            if eid in first:
-                raise CorpusError(f"duplicate id {_show(eid)} (first used at line {int(line_of[first[eid]])})",
-                                  file=fname, line=int(line_of[j]), field="id")
-            first[eid] = j
+    line_of = np.concatenate([span[2] + np.arange(len(c["ids"])) for c, span in zip(cols, spans)])
+    check_unique_ids(out["ids"], lambda j: (fname, int(line_of[j])))
     return out
 
 
@@ -102,22 +97,7 @@ def read_jsonl_blocks(epath: Path, blocks: int) -> dict:
     return join_blocks(parts, spans, str(epath))
 
 
-def read_folder_blocks(corpus_dir: Path, blocks: int):
-    """An orgmem folder with vectors, its events.jsonl read in `blocks` Ray tasks: (EventBatch, meta)."""
-    d = Path(corpus_dir)
-    meta = read_meta(d)
-    n_meta, dim = meta["n_events"], meta["dim"]
-    epath, vpath = d / "events.jsonl", d / "vectors.npy"
-    if not epath.is_file():
-        raise CorpusError("file not found (every orgmem-v1 corpus has an events.jsonl)", file=str(epath))
-    _check_header(_load_npy(vpath), n_meta, dim, file=str(vpath), lines_of="events.jsonl")   # before the parse
-    cols = read_jsonl_blocks(epath, blocks)
-    n = len(cols["ids"])
-    if n > n_meta:
-        raise CorpusError(f"more event lines than meta.json n_events = {n_meta}", file=str(epath), line=n_meta + 1,
-                          field="n_events")
-    if n < n_meta:
-        raise CorpusError(f"meta.json n_events = {n_meta} but the file has only {n} event lines",
-                          file=str(epath), line=n + 1, field="n_events")
-    vec = validate_vectors(_load_npy(vpath), n, dim, file=str(vpath), lines_of="events.jsonl")
-    return EventBatch(vectors=vec, **cols), meta
+def read_folder_blocks(corpus_dir: Path, blocks: int) -> EventBatch:
+    """An orgmem folder with vectors, read as `corpus.read_events` reads it, with its events.jsonl
+    parsed in `blocks` Ray tasks."""
+    return read_events(corpus_dir, parse=lambda epath: read_jsonl_blocks(epath, blocks))

@@ -545,9 +545,9 @@ def postings_order(ent: np.ndarray, rows: np.ndarray, times: np.ndarray) -> np.n
     time, as time-cut builds and compactions make them; else (late arrivals in a later segment)
     the full three-key sort. At 3.4M events the three-key sort alone took 5.7 s."""
     order = np.argsort(ent, kind="stable")
-    r = rows[order]
+    e, r = ent[order], rows[order]
     t = times[r]
-    same = ent[order][1:] == ent[order][:-1]
+    same = e[1:] == e[:-1]
     if np.any(same & ((t[1:] < t[:-1]) | ((t[1:] == t[:-1]) & (r[1:] < r[:-1])))):
         return np.lexsort((rows, times[rows], ent))
     return order

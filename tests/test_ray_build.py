@@ -259,12 +259,13 @@ def _same_batch(a, b):
 def test_events_read_in_blocks_by_ray_tasks_equal_the_whole_file_read(cluster, corpus, tmp_path):
     """An orgmem folder and a JSONL file parsed in 1, 3 and 8 blocks by Ray tasks give the
     whole-file reader's batch exactly (link sources and entity pointers shifted per block)."""
-    from fastctx.corpus import read_events, read_event_lines
+    from fastctx.corpus import read_event_lines, read_events, read_meta
     from fastctx.ray_read import read_folder_blocks, read_jsonl_blocks
     want = read_events(corpus / "c")
     lines = read_event_lines(corpus / "c" / "events.jsonl")
+    meta = read_meta(corpus / "c")
     for blocks in (1, 3, 8):
-        got, meta = read_folder_blocks(corpus / "c", blocks)
+        got = read_folder_blocks(corpus / "c", blocks)
         _same_batch(want, got)
         assert meta["n_events"] == len(got)
         cols = read_jsonl_blocks(corpus / "c" / "events.jsonl", blocks)
