@@ -261,7 +261,7 @@ class Engine:
         cands = [(float(pr + p.relevance * rel), i, res)
                  for i, pr, rel, res in zip(chosen.tolist(), prior[top].tolist(), relevance.tolist(), expansions)]
         cands.sort(key=lambda c: (-c[0], c[1]))
-        confidence = self._confidence(cands[0][2], p.chain_evidence)
+        confidence = self._confidence(cands[0][2], p.chain_evidence, self._context_reached(g, cands[0][2]))
         temperature = p.pool_temperature + (p.wide_temperature - p.pool_temperature) * (1.0 - confidence)
         # evidence per event, pooled over candidates: each candidate's chain counts with a
         # softmax weight of its score, so a close runner-up's chain still gets budget and
@@ -296,15 +296,35 @@ class Engine:
             hits = [(int(rows[x]), float(base[x]), "direct hit") for x in by_base.tolist()]
         return self._pack(g, ranked, budget, hits, share), None
 
+    def _context_reached(self, g, expansion) -> np.ndarray:
+        """Which events an expansion reached (its head excluded) through a shared context entity
+        (`AnswerParams.context_prefixes`: a session, a thread). Names are looked up once per
+        entity, through the graph (a coordinator asks the owning shards, and caches them)."""
+        vk, vid, par = expansion[3][1:], expansion[4][1:], expansion[2][1:]
+        out = np.zeros(len(vk), bool)
+        prefixes = tuple(self.params.context_prefixes)
+        ent = np.flatnonzero(vk == 2)
+        if not prefixes or not len(ent):
+            return out
+        uniq, first = np.unique(vid[ent], return_index=True)
+        names = g.entity_names(list(zip(par[ent][first].tolist(), uniq.tolist())))
+        context = uniq[[str(nm).startswith(prefixes) for nm in names]]
+        out[ent] = np.isin(vid[ent], context)
+        return out
+
     @staticmethod
-    def _confidence(expansion, unit: float) -> float:
+    def _confidence(expansion, unit: float, context: Optional[np.ndarray] = None) -> float:
         """How much causal structure a chain has, in [0, 1]: the path scores of the events its
-        expansion reaches (the head excluded) through anything but a reply or same-actor link,
-        over `unit`. Those say what came next in a conversation or a sitting, not why."""
+        expansion reaches (the head excluded) through anything but a reply or same-actor link or
+        a shared context entity (`context`, per reached event), over `unit`. Those say what came
+        next in a conversation or a sitting, or where it was said, not why."""
         if unit <= 0:
             return 1.0
         scores = np.asarray(expansion[1][1:], np.float64)
-        return float(min(1.0, float(scores[_causal(expansion)].sum()) / unit))
+        causal = _causal(expansion)
+        if context is not None:
+            causal &= ~context
+        return float(min(1.0, float(scores[causal].sum()) / unit))
 
     @staticmethod
     def _inherit(rows, cands, weights) -> list[float]:

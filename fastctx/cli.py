@@ -290,6 +290,8 @@ def _answer_params(pairs: tuple, remote: Optional[str]):
                 out[f.name] = value.lower() in ("true", "1")
             elif kind in (int, float, str):
                 out[f.name] = kind(value)
+            elif kind is tuple and all(isinstance(x, str) for x in f.default):
+                out[f.name] = tuple(x.strip() for x in value.split(",") if x.strip())   # a,b,c; empty: none
             else:
                 raise ValueError(f"{kind.__name__} knobs are set from Python")
         except ValueError as e:

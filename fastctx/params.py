@@ -124,6 +124,10 @@ class AnswerParams:
     # temperature moves from `wide_temperature` (c = 0) to `pool_temperature` (c = 1), and
     # direct hits, in fused relevance order, take the share 1 - c of the budget the chains leave.
     chain_evidence: float = 0.5
+    # entities naming where events were said (a chat session, a thread, a channel) group them
+    # the way reply links do: walked like any entity, but what they reach is conversation
+    # structure, not causal evidence, so it never makes the answer stop early
+    context_prefixes: tuple[str, ...] = ("session:", "thread:", "channel:", "conversation:", "conv:")
     wide_temperature: float = 0.3
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
     lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)

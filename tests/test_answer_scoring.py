@@ -122,7 +122,14 @@ class _OneHopGraph:
     with falling similarity; every event costs one token."""
 
     def __init__(self, link: str):
-        self.link = LINK_TYPES.index(link)
+        # "entity:<name>": the hop goes through a shared entity of that name instead of a link
+        self.entity = link.split(":", 1)[1] if link.startswith("entity:") else None
+        self.link = 7 if self.entity else LINK_TYPES.index(link)
+        self.asked = []
+
+    def entity_names(self, pairs):
+        self.asked += list(pairs)
+        return [self.entity for _ in pairs]
 
     def vectors(self, rows):
         rows = np.asarray(rows, np.int64)
@@ -138,13 +145,14 @@ class _OneHopGraph:
 
     def expand(self, seeds, scores, direction, t_lo, t_hi, as_of):
         return [(np.array([s, s + 100], np.int64), np.array([1.0, 0.9], np.float32), np.array([-1, s], np.int64),
-                 np.array([0, 1], np.int8), np.array([0, self.link], np.int64), np.array([0, 1], np.int32))
+                 np.array([0, 2 if self.entity else 1], np.int8), np.array([0, self.link], np.int64),
+                 np.array([0, 1], np.int32))
                 for s in np.asarray(seeds, np.int64).tolist()]
 
 
-def _hop_answer(link: str, budget: int = 1000):
+def _hop_answer(link: str, budget: int = 1000, g=None):
     from fastctx.filters import Filters
-    g = _OneHopGraph(link)
+    g = g or _OneHopGraph(link)
     rows = np.arange(20, dtype=np.int64)
     sims = np.linspace(0.9, 0.1, 20)
     q = np.zeros(32, np.float32)
@@ -228,3 +236,16 @@ def test_index_answer_params_reach_the_engine(tmp_path):
     params = AnswerParams(seed_k=4, relevance_mass=1.0)
     assert Index(tmp_path / "i", answer_params=params).engine().params is params
     assert Index(tmp_path / "i").engine().params == AnswerParams()
+
+
+def test_a_shared_session_is_conversation_structure_not_a_causal_chain():
+    """Turns of one chat session (a context entity, `AnswerParams.context_prefixes`) reach each
+    other through the session entity: like replies, that explains nothing causally, so direct
+    hits still fill the budget; a shared rare entity of another kind ends the answer. The name is
+    asked through the graph once per (parent, entity), not per event."""
+    g = _OneHopGraph("entity:session:c1/4")
+    got = _hop_answer("", g=g)
+    assert set(range(20)) <= set(got)
+    assert g.asked == [(0, 7)]
+    ticket = _hop_answer("entity:ticket:PAY-7")
+    assert ticket[:2] == [0, 100] and len(ticket) < 20

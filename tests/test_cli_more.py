@@ -245,8 +245,9 @@ def test_connect_without_grpc_names_the_extra():
 
 def test_param_sets_engine_knobs_for_query_and_eval(runner, built, tmp_path):
     base = runner.invoke(main, ["query", str(built), VAULT_Q, "--format", "jsonl"])
-    same = runner.invoke(main, ["query", str(built), VAULT_Q, "--format", "jsonl", "--param", "relevance_mass=1.5"])
-    assert base.exit_code == 0 and same.exit_code == 0 and base.output == same.output   # the default, spelled out
+    same = runner.invoke(main, ["query", str(built), VAULT_Q, "--format", "jsonl", "--param", "relevance_mass=1.5",
+                                "--param", "context_prefixes=session:,thread:,channel:,conversation:,conv:"])
+    assert base.exit_code == 0 and same.exit_code == 0 and base.output == same.output   # the defaults, spelled out
     narrow = runner.invoke(main, ["query", str(built), VAULT_Q, "--format", "jsonl", "--param", "max_results=1",
                                   "--param", "candidates=1", "--param", "chain_evidence=0"])
     assert narrow.exit_code == 0, narrow.output
