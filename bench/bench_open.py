@@ -1,7 +1,7 @@
 """Open time and first-query time of an index, each measured in a fresh process.
 
     .venv/bin/python bench/bench_open.py --events 100000 [--work DIR] [--index DIR]
-        [--repeat 5] [--src TREE ...]
+        [--repeat 5] [--src TREE ...] [--profile N]
 
 Generates the corpus with the orgmem yardstick (`../shared/orgmem/generate.py OUT --events N
 --seed 0`) and builds the index once (or reuses `--index DIR`). Then, per source tree given with
@@ -20,7 +20,8 @@ process that fills the page cache and the kernels' compile cache):
              (checksummed first when at most 64 MiB); source trees without the walk show "-"
 
 The page cache is warm (the discarded process read the files): the numbers are the process's
-own work, not the disk's.
+own work, not the disk's. `--profile N` prints a cProfile summary (top N by cumulative time) of
+the first causal query in one more fresh process.
 """
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ elif sys.argv[4] == "walk":     # the filtered walk over the graph file in place
     for seg in idx.shards[0].segments:
         if getattr(seg, "has_hnsw", False):
             seg.walk.search(np.array(q, np.float32), np.ones(seg.n, np.uint8), 10, 64, False)
+elif sys.argv[4] == "profile":  # the first causal query under cProfile (its summary goes to stderr)
+    import cProfile, pstats
+    pr = cProfile.Profile()
+    pr.runcall(idx.query, np.array(q), unrestricted=True)
+    pstats.Stats(pr, stream=sys.stderr).sort_stats("cumulative").print_stats(int(sys.argv[5]))
 else:
     idx.query(np.array(q), unrestricted=True)
 t3 = time.perf_counter()
@@ -58,11 +64,13 @@ print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "first_s": t3 - t2}))
 """
 
 
-def run_child(src: Path, index: Path, qvec: Path, what: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(index), str(qvec), what],
+def run_child(src: Path, index: Path, qvec: Path, what: str, top: int = 0) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(index), str(qvec), what, str(top)],
                          capture_output=True, text=True, cwd="/")
     if out.returncode != 0:
         raise SystemExit(f"measurement process failed ({src}, {what}):\n{out.stderr[-2000:]}")
+    if what == "profile":
+        print(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -105,6 +113,8 @@ def main(argv=None) -> int:
                     help="source tree to import fastctx from (repeatable; default this checkout)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile the first causal query in one more fresh process (top N by cumulative time)")
     a = ap.parse_args(argv)
     if a.index and a.queries:
         index, qvec = Path(a.index), Path(a.queries)
@@ -121,6 +131,8 @@ def main(argv=None) -> int:
         rows.append({"src": str(src), **r})
         print(f"{str(src):<40} {r['import_s']:>9.3f} {r['open_s']:>8.3f} {r['search_s']:>13.3f} {r['query_s']:>12.3f} "
               f"{r['walk_s']:>11.3f}")
+        if a.profile:
+            run_child(src, index, qvec, "profile", a.profile)
     if a.out:
         Path(a.out).write_text(json.dumps({"index": str(index), "bytes": size, "rows": rows}, indent=1))
     return 0

@@ -389,7 +389,7 @@ def append_time_cut(shard_dir: Path, manifest: dict, batch: EventBatch, params: 
     """Write `batch` (an offline build) as time-cut segments and commit them in one manifest
     version (`shard.append_segment` for one piece). Returns the combined report."""
     from .format import write_manifest
-    from .shard import append_segment, write_segment_dir
+    from .shard import append_segment, attach_graph, open_segments, write_segment_dir
     if len(batch) < 2 * max(segment_rows, 1) or not segment_rows:
         return append_segment(shard_dir, manifest, batch, params, progress)
     manifest.setdefault("params", {"slot_prefixes": list(params.slot_prefixes),
@@ -414,6 +414,8 @@ def append_time_cut(shard_dir: Path, manifest: dict, batch: EventBatch, params: 
            "n_entities": manifest["n_entities"] + report.new_entities,
            "next_segment": manifest["next_segment"] + len(pieces), "next_seq": seq0 + len(batch),
            "flushed_seq": max(int(manifest.get("flushed_seq", 0)), seq0 + len(batch))}
+    # the shard graph of the new segments, mapped by readers instead of derived per process
+    attach_graph(shard_dir, new, open_segments(shard_dir, new))
     write_manifest(shard_dir, new)
     manifest.clear()
     manifest.update(new)

@@ -730,18 +730,22 @@ def delete(index_dir: Path, ids: tuple) -> None:
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Merge every segment, not only runs of small ones.")
 def compact(index_dir: Path, force: bool) -> None:
-    """Flush the log, then merge adjacent small segments (deleted and replaced rows go for good)."""
+    """Flush the log, then merge adjacent small segments (deleted and replaced rows go for good),
+    and write the shard graph file of a shard of several segments when it is missing or stale."""
     try:
         idx = _open_index(index_dir, writable=True)
         before = idx.stats()
         idx.flush()
         runs = idx.compact(force=force)
+        wrote = idx.write_graph()
         after = idx.stats()
         idx.close()
     except FastctxError as e:
         _fail(e)
+    graph = f"; shard graph {'written' if wrote else 'up to date'}" if after["segments"] > 1 else ""
     click.echo(f"compacted {index_dir}: {len(runs)} merge(s), segments {before['segments']} -> {after['segments']}, "
-               f"dropped {before['deleted_rows'] - after['deleted_rows']} deleted row(s); {after['events']} events")
+               f"dropped {before['deleted_rows'] - after['deleted_rows']} deleted row(s); {after['events']} events"
+               + graph)
 
 
 @main.command()

@@ -33,8 +33,8 @@ from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marke
 from .params import AnswerParams, BuildParams, SearchParams
 from .planner import SegmentPlan, plan_segment, walk_search
 from .seeds import allowed_mask, search_segment_batch
-from .shard import (MemLog, Shard, collect_garbage, create_shard, disk_key_test, load_parts, merge_segments,
-                    open_segments, prune_overlay, write_overlay, write_segment_dir)
+from .shard import (MemLog, Shard, attach_graph, collect_garbage, create_shard, disk_key_test, load_parts,
+                    merge_segments, open_segments, prune_overlay, write_overlay, write_segment_dir)
 from .types import Event, Hits
 from .derive import with_derived_links, with_links
 from .derive_add import links_at_add
@@ -359,7 +359,7 @@ class Index:
         crashpoint("add:before-write")
         w.append([rec])
         crashpoint("add:after-write")
-        parts["log"].apply_add(batch, seq0, disk_key_test(parts["segments"]), chash)
+        parts["log"].apply_add(batch, seq0, disk_key_test(parts["segments"], parts.get("graph_file")), chash)
         parts["next_seq"] = seq0 + len(batch)
         self._changed()
         if parts["log"].n_added >= self.memtable_max_rows:  # logged rows, live or replaced
@@ -407,7 +407,7 @@ class Index:
         seq = int(parts["next_seq"])
         rec = walmod.encode({"t": "del", "seq": seq, "ids": [i for i, e in zip(ids, exists) if e]})
         self._ensure_wal().append([rec])
-        parts["log"].apply_delete(keys[exists], seq, disk_key_test(parts["segments"]))
+        parts["log"].apply_delete(keys[exists], seq, disk_key_test(parts["segments"], parts.get("graph_file")))
         parts["next_seq"] = seq + 1
         self._changed()
         return int(exists.sum())
@@ -502,12 +502,36 @@ class Index:
         fsync_dir(d)
         new = {**m, "version": m["version"] + 1, "segments": entries, "n_rows": base,
                "next_segment": next_segment, "deletes": deletes}
+        attach_graph(d, new, new_segments, overlay)    # the merged shard's graph, in the same commit
         crashpoint("compact:before-commit")
         self._commit(new)
         self._parts[0] = {**parts, "manifest": new, "segments": new_segments, "overlay": overlay}
         self._changed()
         collect_garbage(d, new)
         return runs
+
+    def write_graph(self, *, force: bool = False) -> bool:
+        """Write the shard graph file set of the current disk segments (links, reverse links,
+        merged entity postings, supersession, id lookup: docs/FORMAT.md "Shard graph file") and
+        commit it, so readers map it instead of deriving it at their first causal query. Builds
+        and compactions write it themselves; this is for an index whose graph is missing or stale
+        (after a flush). A no-op (False) when it is fresh (unless `force`) or the shard has one
+        segment. The log is not flushed: its events are merged on at query time."""
+        from .shardgraph import is_fresh
+        self._take_lock()
+        parts = self._parts[0]
+        m, d = parts["manifest"], self._shard_dir
+        if len(m["segments"]) < 2 or (is_fresh(m) and not force):
+            return False
+        new = {**m, "version": m["version"] + 1}
+        attach_graph(d, new, parts["segments"], parts["overlay"])
+        crashpoint("graph:before-commit")
+        self._commit(new)
+        # the shard maps the new files itself (this writer holds the lock: nothing removes them)
+        self._parts[0] = {**{k: v for k, v in parts.items() if k != "graph_file"}, "manifest": new}
+        self._changed()
+        collect_garbage(d, new)
+        return True
 
         # -- reading -------------------------------------------------------------------------------
     @property
@@ -972,6 +996,9 @@ def verify(path: Union[str, Path]) -> list[str]:
             bad = [n for n in shard.wal_notes if "whole last record" in n]
             if bad:
                 return [bad[0].replace(" (ignored)", "") + ": the write-ahead log's last record is corrupted"]
+            problem = shard.check_graph_file()
+            if problem:
+                return [problem]
             g = shard.graph
             if len(g.ev_ent) and (g.ev_ent.min() < 0 or g.ev_ent.max() >= shard.n_entities):
                 return [f"{shard.dir}: an event names an entity id out of range"]

@@ -37,6 +37,7 @@ from .format import crc32_file, fsync_dir, read_manifest, write_manifest
 from .params import BuildParams
 from .supersession import supersession_overlay
 from .segment import MemSegment, Segment, SegmentBase
+from .shardgraph import PREFIX as GRAPH_PREFIX, GraphFile, fresh_name, open_graph, state_key, write_graph_dir
 
 EMPTY_OVERLAY = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
 
@@ -205,12 +206,12 @@ class MemLog:
         return concat_batches(parts), np.concatenate(seqs), np.concatenate(hashes)
 
 
-def replay_log(shard_dir: Path, manifest: dict, segments: Sequence[Segment], *, repair: bool = False
-               ) -> tuple[MemLog, int, list[str]]:
+def replay_log(shard_dir: Path, manifest: dict, segments: Sequence[Segment], *, repair: bool = False,
+               graph_file: Optional[GraphFile] = None) -> tuple[MemLog, int, list[str]]:
     """Replay the manifest's log files into a `MemLog`. Returns (log, next seq, notes). A torn
     tail is ignored (and, with `repair`, truncated); damage in the middle raises."""
     log = MemLog()
-    in_disk = disk_key_test(segments)
+    in_disk = disk_key_test(segments, graph_file)
     next_seq = int(manifest.get("flushed_seq", 0))
     notes = []
     for name in manifest.get("wal", []):
@@ -263,13 +264,31 @@ def _derived_links(derived, n: int) -> tuple[list, list, list]:
     return list(src), list(to), list(types)
 
 
-def disk_key_test(segments: Sequence[SegmentBase]):
+def disk_key_test(segments: Sequence[SegmentBase], graph_file: Optional[GraphFile] = None):
+    """`in_disk(keys)`: bool per key, some disk row (deleted or not) has that id. Through the
+    graph file's sorted id keys when there is one (no per-segment lookup to sort)."""
+    if graph_file is not None:
+        return lambda keys: _in_disk(graph_file, keys)
+
     def in_disk(keys: np.ndarray) -> np.ndarray:
         out = np.zeros(len(keys), bool)
         for seg in segments:
             out |= seg.id_lookup.get(keys) >= 0
         return out
     return in_disk
+
+
+def _key_ranges(graph_file: GraphFile, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) of each id key in the graph file's sorted disk id keys (an id has one row per
+    segment at most; several when an updated version was flushed beside the old one)."""
+    sorted_keys = graph_file["id_keys"]
+    keys = np.asarray(keys, np.uint64)
+    return np.searchsorted(sorted_keys, keys, "left"), np.searchsorted(sorted_keys, keys, "right")
+
+
+def _in_disk(graph_file: GraphFile, keys: np.ndarray) -> np.ndarray:
+    lo, hi = _key_ranges(graph_file, keys)
+    return hi > lo
 
 
 # ------------------------------------------------------------------------------------ opening
@@ -317,8 +336,13 @@ class Shard:
         if sum(s.n for s in disk) != self.manifest["n_rows"]:
             raise CorruptIndexError(f"{self.dir / 'MANIFEST.json'}: n_rows does not match its segments")
         self.disk_segments = disk
+        # the persisted graph of the disk segments, when the manifest names a fresh one (mapped when
+        # the version was pinned; a writer's own parts may lack it: the writer holds the lock)
+        self.graph_file: Optional[GraphFile] = (parts["graph_file"] if "graph_file" in parts
+                                                else open_graph(self.dir, self.manifest, verify=verify))
         self.log: MemLog = parts["log"]
         self.wal_notes: list[str] = parts.get("notes", [])
+        self.disk_overlay: dict = parts["overlay"]      # the manifest's deletion file alone
         overlay = dict(parts["overlay"])
         for k, s in self.log.overlay_add.items():
             overlay[k] = max(overlay.get(k, 0), s)
@@ -364,6 +388,13 @@ class Shard:
     def deleted_mask(self) -> np.ndarray:
         """uint8 per global row: 1 = deleted or replaced by a newer version (never answer it)."""
         out = np.zeros(self.n, np.uint8)
+        out[:len(self._disk_deleted)] = self._disk_deleted
+        return out
+
+    @cached_property
+    def _disk_deleted(self) -> np.ndarray:
+        """`deleted_mask` of the disk rows (known before the memtable is computed)."""
+        out = np.zeros(self.manifest["n_rows"], np.uint8)
         for seg in self.disk_segments:
             out[seg.row_base:seg.row_base + seg.n] = deleted_rows(seg.id_keys, seg.seq, self._overlay_arrays)
         return out
@@ -387,6 +418,16 @@ class Shard:
     def disk_live_ids(self, keys: np.ndarray) -> np.ndarray:
         """Global row of the live version of each id key among disk segments (-1 if none)."""
         out = np.full(len(keys), -1, np.int64)
+        if self.graph_file is not None:
+            lo, hi = _key_ranges(self.graph_file, keys)
+            rows, dead = self.graph_file["id_rows"], self._disk_deleted
+            one = np.flatnonzero(hi - lo == 1)
+            r = rows[lo[one]]
+            out[one] = np.where(dead[r] == 0, r, -1)
+            for i in np.flatnonzero(hi - lo > 1).tolist():   # several versions stored: the live one
+                live = [r for r in rows[lo[i]:hi[i]].tolist() if not dead[r]]
+                out[i] = live[0] if live else -1
+            return out
         for seg in self.disk_segments:
             hit = seg.id_lookup.get(keys)
             ok = hit >= 0
@@ -467,6 +508,20 @@ class Shard:
 
     @cached_property
     def graph(self) -> Graph:
+        """The shard's event graph: mapped from the graph file when there is a fresh one (with
+        the log's changes merged on, graphdelta.py), else derived from the segments."""
+        gf = self.graph_file
+        if gf is None:
+            return self._derived_graph()
+        base = Graph(self.times, gf["out_ptr"], gf["out_dst"], gf["out_type"], gf["in_ptr"],
+                     gf["in_src"], gf["in_type"], gf["ev_ptr"], gf["ev_ent"], gf["ent_ptr"], gf["ent_rows"])
+        if self.memtable is None and not self.log.overlay_add:
+            return base
+        from .graphdelta import merge_log
+        return merge_log(base, self)
+
+    def _derived_graph(self) -> Graph:
+        """The graph derived from the segments (no graph file, or one the log's changes outdate)."""
         segs, n = self.segments, self.n
         link_ptr, link_keys, link_type = _concat_csr([s.link_ptr for s in segs],
                                                      [(s.link_dst, s.link_type) for s in segs], 2)
@@ -475,11 +530,7 @@ class Shard:
         dst = self.live_lookup.get(link_keys)
         missing = dst < 0
         if missing.any():  # the target was deleted (the overlay knows it) or the file is damaged
-            okeys, _ = self._overlay_arrays
-            known = np.isin(link_keys[missing], okeys)
-            if not known.all():
-                raise CorruptIndexError(f"{self.dir}: a link points outside the shard's rows "
-                                        f"(target id key {int(link_keys[missing][~known][0]):#x} is in no segment)")
+            _check_deleted_targets(self, link_keys[missing])
         src = np.repeat(np.arange(n, dtype=np.int64), np.diff(link_ptr))
         keep = ~missing
         if self.n_deleted:
@@ -504,6 +555,22 @@ class Shard:
                      np.ascontiguousarray(out_type[order], np.int8), np.asarray(ev_ptr, np.int64),
                      np.asarray(ev_ent, np.int64), ent_ptr, ent_rows)
 
+    def check_graph_file(self) -> Optional[str]:
+        """For `verify`: the graph file's arrays against a fresh derivation from the segments
+        (every checksum was checked when the shard was opened to verify). None when they agree
+        or there is no fresh graph file."""
+        gf = self.graph_file
+        if gf is None:
+            return None
+        disk = Shard(self.dir, parts={"manifest": self.manifest, "segments": self.disk_segments,
+                                      "overlay": self.disk_overlay, "log": MemLog(), "graph_file": None})
+        want = graph_arrays(disk)
+        for stem, arr in want.items():
+            got = gf[stem]
+            if got.dtype != arr.dtype or not np.array_equal(got, arr):
+                return f"{gf.dir / (stem + '.npy')}: differs from the graph derived from the segments"
+        return None
+
     @cached_property
     def entity_flags(self) -> np.ndarray:
         return self._cat("ent_flags", np.uint8)
@@ -513,8 +580,15 @@ class Shard:
         """(superseded_by, superseded_at) per global row; -1 where the event is still current.
         Explicit `supersedes`/`reverts` links, and implicit slot supersession: consecutive events of
         a slot kind on the same slot entity. The earliest superseder wins. Deleted rows take no
-        part (they have no links and no postings in `graph`)."""
-        g, n = self.graph, self.n
+        part (they have no links and no postings in `graph`). Mapped from the graph file when
+        nothing in the log changes it."""
+        gf = self.graph_file
+        if gf is not None and self.memtable is None and not self.log.overlay_add:
+            return gf["sup_by"], gf["sup_at"]
+        return self._derived_supersession(self.graph)
+
+    def _derived_supersession(self, g: Graph) -> tuple[np.ndarray, np.ndarray]:
+        n = self.n
         params = self.manifest.get("params") or {"slot_kinds": list(BuildParams().slot_kinds)}
         slot_kinds = self.codes(params.get("slot_kinds", []), self.kinds)
         return supersession_overlay(
@@ -553,6 +627,44 @@ def postings_order(ent: np.ndarray, rows: np.ndarray, times: np.ndarray) -> np.n
     return order
 
 
+def _check_deleted_targets(sh: "Shard", keys: np.ndarray) -> None:
+    """A stored link whose target has no live row must name a deleted id (else: damage)."""
+    known = np.isin(keys, sh._overlay_arrays[0])
+    if not known.all():
+        raise CorruptIndexError(f"{sh.dir}: a link points outside the shard's rows "
+                                f"(target id key {int(keys[~known][0]):#x} is in no segment)")
+
+
+def graph_arrays(sh: "Shard") -> dict:
+    """What the graph file holds for a shard without a memtable (see shardgraph.LAYOUT)."""
+    g = sh._derived_graph()
+    by, at = sh._derived_supersession(g)
+    keys = np.asarray(sh._cat("id_keys", np.uint64))
+    order = np.argsort(keys, kind="stable")
+    return {"out_ptr": g.out_ptr, "out_dst": g.out_dst, "out_type": g.out_type, "in_ptr": g.in_ptr,
+            "in_src": g.in_src, "in_type": g.in_type, "ev_ptr": g.ev_ptr, "ev_ent": g.ev_ent,
+            "ent_ptr": g.ent_ptr, "ent_rows": g.ent_rows, "sup_by": by, "sup_at": at,
+            "id_keys": keys[order], "id_rows": order.astype(np.int64)}
+
+
+def attach_graph(shard_dir: Path, manifest: dict, segments: Sequence[Segment],
+                 overlay: Optional[dict] = None) -> None:
+    """Before a commit of `manifest` (its disk state complete, `segments` opened, `overlay` its
+    deletion file's content): write the graph file set of that state and name it in the
+    manifest (entry "graph", shardgraph.py). A shard of one segment gets none (its postings are
+    mapped directly): any entry is dropped."""
+    manifest.pop("graph", None)
+    if len(manifest["segments"]) < 2:
+        return
+    if overlay is None:
+        overlay = read_overlay(shard_dir, manifest.get("deletes"))
+    sh = Shard(shard_dir, parts={"manifest": manifest, "segments": list(segments), "overlay": overlay,
+                                 "log": MemLog(), "graph_file": None})
+    entry = write_graph_dir(shard_dir, f"{GRAPH_PREFIX}{manifest['version']:06d}", graph_arrays(sh))
+    entry.update(key=state_key(manifest), n_rows=manifest["n_rows"], n_entities=manifest["n_entities"])
+    manifest["graph"] = entry
+
+
 def load_parts(shard_dir: Path, *, verify: bool = False, cache: Optional[dict] = None, repair: bool = False,
                attempts: int = 50) -> dict:
     """Read the manifest and open everything it names (segments, overlay, log). Retries when a
@@ -562,9 +674,10 @@ def load_parts(shard_dir: Path, *, verify: bool = False, cache: Optional[dict] =
         try:
             segments = open_segments(shard_dir, manifest, verify=verify, cache=cache)
             overlay = read_overlay(shard_dir, manifest.get("deletes"))
-            log, next_seq, notes = replay_log(shard_dir, manifest, segments, repair=repair)
+            graph_file = open_graph(shard_dir, manifest, verify=verify)
+            log, next_seq, notes = replay_log(shard_dir, manifest, segments, repair=repair, graph_file=graph_file)
             return {"manifest": manifest, "segments": segments, "overlay": overlay, "log": log,
-                    "next_seq": next_seq, "notes": notes}
+                    "next_seq": next_seq, "notes": notes, "graph_file": graph_file}
         except (CorruptIndexError, FileNotFoundError):
             try:
                 changed = read_manifest(shard_dir)["version"] != manifest["version"]
@@ -644,11 +757,13 @@ def collect_garbage(shard_dir: Path, manifest: dict) -> list[str]:
     keep = {e["name"] for e in manifest["segments"]} | set(manifest.get("wal", []))
     if manifest.get("deletes"):
         keep.add(manifest["deletes"]["name"])
+    keep.add(fresh_name(manifest) or "MANIFEST.json")   # a stale graph file set is garbage
     keep.add("MANIFEST.json")
     removed = []
     for p in shard_dir.iterdir():
         name = p.name
-        ours = (name.startswith(("seg-", ".seg-", "wal-", "del-")) or name.endswith(".tmp"))
+        ours = (name.startswith(("seg-", ".seg-", "wal-", "del-", GRAPH_PREFIX, "." + GRAPH_PREFIX))
+                or name.endswith(".tmp"))
         if not ours or name in keep:
             continue
         if p.is_dir():
