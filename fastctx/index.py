@@ -490,10 +490,11 @@ class Index:
                 next_segment += 1
             entries[i:j] = written
             crashpoint("compact:segment-written")
-        base = 0
-        for e in entries:
-            e["row_base"] = base
+        base, rebased = 0, []
+        for e in entries:   # copies: the manifest this writer read must stay as read (see _commit)
+            rebased.append({**e, "row_base": base})
             base += e["n"]
+        entries = rebased
         new_segments = open_segments(d, {**m, "segments": entries}, cache=self._seg_cache)
         overlay = prune_overlay(parts["overlay"], new_segments, sh)
         deletes = m.get("deletes")
@@ -505,7 +506,9 @@ class Index:
         attach_graph(d, new, new_segments, overlay)    # the merged shard's graph, in the same commit
         crashpoint("compact:before-commit")
         self._commit(new)
-        self._parts[0] = {**parts, "manifest": new, "segments": new_segments, "overlay": overlay}
+        from .shardgraph import open_graph
+        self._parts[0] = {**parts, "manifest": new, "segments": new_segments, "overlay": overlay,
+                          "graph_file": open_graph(d, new)}     # not the replaced version's
         self._changed()
         collect_garbage(d, new)
         return runs
@@ -517,7 +520,7 @@ class Index:
         and compactions write it themselves; this is for an index whose graph is missing or stale
         (after a flush). A no-op (False) when it is fresh (unless `force`) or the shard has one
         segment. The log is not flushed: its events are merged on at query time."""
-        from .shardgraph import is_fresh
+        from .shardgraph import is_fresh, open_graph
         self._take_lock()
         parts = self._parts[0]
         m, d = parts["manifest"], self._shard_dir
@@ -527,8 +530,7 @@ class Index:
         attach_graph(d, new, parts["segments"], parts["overlay"])
         crashpoint("graph:before-commit")
         self._commit(new)
-        # the shard maps the new files itself (this writer holds the lock: nothing removes them)
-        self._parts[0] = {**{k: v for k, v in parts.items() if k != "graph_file"}, "manifest": new}
+        self._parts[0] = {**parts, "manifest": new, "graph_file": open_graph(d, new)}
         self._changed()
         collect_garbage(d, new)
         return True

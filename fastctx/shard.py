@@ -37,7 +37,8 @@ from .format import crc32_file, fsync_dir, read_manifest, write_manifest
 from .params import BuildParams
 from .supersession import supersession_overlay
 from .segment import MemSegment, Segment, SegmentBase
-from .shardgraph import PREFIX as GRAPH_PREFIX, GraphFile, fresh_name, open_graph, state_key, write_graph_dir
+from .shardgraph import (PREFIX as GRAPH_PREFIX, GraphFile, fresh_name, matches, open_graph, state_key,
+                         write_graph_dir)
 
 EMPTY_OVERLAY = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
 
@@ -338,7 +339,8 @@ class Shard:
         self.disk_segments = disk
         # the persisted graph of the disk segments, when the manifest names a fresh one (mapped when
         # the version was pinned; a writer's own parts may lack it: the writer holds the lock)
-        self.graph_file: Optional[GraphFile] = (parts["graph_file"] if "graph_file" in parts
+        gf = parts.get("graph_file")
+        self.graph_file: Optional[GraphFile] = (gf if "graph_file" in parts and matches(gf, self.manifest)
                                                 else open_graph(self.dir, self.manifest, verify=verify))
         self.log: MemLog = parts["log"]
         self.wal_notes: list[str] = parts.get("notes", [])

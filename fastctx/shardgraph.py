@@ -121,6 +121,7 @@ class GraphFile:
                 for m in files.values()):
             raise CorruptIndexError(f"{where}: the graph entry does not list the graph files with sizes and checksums")
         self.files, self.n, self.n_entities = files, int(manifest["n_rows"]), int(manifest["n_entities"])
+        self.key, self.name = entry["key"], entry["name"]
         self._arrays: dict[str, np.ndarray] = {}
         self._maps: dict[str, mmap.mmap] = {}
         self.unchecked: set[str] = set()
@@ -192,6 +193,14 @@ class GraphFile:
         for stem in sorted(self.unchecked):
             self._crc(stem)
         self.unchecked.clear()
+
+
+def matches(graph_file: Optional[GraphFile], manifest: dict) -> bool:
+    """`graph_file` (None: no file) is the one `manifest` calls fresh (None when it names none)."""
+    if not is_fresh(manifest):
+        return graph_file is None
+    return graph_file is not None and (graph_file.key, graph_file.name) == (
+        manifest["graph"]["key"], manifest["graph"]["name"])
 
 
 def open_graph(shard_dir: Path, manifest: dict, *, verify: bool = False) -> Optional[GraphFile]:

@@ -116,6 +116,8 @@ def test_deletions_updates_then_write_graph(world, tmp_path):
     assert sh.graph_file is None and sh.n_deleted == len(gone) + len(upd)
     assert idx.write_graph() is True and idx.write_graph() is False     # fresh: nothing to do
     assert is_fresh(read_manifest(_shard_dir(path)))
+    assert idx.shards[0].graph_file is not None
+    assert_same_as_derived(idx.shards[0])
     sh = Index(path).shards[0]
     assert sh.graph_file is not None and sh.n_deleted == len(gone) + len(upd)
     assert_same_as_derived(sh)
@@ -138,10 +140,26 @@ def test_compaction_writes_the_graph_of_the_merged_shard(world, tmp_path):
     assert runs == [(3, 6)]
     m = read_manifest(_shard_dir(path))
     assert len(m["segments"]) == 4 and is_fresh(m)
-    sh = Index(path).shards[0]
-    assert sh.graph_file is not None and sh.n_deleted == 1
-    assert_same_as_derived(sh)
+    for sh in (Index(path).shards[0], idx.shards[0]):      # a reader, and the writer's own view
+        assert sh.graph_file is not None and sh.graph_file.name == m["graph"]["name"]
+        assert_same_as_derived(sh)
+    assert Index(path).shards[0].n_deleted == 1
     idx.close()
+
+
+def test_writer_view_after_compaction_uses_the_new_graph_file(world, tmp_path):
+    path = _copy(world, tmp_path)
+    c = world["c"]
+    w = Index(path, writable=True, build_params=PARAMS)       # pins the build's graph file
+    old = w.shards[0].graph_file.name
+    w.delete([c.ids[j] for j in (1, 2, 1500)])
+    assert w.compact(policy=CompactionPolicy(small_rows=2000, max_rows=2000, segment_rows=0)) == [(0, 2)]
+    m = read_manifest(_shard_dir(path))
+    sh = w.shards[0]
+    assert len(m["segments"]) == 2 and is_fresh(m) and m["graph"]["name"] != old
+    assert sh.graph_file is not None and sh.graph_file.name == m["graph"]["name"]
+    assert_same_as_derived(sh)
+    w.close()
 
 
 def test_cli_compact_writes_a_missing_graph(world, tmp_path, monkeypatch):
