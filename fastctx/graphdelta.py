@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .shard import Graph, _check_deleted_targets, _concat_csr, deleted_rows
+from .shard import Graph, _check_deleted_targets, _concat_csr, deleted_rows, overlay_arrays
 
 
 def merge_log(base: Graph, sh) -> Graph:
+    """The graph of shard `sh` (its disk segments, deletion overlay and log) from `base`, the
+    graph file's arrays for the disk segments under the manifest's overlay alone."""
     nd, n = int(sh.manifest["n_rows"]), sh.n
     now_dead = sh._disk_deleted
     newly = np.zeros(nd, bool)
     if sh.log.overlay_add:
         file_dead = np.zeros(nd, bool)
-        okeys = _sorted_overlay(sh.disk_overlay)
+        okeys = overlay_arrays(sh.disk_overlay)
         for seg in sh.disk_segments:
             file_dead[seg.row_base:seg.row_base + seg.n] = deleted_rows(seg.id_keys, seg.seq, okeys)
         newly = (now_dead == 1) & ~file_dead
@@ -41,7 +43,7 @@ def merge_log(base: Graph, sh) -> Graph:
     dead_keys = (np.concatenate([np.asarray(s.id_keys) for s in sh.disk_segments])[newly] if newly.any()
                  else mt_keys[:0])
     affected = np.union1d(dead_keys, mt_keys)
-    revived = bool(sh.disk_overlay) and bool(_member(mt_keys, _sorted_overlay(sh.disk_overlay)[0]).any())
+    revived = bool(sh.disk_overlay) and bool(_member(mt_keys, overlay_arrays(sh.disk_overlay)[0]).any())
     if sh.log.overlay_add or revived:   # else every memtable id is new: no stored link names it
         link_ptr, link_keys, link_type = _disk_links(sh)
         hit = _member(np.asarray(link_keys, np.uint64), affected)
@@ -89,11 +91,6 @@ def merge_log(base: Graph, sh) -> Graph:
     return Graph(base.times, out_ptr, np.ascontiguousarray(out_dst, np.int64), out_type, in_ptr,
                  np.ascontiguousarray(in_src, np.int64), np.ascontiguousarray(in_type, np.int8),
                  np.asarray(ev_ptr, np.int64), np.asarray(ev_ent, np.int64), ent_ptr, ent_rows)
-
-
-def _sorted_overlay(overlay: dict):
-    from .shard import overlay_arrays
-    return overlay_arrays(overlay)
 
 
 def _edges(ptr, dst, typ, base: int):
