@@ -59,8 +59,9 @@ DIRECTIONS = {"back": 1, "forward": 2, "both": 3}
 QUERY_TYPES = ("chain", "current", "as_of")
 
 
-# links that say what came next in a conversation or a person's sitting, not why
-_NOT_CAUSAL = np.array([LINK_TYPES.index("reply"), LINK_TYPES.index("same_actor")], np.int64)
+# links that say what came next in a conversation or a person's sitting, or what else touched
+# the same files, not why
+_NOT_CAUSAL = np.array([LINK_TYPES.index(t) for t in ("reply", "same_actor", "co_mention")], np.int64)
 
 
 def _causal(expansion) -> np.ndarray:

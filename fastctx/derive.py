@@ -287,6 +287,81 @@ def actor_links(batch, k: int, window_s: int, prefixes: Sequence[str]) -> tuple[
     return src, dst
 
 
+COMENTION_PER_ENTITY = 256   # holders of one file considered per event: bounds the cost of hubs
+
+
+def comention_weights(df: np.ndarray, names: Sequence[str], n: int, max_share: float,
+                      prefixes: Sequence[str]) -> np.ndarray:
+    """Per entity, what sharing it says for `co_mention` links: log(n / df) for the entities
+    named by `prefixes` (files, paths: where a change happened) held by 2 to `max_share` * n
+    events; 0 for the rest."""
+    df = np.asarray(df, np.float64)
+    pre = tuple(prefixes)
+    ok = np.array([bool(pre) and str(nm).startswith(pre) for nm in names], bool) if len(df) else np.zeros(0, bool)
+    ok &= (df >= 2) & (df <= max(2.0, max_share * n))
+    return np.where(ok, np.log(max(n, 1) / np.maximum(df, 1.0)), 0.0)
+
+
+def comention_top(t: int, holders, k: int, window_s: int, scale_s: int, per_entity: int) -> np.ndarray:
+    """The `k` keys sharing the most weight with an event at time `t`: `holders` lists, per
+    entity of the event, (holder times ascending, holder keys, weight). Each entity contributes
+    its `per_entity` holders closest before `t` (strictly earlier, within `window_s`); a key's
+    score is its summed weight over 1 + dt / `scale_s`. Ties by key."""
+    keys, ws, ts = [], [], []
+    for times, hkeys, w in holders:
+        end = int(np.searchsorted(times, t, "left"))
+        start = max(int(np.searchsorted(times, t - window_s, "left")), end - per_entity)
+        if end > start:
+            keys.append(hkeys[start:end]); ws.append(np.full(end - start, w)); ts.append(times[start:end])
+    if not keys:
+        return np.zeros(0, np.int64)
+    uniq, first, inv = np.unique(np.concatenate(keys), return_index=True, return_inverse=True)
+    score = np.bincount(inv.ravel(), weights=np.concatenate(ws)) / (1.0 + (t - np.concatenate(ts)[first]) / float(scale_s))
+    return uniq[np.lexsort((uniq, -score))[:k]]
+
+
+def comention_links(batch, k: int, window_s: int, scale_s: int, max_share: float,
+                    prefixes: Sequence[str], per_entity: int = COMENTION_PER_ENTITY) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) rows of derived `co_mention` links: each event to the `k` earlier events within
+    `window_s` that share the most rarity-weighted files with it, closeness in time counting
+    (`comention_weights`, `comention_top`). Two commits that touch the same mid-frequency files
+    in one week are usually one piece of work, though each file alone is a hub. Deterministic."""
+    n = len(batch)
+    if k <= 0 or n < 2 or not prefixes:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pre = tuple(prefixes)
+    t = np.asarray(batch.times, np.int64)
+    ids: dict = {}
+    src_rows, ent = [], []
+    for i in range(n):
+        for nm in batch.entity_names[int(batch.entity_ptr[i]):int(batch.entity_ptr[i + 1])]:
+            if nm.startswith(pre):
+                src_rows.append(i)
+                ent.append(ids.setdefault(nm, len(ids)))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = np.unique(np.stack([np.asarray(ent, np.int64), np.asarray(src_rows, np.int64)], 1), axis=0)
+    df = np.bincount(pairs[:, 0], minlength=len(ids))
+    weight = comention_weights(df, list(ids), n, max_share, pre)
+    pairs = pairs[weight[pairs[:, 0]] > 0]
+    order = np.lexsort((pairs[:, 1], t[pairs[:, 1]], pairs[:, 0]))      # holders in time order
+    h_ent, h_row = pairs[order, 0], pairs[order, 1]
+    h_ptr = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum(np.bincount(h_ent, minlength=len(ids)), out=h_ptr[1:])
+    h_time = t[h_row]
+    by_row = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
+    starts = np.searchsorted(by_row[:, 1], np.arange(n + 1))
+    src_l, dst_l = [], []
+    for i in np.unique(by_row[:, 1]).tolist():
+        holders = [(h_time[h_ptr[e]:h_ptr[e + 1]], h_row[h_ptr[e]:h_ptr[e + 1]], weight[e])
+                   for e in by_row[starts[i]:starts[i + 1], 0].tolist()]
+        top = comention_top(int(t[i]), holders, k, window_s, scale_s, per_entity)
+        src_l.append(np.full(len(top), i, np.int64)); dst_l.append(top)
+    if not src_l:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(src_l), np.concatenate(dst_l)
+
+
 _RELAND_PREFIX = re.compile(r"^(?:\s*(?:re-?land(?:ed)?|reappl(?:y|ied)|re-?commit(?:ted)?)\b\s*:?\s*)+", re.I)
 
 
@@ -359,6 +434,11 @@ def with_derived_links(batch, params):
                                   params.actor_prefixes), LINK_CODE["same_actor"]))
     if params.relands:
         parts.append((reland_links(batch), LINK_CODE["relands"]))
+    if params.comention_k > 0:
+        parts.append((comention_links(batch, params.comention_k, int(params.comention_window_days * 86400),
+                                      int(params.comention_scale_days * 86400), params.comention_max_share,
+                                      params.comention_prefixes),
+                      LINK_CODE["co_mention"]))
     parts = [(sd, c) for sd, c in parts if len(sd[0])]
     if not parts:
         return batch

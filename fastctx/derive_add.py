@@ -1,10 +1,11 @@
 """Derived links of events added to a live index (`Index.add`): the build's rules
-(`derive.actor_links`, `derive.reland_links`) from each added event to the events already in the
-shard and to the earlier events of its own batch.
+(`derive.actor_links`, `derive.reland_links`, `derive.comention_links`) from each added event to
+the events already in the shard and to the earlier events of its own batch.
 
 What a later full build would add beyond these: links *from* events already indexed *to* an
 added one (an event added out of time order, or a revert added after its re-land), and
-`similar` links (off by default). `fastctx build` or `compact --rebuild` recomputes everything.
+`similar` links (off by default); `co_mention` weights count the events indexed when an event
+is added, a build counts all. `fastctx build` or `compact --rebuild` recomputes everything.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import numpy as np
 
 from .columns import keys64
 from .corpus import LINK_CODE, EventBatch
-from .derive import title_key
+from .derive import COMENTION_PER_ENTITY, comention_top, comention_weights, title_key
 
 _REVERTS, _RELANDS, _SAME_ACTOR = LINK_CODE["reverts"], LINK_CODE["relands"], LINK_CODE["same_actor"]
+_CO_MENTION = LINK_CODE["co_mention"]
 
 
 def links_at_add(shard, batch: EventBatch, params) -> tuple[list[int], list[str], list[int]]:
@@ -25,6 +27,8 @@ def links_at_add(shard, batch: EventBatch, params) -> tuple[list[int], list[str]
         _actor(live, batch, params, out)
     if params.relands:
         _relands(live, batch, out)
+    if params.comention_k > 0 and params.comention_prefixes:
+        _comention(live, batch, params, out)
     return out
 
 
@@ -133,3 +137,40 @@ def _relands(live: _Live, batch: EventBatch, out) -> None:
                 out[0].append(i)
                 out[1].append(rid)
                 out[2].append(_RELANDS)
+
+
+def _comention(live: _Live, batch: EventBatch, params, out) -> None:
+    """Each added event to the `comention_k` earlier events (the shard's and the batch's) that
+    share the most rarity-weighted files with it; frequencies count both."""
+    pre = tuple(params.comention_prefixes)
+    t = np.asarray(batch.times, np.int64)
+    by_name: dict[str, list[int]] = {}
+    for i in range(len(batch)):
+        for e in dict.fromkeys(batch.entities(i)):
+            if e.startswith(pre):
+                by_name.setdefault(e, []).append(i)
+    if not by_name:
+        return
+    n_old = 0 if live.empty else live.shard.n_live
+    n = n_old + len(batch)
+    base = 0 if live.empty else live.shard.n        # batch row j is key base + j: after every row
+    holders: dict[str, tuple] = {}
+    for name, rows in by_name.items():
+        old = live.entity_rows(name)
+        w = comention_weights(np.array([len(old) + len(rows)]), [name], n, params.comention_max_share, pre)[0]
+        if w <= 0:
+            continue
+        times = np.concatenate([np.asarray(live.g.times, np.int64)[old] if len(old) else np.zeros(0, np.int64), t[rows]])
+        keys = np.concatenate([old, base + np.asarray(rows, np.int64)])
+        order = np.lexsort((keys, times))
+        holders[name] = (times[order], keys[order], float(w))
+    window, scale = int(params.comention_window_days * 86400), int(params.comention_scale_days * 86400)
+    for i in range(len(batch)):
+        mine = [holders[e] for e in dict.fromkeys(batch.entities(i)) if e in holders]
+        if not mine:
+            continue
+        for key in comention_top(int(t[i]), mine, params.comention_k, window, scale,
+                                 COMENTION_PER_ENTITY).tolist():
+            out[0].append(i)
+            out[1].append(batch.ids[key - base] if key >= base else live.id(key))
+            out[2].append(_CO_MENTION)

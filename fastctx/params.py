@@ -45,6 +45,17 @@ class BuildParams:
     # the words of text and entity names (lexical seeds). Access lists are always derived.
     text_terms: bool = True
     text_words: bool = True
+    # Derived `co_mention` links (derive.comention_links): each event to its `comention_k` earlier
+    # events sharing the most rarity-weighted files (entities starting with `comention_prefixes`)
+    # within `comention_window_days`, closeness in time counting over `comention_scale_days`;
+    # files on more than `comention_max_share` of the events say nothing. Walked at a weak weight
+    # and never causal evidence: commits touching the same files in one week are often one piece
+    # of work whose ticket nobody wrote down. 0 disables.
+    comention_k: int = 5
+    comention_window_days: float = 365.0
+    comention_scale_days: float = 30.0
+    comention_max_share: float = 0.2
+    comention_prefixes: tuple[str, ...] = ("file:", "path:")
     similar_window_days: float = 120.0
     similar_z: float = 2.5
     similar_max_candidates: int = 8192
@@ -91,11 +102,13 @@ class AnswerParams:
     ppr_epsilon: float = 1e-3        # PPR push threshold
     candidates: int = 64             # hits expanded as possible chain heads
     # a reply is conversation structure (what came next), not a cause: it weighs what the other
-    # non-causal adjacencies (similar, same_actor) weigh, well below a reference
+    # non-causal adjacencies (similar, same_actor) weigh, well below a reference; a co-mention
+    # (same files, same weeks) weighs least: it fills what explicit evidence leaves (at 0.05 and
+    # above it crowded out ticket-linked events and alternative heads on git histories)
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.3), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
-        ("same_actor", 0.3), ("relands", 0.8))
+        ("same_actor", 0.3), ("relands", 0.8), ("co_mention", 0.03))
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
     term_weight: float = 0.5         # ... times this for identifier terms derived from text
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence

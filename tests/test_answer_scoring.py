@@ -3,6 +3,7 @@ relevance and recency (each checked against a direct computation or an obvious o
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fastctx.corpus import LINK_TYPES
 
@@ -169,13 +170,15 @@ def test_a_chain_with_causal_structure_ends_the_answer():
     assert len(got) < 20
 
 
-def test_replies_alone_are_no_causal_chain_so_direct_hits_fill_the_budget():
-    """Reply links are conversation structure: a best chain made of replies only explains nothing
-    causally, so every direct hit gets into the answer (budget permitting), best first."""
-    got = _hop_answer("reply")
+@pytest.mark.parametrize("link", ["reply", "same_actor", "co_mention"])
+def test_replies_alone_are_no_causal_chain_so_direct_hits_fill_the_budget(link):
+    """Reply links are conversation structure (as are same-actor links, and co-mentions say only
+    that the same files changed): a best chain made of them explains nothing causally, so every
+    direct hit gets into the answer (budget permitting), best first."""
+    got = _hop_answer(link)
     assert set(range(20)) <= set(got)
     assert len(got) == len(set(got))
-    assert len(_hop_answer("reply", budget=7)) == 7   # padding stops at the budget
+    assert len(_hop_answer(link, budget=7)) == 7   # padding stops at the budget
 
 
 def test_current_follows_a_version_of_the_fact_not_a_discussion_that_mentions_it(tmp_path):
