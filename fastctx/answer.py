@@ -307,6 +307,11 @@ class Engine:
         ent = np.flatnonzero(vk == 2)
         if not prefixes or not len(ent):
             return out
+        # no lookup when what the links alone reach already makes the confidence whole
+        links_only = _causal(expansion) & (vk != 2)
+        unit = self.params.chain_evidence
+        if unit <= 0 or float(np.asarray(expansion[1][1:], np.float64)[links_only].sum()) >= unit:
+            return out
         uniq, first = np.unique(vid[ent], return_index=True)
         names = g.entity_names(list(zip(par[ent][first].tolist(), uniq.tolist())))
         context = uniq[[str(nm).startswith(prefixes) for nm in names]]
