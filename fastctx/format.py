@@ -315,6 +315,25 @@ def write_manifest(shard_dir: Path, manifest: dict) -> None:
     write_json_atomic(shard_dir / MANIFEST, manifest)
 
 
+def write_new_dir(parent: Path, name: str, fill):
+    """Write directory `parent/name` through a temporary one: `fill(tmp)` writes and fsyncs its
+    files and returns what the caller keeps; the directory is fsynced and renamed to `name` (a
+    leftover of that name, from a crash before the manifest named it, is replaced); nothing is
+    left behind on failure. The caller commits the manifest that names it."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    try:
+        out = fill(tmp)
+        fsync_dir(tmp)
+        if (parent / name).exists():
+            shutil.rmtree(parent / name)
+        os.rename(tmp, parent / name)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def publish_dir(tmp: Path, target: Path, lock_name: str = "LOCK") -> None:
     """Move a fully built directory into place, replacing `target` if it exists, and fsync the
     parent so the rename survives a crash. A reader sees the old directory or the new one; the old

@@ -24,7 +24,7 @@ from .build import (BuildReport, Progress, ShardContext, compute_time_cut, conte
 from .columns import keys64
 from .compaction import CompactionPolicy, SegmentMeta
 from .compaction import plan as compact_plan
-from .corpus import EventBatch, read_events, read_meta
+from .corpus import EventBatch
 from .encoder import Encoder, HashingEncoder, check_match, from_record, from_spec, spec_of
 from .errors import (AccessDeniedError, CorpusError, FormatError, IndexExistsError, IndexLockedError,
                      InvalidQueryError)

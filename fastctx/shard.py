@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import tempfile
 import time as _time
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,7 +32,7 @@ from .columns import KeyLookup, keys64
 from .corpus import EventBatch
 from .derive import with_links
 from .errors import CorpusError, CorruptIndexError
-from .format import crc32_file, fsync_dir, read_manifest, write_manifest
+from .format import crc32_file, fsync_dir, read_manifest, write_manifest, write_new_dir
 from .params import BuildParams
 from .supersession import supersession_overlay
 from .segment import MemSegment, Segment, SegmentBase
@@ -702,22 +701,14 @@ def write_segment_dir(shard_dir: Path, name: str, arrays, ctx: ShardContext, par
                       progress: Progress = None) -> dict:
     """Write a segment into a temporary directory, fsync it, rename it to `name`; its entry.
     A leftover directory of that name (from a crash before its manifest commit) is replaced."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=shard_dir))
-    try:
+    def fill(tmp: Path) -> dict:
         entry = save_segment(tmp, arrays, ctx, params, progress)
         entry["name"] = name
         for f in os.listdir(tmp):
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        if (shard_dir / name).exists():
-            shutil.rmtree(shard_dir / name)
-        os.rename(tmp, shard_dir / name)
-        fsync_dir(shard_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return entry
+        return entry
+    return write_new_dir(shard_dir, name, fill)
 
 
 def append_segment(shard_dir: Path, manifest: dict, batch: EventBatch, params: BuildParams,

@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Optional
@@ -38,7 +36,7 @@ import numpy as np
 
 from .corpus import LINK_TYPES
 from .errors import CorruptIndexError
-from .format import EAGER_CHECKSUM_MAX_BYTES, check_checksum, check_inside, check_name, fsync_dir
+from .format import EAGER_CHECKSUM_MAX_BYTES, check_checksum, check_inside, check_name, crc32_file, write_new_dir
 
 PREFIX = "graph-"
 
@@ -81,8 +79,7 @@ def write_graph_dir(shard_dir: Path, name: str, arrays: dict) -> dict:
     """Write `arrays` (LAYOUT's stems) into a temporary directory, fsync it, rename it to `name`
     and return its manifest entry (without "key", which the committer adds). A leftover directory
     of that name (from a crash before its manifest commit: no reader uses it) is replaced."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=shard_dir))
-    try:
+    def fill(tmp: Path) -> dict:
         files = {}
         for stem, (dtype, _) in LAYOUT.items():
             path = tmp / f"{stem}.npy"
@@ -90,21 +87,9 @@ def write_graph_dir(shard_dir: Path, name: str, arrays: dict) -> dict:
                 np.save(f, np.ascontiguousarray(arrays[stem], dtype))
                 f.flush()
                 os.fsync(f.fileno())
-            files[path.name] = {"size": path.stat().st_size, "crc32": _crc_file(path)}
-        fsync_dir(tmp)
-        if (shard_dir / name).exists():
-            shutil.rmtree(shard_dir / name)
-        os.rename(tmp, shard_dir / name)
-        fsync_dir(shard_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"name": name, "files": files}
-
-
-def _crc_file(path: Path) -> int:
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        return zlib.crc32(m)
+            files[path.name] = {"size": path.stat().st_size, "crc32": crc32_file(path)}
+        return {"name": name, "files": files}
+    return write_new_dir(shard_dir, name, fill)
 
 
 # ------------------------------------------------------------------------------------ reading

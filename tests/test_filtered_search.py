@@ -143,7 +143,7 @@ def test_walk_recall(world, frac):
 
 
 def test_planner_uses_the_walk_for_mid_fractions(world):
-    idx, c = world["idx"], world["c"]
+    idx = world["idx"]
     # cheap graph steps: at 6000 rows a scan of 600 would still beat the walk by the default costs
     idx.search_params = SearchParams(exact_max_rows=100, hnsw_candidate_cost=0.5)
     try:

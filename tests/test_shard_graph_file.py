@@ -20,7 +20,7 @@ from conftest import HOUR, T0, copy_index, make_corpus
 from fastctx.cli import main
 from fastctx.compaction import CompactionPolicy
 from fastctx.errors import CorruptIndexError
-from fastctx.format import read_manifest, write_manifest
+from fastctx.format import crc32_file, read_manifest, write_manifest
 from fastctx.index import Index, build, verify
 from fastctx.params import BuildParams
 from fastctx.shardgraph import is_fresh
@@ -408,7 +408,7 @@ def test_consistent_but_wrong_file_is_found_by_verify(world, tmp_path):
     arr[:] = -1                                       # nothing superseded: wrong, but well-formed
     np.save(f, arr)
     m = read_manifest(_shard_dir(path))
-    m["graph"]["files"]["sup_by.npy"] = {"size": f.stat().st_size, "crc32": sgmod._crc_file(f)}
+    m["graph"]["files"]["sup_by.npy"] = {"size": f.stat().st_size, "crc32": crc32_file(f)}
     write_manifest(_shard_dir(path), m)
     Index(path).shards[0].supersession                # opens and maps fine
     problems = verify(path)
