@@ -22,7 +22,7 @@ import numpy as np
 from .corpus import LINK_TYPES
 from .derive import FLAG_LEXICAL, FLAG_NO_WALK, bm25
 from .filters import Filters
-from .kernels.expand import expand_best_first_batch, expand_ppr_push_batch
+from .kernels.expand import ExpandGraph, ExpandLimits, expand_batch
 from .params import AnswerParams
 from .types import Event
 from .view import View
@@ -228,17 +228,19 @@ class LocalGraph:
         hops) per seed, each best first. One kernel call for all of them."""
         p, g = self.params, self.graph
         seeds = np.asarray(seeds, np.int64)
-        args = (np.arange(len(seeds) + 1, dtype=np.int64), seeds, np.asarray(seed_scores, np.float32),
-                g.times, self.allowed_mask(as_of),
-                g.out_ptr, g.out_dst, g.out_type, g.in_ptr, g.in_src, g.in_type, self.link_weight,
-                g.ev_ptr, g.ev_ent, g.ent_ptr, g.ent_rows, self.ent_weight,
-                direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
-                p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity)
-        scale = float(p.time_scale_days * DAY)
+        graph = ExpandGraph(g.times, self.allowed_mask(as_of), g.out_ptr, g.out_dst, g.out_type, g.in_ptr,
+                            g.in_src, g.in_type, self.link_weight, g.ev_ptr, g.ev_ent, g.ent_ptr, g.ent_rows,
+                            self.ent_weight)
+        limits = ExpandLimits(direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
+                              p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity, p.min_score,
+                              float(p.time_scale_days * DAY))
+        seed_ptr = np.arange(len(seeds) + 1, dtype=np.int64)
+        scores = np.asarray(seed_scores, np.float32)
         if p.expansion == "best_first":
-            res_ptr, *out = expand_best_first_batch(*args, p.min_score, scale)
+            res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits)
             return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
-        res_ptr, *out = expand_ppr_push_batch(*args, 0.0, scale, p.ppr_alpha, p.ppr_epsilon)
+        res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits._replace(min_score=0.0),
+                                     ppr=(p.ppr_alpha, p.ppr_epsilon))
         groups = []
         for i in range(len(seeds)):  # best first, scores relative to the group's best (the seed: 1)
             part = [a[res_ptr[i]:res_ptr[i + 1]] for a in out]

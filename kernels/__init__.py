@@ -17,6 +17,9 @@ from .expand import (
     VIA_ENTITY,
     VIA_LINK,
     VIA_SEED,
+    ExpandGraph,
+    ExpandLimits,
+    expand_batch,
     expand_best_first,
     expand_best_first_batch,
     expand_ppr_push,
@@ -33,6 +36,9 @@ __all__ = [
     "VIA_ENTITY",
     "VIA_LINK",
     "VIA_SEED",
+    "ExpandGraph",
+    "ExpandLimits",
+    "expand_batch",
     "expand_best_first",
     "expand_best_first_batch",
     "expand_ppr_push",
@@ -68,16 +74,9 @@ def warm_up():
     g = _tiny_graph()
     seeds = np.array([1], dtype=np.int64)
     seed_scores = np.ones(1, dtype=np.float32)
-    common = (
-        g["times"], g["allowed"], g["out_ptr"], g["out_dst"], g["out_type"],
-        g["in_ptr"], g["in_src"], g["in_type"], g["link_weight"],
-        g["ev_ptr"], g["ev_ent"], g["ent_ptr"], g["ent_rows"],
-        g["ent_weight"],
-        3, -(2**62), 2**62,  # direction, time_lo, time_hi
-        4, 10, 1000,  # max_hops, max_results, max_edge_visits
-        100, 3600, 8,  # hub_postings, hub_window_s, max_per_entity
-        0.0, 86400.0,  # min_score, time_scale_s
-    )
+    common = (*ExpandGraph(**g), *ExpandLimits(
+        direction=3, time_lo=-(2**62), time_hi=2**62, max_hops=4, max_results=10, max_edge_visits=1000,
+        hub_postings=100, hub_window_s=3600, max_per_entity=8, min_score=0.0, time_scale_s=86400.0))
     expand_best_first(seeds, seed_scores, *common)
     expand_ppr_push(seeds, seed_scores, *common, 0.15, 1e-4)
     one = np.zeros(1, dtype=np.int64)

@@ -74,6 +74,8 @@ lose that guarantee.  All arithmetic is ``+ - * /`` in float64 so a Python
 reference reproduces it bit for bit.
 """
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from ._jit import INT64_MAX, INT64_MIN, njit
@@ -950,3 +952,47 @@ def expand_ppr_push_batch(seed_ptr, seeds, seed_scores, times, allowed, out_ptr,
         parts.append(out)
         res_ptr[g + 1] = res_ptr[g] + out[0].shape[0]
     return _concat_groups(parts, res_ptr)
+
+
+# ------------------------------------------------------------------- named inputs (Python side)
+class ExpandGraph(NamedTuple):
+    """The graph arrays of the module's contract, by name, in the kernels' argument order."""
+    times: np.ndarray
+    allowed: np.ndarray
+    out_ptr: np.ndarray
+    out_dst: np.ndarray
+    out_type: np.ndarray
+    in_ptr: np.ndarray
+    in_src: np.ndarray
+    in_type: np.ndarray
+    link_weight: np.ndarray
+    ev_ptr: np.ndarray
+    ev_ent: np.ndarray
+    ent_ptr: np.ndarray
+    ent_rows: np.ndarray
+    ent_weight: np.ndarray
+
+
+class ExpandLimits(NamedTuple):
+    """The scalar inputs of the module's contract, by name, in the kernels' argument order."""
+    direction: int
+    time_lo: int
+    time_hi: int
+    max_hops: int
+    max_results: int
+    max_edge_visits: int
+    hub_postings: int
+    hub_window_s: int
+    max_per_entity: int
+    min_score: float
+    time_scale_s: float
+
+
+def expand_batch(seed_ptr: np.ndarray, seeds: np.ndarray, seed_scores: np.ndarray, graph: ExpandGraph,
+                 limits: ExpandLimits, ppr: Optional[tuple[float, float]] = None) -> tuple:
+    """One kernel call for every seed group: best-first, or personalized PageRank push with
+    `ppr` = (alpha, epsilon). The named inputs are unpacked into the positional kernels (Numba
+    checks each array's type once per call either way)."""
+    if ppr is None:
+        return expand_best_first_batch(seed_ptr, seeds, seed_scores, *graph, *limits)
+    return expand_ppr_push_batch(seed_ptr, seeds, seed_scores, *graph, *limits, *ppr)

@@ -20,7 +20,7 @@ import numpy as np
 from numba.typed import List
 
 from ._jit import njit
-from .expand import (_FLAG, _HOPS, _KIND, _PARENT, _ROW, _VIA, VIA_ENTITY, VIA_LINK, VIA_SEED, _add_node,
+from .expand import (_FLAG, _HOPS, _KIND, _ROW, VIA_ENTITY, VIA_LINK, VIA_SEED, _add_node,
                      _concat_groups, _find, _grow, _heap_pop, _heap_push, _new_nodes, _output, _relax,
                      entity_decay, nearer_is_lower)
 

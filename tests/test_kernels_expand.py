@@ -714,6 +714,12 @@ def test_batch_equals_separate_calls():
         lo, hi = res_ptr[gi], res_ptr[gi + 1]
         for got, want in zip(batch, single[:6]):
             np.testing.assert_array_equal(got[lo:hi], want)
+    # the named entry is the same call: every field lands on its parameter
+    from fastctx.kernels.expand import ExpandGraph, ExpandLimits, expand_batch
+    named = expand_batch(seed_ptr, seeds, scores, ExpandGraph(*graph), ExpandLimits(*rest))
+    for got, want in zip(named, (res_ptr, *batch)):
+        np.testing.assert_array_equal(got, want)
+    assert ExpandLimits(*rest).hub_window_s == 1000 and ExpandGraph(*graph).ent_weight is ent_w
 
 
 def test_ppr_batch_equals_separate_calls():
