@@ -256,20 +256,28 @@ def similarity_links(times: np.ndarray, vectors: np.ndarray, k: int, window_s: i
     return np.asarray(src_l, np.int64), np.asarray(dst_l, np.int64)
 
 
+def rows_by_entity(batch, prefixes: Sequence[str]) -> dict[str, list[int]]:
+    """Each entity name starting with one of `prefixes` -> the rows of `batch` that mention it,
+    ascending, each once."""
+    pre = tuple(prefixes)
+    out: dict[str, list[int]] = {}
+    if not pre:
+        return out
+    for i in range(len(batch)):
+        for e in dict.fromkeys(batch.entity_names[int(batch.entity_ptr[i]):int(batch.entity_ptr[i + 1])]):
+            if e.startswith(pre):
+                out.setdefault(e, []).append(i)
+    return out
+
+
 def actor_links(batch, k: int, window_s: int, prefixes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(src, dst) rows of derived `same_actor` links: each event to the previous `k` events of
     each of its actors within `window_s` (dst strictly earlier). Deterministic."""
-    pre = tuple(prefixes)
-    if k <= 0 or not pre:
+    if k <= 0 or not prefixes:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    by_actor: dict[str, list[int]] = {}
-    for i in range(len(batch)):
-        for e in batch.entity_names[int(batch.entity_ptr[i]):int(batch.entity_ptr[i + 1])]:
-            if e.startswith(pre):
-                by_actor.setdefault(e, []).append(i)
     t = np.asarray(batch.times, np.int64)
     pairs: set = set()
-    for rows in by_actor.values():
+    for rows in rows_by_entity(batch, prefixes).values():
         rows = sorted(rows, key=lambda r: (int(t[r]), r))
         for a, r in enumerate(rows):
             taken = 0
@@ -290,15 +298,11 @@ def actor_links(batch, k: int, window_s: int, prefixes: Sequence[str]) -> tuple[
 COMENTION_PER_ENTITY = 256   # holders of one file considered per event: bounds the cost of hubs
 
 
-def comention_weights(df: np.ndarray, names: Sequence[str], n: int, max_share: float,
-                      prefixes: Sequence[str]) -> np.ndarray:
-    """Per entity, what sharing it says for `co_mention` links: log(n / df) for the entities
-    named by `prefixes` (files, paths: where a change happened) held by 2 to `max_share` * n
-    events; 0 for the rest."""
+def comention_weights(df: np.ndarray, n: int, max_share: float) -> np.ndarray:
+    """Per file (an entity named by `comention_prefixes`), what sharing it says for `co_mention`
+    links: log(n / df) when 2 to `max_share` * n of the `n` events hold it; 0 for the rest."""
     df = np.asarray(df, np.float64)
-    pre = tuple(prefixes)
-    ok = np.array([bool(pre) and str(nm).startswith(pre) for nm in names], bool) if len(df) else np.zeros(0, bool)
-    ok &= (df >= 2) & (df <= max(2.0, max_share * n))
+    ok = (df >= 2) & (df <= max(2.0, max_share * n))
     return np.where(ok, np.log(max(n, 1) / np.maximum(df, 1.0)), 0.0)
 
 
@@ -329,25 +333,19 @@ def comention_links(batch, k: int, window_s: int, scale_s: int, max_share: float
     n = len(batch)
     if k <= 0 or n < 2 or not prefixes:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pre = tuple(prefixes)
     t = np.asarray(batch.times, np.int64)
-    ids: dict = {}
-    src_rows, ent = [], []
-    for i in range(n):
-        for nm in batch.entity_names[int(batch.entity_ptr[i]):int(batch.entity_ptr[i + 1])]:
-            if nm.startswith(pre):
-                src_rows.append(i)
-                ent.append(ids.setdefault(nm, len(ids)))
-    if not ids:
+    files = rows_by_entity(batch, prefixes)
+    if not files:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pairs = np.unique(np.stack([np.asarray(ent, np.int64), np.asarray(src_rows, np.int64)], 1), axis=0)
-    df = np.bincount(pairs[:, 0], minlength=len(ids))
-    weight = comention_weights(df, list(ids), n, max_share, pre)
+    df = np.array([len(rows) for rows in files.values()], np.int64)
+    pairs = np.stack([np.repeat(np.arange(len(files), dtype=np.int64), df),
+                      np.fromiter((r for rows in files.values() for r in rows), np.int64, int(df.sum()))], 1)
+    weight = comention_weights(df, n, max_share)
     pairs = pairs[weight[pairs[:, 0]] > 0]
     order = np.lexsort((pairs[:, 1], t[pairs[:, 1]], pairs[:, 0]))      # holders in time order
     h_ent, h_row = pairs[order, 0], pairs[order, 1]
-    h_ptr = np.zeros(len(ids) + 1, np.int64)
-    np.cumsum(np.bincount(h_ent, minlength=len(ids)), out=h_ptr[1:])
+    h_ptr = np.zeros(len(files) + 1, np.int64)
+    np.cumsum(np.bincount(h_ent, minlength=len(files)), out=h_ptr[1:])
     h_time = t[h_row]
     by_row = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
     starts = np.searchsorted(by_row[:, 1], np.arange(n + 1))

@@ -13,7 +13,7 @@ import numpy as np
 
 from .columns import keys64
 from .corpus import LINK_CODE, EventBatch
-from .derive import COMENTION_PER_ENTITY, comention_top, comention_weights, title_key
+from .derive import COMENTION_PER_ENTITY, comention_top, comention_weights, rows_by_entity, title_key
 
 _REVERTS, _RELANDS, _SAME_ACTOR = LINK_CODE["reverts"], LINK_CODE["relands"], LINK_CODE["same_actor"]
 _CO_MENTION = LINK_CODE["co_mention"]
@@ -71,16 +71,9 @@ class _Live:
 def _actor(live: _Live, batch: EventBatch, params, out) -> None:
     """Each added event to the previous `actor_k` events of each of its actors within the window
     (strictly earlier), among the shard's events and the batch's."""
-    pre, k, window = tuple(params.actor_prefixes), params.actor_k, int(params.actor_window_days * 86400)
-    if not pre:
-        return
+    k, window = params.actor_k, int(params.actor_window_days * 86400)
     t = np.asarray(batch.times, np.int64)
-    by_actor: dict[str, list[int]] = {}
-    for i in range(len(batch)):
-        for e in batch.entities(i):
-            if e.startswith(pre):
-                by_actor.setdefault(e, []).append(i)
-    for name, rows in by_actor.items():
+    for name, rows in rows_by_entity(batch, params.actor_prefixes).items():
         old = live.entity_rows(name)
         old_t = np.asarray(live.g.times, np.int64)[old] if len(old) else np.zeros(0, np.int64)
         # candidates: (time, tie order, target id); the shard's rows before the batch's
@@ -142,13 +135,8 @@ def _relands(live: _Live, batch: EventBatch, out) -> None:
 def _comention(live: _Live, batch: EventBatch, params, out) -> None:
     """Each added event to the `comention_k` earlier events (the shard's and the batch's) that
     share the most rarity-weighted files with it; frequencies count both."""
-    pre = tuple(params.comention_prefixes)
     t = np.asarray(batch.times, np.int64)
-    by_name: dict[str, list[int]] = {}
-    for i in range(len(batch)):
-        for e in dict.fromkeys(batch.entities(i)):
-            if e.startswith(pre):
-                by_name.setdefault(e, []).append(i)
+    by_name = rows_by_entity(batch, params.comention_prefixes)
     if not by_name:
         return
     n_old = 0 if live.empty else live.shard.n_live
@@ -157,7 +145,7 @@ def _comention(live: _Live, batch: EventBatch, params, out) -> None:
     holders: dict[str, tuple] = {}
     for name, rows in by_name.items():
         old = live.entity_rows(name)
-        w = comention_weights(np.array([len(old) + len(rows)]), [name], n, params.comention_max_share, pre)[0]
+        w = comention_weights(np.array([len(old) + len(rows)]), n, params.comention_max_share)[0]
         if w <= 0:
             continue
         times = np.concatenate([np.asarray(live.g.times, np.int64)[old] if len(old) else np.zeros(0, np.int64), t[rows]])
