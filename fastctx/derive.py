@@ -234,8 +234,7 @@ def similarity_links(times: np.ndarray, vectors: np.ndarray, k: int, window_s: i
         sims = q @ c.T                                             # [block, window]
         cand_pos = np.arange(c_lo, hi)
         own = np.arange(lo, hi)[:, None]
-        earlier = (cand_pos[None, :] < own) & (t[cand_pos][None, :] < t[lo:hi][:, None]) & \
-                  (t[cand_pos][None, :] >= t[lo:hi][:, None] - window_s)
+        earlier = (cand_pos[None, :] < own) & (t[cand_pos][None, :] >= t[lo:hi][:, None] - window_s)
         cnt = earlier.sum(axis=1)
         if not cnt.any():
             continue
@@ -272,7 +271,9 @@ def rows_by_entity(batch, prefixes: Sequence[str]) -> dict[str, list[int]]:
 
 def actor_links(batch, k: int, window_s: int, prefixes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(src, dst) rows of derived `same_actor` links: each event to the previous `k` events of
-    each of its actors within `window_s` (dst strictly earlier). Deterministic."""
+    each of its actors within `window_s`. "Previous" is in (time, row) order, so events with one
+    timestamp (a rebased series of commits, turns stamped with their session's time) link in
+    input order rather than not at all. Deterministic."""
     if k <= 0 or not prefixes:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     t = np.asarray(batch.times, np.int64)
@@ -283,8 +284,6 @@ def actor_links(batch, k: int, window_s: int, prefixes: Sequence[str]) -> tuple[
             taken = 0
             for b in range(a - 1, -1, -1):
                 d = rows[b]
-                if t[d] >= t[r]:
-                    continue
                 if t[r] - t[d] > window_s or taken >= k:
                     break
                 pairs.add((r, d))
@@ -306,14 +305,16 @@ def comention_weights(df: np.ndarray, n: int, max_share: float) -> np.ndarray:
     return np.where(ok, np.log(max(n, 1) / np.maximum(df, 1.0)), 0.0)
 
 
-def comention_top(t: int, holders, k: int, window_s: int, scale_s: int, per_entity: int) -> np.ndarray:
-    """The `k` keys sharing the most weight with an event at time `t`: `holders` lists, per
-    entity of the event, (holder times ascending, holder keys, weight). Each entity contributes
-    its `per_entity` holders closest before `t` (strictly earlier, within `window_s`); a key's
-    score is its summed weight over 1 + dt / `scale_s`. Ties by key."""
+def comention_top(t: int, key: int, holders, k: int, window_s: int, scale_s: int, per_entity: int) -> np.ndarray:
+    """The `k` keys sharing the most weight with the event (`t`, `key`): `holders` lists, per
+    entity of the event, (holder times, holder keys, weight), sorted by (time, key). Each entity
+    contributes its `per_entity` holders closest before the event in (time, key) order (equal
+    times: smaller keys are earlier), within `window_s`; a key's score is its summed weight over
+    1 + dt / `scale_s`. Ties by key."""
     keys, ws, ts = [], [], []
     for times, hkeys, w in holders:
         end = int(np.searchsorted(times, t, "left"))
+        end += int(np.searchsorted(hkeys[end:int(np.searchsorted(times, t, "right"))], key, "left"))
         start = max(int(np.searchsorted(times, t - window_s, "left")), end - per_entity)
         if end > start:
             keys.append(hkeys[start:end]); ws.append(np.full(end - start, w)); ts.append(times[start:end])
@@ -353,7 +354,7 @@ def comention_links(batch, k: int, window_s: int, scale_s: int, max_share: float
     for i in np.unique(by_row[:, 1]).tolist():
         holders = [(h_time[h_ptr[e]:h_ptr[e + 1]], h_row[h_ptr[e]:h_ptr[e + 1]], weight[e])
                    for e in by_row[starts[i]:starts[i + 1], 0].tolist()]
-        top = comention_top(int(t[i]), holders, k, window_s, scale_s, per_entity)
+        top = comention_top(int(t[i]), i, holders, k, window_s, scale_s, per_entity)
         src_l.append(np.full(len(top), i, np.int64)); dst_l.append(top)
     if not src_l:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -69,8 +69,9 @@ class _Live:
 
 
 def _actor(live: _Live, batch: EventBatch, params, out) -> None:
-    """Each added event to the previous `actor_k` events of each of its actors within the window
-    (strictly earlier), among the shard's events and the batch's."""
+    """Each added event to the previous `actor_k` events of each of its actors within the window,
+    among the shard's events and the batch's, in (time, shard rows before the batch's, row)
+    order, as a build orders them."""
     k, window = params.actor_k, int(params.actor_window_days * 86400)
     t = np.asarray(batch.times, np.int64)
     for name, rows in rows_by_entity(batch, params.actor_prefixes).items():
@@ -81,9 +82,10 @@ def _actor(live: _Live, batch: EventBatch, params, out) -> None:
         cands += [(int(t[j]), 1, j, batch.ids[j]) for j in rows]
         cands.sort(key=lambda c: (c[0], c[1], c[2]))
         times = np.array([c[0] for c in cands], np.int64)
+        position = {c[2]: p for p, c in enumerate(cands) if c[1] == 1}
         for i in rows:
             lo = int(np.searchsorted(times, t[i] - window, "left"))
-            hi = int(np.searchsorted(times, t[i], "left"))    # strictly earlier
+            hi = position[i]
             for c in cands[max(lo, hi - k):hi][::-1]:
                 out[0].append(i)
                 out[1].append(c[3] if c[3] is not None else live.id(c[2]))
@@ -157,7 +159,7 @@ def _comention(live: _Live, batch: EventBatch, params, out) -> None:
         mine = [holders[e] for e in dict.fromkeys(batch.entities(i)) if e in holders]
         if not mine:
             continue
-        for key in comention_top(int(t[i]), mine, params.comention_k, window, scale,
+        for key in comention_top(int(t[i]), base + i, mine, params.comention_k, window, scale,
                                  COMENTION_PER_ENTITY).tolist():
             out[0].append(i)
             out[1].append(batch.ids[key - base] if key >= base else live.id(key))

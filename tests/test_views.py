@@ -204,7 +204,7 @@ def test_similarity_links_match_a_brute_force_reference():
     got = set(zip(src.tolist(), dst.tolist()))
     want = set()
     for i in range(n):
-        cand = [j for j in range(n) if times[j] < times[i] and times[j] >= times[i] - window]
+        cand = [j for j in range(n) if (times[j], j) < (times[i], i) and times[j] >= times[i] - window]
         if len(cand) < 8:
             continue
         s = vecs[cand] @ vecs[i]
@@ -212,7 +212,8 @@ def test_similarity_links_match_a_brute_force_reference():
         best = sorted(zip(-s, cand))[:2]
         want |= {(i, j) for ns, j in best if -ns >= floor - 1e-6}
     assert got == want
-    assert all(times[d] < times[s] for s, d in got)
+    assert all((times[d], d) < (times[s], s) for s, d in got)
+    assert any(times[d] == times[s] for s, d in got)     # one time: earlier in input order
 
 
 def test_derived_links_are_not_input():
