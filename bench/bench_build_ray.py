@@ -3,6 +3,7 @@ in-process build; and HNSW construction trade-offs (threads, M, ef_construction)
 beside faiss.
 
     python bench/bench_build_ray.py --events 20000 --workers 1,2 [--shards 4] [--work DIR]
+    python bench/bench_build_ray.py --links CORPUS [--workers 1,2]
     python bench/bench_build_ray.py --hnsw --n 50000 --dim 384 [--threads 1,2]
 
 The first form generates an orgmem corpus with ../shared/orgmem/generate.py into WORK/corpus
@@ -10,7 +11,9 @@ The first form generates an orgmem corpus with ../shared/orgmem/generate.py into
 W CPUs for each W (`build(..., shards=S, ray="local")` after `ray.init(num_cpus=W)`), and
 prints events/s; cluster start-up is timed apart. It checks the Ray index is byte-identical to
 the in-process one. A second table times the whole-corpus pass alone: `global_graph` in process
-against its per-block partial aggregations in Ray tasks (fastctx/ray_graph.py). The second form builds hnswlib and faiss HNSW graphs over clustered unit
+against its per-block partial aggregations in Ray tasks (fastctx/ray_graph.py), and another
+the derived links alone (fastctx/ray_links.py; also `--links CORPUS` for an existing orgmem
+folder). The last form builds hnswlib and faiss HNSW graphs over clustered unit
 vectors and reports build events/s, events/s per thread and recall@10 (exact inner product as
 truth; search ef 64 for both).
 """
@@ -64,7 +67,45 @@ def bench_ray(events: int, workers: list[int], shards: int, work: Path, dim: int
             ray.shutdown()
         same = _same_files(work / "inproc", work / f"ray{w}")
         print(f"| Ray local | {w} | {start:.1f} | {took:.1f} | {events / took:,.0f} | {same} |")
+    bench_links_pass(corpus, workers, params)
     bench_graph_pass(corpus, workers, params)
+
+
+def bench_links_pass(corpus: Path, workers: list[int], params, similar_k: int = 3) -> None:
+    """The derived links alone: `with_derived_links` in process against `ray_derived_links`
+    (Ray tasks over time blocks, fastctx/ray_links.py), W CPUs, two blocks per CPU, workers
+    warmed by a small call first (a build's read step starts them); with the build's parameters
+    and with `similar` links on (`similar_k`), the costliest rule."""
+    import dataclasses
+
+    import ray
+
+    from fastctx.derive import with_derived_links
+    from fastctx.index import read_for_build
+    from fastctx.ray_links import ray_derived_links
+    batch, _ = read_for_build(corpus, corpus.parent / "unused", False, None)
+    print("\nderived links (with_derived_links)")
+    print("| params | pass | workers | s | links | same arrays |")
+    print("|---|---|---|---|---|---|")
+    for label, p in (("build's", params), (f"similar_k={similar_k}", dataclasses.replace(params, similar_k=similar_k))):
+        t = time.perf_counter()
+        want = with_derived_links(batch, p)
+        base = time.perf_counter() - t
+        links = len(want.link_src) - len(batch.link_src)
+        print(f"| {label} | in process | 1 | {base:.2f} | {links:,} | - |")
+        for w in workers:
+            ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                # workers started and warm, as a build's read step leaves them
+                ray_derived_links(batch.select(np.arange(min(len(batch), 4000))), p)
+                t = time.perf_counter()
+                got = ray_derived_links(batch, p)
+                took = time.perf_counter() - t
+            finally:
+                ray.shutdown()
+            same = np.array_equal(want.link_src, got.link_src) and np.array_equal(want.link_type, got.link_type) \
+                and want.link_to == got.link_to
+            print(f"| {label} | Ray tasks | {w} | {took:.2f} | {links:,} | {same} |")
 
 
 def bench_graph_pass(corpus: Path, workers: list[int], params) -> None:
@@ -154,11 +195,16 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--hnsw", action="store_true", help="the HNSW construction table instead")
+    ap.add_argument("--links", type=Path, default=None, help="the derived-links table alone, on this corpus")
     ap.add_argument("--n", type=int, default=50000, help="--hnsw: vectors")
     ap.add_argument("--threads", default="1,2", help="--hnsw: comma-separated thread counts")
     a = ap.parse_args()
     if a.hnsw:
         bench_hnsw(a.n, a.dim, [int(t) for t in a.threads.split(",")])
+        return
+    if a.links:
+        from fastctx.params import BuildParams
+        bench_links_pass(a.links, [int(w) for w in a.workers.split(",")], BuildParams())
         return
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_build_ray."))
     work.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,10 @@ fastctx/partition.py), so the index answers exactly as the in-process build does
 
 * events without vectors are embedded by a pool of Ray actors running the encoder the build
   records (`embed_batch` rows per call; GPUs when `embed_gpus` > 0);
+* the derived links (`similar`, `same_actor`, `co_mention`, `relands`) are Ray tasks over
+  blocks of events in time order, each with the earlier events its rules look back at, and the
+  corpus-wide counts `co_mention` weighs by summed from per-block counts first
+  (fastctx/ray_links.py); the driver only concatenates the tasks' links;
 * the whole-corpus pass is `global_graph`: its per-event inputs (derived entities, id and link
   keys, the entity vocabulary and frequencies) are partial aggregations over blocks of events in
   Ray tasks, merged exactly (fastctx/ray_graph.py); the order, link CSR and supersession are then
@@ -226,11 +230,11 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
     nodes must all see the index's parent directory at the same path (shards are written there).
     Returns (Index, BuildReport), like `build`."""
     from .build import BuildReport
-    from .derive import with_derived_links
     from .format import publish_dir, write_marker
     from .index import LOCK_FILE, Index
     from .partition import MAX_SHARDS, global_graph, shard_of
     from .ray_graph import ray_parts
+    from .ray_links import ray_derived_links
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
     if shards < 2:
@@ -249,7 +253,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
     try:
         batch, encoder_spec = read_with_ray(corpus, index_dir, overwrite, progress, encoder,
                                             actors=embed_actors, batch_size=embed_batch, gpus=embed_gpus)
-        batch = with_derived_links(batch, params)
+        batch = ray_derived_links(batch, params)                           # links by Ray tasks
         g = global_graph(batch, params, parts=ray_parts(batch, params))   # per-event work in Ray tasks
         shard_no = shard_of(batch, shards, key)[g["order"]]   # by global row
         names = [f"shard-{k:03d}" for k in range(shards)]

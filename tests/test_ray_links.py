@@ -1,0 +1,139 @@
+"""Derived links computed by Ray tasks over time blocks (fastctx/ray_links.py) against the
+in-process pass (`derive.with_derived_links`): the same link arrays, in the same order, for 1, 2,
+5 and 17 blocks, on generated orgmem corpora and on a git-like history with files, authors,
+reverts and re-lands, ties in time across block edges and input rows out of time order."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ORGMEM
+
+ray = pytest.importorskip("ray", reason="the Ray build needs the optional 'ray' extra (pip install 'fastctx[ray]')")
+
+from fastctx.corpus import LINK_CODE  # noqa: E402
+from fastctx.derive import with_derived_links  # noqa: E402
+from fastctx.encoder import HashingEncoder  # noqa: E402
+from fastctx.params import BuildParams  # noqa: E402
+from fastctx.ray_graph import block_bounds  # noqa: E402
+from fastctx.ray_links import SIM_BLOCK, ray_derived_links  # noqa: E402
+from fastctx.sources import read_source, to_batch  # noqa: E402
+
+BLOCKS = (1, 2, 5, 17)
+T0, HOUR, DAY = 1_704_067_200, 3_600, 86_400
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module", params=[0, 3])
+def generated(request, tmp_path_factory):
+    from fastctx.index import read_for_build
+    root = tmp_path_factory.mktemp(f"links{request.param}")
+    subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000", "--dim", "32",
+                    "--queries", "5", "--seed", str(request.param), "--quiet"], check=True)
+    batch, _ = read_for_build(root / "c", root / "unused", False, None)
+    return batch
+
+
+def _git_history(n=700, seed=7):
+    """Commits in bursts of equal times, listed newest first (input rows against time order), by
+    a few authors, touching files from a small tree (some on most commits), with reverts of
+    earlier commits and later commits repeating the reverted titles."""
+    rng = random.Random(seed)
+    files = [f"file:src/m{i}.c" for i in range(60)] + ["file:README", "path:docs/"]
+    titles = [f"area{i % 9}: change the handling of case {i}" for i in range(n)]
+    ev = []
+    for i in range(n):
+        t = T0 + (i // 6) * 2 * HOUR + (i % 6 // 3) * 30     # bursts: up to 3 commits share a time
+        text = titles[i]
+        links = []
+        if i > 20 and rng.random() < 0.06:                  # revert an earlier commit
+            x = rng.randrange(i - 20, i)
+            text, links = f'Revert "{titles[x]}"', [{"to": f"c{x:04d}", "type": "reverts"}]
+        elif i > 40 and rng.random() < 0.05:               # repeat an earlier title (a re-land)
+            text = "Reland: " + titles[rng.randrange(i - 40, i)]
+        touched = rng.sample(files[:60], rng.randint(1, 4)) + (["file:README"] if rng.random() < 0.7 else []) \
+            + (["path:docs/"] if rng.random() < 0.1 else [])
+        ev.append({"id": f"c{i:04d}", "time": t, "source": "git", "kind": "commit", "text": text + "\n\nbody",
+                   "entities": touched + [f"author:dev{rng.randrange(7)}", "service:core"], "links": links})
+    ev.reverse()
+    return to_batch(read_source(ev), HashingEncoder(dim=32))
+
+
+GIT_PARAMS = [
+    BuildParams(similar_k=3, similar_z=0.5, similar_window_days=4, similar_max_candidates=600,
+                actor_window_days=0.5, comention_window_days=3, comention_scale_days=1),
+    BuildParams(actor_k=3, actor_window_days=5, comention_k=2, comention_window_days=365, comention_max_share=0.5),
+]
+GEN_PARAMS = [
+    BuildParams(similar_k=3, similar_window_days=30, similar_max_candidates=700, actor_window_days=3),
+    BuildParams(),
+]
+
+
+def _same(a, b) -> None:
+    assert a.link_src.dtype == b.link_src.dtype and np.array_equal(a.link_src, b.link_src)
+    assert a.link_type.dtype == b.link_type.dtype and np.array_equal(a.link_type, b.link_type)
+    assert a.link_to == b.link_to
+    assert a.ids is b.ids and a.entity_names is b.entity_names and a.vectors is b.vectors
+
+
+def _counts(batch) -> dict:
+    return {name: int((np.asarray(batch.link_type) == code).sum()) for name, code in LINK_CODE.items()}
+
+
+@pytest.mark.parametrize("pi", range(len(GEN_PARAMS)))
+def test_generated_corpora_give_the_in_process_links(cluster, generated, pi):
+    params = GEN_PARAMS[pi]
+    want = with_derived_links(generated, params)
+    got_counts = _counts(want)
+    assert got_counts["same_actor"] > 0 and (got_counts["similar"] > 0) == (params.similar_k > 0)
+    for blocks in BLOCKS:
+        _same(ray_derived_links(generated, params, blocks=blocks), want)
+
+
+@pytest.mark.parametrize("pi", range(len(GIT_PARAMS)))
+def test_git_history_gives_the_in_process_links(cluster, pi):
+    batch, params = _git_history(), GIT_PARAMS[pi]
+    want = with_derived_links(batch, params)
+    c = _counts(want)
+    assert c["co_mention"] > 0 and c["same_actor"] > 0 and c["relands"] > 0
+    t = np.sort(batch.times)
+    # ties in time straddle block edges, and blocks are smaller than the windows
+    cuts = block_bounds(len(batch), 17)[1:-1]
+    assert any(t[p - 1] == t[p] for p in cuts)
+    assert (t[cuts[1]] - t[cuts[0]]) < params.comention_window_days * DAY
+    for blocks in BLOCKS:
+        _same(ray_derived_links(batch, params, blocks=blocks), want)
+
+
+def test_similar_blocks_smaller_than_the_window_and_the_candidate_cap(cluster):
+    """More Ray blocks than the function's internal blocks, a window of many blocks, and the
+    candidate cap biting: halos start on internal block edges, so the floats are the same."""
+    batch = _git_history(n=2 * SIM_BLOCK + 300)
+    params = BuildParams(similar_k=4, similar_z=0.0, similar_window_days=60, similar_max_candidates=SIM_BLOCK + 100,
+                         actor_k=0, relands=False, comention_k=0)
+    want = with_derived_links(batch, params)
+    assert _counts(want)["similar"] > 1000
+    for blocks in (2, 3, 17):
+        _same(ray_derived_links(batch, params, blocks=blocks), want)
+
+
+def test_inline_executor_and_small_batches():
+    """The same tasks in process; batches too small for any link come back unchanged."""
+    batch = _git_history(n=120)
+    params = GIT_PARAMS[1]
+    _same(ray_derived_links(batch, params, blocks=5, executor="inline"), with_derived_links(batch, params))
+    one = batch.select([0])
+    assert ray_derived_links(one, params, executor="inline") is one
+    off = BuildParams(actor_k=0, relands=False, comention_k=0)
+    assert ray_derived_links(batch, off, executor="inline") is batch
