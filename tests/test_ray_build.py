@@ -95,6 +95,26 @@ def test_block_partials_merge_to_the_in_process_graph(cluster, corpus):
     assert set(empty) == set(local_parts(tiny, params))
 
 
+def test_every_derived_link_kind_built_on_ray(cluster, tmp_path):
+    """A git-like JSONL history (files, authors, reverts, re-lands, equal times) with `similar`
+    links on: the links derived by Ray tasks give the in-process index's files."""
+    import numpy as np
+    from test_ray_links import GIT_PARAMS, git_events
+
+    from fastctx.corpus import LINK_CODE
+    src = tmp_path / "git.jsonl"
+    src.write_text("".join(json.dumps(e) + "\n" for e in git_events(400)))
+    params = GIT_PARAMS[0]
+    build(src, tmp_path / "inproc", shards=N_SHARDS, params=params, encoder="hashing:32")
+    build_ray(src, tmp_path / "ray", shards=N_SHARDS, params=params, encoder="hashing:32")
+    assert _files(tmp_path / "inproc") == _files(tmp_path / "ray")
+    from fastctx.derive import with_derived_links
+    from fastctx.index import read_for_build
+    batch, _ = read_for_build(src, tmp_path / "unused", False, None, "hashing:32")
+    types = set(np.asarray(with_derived_links(batch, params).link_type).tolist())
+    assert {LINK_CODE[k] for k in ("similar", "same_actor", "co_mention", "relands")} <= types
+
+
 def test_failed_shard_resumes_without_redoing_finished_shards(cluster, corpus):
     c, target = corpus / "c", corpus / "resumed"
     stage = corpus / f".resumed{STAGE_SUFFIX}"

@@ -44,14 +44,14 @@ def generated(request, tmp_path_factory):
     return batch
 
 
-def _git_history(n=700, seed=7):
+def git_events(n=700, seed=7) -> list:
     """Commits in bursts of equal times, listed newest first (input rows against time order), by
     a few authors, touching files from a small tree (some on most commits), with reverts of
     earlier commits and later commits repeating the reverted titles."""
     rng = random.Random(seed)
     files = [f"file:src/m{i}.c" for i in range(60)] + ["file:README", "path:docs/"]
     titles = [f"area{i % 9}: change the handling of case {i}" for i in range(n)]
-    ev = []
+    ev, reverted = [], []
     for i in range(n):
         t = T0 + (i // 6) * 2 * HOUR + (i % 6 // 3) * 30     # bursts: up to 3 commits share a time
         text = titles[i]
@@ -59,14 +59,19 @@ def _git_history(n=700, seed=7):
         if i > 20 and rng.random() < 0.06:                  # revert an earlier commit
             x = rng.randrange(i - 20, i)
             text, links = f'Revert "{titles[x]}"', [{"to": f"c{x:04d}", "type": "reverts"}]
-        elif i > 40 and rng.random() < 0.05:               # repeat an earlier title (a re-land)
-            text = "Reland: " + titles[rng.randrange(i - 40, i)]
+            reverted.append(titles[x])
+        elif reverted and rng.random() < 0.05:             # repeat a reverted title (a re-land)
+            text = "Reland: " + reverted.pop(rng.randrange(len(reverted)))
         touched = rng.sample(files[:60], rng.randint(1, 4)) + (["file:README"] if rng.random() < 0.7 else []) \
             + (["path:docs/"] if rng.random() < 0.1 else [])
         ev.append({"id": f"c{i:04d}", "time": t, "source": "git", "kind": "commit", "text": text + "\n\nbody",
                    "entities": touched + [f"author:dev{rng.randrange(7)}", "service:core"], "links": links})
     ev.reverse()
-    return to_batch(read_source(ev), HashingEncoder(dim=32))
+    return ev
+
+
+def _git_history(n=700, seed=7):
+    return to_batch(read_source(git_events(n, seed)), HashingEncoder(dim=32))
 
 
 GIT_PARAMS = [
