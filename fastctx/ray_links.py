@@ -29,7 +29,7 @@ params)`, column for column (tests/test_ray_links.py).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -262,14 +262,19 @@ def _relands(ex, batch, row_cuts, found: dict) -> tuple[np.ndarray, np.ndarray]:
     return rows[src], rows[dst]
 
 
-def ray_derived_links(batch, params: BuildParams, *, blocks: Optional[int] = None, executor: Any = "ray"):
+def ray_derived_links(batch, params: BuildParams, *, blocks: Optional[int] = None, executor: str = "ray"):
     """`derive.with_derived_links(batch, params)`, with the links derived by Ray tasks over
     `blocks` blocks of events (default two per CPU of the cluster; see the module doc).
     `executor="inline"` runs the same tasks in this process."""
     from .corpus import LINK_CODE
+    from .errors import InvalidQueryError
+    if executor not in ("ray", "inline"):
+        raise InvalidQueryError(f"executor must be 'ray' or 'inline', got {executor!r}")
     if len(batch) < 2:
         return batch
     ex = _Inline() if executor == "inline" else _Ray()
+    if isinstance(ex, _Ray) and not ex.ray.is_initialized():   # a task would start a default cluster
+        raise InvalidQueryError("ray_derived_links needs a running Ray session (ray.init) or executor='inline'")
     if blocks is None:
         blocks = 2 * max(1, int(ex.ray.cluster_resources().get("CPU", 1))) if isinstance(ex, _Ray) else 1
     n = len(batch)

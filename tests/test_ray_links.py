@@ -18,6 +18,7 @@ ray = pytest.importorskip("ray", reason="the Ray build needs the optional 'ray' 
 from fastctx.corpus import LINK_CODE  # noqa: E402
 from fastctx.derive import with_derived_links  # noqa: E402
 from fastctx.encoder import HashingEncoder  # noqa: E402
+from fastctx.errors import InvalidQueryError  # noqa: E402
 from fastctx.params import BuildParams  # noqa: E402
 from fastctx.ray_graph import block_bounds  # noqa: E402
 from fastctx.ray_links import SIM_BLOCK, ray_derived_links  # noqa: E402
@@ -142,3 +143,5 @@ def test_inline_executor_and_small_batches():
     assert ray_derived_links(one, params, executor="inline") is one
     off = BuildParams(actor_k=0, relands=False, comention_k=0)
     assert ray_derived_links(batch, off, executor="inline") is batch
+    with pytest.raises(InvalidQueryError, match="executor must be"):
+        ray_derived_links(batch, params, executor="dask")
