@@ -282,19 +282,22 @@ def ray_derived_links(batch, params: BuildParams, *, blocks: Optional[int] = Non
     order = np.lexsort((np.arange(n), times))      # the in-process time order: time, then row
     t = times[order]
     cuts = block_bounds(n, blocks)                 # positions in that order; and rows for scans
-    sim = _similar(ex, batch, params, order, t, cuts) if params.similar_k > 0 else []
     # one scan of the rows: prefixed mentions (same_actor, co_mention) and the reverted events
     prefixes = tuple(params.actor_prefixes if params.actor_k > 0 else ()) + \
         tuple(params.comention_prefixes if params.comention_k > 0 else ())
     rev = np.asarray(batch.link_type) == LINK_CODE["reverts"]
     want_ids = frozenset(batch.link_to[j] for j in np.flatnonzero(rev).tolist()) if params.relands else frozenset()
-    names, ent, row, first = _merge_mentions([])
-    found: dict = {}
+    scans = []
     if prefixes or want_ids:
         scan, eptr = ex.task(_scan_task), batch.entity_ptr
-        parts = ex.get([scan(batch.entity_names[int(eptr[lo]):int(eptr[hi])], eptr[lo:hi + 1] - eptr[lo], lo,
-                             prefixes, batch.ids[lo:hi] if want_ids else [], want_ids)
-                        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist())])
+        scans = [scan(batch.entity_names[int(eptr[lo]):int(eptr[hi])], eptr[lo:hi + 1] - eptr[lo], lo,
+                      prefixes, batch.ids[lo:hi] if want_ids else [], want_ids)
+                 for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+    sim = _similar(ex, batch, params, order, t, cuts) if params.similar_k > 0 else []   # runs meanwhile
+    names, ent, row, first = _merge_mentions([])
+    found: dict = {}
+    if scans:
+        parts = ex.get(scans)
         names, ent, row, first = _merge_mentions(parts)
         for p in parts:
             for eid, r in p["found"].items():
