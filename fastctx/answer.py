@@ -270,6 +270,9 @@ class Engine:
         best = cands[0][0]
         weights = [math.exp((c[0] - best) / temperature) if temperature > 0 else float(rank == 0)
                    for rank, c in enumerate(cands)]
+        if p.time_coherence_days > 0 and confidence < 1.0:
+            support = self._time_coherence(times[[c[1] for c in cands]], weights, p.time_coherence_days * DAY)
+            weights = [w * (confidence + (1.0 - confidence) * float(x)) for w, x in zip(weights, support)]
         if p.inherit:
             weights = self._inherit(rows, cands, weights)
         keep = [j for j, w in enumerate(weights) if w >= 1e-3]
@@ -331,6 +334,18 @@ class Engine:
         if context is not None:
             causal &= ~context
         return float(min(1.0, float(scores[causal].sum()) / unit))
+
+    @staticmethod
+    def _time_coherence(times: np.ndarray, weights, scale_s: float) -> np.ndarray:
+        """Per candidate, the pooled weight of the candidates close to it in time (its own
+        included), kernel 1 / (1 + dt / `scale_s`), relative to the best supported one: in (0, 1].
+        Without causal links to tell a story's events apart, the ones that agree in time with
+        other strong candidates are likelier one piece of work than a lone look-alike from
+        another year."""
+        t = np.asarray(times, np.float64)
+        kernel = 1.0 / (1.0 + np.abs(t[:, None] - t[None, :]) / float(scale_s))
+        support = kernel @ np.asarray(weights, np.float64)
+        return support / support.max()
 
     @staticmethod
     def _inherit(rows, cands, weights) -> list[float]:

@@ -142,6 +142,11 @@ class AnswerParams:
     # structure, not causal evidence, so it never makes the answer stop early
     context_prefixes: tuple[str, ...] = ("session:", "thread:", "channel:", "conversation:", "conv:")
     wide_temperature: float = 0.3
+    # Below full confidence, each candidate's pooling weight is also scaled towards its support
+    # in time (Engine._time_coherence: the pooled weight of candidates within about this many
+    # days of it, relative to the best supported), by the share 1 - c: candidates that agree in
+    # time outweigh a lone look-alike from another year. 0: off.
+    time_coherence_days: float = 30.0
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
     lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)
     lexical: float = 0.75            # weight of a hit's lexical match (0..1, relative to the best)

@@ -252,3 +252,16 @@ def test_a_shared_session_is_conversation_structure_not_a_causal_chain():
     assert g.asked == [(0, 7)]
     ticket = _hop_answer("entity:ticket:PAY-7")
     assert ticket[:2] == [0, 100] and len(ticket) < 20
+
+
+def test_time_coherence_matches_a_plain_reading_and_favours_candidates_that_agree_in_time():
+    rng = np.random.default_rng(7)
+    times = rng.integers(0, 400 * 86_400, 40)
+    weights = rng.random(40)
+    got = Engine._time_coherence(times, weights.tolist(), 30 * 86_400)
+    want = [sum(w / (1 + abs(int(t) - int(u)) / (30 * 86_400)) for u, w in zip(times, weights)) for t in times]
+    assert np.allclose(got, np.array(want) / max(want))
+    # the best-scored candidate stands alone two years off; three weaker ones share one week
+    day = 86_400
+    support = Engine._time_coherence(np.array([0, 730 * day, 731 * day, 733 * day]), [1.0, 0.5, 0.5, 0.5], 30 * day)
+    assert support[1:].min() > support[0] and support.max() == 1.0
