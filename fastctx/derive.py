@@ -334,28 +334,49 @@ def comention_links(batch, k: int, window_s: int, scale_s: int, max_share: float
     n = len(batch)
     if k <= 0 or n < 2 or not prefixes:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    t = np.asarray(batch.times, np.int64)
     files = rows_by_entity(batch, prefixes)
     if not files:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     df = np.array([len(rows) for rows in files.values()], np.int64)
-    pairs = np.stack([np.repeat(np.arange(len(files), dtype=np.int64), df),
-                      np.fromiter((r for rows in files.values() for r in rows), np.int64, int(df.sum()))], 1)
-    weight = comention_weights(df, n, max_share)
+    fid = np.repeat(np.arange(len(files), dtype=np.int64), df)
+    rows = np.fromiter((r for rows in files.values() for r in rows), np.int64, int(df.sum()))
+    t = np.asarray(batch.times, np.int64)
+    hold = comention_holders(t, fid, rows, len(files), n, max_share)
+    sources = np.unique(hold["by_row"][:, 1])
+    return comention_rank(sources, t[sources], hold, k, window_s, scale_s, per_entity)
+
+
+def comention_holders(t: np.ndarray, fid: np.ndarray, rows: np.ndarray, n_files: int, n: int,
+                      max_share: float) -> dict:
+    """What `comention_rank` ranks against, from the file mentions (file id `fid` of event
+    `rows`, each pair once) of `n` events at times `t`: per file its weight and its holders in
+    (time, row) order (CSR `ptr` over `time`/`row`), and the mentions of weighted files by row
+    (`by_row`: (file, row) pairs sorted by row)."""
+    weight = comention_weights(np.bincount(fid, minlength=n_files), n, max_share)
+    pairs = np.stack([fid, rows], 1)
     pairs = pairs[weight[pairs[:, 0]] > 0]
     order = np.lexsort((pairs[:, 1], t[pairs[:, 1]], pairs[:, 0]))      # holders in time order
     h_ent, h_row = pairs[order, 0], pairs[order, 1]
-    h_ptr = np.zeros(len(files) + 1, np.int64)
-    np.cumsum(np.bincount(h_ent, minlength=len(files)), out=h_ptr[1:])
-    h_time = t[h_row]
-    by_row = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
-    starts = np.searchsorted(by_row[:, 1], np.arange(n + 1))
+    ptr = np.zeros(n_files + 1, np.int64)
+    np.cumsum(np.bincount(h_ent, minlength=n_files), out=ptr[1:])
+    return dict(time=t[h_row], row=h_row, ptr=ptr, weight=weight,
+                by_row=pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))])
+
+
+def comention_rank(rows: np.ndarray, times: np.ndarray, hold: dict, k: int, window_s: int, scale_s: int,
+                   per_entity: int = COMENTION_PER_ENTITY) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) `co_mention` links of the events `rows` (at `times`): `comention_top` of each
+    against the holder index `hold` (`comention_holders`)."""
+    h_time, h_row, h_ptr, weight, by_row = hold["time"], hold["row"], hold["ptr"], hold["weight"], hold["by_row"]
+    starts = np.searchsorted(by_row[:, 1], rows, "left")
+    ends = np.searchsorted(by_row[:, 1], rows, "right")
     src_l, dst_l = [], []
-    for i in np.unique(by_row[:, 1]).tolist():
-        holders = [(h_time[h_ptr[e]:h_ptr[e + 1]], h_row[h_ptr[e]:h_ptr[e + 1]], weight[e])
-                   for e in by_row[starts[i]:starts[i + 1], 0].tolist()]
-        top = comention_top(int(t[i]), i, holders, k, window_s, scale_s, per_entity)
-        src_l.append(np.full(len(top), i, np.int64)); dst_l.append(top)
+    for i, ti, a, b in zip(np.asarray(rows).tolist(), np.asarray(times).tolist(), starts.tolist(), ends.tolist()):
+        holders = [(h_time[h_ptr[f]:h_ptr[f + 1]], h_row[h_ptr[f]:h_ptr[f + 1]], weight[f])
+                   for f in by_row[a:b, 0].tolist()]
+        top = comention_top(int(ti), i, holders, k, window_s, scale_s, per_entity)
+        src_l.append(np.full(len(top), i, np.int64))
+        dst_l.append(np.asarray(top, np.int64))
     if not src_l:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(src_l), np.concatenate(dst_l)
@@ -438,6 +459,11 @@ def with_derived_links(batch, params):
                                       int(params.comention_scale_days * 86400), params.comention_max_share,
                                       params.comention_prefixes),
                       LINK_CODE["co_mention"]))
+    return with_link_parts(batch, parts)
+
+
+def with_link_parts(batch, parts) -> EventBatch:
+    """`batch` plus derived links given as [((src rows, dst rows), type code), ...], in that order."""
     parts = [(sd, c) for sd, c in parts if len(sd[0])]
     if not parts:
         return batch

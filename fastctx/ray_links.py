@@ -15,8 +15,8 @@ own functions on its rows plus what they need to look at:
 * `co_mention`: the rarity weights need two corpus-wide counts (events, holders of each file),
   so the files' mentions are first gathered by tasks over blocks of rows and counted (a sum of
   per-block counts), and the holder index, in time order, goes to the object store once; then
-  each task ranks the earlier holders of its own events with `comention_top` (the rule itself)
-  and `comention_weights` of the global counts;
+  each task ranks the earlier holders of its own events with `comention_rank` (the rule itself)
+  against the holder index `comention_holders` builds from the global counts;
 * `relands` (`reland_links`) looks arbitrarily far ahead, not back: tasks find the reverted
   events' rows, then every event whose title (`title_key`, the per-event cost) repeats a
   reverted title; `reland_links` then runs on the driver over those few events only.
@@ -119,24 +119,6 @@ def _actor_task(times: np.ndarray, ptr: np.ndarray, names: list, own: np.ndarray
     return src[keep], dst[keep]
 
 
-def _comention_task(rows: np.ndarray, t: np.ndarray, hold: dict, k: int, window_s: int, scale_s: int,
-                    per_entity: int):
-    """`comention_top` of each of `rows` (times `t`) against the shared holder index."""
-    h_time, h_row, h_ptr, weight, by_row = hold["time"], hold["row"], hold["ptr"], hold["weight"], hold["by_row"]
-    starts = np.searchsorted(by_row[:, 1], rows, "left")
-    ends = np.searchsorted(by_row[:, 1], rows, "right")
-    src_l, dst_l = [], []
-    for i, ti, s, e in zip(rows.tolist(), t.tolist(), starts.tolist(), ends.tolist()):
-        holders = [(h_time[h_ptr[f]:h_ptr[f + 1]], h_row[h_ptr[f]:h_ptr[f + 1]], weight[f])
-                   for f in by_row[s:e, 0].tolist()]
-        top = derive.comention_top(int(ti), i, holders, k, window_s, scale_s, per_entity)
-        src_l.append(np.full(len(top), i, np.int64))
-        dst_l.append(np.asarray(top, np.int64))
-    if not src_l:
-        return _EMPTY
-    return np.concatenate(src_l), np.concatenate(dst_l)
-
-
 # ---- the driver --------------------------------------------------------------------------------
 
 def _cat(parts) -> tuple[np.ndarray, np.ndarray]:
@@ -208,8 +190,8 @@ def _actor(ex, params, order, t, cuts, names, ent, row) -> list:
 
 
 def _comention(ex, batch, params, n_tasks, names, ent, row, first) -> list:
-    """The holder index from the global counts (as `comention_links` builds it), then one task per
-    chunk of source rows."""
+    """The holder index from the global counts (`comention_holders`, as `comention_links` builds
+    it), then one task per chunk of source rows."""
     pre = tuple(params.comention_prefixes)
     is_file = np.fromiter((nm.startswith(pre) for nm in names.tolist()), bool, len(names))
     keep = is_file[ent] if len(ent) else np.zeros(0, bool)
@@ -222,19 +204,12 @@ def _comention(ex, batch, params, n_tasks, names, ent, row, first) -> list:
     rank = np.empty(len(u), np.int64)
     rank[np.argsort(first[u], kind="stable")] = np.arange(len(u))
     fid = rank[np.searchsorted(u, f_ent)]
-    df = np.bincount(fid, minlength=len(u))
-    weight = derive.comention_weights(df, n, params.comention_max_share)
-    pairs = np.stack([fid, f_row], 1)
-    pairs = pairs[weight[pairs[:, 0]] > 0]
     t = np.asarray(batch.times, np.int64)
-    o = np.lexsort((pairs[:, 1], t[pairs[:, 1]], pairs[:, 0]))     # holders in time order
-    h_ent, h_row = pairs[o, 0], pairs[o, 1]
-    h_ptr = np.zeros(len(u) + 1, np.int64)
-    np.cumsum(np.bincount(h_ent, minlength=len(u)), out=h_ptr[1:])
-    by_row = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
-    hold = ex.put(dict(time=t[h_row], row=h_row, ptr=h_ptr, weight=weight, by_row=by_row))
+    hold = derive.comention_holders(t, fid, f_row, len(u), n, params.comention_max_share)
+    by_row = hold["by_row"]
+    hold = ex.put(hold)
     src_rows = np.unique(by_row[:, 1])
-    task, out = ex.task(_comention_task), []
+    task, out = ex.task(derive.comention_rank), []
     for chunk in np.array_split(src_rows, max(1, min(n_tasks, len(src_rows)))):
         if len(chunk):
             out.append((task(chunk, t[chunk], hold, params.comention_k, int(params.comention_window_days * 86400),
@@ -320,9 +295,4 @@ def ray_derived_links(batch, params: BuildParams, *, blocks: Optional[int] = Non
         parts.append((rel, LINK_CODE["relands"]))
     if params.comention_k > 0:
         parts.append((collect(com), LINK_CODE["co_mention"]))
-    parts = [(sd, c) for sd, c in parts if len(sd[0])]
-    if not parts:
-        return batch
-    return derive.with_links(batch, np.concatenate([sd[0] for sd, _ in parts]),
-                             [batch.ids[d] for sd, _ in parts for d in sd[1].tolist()],
-                             np.concatenate([np.full(len(sd[0]), c, np.int8) for sd, c in parts]))
+    return derive.with_link_parts(batch, parts)
