@@ -337,15 +337,15 @@ class Engine:
 
     @staticmethod
     def _time_coherence(times: np.ndarray, weights, scale_s: float) -> np.ndarray:
-        """Per candidate, the pooled weight of the candidates close to it in time (its own
-        included), kernel 1 / (1 + dt / `scale_s`), relative to the best supported one: in (0, 1].
-        Without causal links to tell a story's events apart, the ones that agree in time with
-        other strong candidates are likelier one piece of work than a lone look-alike from
-        another year."""
+        """Per candidate (the best first), the pooled weight of the candidates close to it in time
+        (its own included; kernel 1 / (1 + dt / `scale_s`)) relative to the best candidate's, at
+        most 1. Without causal links to tell a story's events apart, candidates that agree in time
+        with the best one are likelier one piece of work than a lone look-alike from another year;
+        the best candidate, and any as well supported, keep their weight."""
         t = np.asarray(times, np.float64)
         kernel = 1.0 / (1.0 + np.abs(t[:, None] - t[None, :]) / float(scale_s))
         support = kernel @ np.asarray(weights, np.float64)
-        return support / support.max()
+        return np.minimum(support / support[0], 1.0)
 
     @staticmethod
     def _inherit(rows, cands, weights) -> list[float]:

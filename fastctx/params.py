@@ -143,9 +143,9 @@ class AnswerParams:
     context_prefixes: tuple[str, ...] = ("session:", "thread:", "channel:", "conversation:", "conv:")
     wide_temperature: float = 0.3
     # Below full confidence, each candidate's pooling weight is also scaled towards its support
-    # in time (Engine._time_coherence: the pooled weight of candidates within about this many
-    # days of it, relative to the best supported), by the share 1 - c: candidates that agree in
-    # time outweigh a lone look-alike from another year. 0: off.
+    # in time relative to the best candidate's (Engine._time_coherence: pooled weight within about
+    # this many days), by the share 1 - c: candidates that agree in time with the best one
+    # outweigh a lone look-alike from another year. 0: off.
     time_coherence_days: float = 30.0
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
     lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)

@@ -260,8 +260,12 @@ def test_time_coherence_matches_a_plain_reading_and_favours_candidates_that_agre
     weights = rng.random(40)
     got = Engine._time_coherence(times, weights.tolist(), 30 * 86_400)
     want = [sum(w / (1 + abs(int(t) - int(u)) / (30 * 86_400)) for u, w in zip(times, weights)) for t in times]
-    assert np.allclose(got, np.array(want) / max(want))
-    # the best-scored candidate stands alone two years off; three weaker ones share one week
+    assert np.allclose(got, np.minimum(np.array(want) / want[0], 1.0))
+    # the best candidate and a runner-up share one week; a look-alike stands alone two years off,
+    # another shares the best one's week: the lone one loses most of its weight, the others little
     day = 86_400
-    support = Engine._time_coherence(np.array([0, 730 * day, 731 * day, 733 * day]), [1.0, 0.5, 0.5, 0.5], 30 * day)
-    assert support[1:].min() > support[0] and support.max() == 1.0
+    support = Engine._time_coherence(np.array([0, 2 * day, 730 * day, 5 * day]), [1.0, 0.6, 0.6, 0.3], 30 * day)
+    assert support[0] == 1.0 and min(support[1], support[3]) > 0.9 and support[2] < 0.5
+    # a best candidate standing alone takes nothing from a cluster of weaker ones
+    alone = Engine._time_coherence(np.array([0, 730 * day, 731 * day]), [1.0, 0.6, 0.6], 30 * day)
+    assert np.all(alone == 1.0)
