@@ -1,8 +1,8 @@
 """Partitioned builds on Ray: the same shards as `build(..., shards=N)`, written by Ray tasks.
 
 `build_ray(corpus, index, shards=N, ray="local" | ADDRESS)` runs the in-process partitioned
-build's own functions (`global_graph`, `shard_of`, `write_partition_shard` of
-fastctx/partition.py), so the index answers exactly as the in-process build does:
+build's own functions (`shard_of`, `write_partition_shard` of fastctx/partition.py) or Ray
+tasks that give the same arrays, so the index answers exactly as the in-process build does:
 
 * events without vectors are embedded by a pool of Ray actors running the encoder the build
   records (`embed_batch` rows per call; GPUs when `embed_gpus` > 0);
@@ -10,10 +10,12 @@ fastctx/partition.py), so the index answers exactly as the in-process build does
   blocks of events in time order, each with the earlier events its rules look back at, and the
   corpus-wide counts `co_mention` weighs by summed from per-block counts first
   (fastctx/ray_links.py); the driver only concatenates the tasks' links;
-* the whole-corpus pass is `global_graph`: its per-event inputs (derived entities, id and link
-  keys, the entity vocabulary and frequencies) are partial aggregations over blocks of events in
-  Ray tasks, merged exactly (fastctx/ray_graph.py); the order, link CSR and supersession are then
-  vectorized numpy on the driver, and the arrays go to the object store once;
+* the whole-corpus pass gives `global_graph`'s arrays: its per-event inputs (derived entities,
+  id and link keys, the entity vocabulary and frequencies) are partial aggregations over blocks
+  of events in Ray tasks, merged exactly (fastctx/ray_graph.py); the global order, link
+  resolution, link and entity CSR, entity postings and supersession are Ray tasks over ranges of
+  times, keys, ranks and entities (fastctx/ray_order.py); the driver concatenates the ranges'
+  pieces, and the arrays go to the object store once;
 * one Ray task per shard writes its segment, HNSW graph and sidecar into a staging directory
   next to the index (``.NAME.raystage``) and then a completion marker holding a digest of the
   build's inputs. A re-run of the same build (after a crash or a failed task) keeps every shard
@@ -232,8 +234,9 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
     from .build import BuildReport
     from .format import publish_dir, write_marker
     from .index import LOCK_FILE, Index
-    from .partition import MAX_SHARDS, global_graph, shard_of
+    from .partition import MAX_SHARDS, shard_of
     from .ray_graph import ray_parts
+    from .ray_order import ray_global_graph
     from .ray_links import ray_derived_links
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
@@ -254,8 +257,12 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
         batch, encoder_spec = read_with_ray(corpus, index_dir, overwrite, progress, encoder,
                                             actors=embed_actors, batch_size=embed_batch, gpus=embed_gpus)
         batch = ray_derived_links(batch, params)                           # links by Ray tasks
-        g = global_graph(batch, params, parts=ray_parts(batch, params))   # per-event work in Ray tasks
-        shard_no = shard_of(batch, shards, key)[g["order"]]   # by global row
+        parts = ray_parts(batch, params)                                   # per-event work in Ray tasks
+        g = ray_global_graph(batch, params, parts)                         # sorts and joins in Ray tasks
+        # by global row; for the id key, the ids' hashes are already in `parts` (shard_of's own hash)
+        shard_in = parts["id_keys"] % np.uint64(shards) if key == "id" else shard_of(batch, shards, key)
+        shard_no = shard_in.astype(np.int64)[g["order"]]
+        del parts
         names = [f"shard-{k:03d}" for k in range(shards)]
         digest = _digest(batch, params, shards, key, encoder_spec)
         index_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -76,18 +76,22 @@ def _same_graph(g1: dict, g2: dict) -> None:
 
 def test_block_partials_merge_to_the_in_process_graph(cluster, corpus):
     """The whole-corpus pass from per-block partial aggregations (derived entities, keys,
-    vocabulary, frequencies) gives `global_graph`'s arrays exactly, for any block count."""
+    vocabulary, frequencies), then as Ray tasks over ranges (fastctx/ray_order.py), gives
+    `global_graph`'s arrays exactly, for any block count."""
     from fastctx.derive import with_derived_links
     from fastctx.index import read_for_build
     from fastctx.params import BuildParams
     from fastctx.partition import global_graph, local_parts
     from fastctx.ray_graph import merge_partials, ray_parts
+    from fastctx.ray_order import ray_global_graph
     params = BuildParams()
     batch, _ = read_for_build(corpus / "c", corpus / "unused", False, None)
     batch = with_derived_links(batch, params)
     want = global_graph(batch, params)
     for blocks in (1, 3, 8):
-        _same_graph(want, global_graph(batch, params, parts=ray_parts(batch, params, blocks=blocks)))
+        parts = ray_parts(batch, params, blocks=blocks)
+        _same_graph(want, global_graph(batch, params, parts=parts))
+        _same_graph(want, ray_global_graph(batch, params, parts, blocks=blocks))   # as a Ray build runs it
     tiny = batch.select(list(range(3)))   # more blocks than events, links to events elsewhere
     _same_graph(global_graph(tiny, params), global_graph(tiny, params, parts=ray_parts(tiny, params, blocks=16)))
     empty = merge_partials([])

@@ -1,0 +1,147 @@
+"""The whole-corpus pass as Ray tasks over ranges (fastctx/ray_order.py) against the in-process
+pass (`partition.global_graph`): every array equal, dtype included, for 1, 2, 5 and 17 ranges,
+on a real local Ray cluster of 2 CPUs and in process, on generated orgmem corpora (decisions
+with `supersedes` links and implicit slot supersession) and on a git-like history with reverts,
+re-lands, supersedes chains, decisions on shared slots, dangling links, links across ranges,
+runs of equal times across range edges and input rows out of time order."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ORGMEM
+
+ray = pytest.importorskip("ray", reason="the Ray build needs the optional 'ray' extra (pip install 'fastctx[ray]')")
+
+from fastctx.corpus import LINK_CODE  # noqa: E402
+from fastctx.derive import with_derived_links  # noqa: E402
+from fastctx.encoder import HashingEncoder  # noqa: E402
+from fastctx.errors import InvalidQueryError  # noqa: E402
+from fastctx.params import BuildParams  # noqa: E402
+from fastctx.partition import global_graph, local_parts  # noqa: E402
+from fastctx.ray_order import ray_global_graph  # noqa: E402
+from fastctx.sources import read_source, to_batch  # noqa: E402
+
+BLOCKS = (1, 2, 5, 17)
+T0, HOUR, DAY = 1_704_067_200, 3_600, 86_400
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module", params=[0, 3])
+def generated(request, tmp_path_factory):
+    from fastctx.index import read_for_build
+    root = tmp_path_factory.mktemp(f"order{request.param}")
+    subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000", "--dim", "32",
+                    "--queries", "40", "--seed", str(request.param), "--quiet"], check=True)
+    batch, _ = read_for_build(root / "c", root / "unused", False, None)
+    return with_derived_links(batch, BuildParams())
+
+
+def history(n=900, seed=11) -> list:
+    """Commits and decisions in bursts sharing one time (a burst spans range edges), listed newest
+    first, with reverts, re-landed titles, supersedes chains, decisions on a few shared slots
+    (implicit supersession, some at equal times), links to far earlier events and to ids that
+    are not in the corpus."""
+    rng = random.Random(seed)
+    ev, reverted = [], []
+    for i in range(n):
+        t = T0 + (i // 40) * DAY                       # 40 events per time: ties everywhere
+        links, kind, ents = [], "commit", [f"file:src/m{rng.randrange(30)}.c", f"author:dev{rng.randrange(5)}"]
+        text = f"area{i % 7}: change case {i}"
+        r = rng.random()
+        if i > 30 and r < 0.06:
+            x = rng.randrange(0, i)
+            text, links = f'Revert "area{x % 7}: change case {x}"', [{"to": f"e{x:04d}", "type": "reverts"}]
+            reverted.append(x)
+        elif reverted and r < 0.10:
+            x = reverted.pop(0)
+            text = f"Reland: area{x % 7}: change case {x}"
+        elif r < 0.25:
+            kind, ents = "decision", [f"decision:slot{rng.randrange(6)}", "team:core"]
+            text = f"decided the policy {i}"
+            if i > 10 and rng.random() < 0.5:
+                links = [{"to": f"e{rng.randrange(0, i):04d}", "type": "supersedes"}]
+        if rng.random() < 0.1:
+            links.append({"to": f"missing{i}", "type": "references"})          # dangling
+        if i > 5 and rng.random() < 0.3:
+            links.append({"to": f"e{rng.randrange(0, i):04d}", "type": "references"})
+        if i > 5 and rng.random() < 0.05:   # two links to one event, different types
+            x = rng.randrange(0, i)
+            links += [{"to": f"e{x:04d}", "type": "fixes"}, {"to": f"e{x:04d}", "type": "follow_up"}]
+        ev.append({"id": f"e{i:04d}", "time": t, "source": "git", "kind": kind, "text": text,
+                   "entities": ents, "links": links})
+    ev.reverse()
+    return ev
+
+
+def _same(want: dict, got: dict) -> None:
+    assert set(want) == set(got)
+    for k, v in want.items():
+        if isinstance(v, np.ndarray):
+            assert got[k].dtype == v.dtype, k
+            assert np.array_equal(got[k], v), k
+        else:
+            assert got[k] == v, k
+
+
+def _check(batch, params, cluster_on: bool) -> dict:
+    parts = local_parts(batch, params)
+    want = global_graph(batch, params, parts)
+    for blocks in BLOCKS:
+        _same(want, ray_global_graph(batch, params, parts, blocks=blocks, executor="inline"))
+        if cluster_on:
+            _same(want, ray_global_graph(batch, params, parts, blocks=blocks))
+    return want
+
+
+def test_generated_corpora_same_arrays(cluster, generated):
+    want = _check(generated, BuildParams(), True)
+    assert (want["sup_by"] >= 0).sum() >= 5          # decisions superseded, explicitly and by slot
+    assert want["n_links"] > 500
+
+
+def test_git_like_history_same_arrays(cluster):
+    params = BuildParams(actor_window_days=2, comention_window_days=3)
+    batch = with_derived_links(to_batch(read_source(history()), HashingEncoder(dim=32)), params)
+    want = _check(batch, params, True)
+    assert want["dangling"] > 20
+    assert (want["sup_by"] >= 0).sum() > 50
+    t = want["times"]
+    assert len(np.unique(t)) < len(t) // 20        # long runs of equal times
+    for kind in ("relands", "reverts", "supersedes", "same_actor", "co_mention"):
+        assert (np.asarray(batch.link_type) == LINK_CODE[kind]).any(), kind
+
+
+def test_ranges_without_derived_links_or_entities(cluster):
+    """No links, no entities, more ranges than events, one event: still the same arrays."""
+    params = BuildParams(actor_k=0, comention_k=0, relands=False, text_terms=False, text_words=False)
+    ev = [{"id": f"x{i}", "time": T0 + (i % 2) * HOUR, "source": "s", "kind": "note", "text": "+1"}
+          for i in range(5)]
+    for sub in (ev, ev[:1]):
+        batch = to_batch(read_source(sub), HashingEncoder(dim=8))
+        _check(batch, params, True)
+
+
+def test_default_ranges_and_parts(cluster):
+    batch = to_batch(read_source(history(200, 3)), HashingEncoder(dim=16))
+    params = BuildParams()
+    _same(global_graph(batch, params), ray_global_graph(batch, params))
+
+
+def test_bad_executor_or_no_session_is_a_clear_error():
+    batch = to_batch(read_source(history(20, 1)), HashingEncoder(dim=8))
+    with pytest.raises(InvalidQueryError, match="executor"):
+        ray_global_graph(batch, BuildParams(), executor="dask")
+    if not ray.is_initialized():
+        with pytest.raises(InvalidQueryError, match="ray.init"):
+            ray_global_graph(batch, BuildParams())
