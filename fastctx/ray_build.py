@@ -1,7 +1,7 @@
 """Partitioned builds on Ray: the same shards as `build(..., shards=N)`, written by Ray tasks.
 
 `build_ray(corpus, index, shards=N, ray="local" | ADDRESS)` runs the in-process partitioned
-build's own functions (`shard_of`, `write_partition_shard` of fastctx/partition.py) or Ray
+build's own functions (`shard_of`, the shard writer's segment and sidecar functions) or Ray
 tasks that give the same arrays, so the index answers exactly as the in-process build does:
 
 * events without vectors are embedded by a pool of Ray actors running the encoder the build
@@ -13,10 +13,11 @@ tasks that give the same arrays, so the index answers exactly as the in-process 
 * the whole-corpus pass gives `global_graph`'s arrays: its per-event inputs (derived entities,
   id and link keys, the entity vocabulary and frequencies) are partial aggregations over blocks
   of events in Ray tasks, merged exactly (fastctx/ray_graph.py); the global order, link
-  resolution, link and entity CSR, entity postings and supersession are Ray tasks over ranges of
-  times, keys, ranks and entities (fastctx/ray_order.py); the driver concatenates the ranges'
-  pieces, and the arrays go to the object store once;
-* one Ray task per shard writes its segment, HNSW graph and sidecar into a staging directory
+  resolution, link CSR, entity postings and supersession are Ray tasks over ranges of times,
+  keys, ranks and entities, and one task per shard assembles that shard's `sidecar_arrays` from
+  the ranges' pieces (fastctx/ray_order.py). The driver keeps the order and each event's shard;
+* one Ray task per shard, given only its own events and its sidecar arrays, writes the files of
+  `write_partition_shard` (segment, HNSW graph, sidecar) into a staging directory
   next to the index (``.NAME.raystage``) and then a completion marker holding a digest of the
   build's inputs. A re-run of the same build (after a crash or a failed task) keeps every shard
   whose marker matches and rebuilds only the others; other inputs discard the staging directory;
@@ -83,13 +84,21 @@ def _shard_done(shard_dir: Path, digest: str) -> bool:
         return False
 
 
-def _write_shard(stage: str, name: str, batch, g, shard_no, k: int, shards: int, key: str,
-                 params: BuildParams, encoder_spec, digest: str, fault) -> str:
-    """One shard, in a Ray task: rebuild from scratch, then mark it done (marker last)."""
-    from .partition import write_partition_shard
+def _write_shard(stage: str, name: str, sub, arrays: dict, k: int, shards: int, key: str, params: BuildParams,
+                 encoder_spec, n_global: int, n_entities: int, digest: str, fault) -> str:
+    """One shard, in a Ray task, from its own events (`sub`, in global-row order) and sidecar
+    arrays: rebuild from scratch, then mark it done (marker last). The files are those of
+    `partition.write_partition_shard` (segment, HNSW graph, sidecar with the same metadata)."""
+    from .partition import write_sidecar
+    from .shard import append_segment, create_shard, read_manifest
     shard_dir = Path(stage) / name
     shutil.rmtree(shard_dir, ignore_errors=True)   # a half-written shard of a killed run
-    write_partition_shard(shard_dir, batch, g, shard_no, k, shards, key, params, encoder_spec)
+    create_shard(shard_dir, sub.dim)
+    if len(sub):
+        append_segment(shard_dir, read_manifest(shard_dir), sub, params, None)
+    write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": n_global,
+                                      "n_entities_global": n_entities, "dim": sub.dim,
+                                      "slot_kinds": list(params.slot_kinds), "encoder": encoder_spec})
     if fault is not None:
         fault(k)   # test hook: fail after the files, before the marker
     tmp = shard_dir / (DONE + ".part")
@@ -236,7 +245,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
     from .index import LOCK_FILE, Index
     from .partition import MAX_SHARDS, shard_of
     from .ray_graph import ray_parts
-    from .ray_order import ray_global_graph
+    from .ray_order import ray_sidecars
     from .ray_links import ray_derived_links
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
@@ -258,11 +267,10 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
                                             actors=embed_actors, batch_size=embed_batch, gpus=embed_gpus)
         batch = ray_derived_links(batch, params)                           # links by Ray tasks
         parts = ray_parts(batch, params)                                   # per-event work in Ray tasks
-        g = ray_global_graph(batch, params, parts)                         # sorts and joins in Ray tasks
-        # by global row; for the id key, the ids' hashes are already in `parts` (shard_of's own hash)
+        # each event's shard; for the id key, the ids' hashes are already in `parts` (shard_of's hash)
         shard_in = parts["id_keys"] % np.uint64(shards) if key == "id" else shard_of(batch, shards, key)
-        shard_no = shard_in.astype(np.int64)[g["order"]]
-        del parts
+        g = ray_sidecars(batch, params, parts, shard_in.astype(np.int64), shards)   # sorts, joins: Ray tasks
+        del parts, shard_in
         names = [f"shard-{k:03d}" for k in range(shards)]
         digest = _digest(batch, params, shards, key, encoder_spec)
         index_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -275,13 +283,15 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
         todo = [k for k, name in enumerate(names) if not _shard_done(stage / name, digest)]
         if todo:
             task = raym.remote(num_cpus=1)(_write_shard)
-            refs = [raym.put(x) for x in (batch, g, shard_no)]
-            pending = [task.remote(str(stage), names[k], *refs, k, shards, key, params, encoder_spec, digest, _fault)
-                       for k in todo]
+            pending = []
+            for k in todo:   # each task gets its own events and its sidecar arrays (a ref from a task)
+                sub = raym.put(batch.select(g["order"][g["shard_no"] == k]))
+                pending.append(task.remote(str(stage), names[k], sub, g["sidecars"][k], k, shards, key, params,
+                                           encoder_spec, g["n"], g["n_entities"], digest, _fault))
             raym.wait(pending, num_returns=len(pending))   # let every shard finish before a failure surfaces
             raym.get(pending)
         report = BuildReport(n_events=len(batch), n_links=g["n_links"], dangling_links=g["dangling"],
-                             new_entities=len(g["ent_names"]))
+                             new_entities=g["n_entities"])
         for name in names:
             (stage / name / DONE).unlink()
         (stage / "STAGE.json").unlink()

@@ -1,5 +1,6 @@
 """The whole-corpus pass as Ray tasks over ranges (fastctx/ray_order.py) against the in-process
-pass (`partition.global_graph`): every array equal, dtype included, for 1, 2, 5 and 17 ranges,
+pass (`partition.global_graph`, and `sidecar_arrays` for each shard): every array equal, dtype
+and key order included, for 1, 2, 5 and 17 ranges,
 on a real local Ray cluster of 2 CPUs and in process, on generated orgmem corpora (decisions
 with `supersedes` links and implicit slot supersession) and on a git-like history with reverts,
 re-lands, supersedes chains, decisions on shared slots, dangling links, links across ranges,
@@ -22,8 +23,8 @@ from fastctx.derive import with_derived_links  # noqa: E402
 from fastctx.encoder import HashingEncoder  # noqa: E402
 from fastctx.errors import InvalidQueryError  # noqa: E402
 from fastctx.params import BuildParams  # noqa: E402
-from fastctx.partition import global_graph, local_parts  # noqa: E402
-from fastctx.ray_order import ray_global_graph  # noqa: E402
+from fastctx.partition import global_graph, local_parts, shard_of, sidecar_arrays  # noqa: E402
+from fastctx.ray_order import ray_global_graph, ray_sidecars  # noqa: E402
 from fastctx.sources import read_source, to_batch  # noqa: E402
 
 BLOCKS = (1, 2, 5, 17)
@@ -94,13 +95,32 @@ def _same(want: dict, got: dict) -> None:
             assert got[k] == v, k
 
 
-def _check(batch, params, cluster_on: bool) -> dict:
+def _same_sidecars(batch, params, parts, g, shard_in, n_shards, blocks, executor) -> None:
+    got = ray_sidecars(batch, params, parts, shard_in, n_shards, blocks=blocks, executor=executor)
+    shard_no = shard_in[g["order"]]
+    assert np.array_equal(got["order"], g["order"]) and np.array_equal(got["shard_no"], shard_no)
+    assert (got["n"], got["n_links"], got["dangling"], got["n_entities"]) == \
+        (g["n"], g["n_links"], g["dangling"], len(g["ent_names"]))
+    arrays = got["sidecars"] if executor == "inline" else ray.get(got["sidecars"])
+    for k in range(n_shards):
+        want = sidecar_arrays(g, shard_no, k, n_shards)
+        assert list(arrays[k]) == list(want)    # key order too: np.savez writes them in that order
+        _same(want, arrays[k])
+
+
+def _check(batch, params, cluster_on: bool, shards=(1, 3)) -> dict:
     parts = local_parts(batch, params)
     want = global_graph(batch, params, parts)
     for blocks in BLOCKS:
         _same(want, ray_global_graph(batch, params, parts, blocks=blocks, executor="inline"))
         if cluster_on:
             _same(want, ray_global_graph(batch, params, parts, blocks=blocks))
+        for n_shards in shards:
+            for key in ("id", "kind"):   # by kind: a few shards hold everything, the others nothing
+                shard_in = shard_of(batch, n_shards, key)
+                _same_sidecars(batch, params, parts, want, shard_in, n_shards, blocks, "inline")
+                if cluster_on and key == "id":
+                    _same_sidecars(batch, params, parts, want, shard_in, n_shards, blocks, "ray")
     return want
 
 
@@ -129,7 +149,7 @@ def test_ranges_without_derived_links_or_entities(cluster):
           for i in range(5)]
     for sub in (ev, ev[:1]):
         batch = to_batch(read_source(sub), HashingEncoder(dim=8))
-        _check(batch, params, True)
+        _check(batch, params, True, shards=(1, 7))
 
 
 def test_default_ranges_and_parts(cluster):
