@@ -316,7 +316,8 @@ def timed_pass(run_one, q: np.ndarray, budget_s: float, warmup: int = 3, reset=N
 
 def sweep(name: str, settings: list, make_runner, q, truth, a) -> dict:
     """Try settings in order until recall >= target; one refinement between the last miss and the
-    first hit when the setting is a plain int (ef). Returns the chosen point and the whole sweep."""
+    first hit: the midpoint ef (a plain int for the peers; fastctx's (ef, overfetch) when both
+    points share the overfetch). Returns the chosen point and the whole sweep."""
     points = []
     spent = 0.0
     chosen = None
@@ -337,8 +338,12 @@ def sweep(name: str, settings: list, make_runner, q, truth, a) -> dict:
         p = measure(s)
         if p["recall"] >= a.target:
             chosen = p
-            if isinstance(s, int) and prev is not None and s - prev > 2 and spent < a.sweep_budget:
+            mid = None
+            if isinstance(s, int) and prev is not None and s - prev > 2:
                 mid = (s + prev) // 2
+            elif isinstance(s, tuple) and prev is not None and s[1] == prev[1] and s[0] - prev[0] > 2:
+                mid = ((s[0] + prev[0]) // 2, s[1])
+            if mid is not None and spent < a.sweep_budget:
                 pm = measure(mid)
                 if pm["recall"] >= a.target:
                     chosen = pm
@@ -371,6 +376,7 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
     orig_h, orig_e = seeds._hnsw_query, seeds.exact_search
     orig_b = getattr(seeds, "_hnsw_knn", None)   # the batch graph call (searches since the batch path)
     orig_w = getattr(index_mod, "walk_search", None)   # the filtered graph walk (versions that have it)
+    orig_wh = getattr(index_mod, "walk_hits", None)    # ... and its one-segment form (the lean path)
 
     def hq(*args, **kw):
         counters["hnsw_calls"] += 1
@@ -387,6 +393,10 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
     def wk(*args, **kw):
         counters["walk_calls"] += 1
         return orig_w(*args, **kw)
+
+    def wh(*args, **kw):
+        counters["walk_calls"] += 1
+        return orig_wh(*args, **kw)
 
     index.search_params = base
     plans = index.explain(**flt["kw"])
@@ -423,6 +433,8 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
         seeds._hnsw_knn = hb
     if orig_w is not None:
         index_mod.walk_search = wk
+    if orig_wh is not None:
+        index_mod.walk_hits = wh
     try:
         res = sweep("fastctx", list(FASTCTX_LADDER), make_runner, q, truth, a)
         default = [p for p in res["sweep"] if tuple(p["setting"]) == FASTCTX_DEFAULT]
@@ -443,6 +455,8 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
             seeds._hnsw_knn = orig_b
         if orig_w is not None:
             index_mod.walk_search = orig_w
+        if orig_wh is not None:
+            index_mod.walk_hits = orig_wh
         from fastctx.params import SearchParams as SP
         index.search_params = SP()
     res["plan"] = [str(p) for p in plans]  # with the default params (+ forcing)

@@ -31,7 +31,7 @@ from .errors import (AccessDeniedError, CorpusError, FormatError, IndexExistsErr
 from .filters import Filters, segment_allowed
 from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marker, write_marker
 from .params import AnswerParams, BuildParams, SearchParams
-from .planner import SegmentPlan, plan_segment, walk_search
+from .planner import SegmentPlan, plan_segment, walk_hits, walk_search
 from .seeds import allowed_mask, search_segment_batch
 from .shard import (MemLog, Shard, attach_graph, collect_garbage, create_shard, disk_key_test, load_parts,
                     merge_segments, open_segments, prune_overlay, write_overlay, write_segment_dir)
@@ -69,6 +69,12 @@ def _filters(filter_kw: dict) -> Filters:
 _NO_FILTERS = Filters()
 _FILTERS_SEEN: dict = {}
 _CACHE_LOCK = threading.Lock()
+_EVERY_ROW = np.zeros(0, np.uint8)    # the walk's "every row allowed" mask (never read)
+
+
+def _walk_mask(allowed, n: int) -> np.ndarray:
+    """The walk's allowed mask of a segment's rows: empty when every row is allowed."""
+    return _EVERY_ROW if allowed.count == n else allowed_mask(allowed, n).view(np.uint8)
 
 
 def _encoder_from_marker(marker: dict) -> Optional[Encoder]:
@@ -543,6 +549,13 @@ class Index:
 
     def _vectors(self, query: QueryInput) -> tuple[np.ndarray, bool]:
         """(float32 [nq, dim] unit rows, was_batch)."""
+        if type(query) is np.ndarray and query.dtype == np.float32 and query.shape == (self.dim,):
+            # one float32 vector (the common call): the norm as np.linalg.norm computes it (the same
+            # bits), and its being finite and non-zero stands for every check below; anything
+            # else takes the full path and its messages
+            ss = np.add.reduce(query * query)
+            if 0.0 < ss < np.inf:
+                return (query / np.sqrt(ss)).reshape(1, -1), False
         if isinstance(query, str) or (isinstance(query, Sequence) and query and isinstance(query[0], str)):
             texts = [query] if isinstance(query, str) else list(query)
             if self.encoder is None:
@@ -596,7 +609,11 @@ class Index:
         """Filtered top-k seed events for one query or a batch (text or vectors); a batch runs
         as `search_batch` does. Filters: time_from, time_to, as_of, entities_any, entities_all,
         sources, kinds. `scope` / `principals` limit what may be returned (see `view.py`)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        if type(k) is not int:
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+                raise InvalidQueryError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
+            k = int(k)
+        if not 1 <= k <= MAX_K:
             raise InvalidQueryError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if filters is not None and filter_kw:
             raise InvalidQueryError("pass either filters= or filter keywords, not both")
@@ -605,9 +622,9 @@ class Index:
         t0 = time.perf_counter()
         qs, _ = self._vectors(query)
         t_enc = time.perf_counter()
-        plans = self._search_plans(f, int(k), view)
+        plans = self._search_plans(f, k, view)
         t_plan = time.perf_counter()
-        return self._search_planned(qs, int(k), plans, t_enc - t0, t_plan - t_enc)
+        return self._search_planned(qs, k, plans, t_enc - t0, t_plan - t_enc)
 
     def search_batch(self, vectors: QueryInput, k: int = 10, *, filters: Optional[Filters] = None,
                      scope=None, principals=None, unrestricted: bool = False, view: Optional[View] = None,
@@ -623,11 +640,17 @@ class Index:
     def _search_plans(self, f: Filters, k: int, view: View) -> list:
         """`plans`, remembered per (filters, k, view, params) until the pinned version changes
         (a repeated filter is planned once; the cache is dropped with the shards it describes)."""
-        shards = self.shards
+        shards, sp = self.shards, self.search_params
+        last = getattr(self, "_last_plans", None)
+        # the same objects as the last call (a repeated filter: `_filters` and `view` hand back the
+        # same ones): no key to hash
+        if last is not None and last[0] is shards and last[1] is f and last[2] == k and last[3] is view \
+                and last[4] is sp:
+            return last[5]
         cache = getattr(self, "_plan_cache", None)
         if cache is None or cache[0] is not shards:
             cache = self._plan_cache = (shards, {})
-        key = (f, k, view, self.search_params)
+        key = (f, k, view, sp)
         try:
             plans = cache[1].get(key)     # hashes the key once (filters, view, params)
         except TypeError:
@@ -638,6 +661,7 @@ class Index:
                 if len(cache[1]) >= self._PLAN_CACHE_MAX:
                     cache[1].pop(next(iter(cache[1])))
                 cache[1][key] = plans
+        self._last_plans = (shards, f, k, view, sp, plans)
         return plans
 
     # plans answered by the graph walk over the file in place: the unfiltered "hnsw" too, so a
@@ -648,9 +672,16 @@ class Index:
         nq = len(qs)
         ts = time.perf_counter()
         sp = self.search_params
-        parts = [(si, seg.row_base, walk_search(seg, plan, allowed_mask(allowed, seg.n), qs, k, sp)
+        live = [p for p in plans if p[3].strategy != "skip"]
+        if len(live) == 1 and live[0][3].strategy in self._WALK_PLANS:
+            # one segment walked (the common case): the kernel answers in the final form, already in
+            # the merge's order (score desc, then row), so nothing is sorted or copied here
+            si, seg, allowed, plan = live[0]
+            hits = walk_hits(seg, plan, _walk_mask(allowed, seg.n), qs, k, sp, seg.row_base, si)
+            return self._hits(*hits, nq, ts, enc_s, plan_s)
+        parts = [(si, seg.row_base, walk_search(seg, plan, _walk_mask(allowed, seg.n), qs, k, sp)
                   if plan.strategy in self._WALK_PLANS else search_segment_batch(seg, plan, allowed, qs, k, sp))
-                 for si, seg, allowed, plan in plans if plan.strategy != "skip"]
+                 for si, seg, allowed, plan in live]
         if len(parts) == 1:      # one segment to merge (the common case): no concatenation
             si, base, (rw, sc) = parts[0]
             order = np.lexsort((rw, -sc), axis=1)     # unfilled slots (score -inf) sort last
@@ -698,10 +729,17 @@ class Index:
     def view(self, scope=None, principals=None, unrestricted: bool = False) -> View:
         """The asker's view. An index holding access lists refuses an asker who names no
         principals, unless unrestricted access is asked for explicitly."""
+        plain = scope is None and principals is None
+        if plain:    # the everyday asker: one View per pinned version (and the same plan-cache key)
+            memo = getattr(self, "_view_memo", None)
+            if memo is not None and memo[0] is self.shards and memo[1] == bool(unrestricted):
+                return memo[2]
         v = View.make(scope, principals)
         if v.principals is None and not unrestricted and any(holds_acl(sh) for sh in self.shards):
             raise AccessDeniedError(f"{self.path}: this index holds access lists; pass principals=[...] "
                                     "(who asks) or unrestricted=True")
+        if plain:
+            self._view_memo = (self.shards, bool(unrestricted), v)
         return v
 
     def query(self, query: Union[str, np.ndarray], *, type: str = "chain", filters: Optional[Filters] = None,

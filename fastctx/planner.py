@@ -97,6 +97,15 @@ def plan_segment(name: str, n: int, has_hnsw: bool, allowed: Allowed, params: Se
 
 def walk_search(seg, plan: SegmentPlan, mask: np.ndarray, qs: np.ndarray, k: int, params: SearchParams):
     """Run an `hnsw-walk` plan for a batch of queries: (local rows [nq, k], scores [nq, k]), best
-    first, unfilled slots -1 / -inf. `mask`: the dense allowed mask of the segment's rows."""
+    first, unfilled slots -1 / -inf. `mask`: the dense allowed mask of the segment's rows (empty:
+    every row allowed)."""
     two_hop = plan.fraction < WALK_TWO_HOP_BELOW
     return seg.walk.search(qs, mask.view(np.uint8), k, max(params.ef_search, k), two_hop)
+
+
+def walk_hits(seg, plan: SegmentPlan, mask: np.ndarray, qs: np.ndarray, k: int, params: SearchParams,
+              row_base: int, shard: int):
+    """`walk_search` answering in `types.Hits` form (shards, rows + row_base, scores, counts; the
+    answer of a search that walks this one segment only)."""
+    return seg.walk.search_hits(qs, mask.view(np.uint8), k, max(params.ef_search, k),
+                                plan.fraction < WALK_TWO_HOP_BELOW, row_base, shard)

@@ -240,7 +240,9 @@ class GraphArrays:
     range), searched by `search` with an allowed mask checked inside the walk."""
 
     def __init__(self, buf, path: Path, n: int, dim: int, *, full_check: bool = True):
-        from .kernels.hnsw_search import HEADER_BYTES, links_in_range, parse_header, upper_offsets
+        from .kernels.hnsw_search import (HEADER_BYTES, links_in_range, parse_header, search_filtered, search_hits,
+                                          upper_offsets)
+        self._walk, self._walk_hits = search_filtered, search_hits
 
         def bad(what):
             return CorruptIndexError(f"{path}: {what}")
@@ -273,29 +275,52 @@ class GraphArrays:
         self.levels, self.uptr = upper_offsets(self.upper, count, h["maxM"])
         if count and (self.levels[0] < 0 or self.levels.max() < h["maxlevel"]):
             raise bad("upper-level links are truncated or out of range")
-        self.header, self.vec_col = h, h["offset_data"] // 4
+        self.header, self.vec_col, self.label_col = h, h["offset_data"] // 4, h["label_offset"] // 4
+        # the kernels' fixed leading arguments, packed once (a search pays no per-call lookups)
+        self._graph_args = (self.words, self.flat, spe // 4, self.vec_col, self.label_col, self.upper, self.levels,
+                            self.uptr, h["maxM"], h["maxM0"], h["entry"], h["maxlevel"], self.labels)
         self._local = threading.local()
 
-    def search(self, qs: np.ndarray, allowed: np.ndarray, k: int, ef: int, two_hop: bool):
-        """(rows int64 [nq, k], scores float32 [nq, k]) of the best allowed rows, best first;
-        unfilled slots -1 / -inf. `allowed`: uint8 per row (nonzero = allowed)."""
-        from .kernels.hnsw_search import search_filtered
-        h, loc = self.header, self._local
-        visited = getattr(loc, "visited", None)
-        nq = len(qs)
-        if visited is None or loc.tag + nq >= 2 ** 31 - 1:   # one tag per query: reset when spent
-            count = len(self.labels)    # per thread: visit tags and candidate-heap scratch, reused
-            visited = loc.visited = np.zeros(count, np.int32)
+    def _scratch(self, nq: int):
+        """This thread's visit tags and candidate-heap scratch (reused; the tags reset when spent)."""
+        loc = self._local
+        if getattr(loc, "visited", None) is None or loc.tag + nq >= 2 ** 31 - 1:
+            count = len(self.labels)
+            loc.visited = np.zeros(count, np.int32)
             loc.cs, loc.cn = np.empty(count + 1, np.float32), np.empty(count + 1, np.int64)
             loc.tag = 1
-        rows, scores, loc.tag, sound = search_filtered(
-            self.words, self.flat, self.l0.shape[1], self.vec_col, self.upper, self.levels, self.uptr, h["maxM"],
-            h["maxM0"], h["entry"], h["maxlevel"], self.labels, allowed,
-            np.ascontiguousarray(np.atleast_2d(qs), np.float32), int(k), int(ef), bool(two_hop), visited, loc.tag,
-            loc.cs, loc.cn)
+        return loc
+
+    @staticmethod
+    def _queries(qs) -> np.ndarray:
+        if type(qs) is np.ndarray and qs.ndim == 2 and qs.dtype == np.float32 and qs.flags.c_contiguous:
+            return qs
+        return np.ascontiguousarray(np.atleast_2d(qs), np.float32)
+
+    def search(self, qs: np.ndarray, allowed: np.ndarray, k: int, ef: int, two_hop: bool):
+        """(rows int64 [nq, k], scores float32 [nq, k]) of the best allowed rows, best first (equal
+        scores: lower row first); unfilled slots -1 / -inf. `allowed`: uint8 per row (nonzero =
+        allowed), or empty: every row allowed."""
+        qs = self._queries(qs)
+        loc = self._scratch(len(qs))
+        rows, scores, loc.tag, sound = self._walk(*self._graph_args, allowed, qs, int(k), int(ef), bool(two_hop),
+                                                       loc.visited, loc.tag, loc.cs, loc.cn)
         if not sound:
             raise CorruptIndexError(f"{self.path}: level-0 links out of range")
         return rows, scores
+
+    def search_hits(self, qs: np.ndarray, allowed: np.ndarray, k: int, ef: int, two_hop: bool, row_base: int,
+                    shard: int):
+        """`search` in the final form of a one-segment search: (shards, rows + row_base, scores,
+        counts) as `types.Hits` holds them (unfilled slots -1 / -1 / NaN)."""
+        qs = self._queries(qs)
+        loc = self._scratch(len(qs))
+        shards, rows, scores, counts, loc.tag, sound = self._walk_hits(
+            *self._graph_args, allowed, qs, int(k), int(ef), bool(two_hop), loc.visited, loc.tag, loc.cs, loc.cn,
+            int(row_base), int(shard))
+        if not sound:
+            raise CorruptIndexError(f"{self.path}: level-0 links out of range")
+        return shards, rows, scores, counts
 
 
 class MemSegment(SegmentBase):

@@ -8,7 +8,10 @@ a uint32 matrix [count, size_data_per_element / 4] (and, viewed as float32, hold
 next to their links, as hnswlib reads them).
 
 The walk (`search_filtered`) checks an allowed mask (one byte per label = local row) inside the
-graph walk, as hnswlib's filter callable does, without a callback:
+graph walk, as hnswlib's filter callable does, without a callback. A node's row is read from its
+own record (the label word next to its vector) rather than a separate labels array, and an empty
+mask means "all allowed" and is never read: the unfiltered walk touches only the records.
+`search_hits` is the same walk answering in the final `Hits` form of a one-segment search.
 
 * plain (``two_hop=False``): every reached node is scored and walked, only allowed ones enter
   the result beam. Cheap when most rows are allowed (hnswlib's own filtered search).
@@ -167,12 +170,14 @@ def _heap_pop(hs, hn, size):
 
 
 @njit(fastmath=True)
-def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel, labels, allowed,
-                q, k, ef, two_hop, visited, tag, cs, cn, rs, rn, out_rows, out_scores):
+def _search_one(words, flat, stride, vec_col, label_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel,
+                labels, allowed, q, k, ef, two_hop, visited, tag, cs, cn, rs, rn, out_rows, out_scores):
     """One query; writes up to k (row, score) pairs best first into out_*; returns how many, or
-    -1 when a level-0 link list it reads is damaged (count > maxM0 or an id past the graph)."""
+    -1 when a level-0 link list it reads is damaged (count > maxM0 or an id past the graph).
+    An empty `allowed` allows every row (no mask read at all)."""
     dim = q.shape[0]
     count = visited.shape[0]
+    every = allowed.shape[0] == 0
     # greedy descent through the upper levels, unfiltered (as hnswlib and ACORN do)
     cur = entry
     cur_s = _dot(flat, cur * stride + vec_col, q)
@@ -197,7 +202,7 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
     nr = 0
     visited[cur] = tag
     nc = _heap_push(cs, cn, nc, -cur_s, cur)
-    if allowed[labels[cur]]:
+    if every or allowed[words[cur * stride + label_col]]:
         nr = _heap_push(rs, rn, nr, cur_s, cur)
     while nc > 0:
         c_s, c = -cs[0], cn[0]
@@ -208,20 +213,18 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
         cnt = words[row] & 0xFFFF
         if cnt > maxM0:
             return -1                      # a damaged link list (the caller names the file)
-        for t in range(cnt):
-            if words[row + 1 + t] >= count:
-                return -1                  # a link past the graph: checked here, not in a whole-file pass
-        if not two_hop:
-            for t in range(cnt):
-                nb = words[row + 1 + t]
-                if visited[nb] != tag:
-                    _prefetch_vector(flat, nb * stride + vec_col, dim)
+        for t in range(cnt):               # links checked here, not in a whole-file pass
+            nb = words[row + 1 + t]
+            if nb >= count:
+                return -1
+            if not two_hop and visited[nb] != tag:
+                _prefetch_vector(flat, nb * stride + vec_col, dim)
         scored = 0
         for t in range(cnt):
             nb = words[row + 1 + t]
             if visited[nb] == tag:
                 continue
-            if two_hop and not allowed[labels[nb]]:
+            if two_hop and not allowed[words[nb * stride + label_col]]:
                 visited[nb] = tag          # look through it once
                 row2 = nb * stride
                 cnt2 = words[row2] & 0xFFFF
@@ -231,7 +234,7 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
                     nb2 = words[row2 + 1 + u]
                     if nb2 >= count:
                         return -1
-                    if visited[nb2] == tag or not allowed[labels[nb2]]:
+                    if visited[nb2] == tag or not allowed[words[nb2 * stride + label_col]]:
                         continue
                     visited[nb2] = tag
                     s = _dot(flat, nb2 * stride + vec_col, q)
@@ -249,7 +252,7 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
                 scored += 1
                 if nr < ef or s > rs[0]:
                     nc = _heap_push(cs, cn, nc, -s, nb)
-                    if allowed[labels[nb]]:
+                    if every or allowed[words[nb * stride + label_col]]:
                         nr = _heap_push(rs, rn, nr, s, nb)
                         if nr > ef:
                             nr = _heap_pop(rs, rn, nr)
@@ -274,41 +277,71 @@ def _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, 
 
 
 @njit(fastmath=True)
-def search_filtered(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel, labels,
-                    allowed, qs, k, ef, two_hop, visited, tag0, cs, cn):
+def _search_into(words, flat, stride, vec_col, label_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel,
+                 labels, allowed, qs, k, ef, two_hop, visited, tag0, cs, cn, out_rows, out_scores, counts):
+    """Each query row of `qs` into row i of out_rows / out_scores (its first counts[i] slots;
+    the rest left as they are). False when a damaged level-0 link list was met."""
+    ef = max(ef, k)
+    rs = np.empty(ef + 2, np.float32)
+    rn = np.empty(ef + 2, np.int64)
+    for i in range(qs.shape[0]):
+        m = _search_one(words, flat, stride, vec_col, label_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel,
+                        labels, allowed, qs[i], k, ef, two_hop, visited, tag0 + i, cs, cn, rs, rn, out_rows[i],
+                        out_scores[i])
+        if m < 0:
+            return False
+        counts[i] = m
+    return True
+
+
+@njit(fastmath=True)
+def search_filtered(words, flat, stride, vec_col, label_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel,
+                    labels, allowed, qs, k, ef, two_hop, visited, tag0, cs, cn):
     """Top-k allowed rows for each query row of `qs` (float32 [nq, dim]): (rows int64 [nq, k],
     scores float32 [nq, k]; unfilled slots row -1, score -inf), the next free visit tag, and False
     when a level-0 link list met on the way was damaged (the answers are then void).
 
     words: the level-0 block as uint32 (1-D), flat: the same memory as float32; stride: uint32
-    words per record; vec_col: the vector's first word in a record (offset_data / 4); upper,
-    levels, uptr: the upper-level block and `upper_offsets` of it; maxM / maxM0: the header's;
-    labels: int64 [count] row of each graph node; allowed: uint8 [rows] (nonzero = allowed);
-    visited: int32 [count] visit tags (reused across calls: tags tag0, tag0 + 1, ... mark this
-    call's queries; the caller resets it when tags run out); cs, cn: float32 / int64 [count + 1]
-    scratch for the candidate heap (each node enters it at most once), reused across calls."""
+    words per record; vec_col / label_col: the vector's first word and the label's (low) word in a
+    record (offset_data / 4, label_offset / 4); upper, levels, uptr: the upper-level block and
+    `upper_offsets` of it; maxM / maxM0: the header's; labels: int64 [count] row of each graph
+    node; allowed: uint8 [rows] (nonzero = allowed), or empty: every row allowed (the mask is then
+    never read); visited: int32 [count] visit tags (reused across calls: tags tag0, tag0 + 1, ...
+    mark this call's queries; the caller resets it when tags run out); cs, cn: float32 / int64
+    [count + 1] scratch for the candidate heap (each node enters it at most once), reused."""
     nq = qs.shape[0]
     out_rows = np.full((nq, k), -1, np.int64)
     out_scores = np.full((nq, k), -np.inf, np.float32)
-    ef = max(ef, k)
-    rs = np.empty(ef + 2, np.float32)
-    rn = np.empty(ef + 2, np.int64)
-    tmp_r = np.empty(k, np.int64)
-    tmp_s = np.empty(k, np.float32)
+    counts = np.zeros(nq, np.int64)
+    sound = _search_into(words, flat, stride, vec_col, label_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel,
+                         labels, allowed, qs, k, ef, two_hop, visited, tag0, cs, cn, out_rows, out_scores, counts)
+    return out_rows, out_scores, tag0 + nq, sound
+
+
+@njit(fastmath=True)
+def search_hits(words, flat, stride, vec_col, label_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel,
+                labels, allowed, qs, k, ef, two_hop, visited, tag0, cs, cn, row_base, shard):
+    """`search_filtered` answering in the final form of a one-segment search (`types.Hits`): (shards
+    int32 [nq, k], rows int64 [nq, k] (local row + row_base), scores float32 [nq, k], counts int64
+    [nq], next tag, sound); unfilled slots shard -1, row -1, score NaN. The walk's order (score
+    desc, then row) is already the merge's, so nothing is left to sort."""
+    nq = qs.shape[0]
+    rows = np.full((nq, k), -1, np.int64)
+    scores = np.full((nq, k), np.nan, np.float32)
+    shards = np.full((nq, k), -1, np.int32)
+    counts = np.zeros(nq, np.int64)
+    sound = _search_into(words, flat, stride, vec_col, label_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel,
+                         labels, allowed, qs, k, ef, two_hop, visited, tag0, cs, cn, rows, scores, counts)
     for i in range(nq):
-        m = _search_one(words, flat, stride, vec_col, upper, levels, uptr, maxM, maxM0, entry, maxlevel, labels,
-                        allowed, qs[i], k, ef, two_hop, visited, tag0 + i, cs, cn, rs, rn, tmp_r, tmp_s)
-        if m < 0:
-            return out_rows, out_scores, tag0 + nq, False
-        for j in range(m):
-            out_rows[i, j] = tmp_r[j]
-            out_scores[i, j] = tmp_s[j]
-    return out_rows, out_scores, tag0 + nq, True
+        for j in range(counts[i]):
+            rows[i, j] += row_base
+            shards[i, j] = shard
+    return shards, rows, scores, counts, tag0 + nq, sound
 
 
 def warm_up(dim: int) -> None:
-    """Compile (or load from cache) `search_filtered` for the array types a segment's graph map
-    gives (read-only uint32 / float32 views), on a two-node graph of `dim` dims."""
+    """Compile (or load from cache) `search_filtered` and `search_hits` for the array types a
+    segment's graph map gives (read-only uint32 / float32 views), on a two-node graph of `dim` dims."""
     maxM0, maxM = 2, 1
     stride = 1 + maxM0 + dim + 2
     words = np.zeros(2 * stride, np.uint32)
@@ -321,11 +354,12 @@ def warm_up(dim: int) -> None:
     upper = np.frombuffer(np.zeros(2, np.uint32).tobytes(), np.uint32)
     levels, uptr = upper_offsets(upper, 2, maxM)
     links_in_range(ro, stride, 2, maxM0)
-    labels = np.arange(2, dtype=np.int64)
+    graph = (ro, ro.view(np.float32), stride, 1 + maxM0, 1 + maxM0 + dim, upper, levels, uptr, maxM, maxM0, 0, 0,
+             np.arange(2, dtype=np.int64))
     allowed = np.ones(2, np.uint8)
     qs = np.ones((1, dim), np.float32)
     visited = np.zeros(2, np.int32)
     cs, cn = np.empty(3, np.float32), np.empty(3, np.int64)
     for two_hop in (False, True):
-        search_filtered(ro, ro.view(np.float32), stride, 1 + maxM0, upper, levels, uptr, maxM, maxM0, 0, 0,
-                        labels, allowed, qs, 1, 1, two_hop, visited, 1 + int(two_hop), cs, cn)
+        search_filtered(*graph, allowed, qs, 1, 1, two_hop, visited, 1 + int(two_hop), cs, cn)
+    search_hits(*graph, allowed, qs, 1, 1, False, visited, 3, cs, cn, 0, 0)
