@@ -298,7 +298,8 @@ class Engine:
         if share > 0:
             by_base = np.lexsort((np.arange(len(rows)), -base))
             hits = [(int(rows[x]), float(base[x]), "direct hit") for x in by_base.tolist()]
-        return self._pack(g, ranked, budget, hits, share), None
+        first = p.hits_first * (1.0 - confidence)
+        return self._pack(g, ranked, budget, hits, share, first), None
 
     def _context_reached(self, g, expansion) -> np.ndarray:
         """Which events an expansion reached (its head excluded) through a shared context entity
@@ -365,23 +366,36 @@ class Engine:
         return out.tolist()
 
     @staticmethod
-    def _pack(g, order, budget: int, pad=(), pad_share: float = 0.0):
-        """The events of `order` (best first) that fit the budget, each once; then those of `pad`
-        that fit in `pad_share` of the budget `order` left. Token counts of `pad` are asked in
-        growing chunks: a remote graph fetches only what the budget can take."""
+    def _pack(g, order, budget: int, pad=(), pad_share: float = 0.0, pad_first: float = 0.0):
+        """First the events of `pad` (best first) that fit in `pad_first` of the budget; then those
+        of `order` that fit the budget, each once; then those of `pad` that fit in `pad_share` of
+        the budget left. Token counts of `pad` are asked in growing chunks, once: a remote graph
+        fetches only what the budget can take."""
         picked, seen = [], set()
-        used = Engine._take(g, order, budget, 0, picked, seen)
-        if pad_share > 0 and pad:
-            limit, lo, step = used + int(pad_share * (budget - used)), 0, 64
+        pad_tokens: list = []
+
+        def take_pad(limit: int, used: int) -> int:
+            lo, step = 0, 64
             while lo < len(pad) and used < limit:
-                used = Engine._take(g, pad[lo:lo + step], limit, used, picked, seen)
+                if len(pad_tokens) < min(len(pad), lo + step):
+                    more = pad[len(pad_tokens):lo + step]
+                    pad_tokens.extend(np.asarray(g.tokens([r for r, _, _ in more]), np.int64).tolist())
+                used = Engine._take(g, pad[lo:lo + step], limit, used, picked, seen, pad_tokens[lo:lo + step])
                 lo, step = lo + step, 2 * step
+            return used
+
+        used = take_pad(int(pad_first * budget), 0) if pad_first > 0 and pad else 0
+        used = Engine._take(g, order, budget, used, picked, seen)
+        if pad_share > 0 and pad:
+            used = take_pad(used + int(pad_share * (budget - used)), used)
         return picked
 
     @staticmethod
-    def _take(g, items, limit: int, used: int, picked: list, seen: set) -> int:
-        """Append the items that fit under `limit` tokens to `picked`; the tokens now used."""
-        tokens = np.asarray(g.tokens([r for r, _, _ in items]), np.int64).tolist() if items else []
+    def _take(g, items, limit: int, used: int, picked: list, seen: set, tokens=None) -> int:
+        """Append the items that fit under `limit` tokens to `picked`; the tokens now used.
+        `tokens`: the items' token counts where the caller has them."""
+        if tokens is None:
+            tokens = np.asarray(g.tokens([r for r, _, _ in items]), np.int64).tolist() if items else []
         for (r, v, reason), tok in zip(items, tokens):
             if r in seen or used + tok > limit:
                 continue

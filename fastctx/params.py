@@ -147,6 +147,10 @@ class AnswerParams:
     # this many days), by the share 1 - c: candidates that agree in time with the best one
     # outweigh a lone look-alike from another year. 0: off.
     time_coherence_days: float = 30.0
+    # of the share 1 - c of the budget that direct hits may take, this part goes to the best of
+    # them before the chains, so a question the chains do not explain keeps its best look-alikes
+    # even when the pooled chains could fill the budget; the rest comes after the chains
+    hits_first: float = 0.5
     window_slack_days: float = 0.0   # expansion may leave the seed time window by this much
     lexical_k: int = 256             # lexical seeds (the query's words against the index vocabulary)
     lexical: float = 0.75            # weight of a hit's lexical match (0..1, relative to the best)

@@ -151,14 +151,14 @@ class _OneHopGraph:
                 for s in np.asarray(seeds, np.int64).tolist()]
 
 
-def _hop_answer(link: str, budget: int = 1000, g=None):
+def _hop_answer(link: str, budget: int = 1000, g=None, params=AnswerParams()):
     from fastctx.filters import Filters
     g = g or _OneHopGraph(link)
     rows = np.arange(20, dtype=np.int64)
     sims = np.linspace(0.9, 0.1, 20)
     q = np.zeros(32, np.float32)
     q[0] = 1.0
-    picked, _ = Engine(params=AnswerParams(), graph=g)._chain(g, q, rows, sims, np.zeros(20), Filters(), 1, budget, False)
+    picked, _ = Engine(params=params, graph=g)._chain(g, q, rows, sims, np.zeros(20), Filters(), 1, budget, False)
     return [r for r, _, _ in picked]
 
 
@@ -179,6 +179,16 @@ def test_replies_alone_are_no_causal_chain_so_direct_hits_fill_the_budget(link):
     assert set(range(20)) <= set(got)
     assert len(got) == len(set(got))
     assert len(_hop_answer(link, budget=7)) == 7   # padding stops at the budget
+
+
+def test_without_causal_structure_the_best_direct_hits_come_before_the_chains():
+    """Replies alone (confidence 0) and a budget the pooled chains could fill on their own: the
+    share `hits_first` of it goes to the best direct hits first; without it, the best head's
+    reply follows the head."""
+    from dataclasses import replace
+    got = _hop_answer("reply", budget=10)
+    assert len(got) == 10 and all(r < 20 for r in got[:5])
+    assert _hop_answer("reply", budget=10, params=replace(AnswerParams(), hits_first=0.0))[:2] == [0, 100]
 
 
 def test_current_follows_a_version_of_the_fact_not_a_discussion_that_mentions_it(tmp_path):
