@@ -4,6 +4,7 @@ beside faiss.
 
     python bench/bench_build_ray.py --events 20000 --workers 1,2 [--shards 4] [--work DIR]
     python bench/bench_build_ray.py --links CORPUS [--workers 1,2]
+    python bench/bench_build_ray.py --graph CORPUS [--workers 1,2]
     python bench/bench_build_ray.py --hnsw --n 50000 --dim 384 [--threads 1,2]
 
 The first form generates an orgmem corpus with ../shared/orgmem/generate.py into WORK/corpus
@@ -11,8 +12,9 @@ The first form generates an orgmem corpus with ../shared/orgmem/generate.py into
 W CPUs for each W (`build(..., shards=S, ray="local")` after `ray.init(num_cpus=W)`), and
 prints events/s; cluster start-up is timed apart. It checks the Ray index is byte-identical to
 the in-process one. A second table times the whole-corpus pass alone: `global_graph` in process
-against its per-block partial aggregations in Ray tasks (fastctx/ray_graph.py), and another
-the derived links alone (fastctx/ray_links.py; also `--links CORPUS` for an existing orgmem
+against its per-block partial aggregations and its range-partitioned sorts and joins in Ray
+tasks (fastctx/ray_graph.py, fastctx/ray_order.py; also `--graph CORPUS`), and another the
+derived links alone (fastctx/ray_links.py; also `--links CORPUS` for an existing orgmem
 folder). The last form builds hnswlib and faiss HNSW graphs over clustered unit
 vectors and reports build events/s, events/s per thread and recall@10 (exact inner product as
 truth; search ef 64 for both).
@@ -68,7 +70,7 @@ def bench_ray(events: int, workers: list[int], shards: int, work: Path, dim: int
         same = _same_files(work / "inproc", work / f"ray{w}")
         print(f"| Ray local | {w} | {start:.1f} | {took:.1f} | {events / took:,.0f} | {same} |")
     bench_links_pass(corpus, workers, params)
-    bench_graph_pass(corpus, workers, params)
+    bench_graph_pass(corpus, workers, params, shards)
 
 
 def bench_links_pass(corpus: Path, workers: list[int], params, similar_k: int = 3) -> None:
@@ -108,34 +110,60 @@ def bench_links_pass(corpus: Path, workers: list[int], params, similar_k: int = 
             print(f"| {label} | Ray tasks | {w} | {took:.2f} | {links:,} | {same} |")
 
 
-def bench_graph_pass(corpus: Path, workers: list[int], params) -> None:
-    """The whole-corpus pass alone: `global_graph` in process against its per-block partial
-    aggregations in Ray tasks (fastctx/ray_graph.py), W CPUs, two blocks per CPU."""
+def bench_graph_pass(corpus: Path, workers: list[int], params, shards: int = 4) -> None:
+    """The whole-corpus pass alone: `global_graph` and the shards' `sidecar_arrays` in process
+    against Ray, W CPUs, two blocks per CPU, workers warmed by a small call first: the per-event
+    inputs as per-block partial aggregations (fastctx/ray_graph.py), then the sorts and joins
+    (order, link resolution, CSR, postings, supersession) as tasks over ranges giving
+    `global_graph`'s arrays (`ray_global_graph`), and, as a Ray build runs it, the same tasks
+    plus one per shard assembling its sidecar (`ray_sidecars`; fastctx/ray_order.py)."""
     import ray
 
     from fastctx.derive import with_derived_links
     from fastctx.index import read_for_build
-    from fastctx.partition import global_graph
+    from fastctx.partition import global_graph, local_parts, shard_of, sidecar_arrays
     from fastctx.ray_graph import ray_parts
+    from fastctx.ray_order import ray_global_graph, ray_sidecars
     batch, _ = read_for_build(corpus, corpus.parent / "unused", False, None)
     batch = with_derived_links(batch, params)
+    n = len(batch)
+    shard_in = shard_of(batch, shards)
     t = time.perf_counter()
-    want = global_graph(batch, params)
-    base = time.perf_counter() - t
-    print("\nwhole-corpus pass (global_graph)")
-    print("| pass | workers | s | events/s | same arrays |")
-    print("|---|---|---|---|---|")
-    print(f"| in process | 1 | {base:.1f} | {len(batch) / base:,.0f} | - |")
+    want_parts = local_parts(batch, params)
+    t_parts = time.perf_counter() - t
+    t = time.perf_counter()
+    want = global_graph(batch, params, want_parts)
+    t_sort = time.perf_counter() - t
+    t = time.perf_counter()
+    want_sc = [sidecar_arrays(want, shard_in[want["order"]], k, shards) for k in range(shards)]
+    t_sc = time.perf_counter() - t
+    print(f"\nwhole-corpus pass, {n:,} events, {shards} shards")
+    print("| pass | workers | per-event inputs s | sorts and joins s | sorts, joins and sidecars s | events/s "
+          "| same arrays |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| in process | 1 | {t_parts:.2f} | {t_sort:.2f} | {t_sort + t_sc:.2f} | "
+          f"{n / (t_parts + t_sort + t_sc):,.0f} | - |")
     for w in workers:
         ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
+            small = batch.select(np.arange(min(n, 2000)))
+            ray_global_graph(small, params, ray_parts(small, params))   # workers started and warm
             t = time.perf_counter()
-            got = global_graph(batch, params, parts=ray_parts(batch, params))
-            took = time.perf_counter() - t
+            parts = ray_parts(batch, params)
+            t_parts = time.perf_counter() - t
+            t = time.perf_counter()
+            got = ray_global_graph(batch, params, parts)
+            t_sort = time.perf_counter() - t
+            t = time.perf_counter()
+            sc = ray_sidecars(batch, params, parts, shard_in, shards)
+            got_sc = ray.get(sc["sidecars"])
+            t_sc = time.perf_counter() - t
         finally:
             ray.shutdown()
-        same = all(np.array_equal(v, got[k]) if isinstance(v, np.ndarray) else v == got[k] for k, v in want.items())
-        print(f"| Ray blocks | {w} | {took:.1f} | {len(batch) / took:,.0f} | {same} |")
+        same = all(np.array_equal(v, got[k]) if isinstance(v, np.ndarray) else v == got[k] for k, v in want.items()) \
+            and all(list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(want_sc, got_sc))
+        print(f"| Ray tasks | {w} | {t_parts:.2f} | {t_sort:.2f} | {t_sc:.2f} | "
+              f"{n / (t_parts + t_sc):,.0f} | {same} |")
 
 
 def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -196,6 +224,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--hnsw", action="store_true", help="the HNSW construction table instead")
     ap.add_argument("--links", type=Path, default=None, help="the derived-links table alone, on this corpus")
+    ap.add_argument("--graph", type=Path, default=None, help="the whole-corpus pass table alone, on this corpus")
     ap.add_argument("--n", type=int, default=50000, help="--hnsw: vectors")
     ap.add_argument("--threads", default="1,2", help="--hnsw: comma-separated thread counts")
     a = ap.parse_args()
@@ -205,6 +234,10 @@ def main() -> None:
     if a.links:
         from fastctx.params import BuildParams
         bench_links_pass(a.links, [int(w) for w in a.workers.split(",")], BuildParams())
+        return
+    if a.graph:
+        from fastctx.params import BuildParams
+        bench_graph_pass(a.graph, [int(w) for w in a.workers.split(",")], BuildParams(), a.shards)
         return
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_build_ray."))
     work.mkdir(parents=True, exist_ok=True)

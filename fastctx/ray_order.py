@@ -21,13 +21,19 @@ range and computes its part of the result exactly:
   postings), so a task that gets every candidate of its rows computes their overlay exactly;
 * **entity postings** (each entity's rows in rank order) per entity-id range, ranges balanced by
   mention counts; the same tasks pair each slot entity's consecutive slot-kind rows (the
-  implicit supersession candidates) and send each pair to the rank range of its older row.
+  implicit supersession candidates) and send each pair to the rank range of its older row;
+* **per shard** (`ray_sidecars`, what a Ray build runs): each rank range also cuts its rows'
+  links and overlay by shard, each entity range sends every shard the holders of the entities
+  it holds, and one task per shard assembles `partition.sidecar_arrays` from those pieces, so
+  the whole-corpus graph is never assembled anywhere.
 
 Pieces go from task to task through the object store; the driver holds the refs, the B + 1
-range bounds, and concatenates the tasks' final pieces into the arrays `global_graph` returns
-(the CSR pointers are cumulative sums of per-range counts). Ties break as in process at every
-step (by input row, then link number), so `ray_global_graph(batch, params, parts) ==
-global_graph(batch, params, parts)` array for array (tests/test_ray_order.py).
+range bounds, the order and the ranks (a concatenation and a scatter, no sort). For
+`ray_global_graph` it concatenates the tasks' final pieces into the arrays `global_graph`
+returns (the CSR pointers are cumulative sums of per-range counts). Ties break as in process at
+every step (by input row, then link number), so `ray_global_graph(batch, params, parts) ==
+global_graph(batch, params, parts)` array for array, and each shard's sidecar equals
+`sidecar_arrays`'s, key order included (tests/test_ray_order.py).
 """
 from __future__ import annotations
 
