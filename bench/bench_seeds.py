@@ -21,6 +21,9 @@ Same data, same queries, same filters, one query per call, one thread, in one ru
 Beside fastctx's chosen point, `Index.search_batch(all queries, k, **filters)` at the same
 setting is timed once ("fastctx batch" column): one plan, one graph call per round.
 
+"fastctx-beam" (filters the planner walks, allowed fraction below --beam-below): fastctx again with
+the planner's beam walk switched on (`planner.WALK_BEAM_BELOW`; off by default, see planner.py).
+
 Filters: "none" (fraction 1), "random" (a `kinds` filter: every event has one of 1000 kinds,
 exactly n/1000 events each, assigned by a random permutation, so listing round(f*1000) kinds
 allows exactly f*n random rows) and "time" (a `time_from/time_to` window holding f*n contiguous
@@ -357,6 +360,19 @@ def sweep(name: str, settings: list, make_runner, q, truth, a) -> dict:
     return {**chosen, "reached": reached, "sweep": points}
 
 
+def run_fastctx_beam(index, flt, q, truth, a):
+    """`run_fastctx` with the planner's beam walk on below --beam-below (restored afterwards)."""
+    from fastctx import planner
+    old = planner.WALK_BEAM_BELOW
+    planner.WALK_BEAM_BELOW = a.beam_below
+    index._plan_cache = index._last_plans = None       # planner constants are not in the cache key
+    try:
+        return run_fastctx(index, flt, q, truth, a)
+    finally:
+        planner.WALK_BEAM_BELOW = old
+        index._plan_cache = index._last_plans = None
+
+
 def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
     """Sweep fastctx's SearchParams. force_hnsw: every threshold that can send a segment to an exact
     scan set to 0 (exact_max_rows, hnsw_min_fraction, hnsw_candidate_cost where it exists), so the
@@ -375,8 +391,9 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
     counters = {"hnsw_calls": 0, "exact_calls": 0, "walk_calls": 0}
     orig_h, orig_e = seeds._hnsw_query, seeds.exact_search
     orig_b = getattr(seeds, "_hnsw_knn", None)   # the batch graph call (searches since the batch path)
-    orig_w = getattr(index_mod, "walk_search", None)   # the filtered graph walk (versions that have it)
-    orig_wh = getattr(index_mod, "walk_hits", None)    # ... and its one-segment form (the lean path)
+    # the filtered graph walk (versions that have it; a one-segment walk's runner is made once per
+    # plan, so walk_calls counts the multi-segment path's walks only)
+    orig_w = getattr(index_mod, "walk_search", None)
 
     def hq(*args, **kw):
         counters["hnsw_calls"] += 1
@@ -393,10 +410,6 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
     def wk(*args, **kw):
         counters["walk_calls"] += 1
         return orig_w(*args, **kw)
-
-    def wh(*args, **kw):
-        counters["walk_calls"] += 1
-        return orig_wh(*args, **kw)
 
     index.search_params = base
     plans = index.explain(**flt["kw"])
@@ -433,8 +446,6 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
         seeds._hnsw_knn = hb
     if orig_w is not None:
         index_mod.walk_search = wk
-    if orig_wh is not None:
-        index_mod.walk_hits = wh
     try:
         res = sweep("fastctx", list(FASTCTX_LADDER), make_runner, q, truth, a)
         default = [p for p in res["sweep"] if tuple(p["setting"]) == FASTCTX_DEFAULT]
@@ -455,8 +466,6 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
             seeds._hnsw_knn = orig_b
         if orig_w is not None:
             index_mod.walk_search = orig_w
-        if orig_wh is not None:
-            index_mod.walk_hits = orig_wh
         from fastctx.params import SearchParams as SP
         index.search_params = SP()
     res["plan"] = [str(p) for p in plans]  # with the default params (+ forcing)
@@ -544,9 +553,17 @@ def fmt_setting(m, r) -> str:
     return "exact" if s == "exact" else f"ef{s}"
 
 
+def best_peer(r: dict) -> float:
+    """QPS of the faster of hnswlib and faiss among those that reached the target (else of both)."""
+    peers = [r[m] for m in ("hnswlib", "faiss") if m in r]
+    reached = [p for p in peers if p["reached"]] or peers
+    return max(p["qps"] for p in reached)
+
+
 def table(rows: list[dict]) -> str:
     head = ("| filter | frac | allowed | fastctx plan | fastctx R@k / QPS (params) | hnswlib-callable R@k / QPS (ef) "
-            "| faiss R@k / QPS (ef) | numpy QPS | fc/hnswlib | fc/faiss | fc/numpy | fastctx batch R@k / QPS |")
+            "| faiss R@k / QPS (ef) | numpy QPS | fc/hnswlib | fc/faiss | fc/numpy | fastctx batch R@k / QPS "
+            "| fastctx beam R@k / QPS (params) | beam/best peer |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         cells = [r["filter"], f"{r['fraction']:g}", str(r["allowed"]), r["fastctx"]["strategy"]]
@@ -559,6 +576,9 @@ def table(rows: list[dict]) -> str:
             cells.append(f"{r['ratios'][m]:.2f}")
         bt = r["fastctx"].get("batch")
         cells.append(f"{bt['recall']:.3f} / {bt['qps']:.0f}" if bt else "-")
+        b = r.get("fastctx_beam")
+        cells += ([f"{b['recall']:.3f}{'' if b['reached'] else '!'} / {b['qps']:.0f} ({fmt_setting('fastctx', b)})",
+                   f"{b['qps'] / best_peer(r):.2f}"] if b else ["-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -601,8 +621,11 @@ def main(argv=None) -> int:
                     help="seconds per sweep step; a step over budget stops early (>= 10 queries)")
     ap.add_argument("--sweep-budget", type=float, default=60.0,
                     help="seconds per (method, filter) sweep before giving up on the target")
-    ap.add_argument("--methods", default="fastctx,fastctx-hnsw,hnswlib,faiss,numpy",
-                    help="fastctx-hnsw = fastctx with the planner forced to hnsw-filter (crossover study)")
+    ap.add_argument("--methods", default="fastctx,fastctx-beam,fastctx-hnsw,hnswlib,faiss,numpy",
+                    help="fastctx-hnsw = fastctx with the planner forced to hnsw-filter (crossover study); "
+                         "fastctx-beam = fastctx with the planner's beam walk on (see --beam-below)")
+    ap.add_argument("--beam-below", type=float, default=0.2,
+                    help="fastctx-beam: the allowed fraction below which the planner runs the beam walk")
     ap.add_argument("--data-dir", default=str(ROOT / "bench_data"))
     ap.add_argument("--build-only", action="store_true", help="generate and build the caches, then stop")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -683,6 +706,10 @@ def main(argv=None) -> int:
                 f"QPS={row['fastctx']['qps']:.0f} {row['fastctx']['setting']}"
                 + (f" batch R={row['fastctx']['batch']['recall']:.3f} QPS={row['fastctx']['batch']['qps']:.0f}"
                    if "batch" in row["fastctx"] else ""))
+        from fastctx.planner import WALK_MIN_FRACTION
+        if "fastctx-beam" in methods and WALK_MIN_FRACTION <= flt["fraction"] < a.beam_below:
+            row["fastctx_beam"] = b = run_fastctx_beam(index, flt, q, truth, a)
+            log(f"   fastctx beam {b['strategy']}: R={b['recall']:.3f} QPS={b['qps']:.0f} {b['setting']}")
         if "fastctx-hnsw" in methods:
             row["fastctx_hnsw"] = h = run_fastctx(index, flt, q, truth, a, force_hnsw=True)
             log(f"   fastctx forced {h['strategy']}: R={h['recall']:.3f} QPS={h['qps']:.0f} {h['setting']} "
@@ -701,6 +728,8 @@ def main(argv=None) -> int:
         if "fastctx" in methods:
             row["ratios"] = {m: row["fastctx"]["qps"] / row[m]["qps"] for m in ("hnswlib", "faiss", "numpy")
                              if m in row}
+            if "hnswlib" in row or "faiss" in row:
+                row["ratios"]["best_peer"] = row["fastctx"]["qps"] / best_peer(row)
         rows.append(row)
 
     result = {

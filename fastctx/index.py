@@ -672,13 +672,20 @@ class Index:
         nq = len(qs)
         ts = time.perf_counter()
         sp = self.search_params
+        # one segment walked (the common case): the kernel answers in the final form, already in the
+        # merge's order (score desc, then row), so nothing is sorted or copied here; its runner is
+        # made once per cached plan list
+        lean = getattr(self, "_lean", None)
+        if lean is None or lean[0] is not plans or lean[1] is not sp or lean[2] != k:
+            live = [p for p in plans if p[3].strategy != "skip"]
+            run = None
+            if len(live) == 1 and live[0][3].strategy in self._WALK_PLANS:
+                si, seg, allowed, plan = live[0]
+                run = walk_hits(seg, plan, _walk_mask(allowed, seg.n), k, sp, seg.row_base, si)
+            lean = self._lean = (plans, sp, k, run)
+        if lean[3] is not None:
+            return self._hits(*lean[3](qs), nq, ts, enc_s, plan_s)
         live = [p for p in plans if p[3].strategy != "skip"]
-        if len(live) == 1 and live[0][3].strategy in self._WALK_PLANS:
-            # one segment walked (the common case): the kernel answers in the final form, already in
-            # the merge's order (score desc, then row), so nothing is sorted or copied here
-            si, seg, allowed, plan = live[0]
-            hits = walk_hits(seg, plan, _walk_mask(allowed, seg.n), qs, k, sp, seg.row_base, si)
-            return self._hits(*hits, nq, ts, enc_s, plan_s)
         parts = [(si, seg.row_base, walk_search(seg, plan, _walk_mask(allowed, seg.n), qs, k, sp)
                   if plan.strategy in self._WALK_PLANS else search_segment_batch(seg, plan, allowed, qs, k, sp))
                  for si, seg, allowed, plan in live]

@@ -240,9 +240,9 @@ class GraphArrays:
     range), searched by `search` with an allowed mask checked inside the walk."""
 
     def __init__(self, buf, path: Path, n: int, dim: int, *, full_check: bool = True):
-        from .kernels.hnsw_search import (HEADER_BYTES, links_in_range, parse_header, search_filtered, search_hits,
-                                          upper_offsets)
-        self._walk, self._walk_hits = search_filtered, search_hits
+        from .kernels.hnsw_search import (BEAM, HEADER_BYTES, PLAIN, TWO_HOP, links_in_range, parse_header,
+                                          search_filtered, search_hits, upper_offsets)
+        self._walk, self._walk_hits, self._modes = search_filtered, search_hits, (PLAIN, TWO_HOP, BEAM)
 
         def bad(what):
             return CorruptIndexError(f"{path}: {what}")
@@ -297,30 +297,47 @@ class GraphArrays:
             return qs
         return np.ascontiguousarray(np.atleast_2d(qs), np.float32)
 
-    def search(self, qs: np.ndarray, allowed: np.ndarray, k: int, ef: int, two_hop: bool):
+    def _mode(self, two_hop: bool, beam: bool) -> int:
+        if two_hop and beam:
+            raise ValueError("the walk is two-hop or beam, not both")
+        plain, hop, wide = self._modes
+        return hop if two_hop else wide if beam else plain
+
+    def search(self, qs: np.ndarray, allowed: np.ndarray, k: int, ef: int, two_hop: bool, beam: bool = False):
         """(rows int64 [nq, k], scores float32 [nq, k]) of the best allowed rows, best first (equal
         scores: lower row first); unfilled slots -1 / -inf. `allowed`: uint8 per row (nonzero =
-        allowed), or empty: every row allowed."""
+        allowed), or empty: every row allowed. two_hop / beam: the walk's mode (kernels/hnsw_search.py)."""
         qs = self._queries(qs)
         loc = self._scratch(len(qs))
-        rows, scores, loc.tag, sound = self._walk(*self._graph_args, allowed, qs, int(k), int(ef), bool(two_hop),
-                                                       loc.visited, loc.tag, loc.cs, loc.cn)
+        rows, scores, loc.tag, sound = self._walk(*self._graph_args, allowed, qs, int(k), int(ef),
+                                                  self._mode(two_hop, beam), loc.visited, loc.tag, loc.cs, loc.cn)
         if not sound:
             raise CorruptIndexError(f"{self.path}: level-0 links out of range")
         return rows, scores
 
     def search_hits(self, qs: np.ndarray, allowed: np.ndarray, k: int, ef: int, two_hop: bool, row_base: int,
-                    shard: int):
+                    shard: int, beam: bool = False):
         """`search` in the final form of a one-segment search: (shards, rows + row_base, scores,
         counts) as `types.Hits` holds them (unfilled slots -1 / -1 / NaN)."""
-        qs = self._queries(qs)
-        loc = self._scratch(len(qs))
-        shards, rows, scores, counts, loc.tag, sound = self._walk_hits(
-            *self._graph_args, allowed, qs, int(k), int(ef), bool(two_hop), loc.visited, loc.tag, loc.cs, loc.cn,
-            int(row_base), int(shard))
-        if not sound:
-            raise CorruptIndexError(f"{self.path}: level-0 links out of range")
-        return shards, rows, scores, counts
+        return self.hits_runner(allowed, k, ef, two_hop, row_base, shard, beam)(qs)
+
+    def hits_runner(self, allowed: np.ndarray, k: int, ef: int, two_hop: bool, row_base: int, shard: int,
+                    beam: bool = False):
+        """`search_hits` with everything but the queries bound once: a repeated plan's searches
+        pay one kernel call and nothing else."""
+        run, args, queries, scratch = self._walk_hits, self._graph_args, self._queries, self._scratch
+        opts = (int(k), int(ef), self._mode(two_hop, beam))
+        where = (int(row_base), int(shard))
+
+        def hits(qs):
+            qs = queries(qs)
+            loc = scratch(len(qs))
+            shards, rows, scores, counts, loc.tag, sound = run(*args, allowed, qs, *opts, loc.visited, loc.tag,
+                                                               loc.cs, loc.cn, *where)
+            if not sound:
+                raise CorruptIndexError(f"{self.path}: level-0 links out of range")
+            return shards, rows, scores, counts
+        return hits
 
 
 class MemSegment(SegmentBase):
