@@ -4,9 +4,10 @@
 
 For every corpus: builds the default index and one index per build-time variant (identifier
 terms off, words off = no lexical seeds, derived `similar` links on, derived `same_actor` links
-off, derived `relands` links off), answers every query with the default engine and with engine
+off, derived `relands` links off, derived `co_mention` links off), answers every query with the default engine and with engine
 variants (lexical weight 0 and 0.5, no weight inheritance, fixed breadth, replies at 0.5, entity
-decay over 120 days, named dates ignored, `fill`), scores each with the yardstick's scorer and prints one markdown
+decay over 120 days, named dates ignored, time coherence off, direct hits only after the chains,
+`fill`), scores each with the yardstick's scorer and prints one markdown
 row per variant: chain recall / precision and current accuracy, with plain RAG (the yardstick's
 `rag_baseline.py`, k=100) in the first row. Never reads truth.jsonl itself: only the scorer does.
 """
@@ -36,6 +37,8 @@ ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit
            "entity edges decay over 120 days": dict(time_scale_days=120.0),
            "dates named in the question ignored": dict(date_weight=0.0),
            "chain relevance counts one unit of evidence (relevance_mass 1)": dict(relevance_mass=1.0),
+           "time coherence off": dict(time_coherence_days=0.0),
+           "direct hits only after the chains (hits_first 0)": dict(hits_first=0.0),
            "fill": "fill"}
 
 

@@ -166,3 +166,9 @@ class AnswerParams:
     def __post_init__(self):
         if self.expansion not in ("best_first", "ppr"):
             raise InvalidQueryError(f"AnswerParams.expansion must be 'best_first' or 'ppr', got {self.expansion!r}")
+        try:
+            _check_positive(self)
+        except ValueError as e:
+            raise InvalidQueryError(str(e)) from None
+        if self.hits_first > 1:
+            raise InvalidQueryError(f"AnswerParams.hits_first is a share of the budget, in [0, 1]; got {self.hits_first!r}")
