@@ -242,18 +242,23 @@ def write_partition_shard(shard_dir: Path, batch: EventBatch, g: dict, shard_no:
     """Write shard k of a partitioned build (segment, HNSW, sidecar) into `shard_dir`, from the
     whole-corpus graph `g` and the shard of each global row. Shards are independent of each
     other, so any scheduler may run this once per shard (fastctx/ray_build.py does)."""
+    sub = batch.select(g["order"][shard_no == k])      # input rows of shard k, in global-row order
+    write_shard_files(shard_dir, sub, sidecar_arrays(g, shard_no, k, shards), k, shards, key, params,
+                      encoder_spec, g["n"], len(g["ent_names"]),
+                      (lambda s, d, t: progress(f"{s}[{k}]", d, t)) if progress else None)
+
+
+def write_shard_files(shard_dir: Path, sub: EventBatch, arrays: dict, k: int, shards: int, key: str,
+                      params: BuildParams, encoder_spec, n_global: int, n_entities: int, progress=None) -> None:
+    """The files of shard k: its events `sub` (in global-row order) as one segment with its HNSW
+    graph, and its sidecar `arrays` with the partition's metadata."""
     from .shard import append_segment, create_shard, read_manifest
-    rows_in = g["order"][shard_no == k]      # input rows of shard k, in global-row order
-    create_shard(shard_dir, batch.dim)
-    sub = batch.select(rows_in)
+    create_shard(shard_dir, sub.dim)
     if len(sub):
-        append_segment(shard_dir, read_manifest(shard_dir), sub, params,
-                       (lambda s, d, t: progress(f"{s}[{k}]", d, t)) if progress else None)
-    arrays = sidecar_arrays(g, shard_no, k, shards)
-    write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": g["n"],
-                                      "n_entities_global": len(g["ent_names"]), "dim": batch.dim,
-                                      "slot_kinds": list(params.slot_kinds),
-                                      "encoder": encoder_spec})
+        append_segment(shard_dir, read_manifest(shard_dir), sub, params, progress)
+    write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": n_global,
+                                      "n_entities_global": n_entities, "dim": sub.dim,
+                                      "slot_kinds": list(params.slot_kinds), "encoder": encoder_spec})
 
 
 def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path], *, shards: int,

@@ -88,17 +88,11 @@ def _write_shard(stage: str, name: str, sub, arrays: dict, k: int, shards: int, 
                  encoder_spec, n_global: int, n_entities: int, digest: str, fault) -> str:
     """One shard, in a Ray task, from its own events (`sub`, in global-row order) and sidecar
     arrays: rebuild from scratch, then mark it done (marker last). The files are those of
-    `partition.write_partition_shard` (segment, HNSW graph, sidecar with the same metadata)."""
-    from .partition import write_sidecar
-    from .shard import append_segment, create_shard, read_manifest
+    `partition.write_partition_shard` (`write_shard_files`: segment, HNSW graph, sidecar)."""
+    from .partition import write_shard_files
     shard_dir = Path(stage) / name
     shutil.rmtree(shard_dir, ignore_errors=True)   # a half-written shard of a killed run
-    create_shard(shard_dir, sub.dim)
-    if len(sub):
-        append_segment(shard_dir, read_manifest(shard_dir), sub, params, None)
-    write_sidecar(shard_dir, arrays, {"shard": k, "n_shards": shards, "key": key, "n_global": n_global,
-                                      "n_entities_global": n_entities, "dim": sub.dim,
-                                      "slot_kinds": list(params.slot_kinds), "encoder": encoder_spec})
+    write_shard_files(shard_dir, sub, arrays, k, shards, key, params, encoder_spec, n_global, n_entities)
     if fault is not None:
         fault(k)   # test hook: fail after the files, before the marker
     tmp = shard_dir / (DONE + ".part")
