@@ -301,20 +301,33 @@ def recall(found: list[np.ndarray], truth: list[set], k: int) -> float:
 
 
 # ----------------------------------------------------------------------------------- measuring
+REPEATS = 5    # --repeats: timed passes over the queries per sweep step, the fastest one counts
+
+
 def timed_pass(run_one, q: np.ndarray, budget_s: float, warmup: int = 3, reset=None):
     """Run queries one at a time (after `warmup` untimed ones; then `reset()`). Stops early once
-    `budget_s` is spent (at least 10 queries run). -> (results, seconds, queries run)."""
+    `budget_s` is spent (at least 10 queries run). A pass that leaves room in the budget is
+    repeated (up to REPEATS passes in all, each after `reset()`) and the fastest pass counts: on
+    a shared machine a 20-50 ms pass is easily hit by another job. -> (results of the first pass,
+    seconds of the fastest, queries run)."""
     for i in range(min(warmup, len(q))):
         run_one(q[i])
-    if reset is not None:
-        reset()
-    out = []
-    t = time.perf_counter()
-    for i in range(len(q)):
-        out.append(run_one(q[i]))
-        if i + 1 >= 10 and time.perf_counter() - t > budget_s:
+    first, best, spent = None, float("inf"), 0.0
+    for _ in range(REPEATS):
+        if reset is not None:
+            reset()
+        out = []
+        t = time.perf_counter()
+        for i in range(len(q)):
+            out.append(run_one(q[i]))
+            if i + 1 >= 10 and time.perf_counter() - t > budget_s:
+                break
+        dt = time.perf_counter() - t
+        first = out if first is None else first
+        best, spent = min(best, dt), spent + dt
+        if len(out) < len(q) or spent + dt > budget_s:
             break
-    return out, time.perf_counter() - t, len(out)
+    return first, best, len(first)
 
 
 def sweep(name: str, settings: list, make_runner, q, truth, a) -> dict:
@@ -456,9 +469,11 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
             ef, over = res["setting"]
             index.search_params = replace(base, ef_search=ef, overfetch=over)
             index.search_batch(q[:3], k=k, **kw)
-            t = time.perf_counter()
-            h = index.search_batch(q, k=k, **kw)
-            dt = time.perf_counter() - t
+            dt = float("inf")
+            for _ in range(REPEATS):     # the fastest of REPEATS calls, as for the single queries
+                t = time.perf_counter()
+                h = index.search_batch(q, k=k, **kw)
+                dt = min(dt, time.perf_counter() - t)
             res["batch"] = {"qps": len(q) / dt, "recall": recall(list(h.rows), truth, k)}
     finally:
         seeds._hnsw_query, seeds.exact_search = orig_h, orig_e
@@ -604,6 +619,7 @@ def planner_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    global REPEATS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="events (size knob)")
     ap.add_argument("--dim", type=int, default=384)
@@ -624,6 +640,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="fastctx,fastctx-beam,fastctx-hnsw,hnswlib,faiss,numpy",
                     help="fastctx-hnsw = fastctx with the planner forced to hnsw-filter (crossover study); "
                          "fastctx-beam = fastctx with the planner's beam walk on (see --beam-below)")
+    ap.add_argument("--repeats", type=int, default=REPEATS,
+                    help="timed passes per sweep step while the step budget allows; the fastest counts")
     ap.add_argument("--beam-below", type=float, default=0.2,
                     help="fastctx-beam: the allowed fraction below which the planner runs the beam walk")
     ap.add_argument("--data-dir", default=str(ROOT / "bench_data"))
@@ -631,6 +649,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
     methods = a.methods.split(",")
+    REPEATS = max(1, a.repeats)
 
     import faiss
     import hnswlib
