@@ -211,7 +211,8 @@ def _search_one(words, flat, stride, vec_col, label_col, upper, levels, uptr, ma
                 if s > cur_s:
                     cur_s, cur = s, nb
                     changed = True
-    # level 0: beam search, only allowed nodes enter the result beam
+    # level 0: best-first search; plain / two-hop: only allowed nodes enter the result beam (rs, rn);
+    # beam mode: every node does, and the allowed ones also the answer heap (ks, kn)
     nc = 0
     nr = 0
     visited[cur] = tag
@@ -262,7 +263,7 @@ def _search_one(words, flat, stride, vec_col, label_col, upper, levels, uptr, ma
                     elif nk < k:                   # (walking on while fewer than k allowed are in hand)
                         nc = _heap_push(cs, cn, nc, -s, nb)
                     if (nk < k or s > ks[0]) and allowed[words[nb * stride + label_col]]:
-                        nk = _heap_push(ks, kn, nk, s, nb)     # ... the answer the allowed ones
+                        nk = _heap_push(ks, kn, nk, s, nb)     # ... the answer only allowed ones
                         if nk > k:
                             nk = _heap_pop(ks, kn, nk)
                     continue
