@@ -149,34 +149,34 @@ def _prefetch_vector(flat, start, dim):
 # its worst score at the top; the candidates are pushed with negated scores, so their best is on top.
 @njit
 def _heap_push(hs, hn, size, s, node):
-    i = size
-    hs[i], hn[i] = s, node
+    i = size        # sift the hole up, then write once (the same heap as swapping, fewer stores)
     while i > 0:
         p = (i - 1) >> 1
-        if hs[p] <= hs[i]:
+        if hs[p] <= s:
             break
-        hs[p], hs[i] = hs[i], hs[p]
-        hn[p], hn[i] = hn[i], hn[p]
+        hs[i], hn[i] = hs[p], hn[p]
         i = p
+    hs[i], hn[i] = s, node
     return size + 1
 
 
 @njit
 def _heap_pop(hs, hn, size):
     size -= 1
-    hs[0], hn[0] = hs[size], hn[size]
+    s, node = hs[size], hn[size]     # the last entry, sifted down from the root as a hole
     i = 0
     while True:
-        a, b, m = 2 * i + 1, 2 * i + 2, i
-        if a < size and hs[a] < hs[m]:
-            m = a
-        if b < size and hs[b] < hs[m]:
-            m = b
-        if m == i:
+        a = 2 * i + 1
+        if a >= size:
             break
-        hs[m], hs[i] = hs[i], hs[m]
-        hn[m], hn[i] = hn[i], hn[m]
+        m = a
+        if a + 1 < size and hs[a + 1] < hs[a]:
+            m = a + 1
+        if not hs[m] < s:
+            break
+        hs[i], hn[i] = hs[m], hn[m]
         i = m
+    hs[i], hn[i] = s, node
     return size
 
 

@@ -274,3 +274,23 @@ def test_planner_runs_the_beam_only_when_asked(world, monkeypatch):
     finally:
         idx.search_params = SearchParams()
         idx._plan_cache = idx._last_plans = None
+
+
+def test_heap_helpers_are_a_min_heap():
+    """The walk's heap over parallel (score, node) arrays pops in score order."""
+    from fastctx.kernels.hnsw_search import _heap_pop, _heap_push
+    rng = np.random.default_rng(6)
+    hs, hn = np.empty(300, np.float32), np.empty(300, np.int64)
+    size, model = 0, []
+    for step in range(2000):
+        if size and rng.random() < 0.4:
+            s, node = hs[0], hn[0]
+            size = _heap_pop(hs, hn, size)
+            want = min(model)
+            assert s == want[0]
+            model.remove((s, node))
+        elif size < 299:
+            s = np.float32(rng.integers(0, 50) / 7)      # many equal scores
+            size = _heap_push(hs, hn, size, s, step)
+            model.append((s, step))
+        assert size == len(model)
