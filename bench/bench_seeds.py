@@ -22,7 +22,7 @@ Beside fastctx's chosen point, `Index.search_batch(all queries, k, **filters)` a
 setting is timed once ("fastctx batch" column): one plan, one graph call per round.
 
 "fastctx-beam" (filters the planner walks, allowed fraction below --beam-below): fastctx again with
-the planner's beam walk switched on (`planner.WALK_BEAM_BELOW`; off by default, see planner.py).
+the planner's beam walk switched on (`SearchParams.walk_beam_below`; off by default, see planner.py).
 
 Filters: "none" (fraction 1), "random" (a `kinds` filter: every event has one of 1000 kinds,
 exactly n/1000 events each, assigned by a random permutation, so listing round(f*1000) kinds
@@ -374,19 +374,11 @@ def sweep(name: str, settings: list, make_runner, q, truth, a) -> dict:
 
 
 def run_fastctx_beam(index, flt, q, truth, a):
-    """`run_fastctx` with the planner's beam walk on below --beam-below (restored afterwards)."""
-    from fastctx import planner
-    old = planner.WALK_BEAM_BELOW
-    planner.WALK_BEAM_BELOW = a.beam_below
-    index._plan_cache = index._last_plans = None       # planner constants are not in the cache key
-    try:
-        return run_fastctx(index, flt, q, truth, a)
-    finally:
-        planner.WALK_BEAM_BELOW = old
-        index._plan_cache = index._last_plans = None
+    """`run_fastctx` with the beam walk on below --beam-below (`SearchParams.walk_beam_below`)."""
+    return run_fastctx(index, flt, q, truth, a, beam_below=a.beam_below)
 
 
-def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
+def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False, beam_below: float = 0.0):
     """Sweep fastctx's SearchParams. force_hnsw: every threshold that can send a segment to an exact
     scan set to 0 (exact_max_rows, hnsw_min_fraction, hnsw_candidate_cost where it exists), so the
     planner picks hnsw-filter whenever the segment has a graph (to locate the exact/HNSW crossover)."""
@@ -394,7 +386,7 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False):
 
     from fastctx import seeds
     from fastctx.params import SearchParams
-    base = SearchParams()
+    base = SearchParams(walk_beam_below=beam_below)
     if force_hnsw:
         names = {f.name for f in fields(SearchParams)}
         base = replace(base, **{f: 0 for f in ("exact_max_rows", "hnsw_min_fraction", "hnsw_candidate_cost")

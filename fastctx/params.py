@@ -76,11 +76,16 @@ class SearchParams:
     ef_search: int = 64               # HNSW beam for unfiltered search; raised to the over-fetch size
     overfetch: float = 2.0            # HNSW over-fetch factor on k / allowed fraction
     max_rounds: int = 4               # over-fetch doublings before falling back to an exact scan
+    walk_beam_below: float = 0.0      # filtered walks below this allowed fraction run the beam walk
+                                      # (unfiltered, keeping the allowed rows it meets; needs a wider
+                                      # ef_search for the same recall); 0: never (see planner.py)
 
     def __post_init__(self):
         _check_positive(self)
         if not 0 <= self.hnsw_min_fraction <= 1:
             raise ValueError(f"SearchParams.hnsw_min_fraction must be in [0, 1], got {self.hnsw_min_fraction}")
+        if not 0 <= self.walk_beam_below <= 1:
+            raise ValueError(f"SearchParams.walk_beam_below must be in [0, 1], got {self.walk_beam_below}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Strategies:
                mask: the graph is read in place, no hnswlib load, see Index._WALK_PLANS)
   hnsw-walk    the filtered graph walk (kernels/hnsw_search.py) over the segment's HNSW graph, the
                allowed mask checked inside the walk (the kernel's ACORN-style two-hop mode is
-               used below `WALK_TWO_HOP_BELOW` allowed, its beam mode below `WALK_BEAM_BELOW`:
+               used below `WALK_TWO_HOP_BELOW` allowed, its beam mode below `SearchParams.walk_beam_below`:
                both off, see below; `explain` names the walk)
   hnsw-filter  HNSW with adaptive over-fetch, candidates checked against the allowed set in bulk
                (fractions below `WALK_MIN_FRACTION`, where the walk loses recall)
@@ -45,25 +45,25 @@ WALK_TWO_HOP_BELOW = 0.0
 WALK_MIN_FRACTION = 0.08
 WALK_SLOT_CANDIDATES = 5.0
 # The beam walk (kernels/hnsw_search.py BEAM: the unfiltered walk, answering with the allowed rows
-# it meets, as faiss's filtered search does) below this allowed fraction; 0: never (the default, so
-# answers stay those of the plain walk). Its cost does not grow as the fraction falls: at 10% of
-# 200k x 384 it reached recall 0.98 at ef 48 in 82 us, where the plain walk took 113 us at ef 10 (its
-# lowest) for 0.999; at 30% the plain walk was ahead (59 us, 0.968, against 65 us, 0.962 at ef 32).
-# The beam needs a wider ef for the same recall, so switching it on is a choice of ef_search too.
-WALK_BEAM_BELOW = 0.0
+# it meets, as faiss's filtered search does) runs below `SearchParams.walk_beam_below` allowed; 0
+# (the default): never, so answers stay those of the plain walk. Its cost does not grow as the
+# fraction falls: at 10% of 200k x 384 it reached recall 0.98 at ef 48 in 82 us, where the plain
+# walk took 113 us at ef 10 (its lowest) for 0.999; at 30% the plain walk was ahead (59 us, 0.968,
+# against 65 us, 0.962 at ef 32). The beam needs a wider ef for the same recall, so switching it
+# on is a choice of ef_search too.
 
 
-def walk_kind(fraction: float) -> str:
+def walk_kind(fraction: float, params: SearchParams) -> str:
     """Which walk a filtered segment runs at this allowed fraction: "two-hop", "beam" or "plain"."""
     if fraction < WALK_TWO_HOP_BELOW:
         return "two-hop"
-    return "beam" if fraction < WALK_BEAM_BELOW else "plain"
+    return "beam" if fraction < params.walk_beam_below else "plain"
 
 
 def walk_cost(n: int, a: int, params: SearchParams, k: int) -> float:
     """Estimated cost of the filtered walk, in gathered row scores (see the module doc)."""
     per_slot = params.hnsw_candidate_cost * WALK_SLOT_CANDIDATES * max(params.ef_search, k)
-    how = walk_kind(a / n)
+    how = walk_kind(a / n, params)
     return per_slot * (2.0 if how == "two-hop" else 1.0 if how == "beam" else (n / a) ** 0.5)
 
 
@@ -104,7 +104,7 @@ def plan_segment(name: str, n: int, has_hnsw: bool, allowed: Allowed, params: Se
         if cost >= scan_cost:
             return SegmentPlan(name, n, a, exact, f"walk cost ~{cost:.0f} >= scan cost ~{scan_cost:.0f}")
         return SegmentPlan(name, n, a, "hnsw-walk",
-                           f"{walk_kind(a / n)} walk cost ~{cost:.0f} < scan cost ~{scan_cost:.0f}")
+                           f"{walk_kind(a / n, params)} walk cost ~{cost:.0f} < scan cost ~{scan_cost:.0f}")
     fetch_cost = params.hnsw_candidate_cost * k * params.overfetch * n / a
     if fetch_cost >= scan_cost:
         return SegmentPlan(name, n, a, exact, f"over-fetch cost ~{fetch_cost:.0f} >= scan cost ~{scan_cost:.0f}")
@@ -115,7 +115,7 @@ def walk_search(seg, plan: SegmentPlan, mask: np.ndarray, qs: np.ndarray, k: int
     """Run an `hnsw-walk` plan for a batch of queries: (local rows [nq, k], scores [nq, k]), best
     first, unfilled slots -1 / -inf. `mask`: the dense allowed mask of the segment's rows (empty:
     every row allowed)."""
-    how = walk_kind(plan.fraction)
+    how = walk_kind(plan.fraction, params)
     return seg.walk.search(qs, mask.view(np.uint8), k, max(params.ef_search, k), how == "two-hop", how == "beam")
 
 
@@ -123,6 +123,6 @@ def walk_hits(seg, plan: SegmentPlan, mask: np.ndarray, k: int, params: SearchPa
     """A function of the queries running this plan's walk and answering in `types.Hits` form
     (shards, rows + row_base, scores, counts: the answer of a search that walks this one segment
     only); made once per cached plan (`GraphArrays.hits_runner`)."""
-    how = walk_kind(plan.fraction)
+    how = walk_kind(plan.fraction, params)
     return seg.walk.hits_runner(mask.view(np.uint8), k, max(params.ef_search, k), how == "two-hop", row_base, shard,
                                 how == "beam")

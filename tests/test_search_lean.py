@@ -15,7 +15,7 @@ import pytest
 
 from conftest import T0, event, make_corpus, query_vectors_near, unit_rows, write_corpus
 from fastctx.errors import AccessDeniedError, InvalidQueryError
-from fastctx.index import Index, build
+from fastctx.index import build
 from fastctx.params import BuildParams, SearchParams
 
 N, DIM = 3000, 16
@@ -251,8 +251,7 @@ def test_beam_walk_edges(world):
         g.search(qs, allowed, 10, 16, True, beam=True)
 
 
-def test_planner_runs_the_beam_only_when_asked(world, monkeypatch):
-    from fastctx import planner
+def test_planner_runs_the_beam_only_when_asked(world):
     idx = world["idx"]
     kw = {"entities_any": [f"bucket:b{j}" for j in range(2)]}       # ~20% of the rows
     idx.search_params = SearchParams(exact_max_rows=100, hnsw_candidate_cost=0.5, ef_search=48)
@@ -260,12 +259,11 @@ def test_planner_runs_the_beam_only_when_asked(world, monkeypatch):
         (plain,) = idx.explain(**kw)
         assert plain.strategy == "hnsw-walk" and "plain walk" in plain.reason
         before = [idx.search(q, k=10, **kw) for q in world["queries"]]
-        monkeypatch.setattr(planner, "WALK_BEAM_BELOW", 0.5)
-        idx._plan_cache = idx._last_plans = None     # planner constants are not part of the cache key
+        idx.search_params = SearchParams(exact_max_rows=100, hnsw_candidate_cost=0.5, ef_search=48,
+                                         walk_beam_below=0.5)
         (beam,) = idx.explain(**kw)
         assert beam.strategy == "hnsw-walk" and "beam walk" in beam.reason
         after = [idx.search(q, k=10, **kw) for q in world["queries"]]
-        vec = np.asarray(world["seg"].vectors)
         rec = []
         for a, b, q in zip(before, after, world["queries"]):
             assert all(any(e.startswith("bucket:b") and int(e[8:]) < 2 for e in ev.entities) for ev in b.events(0))
