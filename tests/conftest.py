@@ -279,6 +279,29 @@ def text_corpus(tmp_path_factory) -> Corpus:
     return make_text_corpus(tmp_path_factory.mktemp("text") / "corpus")
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster of 2 CPUs for one test module (the Ray build tests)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session", params=[0, 3])
+def generated_3k(request, tmp_path_factory):
+    """A 3,000-event yardstick corpus (generator seeds 0 and 3, dim 32), read as a build reads it
+    (no derived links yet)."""
+    import subprocess
+    import sys
+    from fastctx.index import read_for_build
+    root = tmp_path_factory.mktemp(f"generated{request.param}")
+    subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000", "--dim", "32",
+                    "--queries", "5", "--seed", str(request.param), "--quiet"], check=True)
+    batch, _ = read_for_build(root / "c", root / "unused", False, None)
+    return batch
+
+
 # ------------------------------------------------------------------------------------ servers
 def server_address(proc, pattern: str = "serving on", timeout: float = 120.0) -> str:
     """The address a server process (stderr piped, text mode) prints on its `pattern` line. Its

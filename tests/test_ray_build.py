@@ -23,12 +23,6 @@ from fastctx.ray_build import DONE, STAGE_SUFFIX, FailShards, build_ray  # noqa:
 N_SHARDS = 3
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -51,7 +45,7 @@ def _files(index: Path) -> dict:
     return {str(p.relative_to(index)): p.read_bytes() for p in sorted(index.rglob("*")) if p.is_file()}
 
 
-def test_ray_build_answers_as_in_process(cluster, corpus):
+def test_ray_build_answers_as_in_process(ray_cluster, corpus):
     c = corpus / "c"
     build(c, corpus / "inproc", shards=N_SHARDS)
     _, report = build(c, corpus / "ray", shards=N_SHARDS, ray="local")
@@ -74,7 +68,7 @@ def _same_graph(g1: dict, g2: dict) -> None:
             assert a == b, k
 
 
-def test_block_partials_merge_to_the_in_process_graph(cluster, corpus):
+def test_block_partials_merge_to_the_in_process_graph(ray_cluster, corpus):
     """The whole-corpus pass from per-block partial aggregations (derived entities, keys,
     vocabulary, frequencies), then as Ray tasks over ranges (fastctx/ray_order.py), gives
     `global_graph`'s arrays exactly, for any block count."""
@@ -99,7 +93,7 @@ def test_block_partials_merge_to_the_in_process_graph(cluster, corpus):
     assert set(empty) == set(local_parts(tiny, params))
 
 
-def test_every_derived_link_kind_built_on_ray(cluster, tmp_path):
+def test_every_derived_link_kind_built_on_ray(ray_cluster, tmp_path):
     """A git-like JSONL history (files, authors, reverts, re-lands, equal times) with `similar`
     links on: the links derived by Ray tasks give the in-process index's files."""
     import numpy as np
@@ -119,7 +113,7 @@ def test_every_derived_link_kind_built_on_ray(cluster, tmp_path):
     assert {LINK_CODE[k] for k in ("similar", "same_actor", "co_mention", "relands")} <= types
 
 
-def test_failed_shard_resumes_without_redoing_finished_shards(cluster, corpus):
+def test_failed_shard_resumes_without_redoing_finished_shards(ray_cluster, corpus):
     c, target = corpus / "c", corpus / "resumed"
     stage = corpus / f".resumed{STAGE_SUFFIX}"
     with pytest.raises(RuntimeError, match="injected failure in shard 1"):
@@ -139,7 +133,7 @@ def test_failed_shard_resumes_without_redoing_finished_shards(cluster, corpus):
     assert _files(target) == _files(corpus / "inproc")
 
 
-def test_stale_staging_of_other_inputs_is_discarded(cluster, corpus, tmp_path):
+def test_stale_staging_of_other_inputs_is_discarded(ray_cluster, corpus, tmp_path):
     """A staging directory left by a build of different inputs is not reused."""
     from fastctx.params import BuildParams
     c, target = corpus / "c", tmp_path / "idx"
@@ -155,7 +149,7 @@ def test_stale_staging_of_other_inputs_is_discarded(cluster, corpus, tmp_path):
     assert json.loads((target / "fastctx.json").read_text())["partition"]["shards"] == 2
 
 
-def test_cli_ray_flag_and_clear_errors(cluster, corpus, tmp_path):
+def test_cli_ray_flag_and_clear_errors(ray_cluster, corpus, tmp_path):
     c = corpus / "c"
     r = CliRunner().invoke(main, ["build", str(c), str(tmp_path / "i"), "--shards", "2", "--ray", "local", "--quiet"])
     assert r.exit_code == 0, r.output
@@ -166,7 +160,7 @@ def test_cli_ray_flag_and_clear_errors(cluster, corpus, tmp_path):
     assert r.exit_code != 0 and "shards >= 2" in r.output and "Traceback" not in r.output
 
 
-def test_text_only_corpus_embedded_by_actors(cluster, tmp_path):
+def test_text_only_corpus_embedded_by_actors(ray_cluster, tmp_path):
     """Events without vectors: Ray actors embed them with the recorded encoder, and the index is
     the in-process build's, byte for byte."""
     events = [{"id": f"e{i}", "time": 1_700_000_000 + 3600 * i, "source": "chat", "kind": "message", "tokens": 20,
@@ -185,7 +179,7 @@ def test_text_only_corpus_embedded_by_actors(cluster, tmp_path):
     assert _files(tmp_path / "a") == _files(tmp_path / "c")
 
 
-def test_bad_parquet_is_a_corpus_error(cluster, tmp_path):
+def test_bad_parquet_is_a_corpus_error(ray_cluster, tmp_path):
     from fastctx.errors import CorpusError
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
@@ -200,7 +194,7 @@ def test_missing_ray_names_the_extra(corpus, tmp_path, monkeypatch):
         build(corpus / "c", tmp_path / "i", shards=2, ray="local")
 
 
-def test_concurrent_build_of_the_same_index_is_refused(cluster, corpus, tmp_path):
+def test_concurrent_build_of_the_same_index_is_refused(ray_cluster, corpus, tmp_path):
     from filelock import FileLock
 
     from fastctx.errors import IndexLockedError
@@ -228,8 +222,8 @@ build_ray(sys.argv[1], sys.argv[2], shards=3, ray="local", num_cpus=2, _fault=St
 """
 
 
-def test_killed_driver_resumes(cluster, corpus, tmp_path):
-    """SIGKILL the whole build (driver and its local cluster) while one shard is unfinished; the
+def test_killed_driver_resumes(ray_cluster, corpus, tmp_path):
+    """SIGKILL the whole build (driver and its local ray_cluster) while one shard is unfinished; the
     re-run keeps the finished shards' files (same inode and mtime) and gives the same index."""
     import os
     import signal
@@ -280,7 +274,7 @@ def _same_batch(a, b):
         assert (np.array_equal(x, y) if isinstance(x, np.ndarray) else list(x) == list(y)), k
 
 
-def test_events_read_in_blocks_by_ray_tasks_equal_the_whole_file_read(cluster, corpus, tmp_path):
+def test_events_read_in_blocks_by_ray_tasks_equal_the_whole_file_read(ray_cluster, corpus, tmp_path):
     """An orgmem folder and a JSONL file parsed in 1, 3 and 8 blocks by Ray tasks give the
     whole-file reader's batch exactly (link sources and entity pointers shifted per block)."""
     from fastctx.corpus import read_event_lines, read_events, read_meta
@@ -302,7 +296,7 @@ def test_events_read_in_blocks_by_ray_tasks_equal_the_whole_file_read(cluster, c
     (lambda ls: ls.__setitem__(2700, ls[10]), "duplicate id"),
     (lambda ls: ls.__setitem__(1200, ""), ":1201: blank line inside the file"),
 ])
-def test_block_reader_errors_name_the_real_line(cluster, corpus, tmp_path, damage, says):
+def test_block_reader_errors_name_the_real_line(ray_cluster, corpus, tmp_path, damage, says):
     """A bad line far into the file, an id repeated in a later block and a blank line between
     blocks are each named by their line in the whole file, as the ordinary reader names them."""
     import shutil

@@ -5,13 +5,9 @@ reverts and re-lands, ties in time across block edges and input rows out of time
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-from conftest import ORGMEM
 
 ray = pytest.importorskip("ray", reason="the Ray build needs the optional 'ray' extra (pip install 'fastctx[ray]')")
 
@@ -27,22 +23,6 @@ from fastctx.sources import read_source, to_batch  # noqa: E402
 BLOCKS = (1, 2, 5, 17)
 T0, HOUR, DAY = 1_704_067_200, 3_600, 86_400
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module", params=[0, 3])
-def generated(request, tmp_path_factory):
-    from fastctx.index import read_for_build
-    root = tmp_path_factory.mktemp(f"links{request.param}")
-    subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000", "--dim", "32",
-                    "--queries", "5", "--seed", str(request.param), "--quiet"], check=True)
-    batch, _ = read_for_build(root / "c", root / "unused", False, None)
-    return batch
 
 
 def git_events(n=700, seed=7) -> list:
@@ -98,17 +78,17 @@ def _counts(batch) -> dict:
 
 
 @pytest.mark.parametrize("pi", range(len(GEN_PARAMS)))
-def test_generated_corpora_give_the_in_process_links(cluster, generated, pi):
+def test_generated_corpora_give_the_in_process_links(ray_cluster, generated_3k, pi):
     params = GEN_PARAMS[pi]
-    want = with_derived_links(generated, params)
+    want = with_derived_links(generated_3k, params)
     got_counts = _counts(want)
     assert got_counts["same_actor"] > 0 and (got_counts["similar"] > 0) == (params.similar_k > 0)
     for blocks in BLOCKS:
-        _same(ray_derived_links(generated, params, blocks=blocks), want)
+        _same(ray_derived_links(generated_3k, params, blocks=blocks), want)
 
 
 @pytest.mark.parametrize("pi", range(len(GIT_PARAMS)))
-def test_git_history_gives_the_in_process_links(cluster, pi):
+def test_git_history_gives_the_in_process_links(ray_cluster, pi):
     batch, params = _git_history(), GIT_PARAMS[pi]
     want = with_derived_links(batch, params)
     c = _counts(want)
@@ -122,7 +102,7 @@ def test_git_history_gives_the_in_process_links(cluster, pi):
         _same(ray_derived_links(batch, params, blocks=blocks), want)
 
 
-def test_similar_blocks_smaller_than_the_window_and_the_candidate_cap(cluster):
+def test_similar_blocks_smaller_than_the_window_and_the_candidate_cap(ray_cluster):
     """More Ray blocks than the function's internal blocks, a window of many blocks, and the
     candidate cap biting: halos start on internal block edges, so the floats are the same."""
     batch = _git_history(n=2 * SIM_BLOCK + 300)

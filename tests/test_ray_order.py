@@ -8,13 +8,9 @@ runs of equal times across range edges and input rows out of time order."""
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-from conftest import ORGMEM
 
 ray = pytest.importorskip("ray", reason="the Ray build needs the optional 'ray' extra (pip install 'fastctx[ray]')")
 
@@ -31,21 +27,10 @@ BLOCKS = (1, 2, 5, 17)
 T0, HOUR, DAY = 1_704_067_200, 3_600, 86_400
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
-
-@pytest.fixture(scope="module", params=[0, 3])
-def generated(request, tmp_path_factory):
-    from fastctx.index import read_for_build
-    root = tmp_path_factory.mktemp(f"order{request.param}")
-    subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000", "--dim", "32",
-                    "--queries", "40", "--seed", str(request.param), "--quiet"], check=True)
-    batch, _ = read_for_build(root / "c", root / "unused", False, None)
-    return with_derived_links(batch, BuildParams())
+@pytest.fixture
+def generated(generated_3k):
+    return with_derived_links(generated_3k, BuildParams())
 
 
 def history(n=900, seed=11) -> list:
@@ -124,13 +109,13 @@ def _check(batch, params, cluster_on: bool, shards=(1, 3)) -> dict:
     return want
 
 
-def test_generated_corpora_same_arrays(cluster, generated):
+def test_generated_corpora_same_arrays(ray_cluster, generated):
     want = _check(generated, BuildParams(), True)
     assert (want["sup_by"] >= 0).sum() >= 5          # decisions superseded, explicitly and by slot
     assert want["n_links"] > 500
 
 
-def test_git_like_history_same_arrays(cluster):
+def test_git_like_history_same_arrays(ray_cluster):
     params = BuildParams(actor_window_days=2, comention_window_days=3)
     batch = with_derived_links(to_batch(read_source(history()), HashingEncoder(dim=32)), params)
     want = _check(batch, params, True)
@@ -142,7 +127,7 @@ def test_git_like_history_same_arrays(cluster):
         assert (np.asarray(batch.link_type) == LINK_CODE[kind]).any(), kind
 
 
-def test_ranges_without_derived_links_or_entities(cluster):
+def test_ranges_without_derived_links_or_entities(ray_cluster):
     """No links, no entities, more ranges than events, one event: still the same arrays."""
     params = BuildParams(actor_k=0, comention_k=0, relands=False, text_terms=False, text_words=False)
     ev = [{"id": f"x{i}", "time": T0 + (i % 2) * HOUR, "source": "s", "kind": "note", "text": "+1"}
@@ -152,7 +137,7 @@ def test_ranges_without_derived_links_or_entities(cluster):
         _check(batch, params, True, shards=(1, 7))
 
 
-def test_default_ranges_and_parts(cluster):
+def test_default_ranges_and_parts(ray_cluster):
     batch = to_batch(read_source(history(200, 3)), HashingEncoder(dim=16))
     params = BuildParams()
     _same(global_graph(batch, params), ray_global_graph(batch, params))
