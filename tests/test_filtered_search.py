@@ -41,12 +41,11 @@ def world(tmp_path_factory):
             "queries": query_vectors_near(c.centers, 30, seed=11)}
 
 
-def reference_walk(g: GraphArrays, allowed: np.ndarray, q: np.ndarray, k: int, ef: int, two_hop: bool):
-    """The walk in plain Python (heapq), for comparison: same rules, float64 scores."""
+def reference_descent(g: GraphArrays, q: np.ndarray) -> tuple[int, float]:
+    """The greedy descent through the upper layers in plain Python: (entry node of layer 0, its
+    float64 score)."""
     h = g.header
     vec = lambda node: g.vf[node, g.vec_col:g.vec_col + len(q)].astype(np.float64)
-    ok = lambda node: bool(allowed[g.labels[node]])
-    nbrs = lambda node: [int(x) for x in g.l0[node, 1:1 + (int(g.l0[node, 0]) & 0xFFFF)]]
     cur = h["entry"]
     cur_s = float(vec(cur) @ q)
     for level in range(h["maxlevel"], 0, -1):
@@ -59,6 +58,16 @@ def reference_walk(g: GraphArrays, allowed: np.ndarray, q: np.ndarray, k: int, e
                 s = float(vec(nb) @ q)
                 if s > cur_s:
                     cur_s, cur, changed = s, nb, True
+    return cur, cur_s
+
+
+def reference_walk(g: GraphArrays, allowed: np.ndarray, q: np.ndarray, k: int, ef: int, two_hop: bool):
+    """The walk in plain Python (heapq), for comparison: same rules, float64 scores."""
+    h = g.header
+    vec = lambda node: g.vf[node, g.vec_col:g.vec_col + len(q)].astype(np.float64)
+    ok = lambda node: bool(allowed[g.labels[node]])
+    nbrs = lambda node: [int(x) for x in g.l0[node, 1:1 + (int(g.l0[node, 0]) & 0xFFFF)]]
+    cur, cur_s = reference_descent(g, q)
     seen = {cur}
     cand = [(-cur_s, cur)]
     res = [(cur_s, cur)] if ok(cur) else []

@@ -180,21 +180,11 @@ def reference_beam(g, allowed: np.ndarray, q: np.ndarray, k: int, ef: int) -> li
     with the k best allowed rows among every node it scored; it walks every scored node on while
     fewer than k allowed ones are in hand."""
     import heapq
-    h = g.header
+
+    from test_filtered_search import reference_descent
     vec = lambda node: g.vf[node, g.vec_col:g.vec_col + len(q)].astype(np.float64)
     nbrs = lambda node: [int(x) for x in g.l0[node, 1:1 + (int(g.l0[node, 0]) & 0xFFFF)]]
-    cur = h["entry"]
-    cur_s = float(vec(cur) @ q)
-    for level in range(h["maxlevel"], 0, -1):
-        changed = True
-        while changed:
-            changed = False
-            base = int(g.uptr[cur]) + (level - 1) * (h["maxM"] + 1)
-            for t in range(int(g.upper[base]) & 0xFFFF):
-                nb = int(g.upper[base + 1 + t])
-                s = float(vec(nb) @ q)
-                if s > cur_s:
-                    cur_s, cur, changed = s, nb, True
+    cur, cur_s = reference_descent(g, q)
     seen, cand, beam, scored = {cur}, [(-cur_s, cur)], [(cur_s, cur)], [(cur_s, cur)]
     n_allowed = int(allowed[g.labels[cur]] > 0)
     while cand:
