@@ -110,6 +110,13 @@ def bench_links_pass(corpus: Path, workers: list[int], params, similar_k: int = 
             print(f"| {label} | Ray tasks | {w} | {took:.2f} | {links:,} | {same} |")
 
 
+def _timed(fn, *args):
+    """(fn(*args), seconds it took)."""
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
 def bench_graph_pass(corpus: Path, workers: list[int], params, shards: int = 4) -> None:
     """The whole-corpus pass alone: `global_graph` and the shards' `sidecar_arrays` in process
     against Ray, W CPUs, two blocks per CPU, workers warmed by a small call first: the per-event
@@ -128,15 +135,9 @@ def bench_graph_pass(corpus: Path, workers: list[int], params, shards: int = 4) 
     batch = with_derived_links(batch, params)
     n = len(batch)
     shard_in = shard_of(batch, shards)
-    t = time.perf_counter()
-    want_parts = local_parts(batch, params)
-    t_parts = time.perf_counter() - t
-    t = time.perf_counter()
-    want = global_graph(batch, params, want_parts)
-    t_sort = time.perf_counter() - t
-    t = time.perf_counter()
-    want_sc = [sidecar_arrays(want, shard_in[want["order"]], k, shards) for k in range(shards)]
-    t_sc = time.perf_counter() - t
+    want_parts, t_parts = _timed(local_parts, batch, params)
+    want, t_sort = _timed(global_graph, batch, params, want_parts)
+    want_sc, t_sc = _timed(lambda: [sidecar_arrays(want, shard_in[want["order"]], k, shards) for k in range(shards)])
     print(f"\nwhole-corpus pass, {n:,} events, {shards} shards")
     print("| pass | workers | per-event inputs s | sorts and joins s | sorts, joins and sidecars s | events/s "
           "| same arrays |")
@@ -148,16 +149,9 @@ def bench_graph_pass(corpus: Path, workers: list[int], params, shards: int = 4) 
         try:
             small = batch.select(np.arange(min(n, 2000)))
             ray_global_graph(small, params, ray_parts(small, params))   # workers started and warm
-            t = time.perf_counter()
-            parts = ray_parts(batch, params)
-            t_parts = time.perf_counter() - t
-            t = time.perf_counter()
-            got = ray_global_graph(batch, params, parts)
-            t_sort = time.perf_counter() - t
-            t = time.perf_counter()
-            sc = ray_sidecars(batch, params, parts, shard_in, shards)
-            got_sc = ray.get(sc["sidecars"])
-            t_sc = time.perf_counter() - t
+            parts, t_parts = _timed(ray_parts, batch, params)
+            got, t_sort = _timed(ray_global_graph, batch, params, parts)
+            got_sc, t_sc = _timed(lambda: ray.get(ray_sidecars(batch, params, parts, shard_in, shards)["sidecars"]))
         finally:
             ray.shutdown()
         same = all(np.array_equal(v, got[k]) if isinstance(v, np.ndarray) else v == got[k] for k, v in want.items()) \
