@@ -43,7 +43,7 @@ import numpy as np
 
 from .params import BuildParams
 from .ray_graph import block_bounds
-from .supersession import _EXPLICIT
+from .supersession import _EXPLICIT, earliest_superseder
 
 _I64 = np.zeros(0, np.int64)
 
@@ -209,20 +209,10 @@ def _rank_range(r0: int, r1: int, times: np.ndarray, shard_no, n_shards: int, fu
         m_rank, m_ent = _cat(ments, 0, np.int64), _cat(ments, 1, np.int64)
         o = np.argsort(m_rank, kind="stable")   # pieces come in input order: an event's own order kept
         res.update(ev_cnt=np.bincount(m_rank - r0, minlength=size), ev_ent=m_ent[o])
-    # supersession (supersession_overlay restricted to the older rows in this range)
+    # supersession: the earliest superseder of each of this range's rows (as supersession_overlay)
     ex = np.isin(typ, _EXPLICIT)
-    old = np.concatenate([dst[ex], _cat(slots, 0, np.int64)])
-    new = np.concatenate([src[ex], _cat(slots, 1, np.int64)])
-    at = np.asarray(times[new], np.int64)
-    valid = at >= times[old]
-    old, new, at = old[valid], new[valid], at[valid]
-    o = np.lexsort((new, at, old))
-    old, new, at = old[o], new[o], at[o]
-    first = np.ones(len(old), bool)
-    first[1:] = old[1:] != old[:-1]
-    by, when = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
-    by[old[first] - r0] = new[first]
-    when[old[first] - r0] = at[first]
+    by, when = earliest_superseder(times, np.concatenate([dst[ex], _cat(slots, 0, np.int64)]),
+                                   np.concatenate([src[ex], _cat(slots, 1, np.int64)]), r0, size)
     res.update(sup_by=by, sup_at=when)
     return [res if full else None] + (_shard_pieces(r0, res, times, shard_no, n_shards) if n_shards else [])
 

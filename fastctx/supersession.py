@@ -33,16 +33,23 @@ def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.n
         same = ent[1:] == ent[:-1]  # postings are time-sorted: each is superseded by the next
         old.append(rows[:-1][same])
         new.append(rows[1:][same])
-    old_a, new_a = np.concatenate(old), np.concatenate(new)
-    at = times[new_a]
-    valid = at >= times[old_a]
-    old_a, new_a, at = old_a[valid], new_a[valid], at[valid]
-    order = np.lexsort((new_a, at, old_a))
-    old_a, new_a, at = old_a[order], new_a[order], at[order]
-    first = np.ones(len(old_a), bool)
-    first[1:] = old_a[1:] != old_a[:-1]
-    by = np.full(n, -1, np.int64)
-    when = np.full(n, -1, np.int64)
-    by[old_a[first]] = new_a[first]
-    when[old_a[first]] = at[first]
+    return earliest_superseder(times, np.concatenate(old), np.concatenate(new), 0, n)
+
+
+def earliest_superseder(times: np.ndarray, old: np.ndarray, new: np.ndarray, r0: int,
+                        size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(superseded_by, superseded_at) of rows r0 .. r0 + size - 1 from candidate pairs (`new`
+    supersedes `old`, rows in that range): the earliest candidate not older than the row wins,
+    ties by row; -1 where none."""
+    old, new = np.asarray(old, np.int64), np.asarray(new, np.int64)
+    at = np.asarray(times[new], np.int64)
+    valid = at >= times[old]
+    old, new, at = old[valid], new[valid], at[valid]
+    order = np.lexsort((new, at, old))
+    old, new, at = old[order], new[order], at[order]
+    first = np.ones(len(old), bool)
+    first[1:] = old[1:] != old[:-1]
+    by, when = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    by[old[first] - r0] = new[first]
+    when[old[first] - r0] = at[first]
     return by, when
