@@ -288,18 +288,25 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session", params=[0, 3])
-def generated_3k(request, tmp_path_factory):
-    """A 3,000-event yardstick corpus (generator seeds 0 and 3, dim 32), read as a build reads it
-    (no derived links yet)."""
+@pytest.fixture(scope="session")
+def generated_3k(tmp_path_factory):
+    """`generated_3k(seed)`: a 3,000-event yardstick corpus of that generator seed (dim 32), read
+    as a build reads it (no derived links yet), generated once per session. A function rather
+    than a parametrized fixture, so pytest does not interleave the modules using it (each module
+    starts and stops its own Ray cluster)."""
     import subprocess
     import sys
     from fastctx.index import read_for_build
-    root = tmp_path_factory.mktemp(f"generated{request.param}")
-    subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000", "--dim", "32",
-                    "--queries", "5", "--seed", str(request.param), "--quiet"], check=True)
-    batch, _ = read_for_build(root / "c", root / "unused", False, None)
-    return batch
+    made = {}
+
+    def get(seed: int):
+        if seed not in made:
+            root = tmp_path_factory.mktemp(f"generated{seed}")
+            subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000",
+                            "--dim", "32", "--queries", "5", "--seed", str(seed), "--quiet"], check=True)
+            made[seed] = read_for_build(root / "c", root / "unused", False, None)[0]
+        return made[seed]
+    return get
 
 
 # ------------------------------------------------------------------------------------ servers

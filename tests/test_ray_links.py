@@ -77,14 +77,16 @@ def _counts(batch) -> dict:
     return {name: int((np.asarray(batch.link_type) == code).sum()) for name, code in LINK_CODE.items()}
 
 
+@pytest.mark.parametrize("seed", [0, 3])
 @pytest.mark.parametrize("pi", range(len(GEN_PARAMS)))
-def test_generated_corpora_give_the_in_process_links(ray_cluster, generated_3k, pi):
+def test_generated_corpora_give_the_in_process_links(ray_cluster, generated_3k, pi, seed):
     params = GEN_PARAMS[pi]
-    want = with_derived_links(generated_3k, params)
+    generated = generated_3k(seed)
+    want = with_derived_links(generated, params)
     got_counts = _counts(want)
     assert got_counts["same_actor"] > 0 and (got_counts["similar"] > 0) == (params.similar_k > 0)
     for blocks in BLOCKS:
-        _same(ray_derived_links(generated_3k, params, blocks=blocks), want)
+        _same(ray_derived_links(generated, params, blocks=blocks), want)
 
 
 @pytest.mark.parametrize("pi", range(len(GIT_PARAMS)))

@@ -28,9 +28,9 @@ T0, HOUR, DAY = 1_704_067_200, 3_600, 86_400
 
 
 
-@pytest.fixture
-def generated(generated_3k):
-    return with_derived_links(generated_3k, BuildParams())
+@pytest.fixture(params=[0, 3])
+def generated(request, generated_3k):
+    return with_derived_links(generated_3k(request.param), BuildParams())
 
 
 def history(n=900, seed=11) -> list:
