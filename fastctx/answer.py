@@ -270,9 +270,13 @@ class Engine:
         best = cands[0][0]
         weights = [math.exp((c[0] - best) / temperature) if temperature > 0 else float(rank == 0)
                    for rank, c in enumerate(cands)]
+        # below full confidence, candidates and direct hits alike count towards their support in
+        # time: a look-alike from another year is likelier another story than the best one's
+        in_time = np.ones(len(rows))
         if p.time_coherence_days > 0 and confidence < 1.0:
-            support = self._time_coherence(times[[c[1] for c in cands]], weights, p.time_coherence_days * DAY)
-            weights = [w * (confidence + (1.0 - confidence) * float(x)) for w, x in zip(weights, support)]
+            in_time = confidence + (1.0 - confidence) * self._time_coherence(
+                times, times[[c[1] for c in cands]], weights, p.time_coherence_days * DAY)
+            weights = [w * float(in_time[c[1]]) for w, c in zip(weights, cands)]
         if p.inherit:
             weights = self._inherit(rows, cands, weights)
         keep = [j for j, w in enumerate(weights) if w >= 1e-3]
@@ -296,8 +300,10 @@ class Engine:
         share = 1.0 if fill else 1.0 - confidence
         hits = []
         if share > 0:
-            by_base = np.lexsort((np.arange(len(rows)), -base))
-            hits = [(int(rows[x]), float(base[x]), "direct hit") for x in by_base.tolist()]
+            # the candidates' pooling weight exp((base - best) / temperature) times the same support
+            fused = base + temperature * np.log(np.maximum(in_time, 1e-12))
+            by_fused = np.lexsort((np.arange(len(rows)), -fused))
+            hits = [(int(rows[x]), float(fused[x]), "direct hit") for x in by_fused.tolist()]
         first = p.hits_first * (1.0 - confidence)
         return self._pack(g, ranked, budget, hits, share, first), None
 
@@ -337,16 +343,17 @@ class Engine:
         return float(min(1.0, float(scores[causal].sum()) / unit))
 
     @staticmethod
-    def _time_coherence(times: np.ndarray, weights, scale_s: float) -> np.ndarray:
-        """Per candidate (the best first), the pooled weight of the candidates close to it in time
-        (its own included; kernel 1 / (1 + dt / `scale_s`)) relative to the best candidate's, at
-        most 1. Without causal links to tell a story's events apart, candidates that agree in time
-        with the best one are likelier one piece of work than a lone look-alike from another year;
-        the best candidate, and any as well supported, keep their weight."""
+    def _time_coherence(at: np.ndarray, times: np.ndarray, weights, scale_s: float) -> np.ndarray:
+        """Per time in `at`, the pooled weight of the candidates (`times`, `weights`, the best
+        first) close to it (kernel 1 / (1 + dt / `scale_s`)) relative to the best candidate's own,
+        at most 1. Without causal links to tell a story's events apart, events that agree in time
+        with the best candidate are likelier one piece of work than a lone look-alike from another
+        year; the best candidate, and any event as well supported, keep their weight."""
         t = np.asarray(times, np.float64)
-        kernel = 1.0 / (1.0 + np.abs(t[:, None] - t[None, :]) / float(scale_s))
-        support = kernel @ np.asarray(weights, np.float64)
-        return np.minimum(support / support[0], 1.0)
+        w = np.asarray(weights, np.float64)
+        kernel = 1.0 / (1.0 + np.abs(np.asarray(at, np.float64)[:, None] - t[None, :]) / float(scale_s))
+        best = float((1.0 / (1.0 + np.abs(t[0] - t) / float(scale_s))) @ w)
+        return np.minimum(kernel @ w / best, 1.0)
 
     @staticmethod
     def _inherit(rows, cands, weights) -> list[float]:

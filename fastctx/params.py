@@ -150,7 +150,8 @@ class AnswerParams:
     # Below full confidence, each candidate's pooling weight is also scaled towards its support
     # in time relative to the best candidate's (Engine._time_coherence: pooled weight within about
     # this many days), by the share 1 - c: candidates that agree in time with the best one
-    # outweigh a lone look-alike from another year. 0: off.
+    # outweigh a lone look-alike from another year. Direct hits are ranked the same way: fused
+    # relevance plus the pooling temperature times the log of that factor. 0: off.
     time_coherence_days: float = 30.0
     # of the share 1 - c of the budget that direct hits may take, this part goes to the best of
     # them before the chains, so a question the chains do not explain keeps its best look-alikes

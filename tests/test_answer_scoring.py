@@ -268,14 +268,39 @@ def test_time_coherence_matches_a_plain_reading_and_favours_candidates_that_agre
     rng = np.random.default_rng(7)
     times = rng.integers(0, 400 * 86_400, 40)
     weights = rng.random(40)
-    got = Engine._time_coherence(times, weights.tolist(), 30 * 86_400)
+    got = Engine._time_coherence(times, times, weights.tolist(), 30 * 86_400)
     want = [sum(w / (1 + abs(int(t) - int(u)) / (30 * 86_400)) for u, w in zip(times, weights)) for t in times]
     assert np.allclose(got, np.minimum(np.array(want) / want[0], 1.0))
     # the best candidate and a runner-up share one week; a look-alike stands alone two years off,
     # another shares the best one's week: the lone one loses most of its weight, the others little
     day = 86_400
-    support = Engine._time_coherence(np.array([0, 2 * day, 730 * day, 5 * day]), [1.0, 0.6, 0.6, 0.3], 30 * day)
+    at = np.array([0, 2 * day, 730 * day, 5 * day])
+    support = Engine._time_coherence(at, at, [1.0, 0.6, 0.6, 0.3], 30 * day)
     assert support[0] == 1.0 and min(support[1], support[3]) > 0.9 and support[2] < 0.5
     # a best candidate standing alone takes nothing from a cluster of weaker ones
-    alone = Engine._time_coherence(np.array([0, 730 * day, 731 * day]), [1.0, 0.6, 0.6], 30 * day)
+    at = np.array([0, 730 * day, 731 * day])
+    alone = Engine._time_coherence(at, at, [1.0, 0.6, 0.6], 30 * day)
     assert np.all(alone == 1.0)
+    # any time can be asked, not only the candidates': between them, support falls with distance
+    mid = Engine._time_coherence(np.array([0, 30 * day, 365 * day]), at, [1.0, 0.6, 0.6], 30 * day)
+    assert mid[0] == 1.0 and 1.0 >= mid[1] > mid[2]
+
+
+class _YearsApartGraph(_OneHopGraph):
+    """`_OneHopGraph` with its events a day apart, except the second-best hit (row 1), two years
+    earlier: a look-alike from another period."""
+
+    def times(self, rows):
+        rows = np.asarray(rows, np.int64)
+        return np.where(rows % 100 == 1, -730, rows % 100) * 86_400
+
+
+def test_without_causal_structure_direct_hits_from_the_best_ones_period_come_first():
+    """Replies alone (confidence 0): the direct hits are ranked by fused relevance scaled, like the
+    candidates' pooling weights, towards their support in time, so the look-alike from two years
+    before falls behind the best hit's neighbours in time; without time coherence it comes second."""
+    from dataclasses import replace
+    got = _hop_answer("reply", budget=6, g=_YearsApartGraph("reply"))
+    assert got[:3] == [0, 2, 3] and 1 not in got
+    plain = replace(AnswerParams(), time_coherence_days=0.0)
+    assert _hop_answer("reply", budget=6, g=_YearsApartGraph("reply"), params=plain)[:3] == [0, 1, 2]
