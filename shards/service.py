@@ -259,7 +259,8 @@ class ShardService:
         return out
 
     def _lexical(self, words, k, f, view, avg_len, bm) -> dict:
-        k1, b = (float(bm[0]), float(bm[1])) if bm is not None and len(bm) == 2 else (1.2, 0.75)
+        k1, b = ((float(bm[0]), float(bm[1])) if bm is not None and len(bm) == 2
+                 else (AnswerParams.bm25_k1, AnswerParams.bm25_b))
         known = [(w, le) for w, le in zip(words, self.sh.lookup_entities(keys64(list(words))).tolist()) if le >= 0]
         postings = [self.ent_rows[self.ent_ptr[le]:self.ent_ptr[le + 1]] for _, le in known]
         rows, scores = bm25(postings, [int(self.ent_df[le]) for _, le in known], self.n_global,
