@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from git_corpus import write_orgmem   # bench/: the same orgmem folder writer
+from git_corpus import _recorded, write_orgmem   # bench/: the same orgmem folder writer
 
 _SESSION = re.compile(r"^session_(\d+)$")
 _FORMATS = ("%d.%m.%Y, %H:%M:%S", "%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y", "%Y-%m-%d %H:%M:%S",
@@ -109,7 +109,7 @@ def write_corpus(files: list[Path], out: Path, *, encoder: str = "hashing", budg
     qvecs = enc.encode([q["text"] for q, _ in pairs]).astype(np.float32)
     log(f"encoded {len(events)} turns and {len(pairs)} questions with {encoder} in {time.perf_counter() - t0:.1f}s")
     meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["chat"], params={
-        "encoder_spec": encoder, "conversations": [Path(p).name for p in files], "budget_tokens": budget})
+        "encoder_spec": _recorded(enc, encoder), "conversations": [Path(p).name for p in files], "budget_tokens": budget})
     log(f"wrote {out}: {len(events)} turns in {len(files)} conversations, {len(pairs)} questions")
     return meta
 

@@ -58,6 +58,13 @@ def encoder_from_spec(spec: str):
     return _encoder_from_spec(spec)
 
 
+def _recorded(enc, spec: str):
+    """What meta.json records of the encoder: its full spec (every setting its vectors depend on)
+    where this fastctx can say it, else the spec string."""
+    import fastctx.encoder as encmod
+    return encmod.spec_of(enc) if hasattr(encmod, "spec_of") else spec
+
+
 def subject(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
@@ -194,7 +201,7 @@ def write_corpus(repo, out: Path, *, strip: bool = False, encoder: str = "hashin
     qvecs = enc.encode([q["text"] for q, _ in pairs]).astype(np.float32)
     log(f"encoded {len(events)} events and {len(pairs)} queries with {encoder} in {time.perf_counter() - t1:.1f}s")
     meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["git"], params={
-        "encoder": getattr(enc, "name", encoder), "encoder_spec": encoder, "repo": str(repo),
+        "encoder": getattr(enc, "name", encoder), "encoder_spec": _recorded(enc, encoder), "repo": str(repo),
         "strip_tickets": strip, "max_commits": max_commits, "home": home,
         "chain_group_size": [CHAIN_MIN, CHAIN_MAX], "budget_tokens": BUDGET})
     n_chain = sum(q["type"] == "chain" for q, _ in pairs)

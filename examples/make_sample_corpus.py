@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fastctx.encoder import HashingEncoder  # noqa: E402
+from fastctx.encoder import HashingEncoder, spec_of  # noqa: E402
 
 SEED = 20240601
 DIM = 256
@@ -1458,6 +1458,7 @@ def build(out_dir) -> dict:
     meta = {"format": "orgmem-v1", "name": NAME, "dim": DIM, "n_events": len(rows), "n_queries": len(qs),
             "sources": used_sources, "kinds": used_kinds,
             "params": {"generator": "examples/make_sample_corpus.py", "seed": SEED, "encoder": enc.name,
+                       "encoder_spec": spec_of(enc),
                        "company": "Larkspur Pay", "time_from": day(min(r["time"] for r in rows)),
                        "time_to": day(max(r["time"] for r in rows))}}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8", newline="\n")

@@ -3,7 +3,10 @@
 `HashingEncoder` turns text into lower-cased word unigrams and bigrams, hashes each feature
 (blake2b, so the result does not depend on Python's per-process hash seed) to a handful of
 signed coordinates (a fixed sparse random projection), weights features by 1/sqrt(count) to
-damp repetition, and L2-normalises. `SentenceTransformerEncoder` wraps a sentence-transformers
+damp repetition, and L2-normalises. A text of several lines whose first line is its subject (a
+commit message, a ticket, a mail) adds that line's own vector, times `title_weight`, before
+the last normalisation: a question is usually worded like a subject, and a long body would
+otherwise outweigh it. `SentenceTransformerEncoder` wraps a sentence-transformers
 model (the optional `st` extra, imported only when used). Any object with `dim` and
 `encode(texts) -> float32[n, dim]` can be used instead.
 
@@ -55,10 +58,13 @@ class HashingEncoder:
     name = "hashing-v1"
     normalize = True
 
-    def __init__(self, dim: int = 256, nnz: int = 6, bigram_weight: float = 0.5):
+    def __init__(self, dim: int = 256, nnz: int = 6, bigram_weight: float = 0.5, title_weight: float = 1.0):
         if dim < 8:
             raise ValueError(f"HashingEncoder: dim must be >= 8, got {dim}")
+        if not title_weight >= 0:
+            raise ValueError(f"HashingEncoder: title_weight must be >= 0, got {title_weight}")
         self.dim, self.nnz, self.bigram_weight = int(dim), int(nnz), float(bigram_weight)
+        self.title_weight = float(title_weight)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _feature(self, feat: str) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +80,17 @@ class HashingEncoder:
         return hit
 
     def encode_one(self, text: str) -> np.ndarray:
+        v = self._bag(text)
+        if self.title_weight > 0:
+            first, sep, rest = text.strip().partition("\n")
+            if sep and _WORD.search(rest.lower()):     # a subject line above a body
+                v = v + np.float32(self.title_weight) * self._bag(first)
+                norm = float(np.linalg.norm(v))
+                return v / norm if norm > 0 else v
+        return v
+
+    def _bag(self, text: str) -> np.ndarray:
+        """The L2-normalised bag of hashed unigrams and bigrams of `text` (zero without words)."""
         words = [_stem(w) for w in _WORD.findall(text.lower())]
         feats = Counter(words)
         bigrams = Counter(f"{a} {b}" for a, b in zip(words, words[1:]))
@@ -95,7 +112,14 @@ class HashingEncoder:
         rec = {"name": self.name, "model": None, "dim": self.dim, "normalize": True}
         if (self.nnz, self.bigram_weight) != (6, 0.5):   # defaults are left out (older markers lack them)
             rec.update(nnz=self.nnz, bigram_weight=self.bigram_weight)
+        if self.title_weight:                             # a marker without it predates subject lines: 0
+            rec["title_weight"] = self.title_weight
         return rec
+
+    @staticmethod
+    def settings(rec: dict) -> tuple:
+        """(nnz, bigram_weight, title_weight) a hashing record describes, its defaults filled in."""
+        return (int(rec.get("nnz", 6)), float(rec.get("bigram_weight", 0.5)), float(rec.get("title_weight", 0.0)))
 
 
 @contextlib.contextmanager
@@ -223,8 +247,8 @@ def from_record(rec: Any) -> Optional[Encoder]:
         raise EncoderError(f"the index records a malformed encoder {rec!r}")
     name, dim = rec["name"], rec.get("dim")
     if name == HashingEncoder.name:
-        return HashingEncoder(dim=int(dim), nnz=int(rec.get("nnz", 6)),
-                              bigram_weight=float(rec.get("bigram_weight", 0.5)))
+        nnz, bigram_weight, title_weight = HashingEncoder.settings(rec)
+        return HashingEncoder(dim=int(dim), nnz=nnz, bigram_weight=bigram_weight, title_weight=title_weight)
     if name == SentenceTransformerEncoder.name:
         return SentenceTransformerEncoder(rec["model"], normalize=rec.get("normalize", True) is not False,
                                           dim=int(dim) if dim is not None else None)
@@ -238,7 +262,11 @@ def describe(rec: Optional[dict]) -> str:
     if not rec:
         return "none"
     model = rec.get("model")
-    return f"{rec.get('name')}{':' + str(model) if model else ''} (dim {rec.get('dim')})"
+    extra = ""
+    if rec.get("name") == HashingEncoder.name:
+        nnz, bigram_weight, title_weight = HashingEncoder.settings(rec)
+        extra = f", nnz {nnz}, bigram_weight {bigram_weight:g}, title_weight {title_weight:g}"
+    return f"{rec.get('name')}{':' + str(model) if model else ''} (dim {rec.get('dim')}{extra})"
 
 
 def check_match(recorded: Optional[dict], encoder: Any, *, where: str = "the index") -> None:
@@ -248,7 +276,10 @@ def check_match(recorded: Optional[dict], encoder: Any, *, where: str = "the ind
         return
     given = spec_of(encoder)
     keys = ("name", "dim") if recorded.get("name") == "custom" == given["name"] else ("name", "model", "dim")
-    if any(given.get(k) != recorded.get(k) for k in keys):
+    differs = any(given.get(k) != recorded.get(k) for k in keys)
+    if not differs and given["name"] == HashingEncoder.name:   # same name and dim, other hashing settings
+        differs = HashingEncoder.settings(given) != HashingEncoder.settings(recorded)
+    if differs:
         raise EncoderError(f"{where} was built with encoder {describe(recorded)}, not {describe(given)}: "
                            "query and add with the encoder it was built with (or leave the encoder out "
                            "to use the recorded one)")

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 import fastctx
 from fastctx.cli import main
-from fastctx.encoder import (EncoderError, HashingEncoder, SentenceTransformerEncoder, from_record, from_spec,
-                             spec_of)
+from fastctx.encoder import (EncoderError, HashingEncoder, SentenceTransformerEncoder, check_match, from_record,
+                             from_spec, spec_of)
 from fastctx.errors import CorpusError, InvalidQueryError
 from fastctx.extras import MissingExtraError
 
@@ -67,9 +67,9 @@ def test_recorded_encoder_reopens_and_add_embeds_text(tmp_path):
     assert json.loads((tmp_path / "i" / "fastctx.json").read_text())["encoder"]["dim"] == 64
     assert idx.search("deploy number 2 of the ledger", k=1).events()[0].id == "e2"
     assert fastctx.open(tmp_path / "i", encoder=HashingEncoder(dim=64)).n == 4
-    with pytest.raises(EncoderError, match="built with encoder hashing-v1 \\(dim 64\\), not custom"):
+    with pytest.raises(EncoderError, match="built with encoder hashing-v1 \\(dim 64, .*\\), not custom"):
         fastctx.open(tmp_path / "i", encoder=Doubling())
-    with pytest.raises(EncoderError, match="not hashing-v1 \\(dim 32\\)"):
+    with pytest.raises(EncoderError, match="not hashing-v1 \\(dim 32, "):
         fastctx.open(tmp_path / "i", encoder="hashing:32")
 
 
@@ -99,7 +99,7 @@ def test_index_without_encoder_needs_vectors(tmp_path):
 
 
 def test_build_with_encoder_for_a_folder_with_vectors(tmp_path):
-    with pytest.raises(EncoderError, match="built with encoder hashing-v1 \\(dim 256\\), not hashing-v1 \\(dim 64\\)"):
+    with pytest.raises(EncoderError, match="built with encoder hashing-v1 \\(dim 256, .*\\), not hashing-v1 \\(dim 64, "):
         fastctx.build(SAMPLE, tmp_path / "i", encoder="hashing:64")
     idx, _ = fastctx.build(SAMPLE, tmp_path / "i", encoder="hashing")
     assert idx.marker["encoder"]["name"] == "hashing-v1"
@@ -177,3 +177,36 @@ def test_export_then_build_keeps_the_encoder(tmp_path):
     again, _ = fastctx.build(tmp_path / "out", tmp_path / "j")
     assert again.marker["encoder"] == idx.marker["encoder"] and again.dim == 64
     assert again.search("deploy number 1 of the ledger", k=1).events()[0].id == "e1"
+
+
+def test_a_subject_line_weighs_as_much_as_its_body():
+    """A text of several lines adds its first line's own vector (`title_weight`, 1 by default):
+    a question worded like a commit's subject finds the commit under a long body. One line, or a
+    first line with nothing under it, embeds as before; `title_weight=0` is the plain bag."""
+    enc, plain = HashingEncoder(), HashingEncoder(title_weight=0.0)
+    body = " ".join(f"unrelated{i} detail{i} about{i} internals" for i in range(60))
+    commit = "Fix race in the ledger flush\n\n" + body
+    question = "Fix race in the ledger flush"
+    with_subject = float(enc.encode([commit])[0] @ enc.encode([question])[0])
+    without = float(plain.encode([commit])[0] @ plain.encode([question])[0])
+    assert with_subject > 2 * without > 0
+    want = plain._bag(commit) + plain._bag("Fix race in the ledger flush")
+    assert np.allclose(enc.encode([commit])[0], want / np.linalg.norm(want), atol=1e-6)
+    for text in (question, "  Fix race in the ledger flush\n\n  ", "!!!\n..."):
+        assert np.array_equal(enc.encode([text]), plain.encode([text]))
+    assert np.linalg.norm(enc.encode(["\n\n"])[0]) == 0.0
+
+
+def test_hashing_settings_are_recorded_and_a_different_one_is_refused(tmp_path):
+    """New indexes record the subject weight; a marker without it (written before it existed)
+    re-creates the plain bag, and an encoder with other hashing settings is refused by name."""
+    assert spec_of(HashingEncoder())["title_weight"] == 1.0
+    assert "title_weight" not in spec_of(HashingEncoder(title_weight=0.0))
+    old = {"name": "hashing-v1", "model": None, "dim": 256, "normalize": True}
+    assert from_record(old).title_weight == 0.0
+    assert from_record(spec_of(HashingEncoder(title_weight=2.0))).title_weight == 2.0
+    check_match(old, HashingEncoder(title_weight=0.0))
+    with pytest.raises(EncoderError, match="title_weight 0\\), not hashing-v1 \\(dim 256, .*title_weight 1\\)"):
+        check_match(old, HashingEncoder())
+    with pytest.raises(ValueError, match="title_weight must be >= 0"):
+        HashingEncoder(title_weight=-1.0)
