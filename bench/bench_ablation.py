@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILDS = {"default": BuildParams(), "terms off": BuildParams(text_terms=False),
           "words off (no lexical seeds)": BuildParams(text_words=False),
           "similar links on (k=3)": BuildParams(similar_k=3), "same_actor links off": BuildParams(actor_k=0),
-          "relands off": BuildParams(relands=False), "co_mention links off": BuildParams(comention_k=0)}
+          "relands off": BuildParams(relands=False), "co_mention links off": BuildParams(comention_k=0),
+          "co_cited links off": BuildParams(cocite_k=0)}
 _REPLY_HALF = tuple((t, 0.5 if t == "reply" else w) for t, w in AnswerParams().link_weights)
 ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit=False),
            "breadth fixed (chain_evidence 0: always ends with the chains)": dict(chain_evidence=0.0),
@@ -39,6 +40,7 @@ ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit
            "chain relevance counts one unit of evidence (relevance_mass 1)": dict(relevance_mass=1.0),
            "time coherence off": dict(time_coherence_days=0.0),
            "direct hits only after the chains (hits_first 0)": dict(hits_first=0.0),
+           "BM25 b 0.75 (textbook length normalisation)": dict(bm25_b=0.75),
            "fill": "fill"}
 
 

@@ -294,6 +294,35 @@ def actor_links(batch, k: int, window_s: int, prefixes: Sequence[str]) -> tuple[
     return src, dst
 
 
+def cocitation_links(batch, k: int, types: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) rows of derived `co_cited` links: each event to the previous `k` events, in
+    (time, row) order, that link to one of the events it links to by a link of one of `types`
+    (two follow-ups to one commit, two fixes of one bug). "What led to X" then reaches the
+    other work on X's causes, which a walk back in time along the links cannot: from the common
+    cause, the sibling lies forward. Targets outside the batch are not seen. Deterministic."""
+    from .corpus import LINK_CODE
+    codes = [LINK_CODE[x] for x in types if x in LINK_CODE]
+    if k <= 0 or not codes or not len(batch.link_src):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    row_of = {eid: i for i, eid in enumerate(batch.ids)}
+    t = np.asarray(batch.times, np.int64)
+    citers: dict[int, list[int]] = {}
+    for j in np.flatnonzero(np.isin(np.asarray(batch.link_type), codes)).tolist():
+        d, s = row_of.get(batch.link_to[j]), int(batch.link_src[j])
+        if d is not None and d != s:
+            citers.setdefault(d, []).append(s)
+    pairs: set = set()
+    for rows in citers.values():
+        rows = sorted(set(rows), key=lambda r: (int(t[r]), r))
+        for a, r in enumerate(rows):
+            for d in rows[max(0, a - k):a]:
+                pairs.add((r, d))
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    src, dst = np.asarray(sorted(pairs), np.int64).T
+    return src, dst
+
+
 COMENTION_PER_ENTITY = 256   # holders of one file considered per event: bounds the cost of hubs
 
 
@@ -438,9 +467,9 @@ def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def with_derived_links(batch, params):
-    """`batch` plus its derived `similar`, `same_actor` and `relands` links, appended to each source row's
-    links (link_src stays non-decreasing), over a whole corpus at build; `Index.add` derives
-    same_actor and relands for the added events (derive_add.py)."""
+    """`batch` plus its derived `similar`, `same_actor`, `relands`, `co_cited` and `co_mention`
+    links, appended to each source row's links (link_src stays non-decreasing), over a whole
+    corpus at build; `Index.add` derives all but `similar` for the added events (derive_add.py)."""
     from .corpus import LINK_CODE
     if len(batch) < 2:
         return batch
@@ -454,6 +483,8 @@ def with_derived_links(batch, params):
                                   params.actor_prefixes), LINK_CODE["same_actor"]))
     if params.relands:
         parts.append((reland_links(batch), LINK_CODE["relands"]))
+    if params.cocite_k > 0:
+        parts.append((cocitation_links(batch, params.cocite_k, params.cocite_types), LINK_CODE["co_cited"]))
     if params.comention_k > 0:
         parts.append((comention_links(batch, params.comention_k, int(params.comention_window_days * 86400),
                                       int(params.comention_scale_days * 86400), params.comention_max_share,

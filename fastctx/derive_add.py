@@ -1,6 +1,7 @@
 """Derived links of events added to a live index (`Index.add`): the build's rules
-(`derive.actor_links`, `derive.reland_links`, `derive.comention_links`) from each added event to
-the events already in the shard and to the earlier events of its own batch.
+(`derive.actor_links`, `derive.reland_links`, `derive.cocitation_links`,
+`derive.comention_links`) from each added event to the events already in the shard and to the
+earlier events of its own batch.
 
 What a later full build would add beyond these: links *from* events already indexed *to* an
 added one (an event added out of time order, or a revert added after its re-land), and
@@ -16,7 +17,7 @@ from .corpus import LINK_CODE, EventBatch
 from .derive import COMENTION_PER_ENTITY, comention_top, comention_weights, rows_by_entity, title_key
 
 _REVERTS, _RELANDS, _SAME_ACTOR = LINK_CODE["reverts"], LINK_CODE["relands"], LINK_CODE["same_actor"]
-_CO_MENTION = LINK_CODE["co_mention"]
+_CO_MENTION, _CO_CITED = LINK_CODE["co_mention"], LINK_CODE["co_cited"]
 
 
 def links_at_add(shard, batch: EventBatch, params) -> tuple[list[int], list[str], list[int]]:
@@ -27,6 +28,8 @@ def links_at_add(shard, batch: EventBatch, params) -> tuple[list[int], list[str]
         _actor(live, batch, params, out)
     if params.relands:
         _relands(live, batch, out)
+    if params.cocite_k > 0:
+        _cocite(live, batch, params, out)
     if params.comention_k > 0 and params.comention_prefixes:
         _comention(live, batch, params, out)
     return out
@@ -90,6 +93,47 @@ def _actor(live: _Live, batch: EventBatch, params, out) -> None:
                 out[0].append(i)
                 out[1].append(c[3] if c[3] is not None else live.id(c[2]))
                 out[2].append(_SAME_ACTOR)
+
+
+def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
+    """Each added event to the previous `cocite_k` events linking to one of its link targets (by
+    a link of `cocite_types`): the target's live citers in the shard and the batch's, in (time,
+    shard rows before the batch's, row) order, as a build orders them."""
+    codes = [LINK_CODE[x] for x in params.cocite_types if x in LINK_CODE]
+    if not codes:
+        return
+    t = np.asarray(batch.times, np.int64)
+    row_of = {eid: i for i, eid in enumerate(batch.ids)}
+    citers: dict[tuple, set] = {}   # ("batch", row) or ("shard", row) -> the batch rows citing it
+    for j in np.flatnonzero(np.isin(np.asarray(batch.link_type), codes)).tolist():
+        s, target = int(batch.link_src[j]), batch.link_to[j]
+        if target in row_of:
+            if row_of[target] != s:
+                citers.setdefault(("batch", row_of[target]), set()).add(s)
+        elif not live.empty:
+            x = int(live.shard.lookup_ids(keys64([target]))[0])
+            if x >= 0:
+                citers.setdefault(("shard", x), set()).add(s)
+    done: set = set()
+    for (where, x), rows in citers.items():
+        cands = [(int(t[j]), 1, j) for j in rows]
+        if where == "shard":   # the target's live in-links of those types
+            g = live.g
+            lo, hi = int(g.in_ptr[x]), int(g.in_ptr[x + 1])
+            src = np.asarray(g.in_src[lo:hi], np.int64)[np.isin(np.asarray(g.in_type[lo:hi]), codes)]
+            src = np.unique(src[live.deleted[src] == 0])
+            cands += [(int(g.times[r]), 0, int(r)) for r in src.tolist()]
+        cands.sort()
+        for p, (_, side, i) in enumerate(cands):
+            if side != 1:
+                continue
+            for _, side_d, d in cands[max(0, p - params.cocite_k):p]:
+                target = batch.ids[d] if side_d == 1 else live.id(d)
+                if (i, target) not in done:
+                    done.add((i, target))
+                    out[0].append(i)
+                    out[1].append(target)
+                    out[2].append(_CO_CITED)
 
 
 def _relands(live: _Live, batch: EventBatch, out) -> None:

@@ -51,6 +51,12 @@ class BuildParams:
     # files on more than `comention_max_share` of the events say nothing. Walked at a weak weight
     # and never causal evidence: commits touching the same files in one week are often one piece
     # of work whose ticket nobody wrote down. 0 disables.
+    # Derived `co_cited` links (derive.cocitation_links): each event to the previous `cocite_k`
+    # events that link to one of its own link targets by a link of `cocite_types` (two
+    # follow-ups to one commit). Walking back from one, the other lies forward of the common
+    # cause; the link makes it reachable. 0: off
+    cocite_k: int = 3
+    cocite_types: tuple[str, ...] = ("references", "fixes", "follow_up", "reverts", "backport_of")
     comention_k: int = 5
     comention_window_days: float = 365.0
     comention_scale_days: float = 30.0
@@ -113,7 +119,8 @@ class AnswerParams:
     link_weights: tuple[tuple[str, float], ...] = (
         ("reply", 0.3), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
-        ("same_actor", 0.3), ("relands", 0.8), ("co_mention", 0.03))
+        ("same_actor", 0.3), ("relands", 0.8), ("co_mention", 0.03),
+        ("co_cited", 0.7))               # two links to one cause: about a reference followed twice
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
     term_weight: float = 0.5         # ... times this for identifier terms derived from text
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence

@@ -293,6 +293,8 @@ def ray_derived_links(batch, params: BuildParams, *, blocks: Optional[int] = Non
         parts.append((collect(act), LINK_CODE["same_actor"]))
     if params.relands:
         parts.append((rel, LINK_CODE["relands"]))
+    if params.cocite_k > 0:   # over the explicit links only (a few per event): on the driver
+        parts.append((derive.cocitation_links(batch, params.cocite_k, params.cocite_types), LINK_CODE["co_cited"]))
     if params.comention_k > 0:
         parts.append((collect(com), LINK_CODE["co_mention"]))
     return derive.with_link_parts(batch, parts)

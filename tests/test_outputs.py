@@ -144,7 +144,9 @@ def test_get_by_id_live_absent_deleted_replaced(tmp_path):
     w.add(_records(5), v[:5])
     got = w.get(["g3", "nope", "g0", "g3"])
     assert [e.id if e else None for e in got] == ["g3", None, "g0", "g3"]
-    assert got[0].text == "note 3" and got[0].attrs == {"team": "pay"} and got[0].links == [["g0", "references"]]
+    assert got[0].text == "note 3" and got[0].attrs == {"team": "pay"}
+    # its own link, then the derived ones: g1 and g2 also reference g0 (co-cited)
+    assert got[0].links == [["g0", "references"], ["g1", "co_cited"], ["g2", "co_cited"]]
     assert np.isnan(got[0].score) and got[0].to_dict()["score"] is None
     w.delete(["g3"])
     assert w.get(["g3"]) == [None]                          # deleted in the log
