@@ -265,6 +265,7 @@ class LocalGraph:
         out = []
         for r, s in zip(rows, scores):
             e = self.index.event(self.shard_no, int(r), float(s))
+            e.links = self.index.seen_links(e.links, self.view)
             by, at = int(self.superseded_by[r]), int(self.superseded_at[r])
             if by >= 0 and (as_of is None or at <= as_of) and self.allowed[by] == 1:
                 e.superseded_by, e.superseded_at = self.ids([by])[0], at

@@ -5,6 +5,7 @@ per segment, and results merge with a fixed tie-break (score desc, then shard, t
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from builtins import type as builtins_type
@@ -624,7 +625,10 @@ class Index:
         t_enc = time.perf_counter()
         plans = self._search_plans(f, k, view)
         t_plan = time.perf_counter()
-        return self._search_planned(qs, k, plans, t_enc - t0, t_plan - t_enc)
+        hits = self._search_planned(qs, k, plans, t_enc - t0, t_plan - t_enc)
+        if view.restricts:   # payloads fetched later name only what this asker may see
+            hits._fetch = functools.partial(self._event_seen, view)
+        return hits
 
     def search_batch(self, vectors: QueryInput, k: int = 10, *, filters: Optional[Filters] = None,
                      scope=None, principals=None, unrestricted: bool = False, view: Optional[View] = None,
@@ -813,6 +817,29 @@ class Index:
                      text=p.get("text"), entities=p.get("entities", []), links=p.get("links", []),
                      attrs=p.get("attrs", {}), shard=shard, row=row)
 
+    def _event_seen(self, view: View, shard: int, row: int, score: float = float("nan")) -> Event:
+        e = self.event(shard, row, score)
+        e.links = self.seen_links(e.links, view)
+        return e
+
+    def seen_links(self, links: list, view: View) -> list:
+        """`links` ([target id, type] pairs) less those naming an event the asker may not see: one
+        outside the view's scope or access, deleted, or absent. An event's links are names too,
+        and an answer never names what it may not return."""
+        if not view.restricts or not links:
+            return links
+        ids = [str(x[0]) for x in links]
+        seen = [False] * len(ids)
+        keys = keys64(ids)
+        for sh in self.shards:
+            rows = sh.lookup_ids(keys)
+            for j in np.flatnonzero(rows >= 0).tolist():
+                seg, local = sh.locate(int(rows[j]))
+                hidden = view.hidden(sh, seg)
+                if (hidden is None or local not in hidden) and seg.ids[local] == ids[j]:
+                    seen[j] = True
+        return [x for x, ok in zip(links, seen) if ok]
+
     def get(self, ids: Sequence[str], *, scope=None, principals=None, unrestricted: bool = False
             ) -> list[Optional[Event]]:
         """The live event of each external id, in the order asked: None where the id is absent,
@@ -832,6 +859,7 @@ class Index:
                     continue
                 ev = self.event(si, int(rows[j]))
                 if ev.id == ids[j]:      # a 64-bit key is not the id: never return another event
+                    ev.links = self.seen_links(ev.links, view)
                     out[j] = ev
         return out
 

@@ -376,7 +376,25 @@ class DistributedGraph:
             if b in sup_ids:
                 e.superseded_by, e.superseded_at = sup_ids[b], a
             out_events.append(e)
+        if self.vmsg is not None:
+            self._drop_unseen_links([e for e in out_events if e is not None and e.links])
         return out_events
+
+    def _drop_unseen_links(self, events: list) -> None:
+        """Keep only the links whose target some shard holds, live, for this asker (one round to
+        every shard): an event's links are names too, and what the asker may not see is never
+        named. An unanswering shard's targets count as unseen."""
+        ids = sorted({str(x[0]) for e in events for x in e.links})
+        if not ids:
+            return
+        reqs = {k: self._with_view({"rows": np.zeros(0, np.int64), "fields": ["visible"], "check_ids": ids})
+                for k in self.cluster.shards}
+        seen = np.zeros(len(ids), bool)
+        for out in self._scatter("Fetch", reqs).values():
+            seen |= np.asarray(out["ids_seen"], bool)
+        ok = {i for i, v in zip(ids, seen.tolist()) if v}
+        for e in events:
+            e.links = [x for x in e.links if str(x[0]) in ok]
 
     # -- expansion -----------------------------------------------------------------------------
     def _params_msg(self, direction, t_lo, t_hi, as_of) -> dict:

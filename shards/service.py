@@ -307,6 +307,11 @@ class ShardService:
                 if ents is None or len(ents) != len(loc):
                     raise wire.WireError("field 'entities' must give one entity id per row for entity_names")
                 out[f] = [self._entity_name(int(e)) for e in np.asarray(ents).tolist()]
+        if req.get("check_ids"):   # which of these ids name a live event of this shard the asker sees
+            ids = list(req["check_ids"])
+            rows = np.asarray(self.sh.lookup_ids(keys64(ids)), np.int64)
+            out["ids_seen"] = np.array([r >= 0 and (hidden is None or not hidden[r]) and self._id(int(r)) == i
+                                        for r, i in zip(rows.tolist(), ids)], np.uint8)
         if req.get("also_ids") is not None:
             out["also_ids"] = [self._id(int(r)) for r in self.local_rows(req["also_ids"]).tolist()]
         if req.get("also_names") is not None:

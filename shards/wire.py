@@ -276,7 +276,8 @@ SHARD_SCHEMAS = {
                # riders: ids of other owned rows, and entity names asked with owned rows (one round less)
                "also_ids": _nd("i", (1,), MAX_ROWS, True), "also_names": _nd("i", (1,), MAX_ROWS, True),
                "also_entities": _nd("i", (1,), MAX_ROWS, True),
-               "entities": _nd("i", (1,), MAX_ROWS, True), "view": _view}, ("rows", "fields")),
+               "entities": _nd("i", (1,), MAX_ROWS, True), "view": _view,
+               "check_ids": _ids}, ("rows", "fields")),
     # writes (shards/writes.py): log a batch, export live events, install a re-partitioned shard
     "Write": (WRITE := {"op": _str({"add", "upsert", "delete"}), "events": _records, "ids": _ids,
                         "vectors": _nd("f", (2,), MAX_ROWS, True)}, ("op",)),

@@ -61,6 +61,7 @@ def _check(world, ans, principals, scope_entity):
         ids.add(ans.current.id)
     for e in ans.events:
         ids |= set(re.findall(r"\b(e\d{6,})\b", e.why or ""))
+        ids |= {to for to, _ in e.links}          # an event's links name events too
         if e.superseded_by:
             ids.add(e.superseded_by)
     for eid in ids:
@@ -71,6 +72,7 @@ def _check(world, ans, principals, scope_entity):
 
 def _same(a, b):
     assert [e.id for e in a.events] == [e.id for e in b.events]
+    assert [e.links for e in a.events] == [e.links for e in b.events]
     assert (a.current.id if a.current else None) == (b.current.id if b.current else None)
     assert [e.why for e in a.events] == [e.why for e in b.events]
 
@@ -104,6 +106,27 @@ def test_index_with_acl_refuses_anonymous_questions(world):
         world["one"].search(v, k=5)
     assert world["one"].query_spec(q, v, unrestricted=True).events
     assert world["one"].search(v, k=5, unrestricted=True).counts[0] == 5
+
+
+def test_links_never_name_what_the_asker_may_not_see(world):
+    """Payload links (given and derived) of an answer's events, of search hits and of `get` name
+    only events the asker may see; an unrestricted read keeps them all."""
+    who = ["group:g0"]
+    named = hidden = 0
+    for qi in range(10):
+        q = {**world["queries"][qi], "principals": who}
+        for idx in (world["one"], world["four"]):
+            for e in idx.query_spec(q, world["qvecs"][qi]).events:
+                named += len(e.links)
+                hidden += sum(not _visible(world, to, who) for to, _ in e.links)
+    assert named and not hidden
+    ids = sorted(world["acl"])[:400]
+    got = world["one"].get(ids, principals=who)
+    assert all(_visible(world, to, who) for e in got if e for to, _ in e.links)
+    hits = world["one"].search(world["qvecs"][0], k=50, principals=who)
+    assert all(_visible(world, to, who) for e in hits.events() for to, _ in e.links)
+    every = world["one"].get(ids, unrestricted=True)
+    assert any(not _visible(world, to, who) for e in every if e for to, _ in e.links)
 
 
 def test_hidden_version_does_not_exist_for_the_asker(world):
