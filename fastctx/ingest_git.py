@@ -13,9 +13,10 @@ bare repository and turn each non-merge commit, oldest first, into an orgmem-v1 
   and `ticket:ID` for ticket-like references in the message (see `tickets()`);
 - `links` from what the message says, only to commits emitted earlier: "This reverts commit
   SHA" -> reverts, "cherry picked from commit SHA" -> backport_of, "fixes / fix / fixed SHA" ->
-  fixes, "follow-up to SHA" -> follow_up, "refs / references / see SHA" -> references.
-  Abbreviated shas (>= 7 hex digits) are resolved against the commits already read; an
-  ambiguous or unknown one is dropped.
+  fixes, "follow-up to SHA" -> follow_up, "refs / references / see SHA" -> references, and
+  any other sha the message names ("Regression from SHA", a commit URL) -> references.
+  Abbreviated shas (>= 7 hex digits, at least one a-f and one 0-9) are resolved against the
+  commits already read; an ambiguous or unknown one is dropped.
 
 `ingest_git(repo, index_dir)` is the CLI's `fastctx ingest git`: it creates the index (or opens
 it), computes vectors from the text with the index's encoder and appends in batches; `add`
@@ -99,6 +100,9 @@ _LINK_PATTERNS = [
     (re.compile(r"\b(?:fix(?:es|ed)?|closes)(?: commit)?:? " + _HEX, re.I), "fixes"),
     (re.compile(r"\b(?:refs?|references?|see(?: also)?|related to)(?: commit)?:? " + _HEX, re.I), "references"),
 ]
+# any other commit the message names ("Regression from SHA", "Before SHA", a commit URL): a
+# reference. Digits and letters both, so a word or a number is never read as a sha
+_ANY_SHA = re.compile(r"(?<![0-9A-Za-z])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])([0-9a-f]{7,40})(?![0-9A-Za-z])")
 
 
 class _ShaIndex:
@@ -116,13 +120,19 @@ class _ShaIndex:
 
 
 def links(message: str, known: _ShaIndex, own: str) -> list[dict]:
-    out, seen = [], set()
+    out, seen, named = [], set(), {own}
     for pat, ltype in _LINK_PATTERNS:
         for m in pat.finditer(message):
             to = known.resolve(m.group(1).lower())
             if to is not None and to != own and (to, ltype) not in seen:
                 seen.add((to, ltype))
+                named.add(to)
                 out.append({"to": to, "type": ltype})
+    for m in _ANY_SHA.finditer(message):
+        to = known.resolve(m.group(1))
+        if to is not None and to not in named:
+            named.add(to)
+            out.append({"to": to, "type": "references"})
     return out
 
 

@@ -245,3 +245,19 @@ def test_existing_index_keeps_its_encoder(tmp_path, history):
     # before without the commits they name, are updated with their links; "." is unchanged
     assert ingest_git(bare, idx_dir) == {"commits": 8, "added": 5, "skipped": 1, "updated": 2, "links": 3,
                                          "dangling_links": 0}
+
+
+def test_any_other_sha_the_message_names_is_a_reference():
+    """Besides the phrases with a link type of their own, a commit the message names any other way
+    ("Regression from SHA", "Before SHA", a commit URL) is a reference; a word or a number that
+    looks like hex, an unknown or ambiguous abbreviation, the commit itself and a sha already
+    linked by a typed phrase are not."""
+    from fastctx.ingest_git import _ShaIndex, links
+    a, b, c = "b13936bd6a89993cd3bf4a" + "0" * 18, "02f2700a61157ce5a264319bdb807" + "1" * 11, "5a96f494" + "e" * 32
+    known = _ShaIndex()
+    for sha in (a, b, c, "deadbee" + "0" * 33, "deadbee" + "1" * 33):
+        known.add(sha)
+    msg = (f"Regression from {a[:12]}. Before {b[:9]} it worked; see https://example.org/commit/{c[:10]}\n"
+           f"Follow-up to {c[:8]}, not 1234567 or defaced or deadbee; {'f' * 40} is unknown")
+    got = links(msg, known, own=a)
+    assert got == [{"to": c, "type": "follow_up"}, {"to": b, "type": "references"}]
