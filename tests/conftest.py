@@ -281,9 +281,20 @@ def text_corpus(tmp_path_factory) -> Corpus:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray cluster of 2 CPUs for one test module (the Ray build tests)."""
+    """A real local Ray cluster of 2 CPUs for one test module (the Ray build tests). Starting one
+    right after the previous module's shut down can time out on a loaded 2-core machine (its
+    raylet never registered, once in a CI run): the start is tried up to three times."""
+    import time
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            time.sleep(5)
     yield ray
     ray.shutdown()
 
