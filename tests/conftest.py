@@ -220,6 +220,21 @@ def make_text_corpus(root: Path, *, dim: int = 64, n_noise: int = 60) -> Corpus:
     return Corpus(Path(root), recs, vecs, queries=queries, query_vectors=qv)
 
 
+def derived_links(idx, ids, kind: str) -> dict:
+    """Per id, the sorted targets of its links of type `kind` (derived links are stored too)."""
+    return {e.id: sorted(to for to, ty in e.links if ty == kind) for e in idx.get(ids)}
+
+
+def built_and_added(tmp_path: Path, events: Sequence, split: int):
+    """(a one-shot build of `events`, a build of the first `split` with the rest added in one
+    batch, the ids added): what an add derives is checked against what a build derives."""
+    from fastctx.index import build
+    one, _ = build(events, tmp_path / "one")
+    inc, _ = build(events[:split], tmp_path / "inc")
+    inc.add(events[split:])
+    return one, inc, [e["id"] for e in events[split:]]
+
+
 def copy_index(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

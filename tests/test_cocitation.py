@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from conftest import built_and_added, derived_links
 from fastctx.derive import cocitation_links
 from fastctx.encoder import HashingEncoder
 from fastctx.index import build
@@ -69,18 +70,14 @@ def test_links_match_a_brute_force_reading_of_the_rule(k, types, stamp_s):
 
 
 def _links(idx, ids, kind="co_cited"):
-    return {e.id: sorted(to for to, ty in e.links if ty == kind) for e in idx.get(ids)}
+    return derived_links(idx, ids, kind)
 
 
 @pytest.mark.parametrize("stamp_s", [1, DAY])
 def test_an_add_derives_the_links_a_build_would(tmp_path, stamp_s):
     """Half built, the rest added in one batch: an added event's siblings are the target's citers
     in the index and in the batch, so it links where the one-shot build links it."""
-    events = _history(stamp_s=stamp_s)
-    one, _ = build(events, tmp_path / "one")
-    inc, _ = build(events[:45], tmp_path / "inc")
-    inc.add(events[45:])
-    added = [e["id"] for e in events[45:]]
+    one, inc, added = built_and_added(tmp_path, _history(stamp_s=stamp_s), 45)
     got = _links(inc, added)
     assert got == _links(one, added)
     assert sum(map(len, got.values())) >= 10

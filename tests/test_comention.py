@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from conftest import built_and_added, derived_links
 from fastctx.derive import comention_links
 from fastctx.encoder import HashingEncoder
 from fastctx.index import build
@@ -84,18 +85,14 @@ def test_files_on_too_many_events_say_nothing():
 
 
 def _links(idx, ids, kind="co_mention"):
-    return {e.id: sorted(to for to, ty in e.links if ty == kind) for e in idx.get(ids)}
+    return derived_links(idx, ids, kind)
 
 
 @pytest.mark.parametrize("stamp_s", [1, DAY])
 def test_an_add_derives_the_links_a_build_would(tmp_path, stamp_s):
     """Half built, the rest added in one batch: frequencies count both, so every added event links
     where the one-shot build links it (also with runs of one time across the two halves)."""
-    events = _history(stamp_s=stamp_s)
-    one, _ = build(events, tmp_path / "one")
-    inc, _ = build(events[:40], tmp_path / "inc")
-    inc.add(events[40:])
-    added = [e["id"] for e in events[40:]]
+    one, inc, added = built_and_added(tmp_path, _history(stamp_s=stamp_s), 40)
     got = _links(inc, added)
     assert got == _links(one, added)
     assert _links(inc, added, "same_actor") == _links(one, added, "same_actor")
