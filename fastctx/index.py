@@ -828,17 +828,22 @@ class Index:
         and an answer never names what it may not return."""
         if not view.restricts or not links:
             return links
-        ids = [str(x[0]) for x in links]
-        seen = [False] * len(ids)
+        found = self._seen([str(x[0]) for x in links], view)
+        return [x for x, at in zip(links, found) if at is not None]
+
+    def _seen(self, ids: list, view: View) -> list:
+        """Per id, (shard, row) of its live event when the asker may see it, else None."""
+        out: list = [None] * len(ids)
         keys = keys64(ids)
-        for sh in self.shards:
+        for si, sh in enumerate(self.shards):
             rows = sh.lookup_ids(keys)
             for j in np.flatnonzero(rows >= 0).tolist():
                 seg, local = sh.locate(int(rows[j]))
-                hidden = view.hidden(sh, seg)
+                hidden = view.hidden(sh, seg) if view.restricts else None
+                # a 64-bit key is not the id: never take another event for it
                 if (hidden is None or local not in hidden) and seg.ids[local] == ids[j]:
-                    seen[j] = True
-        return [x for x, ok in zip(links, seen) if ok]
+                    out[j] = (si, int(rows[j]))
+        return out
 
     def get(self, ids: Sequence[str], *, scope=None, principals=None, unrestricted: bool = False
             ) -> list[Optional[Event]]:
@@ -846,22 +851,8 @@ class Index:
         deleted, or hidden from this asker (`scope` / `principals` as in `query`)."""
         if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
             raise InvalidQueryError(f"get() takes a list of non-empty id strings, got {ids!r}")
-        ids = list(ids)
         view = self.view(scope, principals, unrestricted)
-        out: list[Optional[Event]] = [None] * len(ids)
-        keys = keys64(ids)
-        for si, sh in enumerate(self.shards):
-            rows = sh.lookup_ids(keys)
-            for j in np.flatnonzero(rows >= 0).tolist():
-                seg, local = sh.locate(int(rows[j]))
-                hidden = view.hidden(sh, seg) if view.restricts else None
-                if hidden is not None and local in hidden:
-                    continue
-                ev = self.event(si, int(rows[j]))
-                if ev.id == ids[j]:      # a 64-bit key is not the id: never return another event
-                    ev.links = self.seen_links(ev.links, view)
-                    out[j] = ev
-        return out
+        return [None if at is None else self._event_seen(view, *at) for at in self._seen(list(ids), view)]
 
     def _n_entities(self) -> int:
         """Distinct entities (derived ones included): a partitioned index's shards share names, so
