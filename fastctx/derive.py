@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
@@ -433,7 +434,10 @@ def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
     (after R) whose title repeats X's title re-lands the change: it links to R, and supersession
     follows the link, so "what is current" answers the re-land rather than the revert. Git
     histories re-land a reverted commit under its own subject far more often than by reverting
-    the revert (which is an explicit link already). Deterministic: ties by row."""
+    the revert (which is an explicit link already). A revert of several events (a clean-up that
+    backs out a series) is undone one event at a time: the re-land links to the event it
+    re-lands, which it then supersedes in the revert's place (supersession.py), and the revert
+    stays current for the others. Counted: reverted events present. Deterministic: ties by row."""
     from .corpus import LINK_CODE
     code = LINK_CODE["reverts"]
     types = np.asarray(batch.link_type)
@@ -453,13 +457,15 @@ def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
         if k in wanted:
             by_key.setdefault(k, []).append((int(t[i]), i))
     pairs = set()
-    for r, x in sorted(set((r, x) for r, x in reverts if x is not None)):
+    undone = sorted(set((r, x) for r, x in reverts if x is not None))
+    n_undone = Counter(r for r, _ in undone)
+    for r, x in undone:
         k = key_of.get(x)
         if not k:
             continue
         later = [(ty, y) for ty, y in by_key[k] if y not in (x, r) and (ty, y) > (int(t[r]), r)]
         if later:
-            pairs.add((min(later)[1], r))
+            pairs.add((min(later)[1], r if n_undone[r] == 1 else x))
     if not pairs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     src, dst = np.asarray(sorted(pairs), np.int64).T

@@ -10,6 +10,8 @@ is added, a build counts all. `fastctx build` or `compact --rebuild` recomputes 
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from .columns import keys64
@@ -137,22 +139,23 @@ def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
 
 
 def _relands(live: _Live, batch: EventBatch, out) -> None:
-    """Each revert (already indexed or in the batch) whose reverted event's title an added event
-    repeats later, and which no earlier event has re-landed yet, is re-landed by the first such
-    added event."""
+    """Each (revert, reverted event) pair, the revert already indexed or in the batch, whose
+    reverted event's title an added event repeats later, and which no earlier event has
+    re-landed yet, is re-landed by the first such added event: linked to the revert, or to the
+    reverted event when the revert backed out several (as `derive.reland_links`)."""
     keys = [title_key(x) for x in batch.texts]
     if not any(keys):
         return
     t = np.asarray(batch.times, np.int64)
     row_of = {eid: i for i, eid in enumerate(batch.ids)}
-    reverts = []   # (revert time, revert id, reverted event's title, time it was re-landed or None)
+    undone = []   # (revert time, revert id, reverted id, reverted event's title), each pair once
     src, dst = live.links_of_type(_REVERTS)
     landed_src, landed = live.links_of_type(_RELANDS)
-    first_reland = {}
+    first_reland = {}   # link target id -> time of its first re-land in the shard
     for s, d in zip(landed_src.tolist(), landed.tolist()):
-        first_reland[d] = min(first_reland.get(d, 1 << 62), int(live.g.times[s]))
-    for r, x in zip(src.tolist(), dst.tolist()):
-        reverts.append((int(live.g.times[r]), live.id(r), title_key(live.text(x)), first_reland.get(r)))
+        first_reland[live.id(d)] = min(first_reland.get(live.id(d), 1 << 62), int(live.g.times[s]))
+    for r, x in sorted(set(zip(src.tolist(), dst.tolist()))):
+        undone.append((int(live.g.times[r]), live.id(r), live.id(x), title_key(live.text(x))))
     for j in np.flatnonzero(np.asarray(batch.link_type) == _REVERTS).tolist():
         r, target = int(batch.link_src[j]), batch.link_to[j]
         x = row_of.get(target)
@@ -160,21 +163,27 @@ def _relands(live: _Live, batch: EventBatch, out) -> None:
             title = keys[x]
         else:
             rows = live.shard.lookup_ids(keys64([target])) if not live.empty else [-1]
-            title = title_key(live.text(int(rows[0]))) if len(rows) and int(rows[0]) >= 0 else None
-        reverts.append((int(t[r]), batch.ids[r], title, None))
+            if not (len(rows) and int(rows[0]) >= 0):
+                continue   # a revert of an event not indexed re-lands nothing
+            title = title_key(live.text(int(rows[0])))
+        undone.append((int(t[r]), batch.ids[r], target, title))
+    undone = sorted(set(undone))
+    n_undone = Counter(rid for _, rid, _, _ in undone)
     by_title: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         if k:
             by_title.setdefault(k, []).append(i)
-    for rt, rid, title, landed_at in reverts:
+    for rt, rid, xid, title in undone:
         if not title or title not in by_title:
             continue
-        later = [(int(t[i]), i) for i in by_title[title] if batch.ids[i] != rid and int(t[i]) > rt]
+        target = rid if n_undone[rid] == 1 else xid
+        later = [(int(t[i]), i) for i in by_title[title] if batch.ids[i] not in (rid, xid) and int(t[i]) > rt]
         if later:
             tm, i = min(later)
+            landed_at = first_reland.get(target)
             if landed_at is None or tm < landed_at:
                 out[0].append(i)
-                out[1].append(rid)
+                out[1].append(target)
                 out[2].append(_RELANDS)
 
 

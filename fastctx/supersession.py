@@ -5,6 +5,12 @@ link's source supersedes its target at the source's time; a re-land supersedes t
 that mention the same slot entity, e.g. successive `decision` events on `decision:card-vault`).
 When several events supersede one, the earliest wins. A revert of a revert makes the original's
 line current again through the newest event, which `current` answers follow to its end.
+
+A re-land linked to the event it re-lands rather than to the revert (the revert backed out
+several events: derive.reland_links) takes that revert's place: the event's reverts up to the
+re-land are dropped, so the event goes straight to its re-land and the revert stays current for
+the events it backed out that were not re-landed. (As of a time between the revert and the
+re-land, such an event is then still the current one.)
 """
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ import numpy as np
 
 from .corpus import LINK_TYPES
 
-_EXPLICIT = (LINK_TYPES.index("supersedes"), LINK_TYPES.index("reverts"), LINK_TYPES.index("relands"))
+_REVERTS, _RELANDS = LINK_TYPES.index("reverts"), LINK_TYPES.index("relands")
+_EXPLICIT = (LINK_TYPES.index("supersedes"), _REVERTS, _RELANDS)
 
 
 def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.ndarray,
@@ -24,7 +31,9 @@ def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.n
     `slot_kind_row[r]` whether row r is of a slot kind."""
     n = len(times)
     explicit = np.isin(link_type, _EXPLICIT)
-    old, new = [np.asarray(link_dst[explicit], np.int64)], [np.asarray(link_src[explicit], np.int64)]
+    src, dst = np.asarray(link_src[explicit], np.int64), np.asarray(link_dst[explicit], np.int64)
+    keep = ~_replaced_reverts(np.asarray(times, np.int64), src, dst, np.asarray(link_type)[explicit], n)
+    old, new = [dst[keep]], [src[keep]]
     if len(slot_entities):
         ent = np.repeat(slot_entities, np.diff(ent_ptr)[slot_entities])
         rows = np.concatenate([np.asarray(ent_rows[ent_ptr[e]:ent_ptr[e + 1]], np.int64) for e in slot_entities])
@@ -34,6 +43,17 @@ def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.n
         old.append(rows[:-1][same])
         new.append(rows[1:][same])
     return earliest_superseder(times, np.concatenate(old), np.concatenate(new), 0, n)
+
+
+def _replaced_reverts(times: np.ndarray, src: np.ndarray, dst: np.ndarray, typ: np.ndarray, n: int) -> np.ndarray:
+    """Which of the (src supersedes dst) pairs are reverts of an event that a re-land linked to
+    that event itself (not to a revert) re-lands no earlier than the revert."""
+    direct = (typ == _RELANDS) & ~np.isin(dst, src[typ == _REVERTS])
+    if not direct.any():
+        return np.zeros(len(src), bool)
+    landed = np.full(n, np.iinfo(np.int64).min, np.int64)      # latest direct re-land per event
+    np.maximum.at(landed, dst[direct], times[src[direct]])
+    return (typ == _REVERTS) & (times[src] <= landed[dst])
 
 
 def earliest_superseder(times: np.ndarray, old: np.ndarray, new: np.ndarray, r0: int,

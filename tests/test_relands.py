@@ -141,3 +141,52 @@ def test_a_damaged_derived_links_record_is_refused_by_name(tmp_path):
         with pytest.raises(ValueError):
             _derived_links(bad, 1)
     assert issubclass(CorruptIndexError, Exception)
+
+
+# ------------------------------------------------------------- a revert of several events at once
+def _cleanup_history():
+    """Three changes backed out by one clean-up commit; only the second is re-landed."""
+    ev = [_commit(i, f"log: tidy message number {i}", i * DAY) for i in range(30)]
+    titles = ["pay: refund the charge in full on error", "docs: link to the right chat network",
+              "sched: unroll a group of one task"]
+    ev += [_commit(200 + i, f"{t}\n\nThe change.", (40 + i) * DAY) for i, t in enumerate(titles)]
+    ev.append(_commit(210, "Clean-up: back out unreviewed changes", 50 * DAY,
+                      [(f"c{200 + i}", "reverts") for i in range(3)]))
+    ev.append(_commit(211, f"{titles[1]}\n\nLanded again after review.", 55 * DAY))
+    return ev
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_revert_of_several_events_is_undone_one_event_at_a_time(tmp_path, shards):
+    idx, _ = build(_cleanup_history(), tmp_path / "i", shards=shards, params=BuildParams(actor_k=0))
+    assert _links(idx, ["c211"], "relands") == {"c211": ["c201"]}   # to the event it re-lands
+    if shards > 1:
+        from fastctx.shards import open_local
+        idx = open_local(tmp_path / "i")
+    current = lambda q, **kw: idx.query(q, type="current", **kw).current.id  # noqa: E731
+    assert current("link to the right chat network") == "c211"
+    assert current("refund the charge in full on error") == "c210"   # backed out, never re-landed
+    assert current("unroll a group of one task") == "c210"
+    # the documented limit: between the clean-up and the re-land, the re-landed change itself
+    assert current("link to the right chat network", as_of=T0 + 52 * DAY) == "c201"
+    assert current("refund the charge in full on error", as_of=T0 + 52 * DAY) == "c210"
+
+
+def test_an_add_links_a_re_land_after_a_multi_event_revert_as_a_build_does(tmp_path):
+    events = _cleanup_history()
+    one, _ = build(events, tmp_path / "one", params=BuildParams(actor_k=0))
+    inc, _ = build(events[:-2], tmp_path / "inc", params=BuildParams(actor_k=0))
+    inc.add([events[-2]])
+    inc.add([events[-1]])
+    assert _links(inc, ["c211"], "relands") == _links(one, ["c211"], "relands") == {"c211": ["c201"]}
+    assert inc.query("link to the right chat network", type="current").current.id == "c211"
+    assert inc.query("refund the charge in full on error", type="current").current.id == "c210"
+
+
+def test_reland_links_of_a_multi_event_revert_point_at_the_reverted_event():
+    from fastctx.encoder import HashingEncoder
+    from fastctx.sources import read_source, to_batch
+    batch = to_batch(read_source(_history() + _cleanup_history()[30:]), HashingEncoder())
+    src, dst = reland_links(batch)
+    got = sorted((batch.ids[s], batch.ids[d]) for s, d in zip(src.tolist(), dst.tolist()))
+    assert got == [("c102", "c101"), ("c104", "c103"), ("c211", "c201")]
