@@ -429,6 +429,56 @@ def title_key(text: Optional[str]) -> Optional[str]:
     return " ".join(found) if len(found) >= 3 else None
 
 
+_REVERT_TITLE = re.compile(r'^\s*revert\s+"(.+)"', re.I)   # `Revert "T"`, T up to the line's last quote
+
+
+def reverted_title(text: Optional[str]) -> Optional[str]:
+    """The `title_key` of the title a `Revert "T"` first line quotes; None for any other text,
+    and for a title with no content word (too generic to name one change)."""
+    m = _REVERT_TITLE.match((text or "").lstrip()[:500].split("\n", 1)[0])
+    key = title_key(m.group(1)) if m else None
+    return key if key and words(key) else None
+
+
+def revert_codes() -> list[int]:
+    """Link type codes that say "this event reverts that one": `reverts` and `title_reverts`."""
+    from .corpus import LINK_CODE
+    return [LINK_CODE["reverts"], LINK_CODE["title_reverts"]]
+
+
+def title_revert_links(batch) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) rows of derived `title_reverts` links: an event whose first line is `Revert "T"`
+    (`reverted_title`) and that has no `reverts` link reverts the latest event before it, in
+    (time, row) order, whose title (`title_key`) is T. A revert made in a web interface names the
+    reverted pull request ("Reverts #123"), not the commit; other reverts name a commit that is
+    not among the events (a merge). Deterministic."""
+    t = np.asarray(batch.times, np.int64)
+    linked = set(np.asarray(batch.link_src, np.int64)[np.isin(np.asarray(batch.link_type), revert_codes())].tolist())
+    wanted = {}
+    for i, text in enumerate(batch.texts):
+        if i not in linked and text:
+            key = reverted_title(text)
+            if key:
+                wanted[i] = key
+    if not wanted:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = set(wanted.values())
+    by_key: dict[str, list[tuple[int, int]]] = {}
+    for i, text in enumerate(batch.texts):
+        k = title_key(text) if text else None
+        if k in keys:
+            by_key.setdefault(k, []).append((int(t[i]), i))
+    pairs = []
+    for r, key in sorted(wanted.items()):
+        before = [c for c in by_key.get(key, ()) if c < (int(t[r]), r)]
+        if before:
+            pairs.append((r, max(before)[1]))
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    src, dst = np.asarray(pairs, np.int64).T
+    return src, dst
+
+
 def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
     """(src, dst) rows of derived `relands` links. When R reverts X, the first later event
     (after R) whose title repeats X's title re-lands the change: it links to R, and supersession
@@ -438,10 +488,8 @@ def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
     backs out a series) is undone one event at a time: the re-land links to the event it
     re-lands, which it then supersedes in the revert's place (supersession.py), and the revert
     stays current for the others. Counted: reverted events present. Deterministic: ties by row."""
-    from .corpus import LINK_CODE
-    code = LINK_CODE["reverts"]
     types = np.asarray(batch.link_type)
-    at = np.flatnonzero(types == code)
+    at = np.flatnonzero(np.isin(types, revert_codes()))
     if not len(at):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     row_of = {eid: i for i, eid in enumerate(batch.ids)}
@@ -473,12 +521,15 @@ def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def with_derived_links(batch, params):
-    """`batch` plus its derived `similar`, `same_actor`, `relands`, `co_cited` and `co_mention`
-    links, appended to each source row's links (link_src stays non-decreasing), over a whole
-    corpus at build; `Index.add` derives all but `similar` for the added events (derive_add.py)."""
+    """`batch` plus its derived `title_reverts`, `similar`, `same_actor`, `relands`, `co_cited`
+    and `co_mention` links, appended to each source row's links (link_src stays non-decreasing),
+    over a whole corpus at build; `Index.add` derives all but `similar` for the added events
+    (derive_add.py)."""
     from .corpus import LINK_CODE
     if len(batch) < 2:
         return batch
+    if params.title_reverts:   # first: re-lands and supersession follow them
+        batch = with_link_parts(batch, [(title_revert_links(batch), LINK_CODE["title_reverts"])])
     parts = []
     if params.similar_k > 0:
         parts.append((similarity_links(batch.times, batch.vectors, params.similar_k,

@@ -1,6 +1,6 @@
 """Derived links of events added to a live index (`Index.add`): the build's rules
-(`derive.actor_links`, `derive.reland_links`, `derive.cocitation_links`,
-`derive.comention_links`) from each added event to the events already in the shard and to the
+(`derive.title_revert_links`, `derive.actor_links`, `derive.reland_links`,
+`derive.cocitation_links`, `derive.comention_links`) from each added event to the events already in the shard and to the
 earlier events of its own batch.
 
 What a later full build would add beyond these: links *from* events already indexed *to* an
@@ -16,20 +16,24 @@ import numpy as np
 
 from .columns import keys64
 from .corpus import LINK_CODE, EventBatch
-from .derive import COMENTION_PER_ENTITY, comention_top, comention_weights, rows_by_entity, title_key
+from .derive import (COMENTION_PER_ENTITY, WORD, comention_top, comention_weights, revert_codes, reverted_title,
+                     rows_by_entity, title_key, words)
 
 _REVERTS, _RELANDS, _SAME_ACTOR = LINK_CODE["reverts"], LINK_CODE["relands"], LINK_CODE["same_actor"]
-_CO_MENTION, _CO_CITED = LINK_CODE["co_mention"], LINK_CODE["co_cited"]
+_CO_MENTION, _CO_CITED, _TITLE_REVERTS = LINK_CODE["co_mention"], LINK_CODE["co_cited"], LINK_CODE["title_reverts"]
 
 
 def links_at_add(shard, batch: EventBatch, params) -> tuple[list[int], list[str], list[int]]:
     """(source rows in `batch`, target ids, link type codes) of the added events' derived links."""
     out: tuple[list[int], list[str], list[int]] = ([], [], [])
     live = _Live(shard)
+    if params.title_reverts:   # first: the re-lands below follow them
+        _title_reverts(live, batch, params, out)
+    title_reverts = [(s, to) for s, to, c in zip(*out) if c == _TITLE_REVERTS]
     if params.actor_k > 0:
         _actor(live, batch, params, out)
     if params.relands:
-        _relands(live, batch, out)
+        _relands(live, batch, out, title_reverts)
     if params.cocite_k > 0:
         _cocite(live, batch, params, out)
     if params.comention_k > 0 and params.comention_prefixes:
@@ -138,7 +142,54 @@ def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
                     out[2].append(_CO_CITED)
 
 
-def _relands(live: _Live, batch: EventBatch, out) -> None:
+def _title_reverts(live: _Live, batch: EventBatch, params, out) -> None:
+    """Each added `Revert "T"` event without a reverts link to the latest earlier event titled T,
+    among the batch's and the shard's. The shard's are found through the word vocabulary (the
+    rarest word of T, then the titles of its holders, latest first): with `text_words` off,
+    among the batch's only."""
+    wanted = {}
+    linked = set(np.asarray(batch.link_src, np.int64)[np.isin(np.asarray(batch.link_type), revert_codes())].tolist())
+    for i, text in enumerate(batch.texts):
+        key = reverted_title(text) if i not in linked else None
+        if key:
+            wanted[i] = key
+    if not wanted:
+        return
+    t = np.asarray(batch.times, np.int64)
+    mine = {}
+    for i, text in enumerate(batch.texts):
+        k = title_key(text) if text else None
+        if k in wanted.values():
+            mine.setdefault(k, []).append((int(t[i]), i))
+    for r, key in sorted(wanted.items()):
+        # candidates in (time, shard rows before the batch's, row) order, as a build orders them
+        cands = [(tm, 1, i) for tm, i in mine.get(key, ()) if (tm, i) < (int(t[r]), r)]
+        x = _latest_titled(live, key, int(t[r])) if params.text_words else None
+        if x is not None:
+            cands.append((int(live.g.times[x]), 0, x))
+        if cands:
+            _, side, y = max(cands)
+            out[0].append(r)
+            out[1].append(batch.ids[y] if side else live.id(y))
+            out[2].append(_TITLE_REVERTS)
+
+
+def _latest_titled(live: _Live, key: str, before: int) -> int | None:
+    """The shard's latest live row at or before `before` (time) whose title is `key`."""
+    if live.empty:
+        return None
+    holders = [live.entity_rows(WORD + w) for w in words(key)]
+    if not holders or any(len(h) == 0 for h in holders):
+        return None
+    rows = min(holders, key=len)
+    times = np.asarray(live.g.times, np.int64)[rows]
+    for j in np.lexsort((-rows, -times)).tolist():
+        if times[j] <= before and title_key(live.text(int(rows[j]))) == key:
+            return int(rows[j])
+    return None
+
+
+def _relands(live: _Live, batch: EventBatch, out, title_reverts=()) -> None:
     """Each (revert, reverted event) pair, the revert already indexed or in the batch, whose
     reverted event's title an added event repeats later, and which no earlier event has
     re-landed yet, is re-landed by the first such added event: linked to the revert, or to the
@@ -149,15 +200,15 @@ def _relands(live: _Live, batch: EventBatch, out) -> None:
     t = np.asarray(batch.times, np.int64)
     row_of = {eid: i for i, eid in enumerate(batch.ids)}
     undone = []   # (revert time, revert id, reverted id, reverted event's title), each pair once
-    src, dst = live.links_of_type(_REVERTS)
+    src, dst = (np.concatenate(x) for x in zip(live.links_of_type(_REVERTS), live.links_of_type(_TITLE_REVERTS)))
     landed_src, landed = live.links_of_type(_RELANDS)
     first_reland = {}   # link target id -> time of its first re-land in the shard
     for s, d in zip(landed_src.tolist(), landed.tolist()):
         first_reland[live.id(d)] = min(first_reland.get(live.id(d), 1 << 62), int(live.g.times[s]))
     for r, x in sorted(set(zip(src.tolist(), dst.tolist()))):
         undone.append((int(live.g.times[r]), live.id(r), live.id(x), title_key(live.text(x))))
-    for j in np.flatnonzero(np.asarray(batch.link_type) == _REVERTS).tolist():
-        r, target = int(batch.link_src[j]), batch.link_to[j]
+    at = np.flatnonzero(np.isin(np.asarray(batch.link_type), revert_codes())).tolist()
+    for r, target in [(int(batch.link_src[j]), batch.link_to[j]) for j in at] + list(title_reverts):
         x = row_of.get(target)
         if x is not None:
             title = keys[x]

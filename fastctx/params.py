@@ -41,6 +41,11 @@ class BuildParams:
     # Derived `relands` links: a later event whose title repeats that of a reverted event
     # re-lands the change and supersedes the revert (derive.reland_links). False disables.
     relands: bool = True
+    # Derived `title_reverts` links: an event whose title is `Revert "T"` and which names no
+    # reverted event (a revert made in a web interface says "Reverts #123", or names a commit
+    # that is not among the events) reverts the latest earlier event titled T
+    # (derive.title_revert_links); supersession and re-lands follow it like a `reverts` link.
+    title_reverts: bool = True
     # Derived entities (derive.py): identifier terms of the text (walked, rarity-weighted) and
     # the words of text and entity names (lexical seeds). Access lists are always derived.
     text_terms: bool = True
@@ -120,7 +125,8 @@ class AnswerParams:
         ("reply", 0.3), ("references", 0.85), ("fixes", 0.9), ("follow_up", 0.9),
         ("reverts", 0.8), ("backport_of", 0.8), ("supersedes", 0.8), ("similar", 0.3),
         ("same_actor", 0.3), ("relands", 0.8), ("co_mention", 0.03),
-        ("co_cited", 0.7))               # two links to one cause: about a reference followed twice
+        ("co_cited", 0.7),               # two links to one cause: about a reference followed twice
+        ("title_reverts", 0.8))          # a revert named by its title: a revert
     entity_weight: float = 0.8       # weight of sharing an entity mentioned by 2 events ...
     term_weight: float = 0.5         # ... times this for identifier terms derived from text
     entity_max_df: int = 16          # ... falling (log) to 0 at this many events: hubs are no evidence

@@ -17,6 +17,9 @@ own functions on its rows plus what they need to look at:
   per-block counts), and the holder index, in time order, goes to the object store once; then
   each task ranks the earlier holders of its own events with `comention_rank` (the rule itself)
   against the holder index `comention_holders` builds from the global counts;
+* `title_reverts` (`title_revert_links`) looks arbitrarily far back: tasks find the `Revert "T"`
+  events, then every event titled one of those T; the rule runs on the driver over those only,
+  and its links join the batch before the rules below (re-lands follow them);
 * `relands` (`reland_links`) looks arbitrarily far ahead, not back: tasks find the reverted
   events' rows, then every event whose title (`title_key`, the per-event cost) repeats a
   reverted title; `reland_links` then runs on the driver over those few events only.
@@ -97,8 +100,13 @@ def _scan_task(names: list, ptr: np.ndarray, row0: int, prefixes: tuple, ids: li
                 found=found)
 
 
+def _revert_titles_task(texts: list, row0: int) -> list:
+    """(row, reverted title) of a block's `Revert "T"` events (`reverted_title`)."""
+    return [(row0 + i, k) for i, k in enumerate(derive.reverted_title(t) if t else None for t in texts) if k]
+
+
 def _titles_task(texts: list, row0: int, wanted: frozenset) -> np.ndarray:
-    """Rows of a block whose title (`title_key`) is one of the reverted events' titles."""
+    """Rows of a block whose title (`title_key`) is one of the `wanted` titles."""
     return np.asarray([row0 + i for i, t in enumerate(texts) if t and derive.title_key(t) in wanted], np.int64)
 
 
@@ -217,10 +225,29 @@ def _comention(ex, batch, params, n_tasks, names, ent, row, first) -> list:
     return out
 
 
+def _title_reverts(ex, batch, row_cuts) -> tuple[np.ndarray, np.ndarray]:
+    """`title_revert_links` over the `Revert "T"` events without a reverts link and the events
+    titled one of those T."""
+    linked = set(np.asarray(batch.link_src, np.int64)[np.isin(np.asarray(batch.link_type),
+                                                              derive.revert_codes())].tolist())
+    task = ex.task(_revert_titles_task)
+    refs = [task(batch.texts[lo:hi], lo) for lo, hi in zip(row_cuts[:-1].tolist(), row_cuts[1:].tolist())]
+    reverts = [(r, k) for part in ex.get(refs) for r, k in part if r not in linked]
+    if not reverts:
+        return _EMPTY
+    task = ex.task(_titles_task)
+    wanted = frozenset(k for _, k in reverts)
+    refs = [task(batch.texts[lo:hi], lo, wanted) for lo, hi in zip(row_cuts[:-1].tolist(), row_cuts[1:].tolist())]
+    rows = np.unique(np.concatenate([np.asarray([r for r, _ in reverts], np.int64)] + list(ex.get(refs))))
+    sub = _mini_batch(np.asarray(batch.times, np.int64)[rows], np.zeros(len(rows) + 1, np.int64), [],
+                      texts=[batch.texts[r] for r in rows.tolist()], ids=[batch.ids[r] for r in rows.tolist()])
+    src, dst = derive.title_revert_links(sub)
+    return rows[src], rows[dst]
+
+
 def _relands(ex, batch, row_cuts, found: dict) -> tuple[np.ndarray, np.ndarray]:
     """`reland_links` over the reverts, the reverted events and the events repeating their titles."""
-    from .corpus import LINK_CODE
-    at = np.flatnonzero(np.asarray(batch.link_type) == LINK_CODE["reverts"])
+    at = np.flatnonzero(np.isin(np.asarray(batch.link_type), derive.revert_codes()))
     x_rows = sorted(set(found.values()))
     wanted = frozenset(k for k in (derive.title_key(batch.texts[x]) for x in x_rows) if k)
     if not len(at) or not wanted:
@@ -232,7 +259,7 @@ def _relands(ex, batch, row_cuts, found: dict) -> tuple[np.ndarray, np.ndarray]:
     sub = _mini_batch(np.asarray(batch.times, np.int64)[rows], np.zeros(len(rows) + 1, np.int64), [],
                       texts=[batch.texts[r] for r in rows.tolist()], ids=[batch.ids[r] for r in rows.tolist()],
                       links=(np.searchsorted(rows, r_rows), [batch.link_to[j] for j in at.tolist()],
-                             np.full(len(at), LINK_CODE["reverts"], np.int8)))
+                             np.asarray(batch.link_type, np.int8)[at]))
     src, dst = derive.reland_links(sub)
     return rows[src], rows[dst]
 
@@ -260,7 +287,9 @@ def ray_derived_links(batch, params: BuildParams, *, blocks: Optional[int] = Non
     # one scan of the rows: prefixed mentions (same_actor, co_mention) and the reverted events
     prefixes = tuple(params.actor_prefixes if params.actor_k > 0 else ()) + \
         tuple(params.comention_prefixes if params.comention_k > 0 else ())
-    rev = np.asarray(batch.link_type) == LINK_CODE["reverts"]
+    if params.title_reverts:   # first: the re-lands below follow them (as in process)
+        batch = derive.with_link_parts(batch, [(_title_reverts(ex, batch, cuts), LINK_CODE["title_reverts"])])
+    rev = np.isin(np.asarray(batch.link_type), derive.revert_codes())
     want_ids = frozenset(batch.link_to[j] for j in np.flatnonzero(rev).tolist()) if params.relands else frozenset()
     scans = []
     if prefixes or want_ids:

@@ -1,8 +1,9 @@
 """The supersession overlay: for every event, which later event stopped it being current, and when.
 
-Two sources of evidence: `supersedes`/`reverts` links and the derived `relands` links (the
-link's source supersedes its target at the source's time; a re-land supersedes the revert it undoes), and implicit slot supersession (consecutive events of a slot kind
-that mention the same slot entity, e.g. successive `decision` events on `decision:card-vault`).
+Two sources of evidence: `supersedes`/`reverts` links and the derived `title_reverts` and
+`relands` links (the link's source supersedes its target at the source's time; a re-land
+supersedes the revert it undoes), and implicit slot supersession (consecutive events of a slot
+kind that mention the same slot entity, e.g. successive `decision` events on `decision:card-vault`).
 When several events supersede one, the earliest wins. A revert of a revert makes the original's
 line current again through the newest event, which `current` answers follow to its end.
 
@@ -18,8 +19,9 @@ import numpy as np
 
 from .corpus import LINK_TYPES
 
-_REVERTS, _RELANDS = LINK_TYPES.index("reverts"), LINK_TYPES.index("relands")
-_EXPLICIT = (LINK_TYPES.index("supersedes"), _REVERTS, _RELANDS)
+_REVERTS = (LINK_TYPES.index("reverts"), LINK_TYPES.index("title_reverts"))
+_RELANDS = LINK_TYPES.index("relands")
+_EXPLICIT = (LINK_TYPES.index("supersedes"), *_REVERTS, _RELANDS)
 
 
 def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.ndarray,
@@ -48,12 +50,13 @@ def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.n
 def _replaced_reverts(times: np.ndarray, src: np.ndarray, dst: np.ndarray, typ: np.ndarray, n: int) -> np.ndarray:
     """Which of the (src supersedes dst) pairs are reverts of an event that a re-land linked to
     that event itself (not to a revert) re-lands no earlier than the revert."""
-    direct = (typ == _RELANDS) & ~np.isin(dst, src[typ == _REVERTS])
+    reverts = np.isin(typ, _REVERTS)
+    direct = (typ == _RELANDS) & ~np.isin(dst, src[reverts])
     if not direct.any():
         return np.zeros(len(src), bool)
     landed = np.full(n, np.iinfo(np.int64).min, np.int64)      # latest direct re-land per event
     np.maximum.at(landed, dst[direct], times[src[direct]])
-    return (typ == _REVERTS) & (times[src] <= landed[dst])
+    return reverts & (times[src] <= landed[dst])
 
 
 def earliest_superseder(times: np.ndarray, old: np.ndarray, new: np.ndarray, r0: int,

@@ -28,7 +28,8 @@ T0, HOUR, DAY = 1_704_067_200, 3_600, 86_400
 def git_events(n=700, seed=7) -> list:
     """Commits in bursts of equal times, listed newest first (input rows against time order), by
     a few authors, touching files from a small tree (some on most commits), with reverts of
-    earlier commits (some several at once) and later commits repeating the reverted titles."""
+    earlier commits (some several at once, some named by title only) and later commits repeating
+    the reverted titles."""
     rng = random.Random(seed)
     files = [f"file:src/m{i}.c" for i in range(60)] + ["file:README", "path:docs/"]
     titles = [f"area{i % 9}: change the handling of case {i}" for i in range(n)]
@@ -40,6 +41,8 @@ def git_events(n=700, seed=7) -> list:
         if i > 20 and rng.random() < 0.06:                  # revert an earlier commit, or three
             xs = rng.sample(range(i - 20, i), 1 if rng.random() < 0.7 else 3)
             text, links = f'Revert "{titles[xs[0]]}"', [{"to": f"c{x:04d}", "type": "reverts"} for x in xs]
+            if rng.random() < 0.3:                          # named by its title only
+                links = links[1:]
             reverted += [titles[x] for x in xs]
         elif reverted and rng.random() < 0.05:             # repeat a reverted title (a re-land)
             text = "Reland: " + reverted.pop(rng.randrange(len(reverted)))
@@ -123,7 +126,7 @@ def test_inline_executor_and_small_batches():
     _same(ray_derived_links(batch, params, blocks=5, executor="inline"), with_derived_links(batch, params))
     one = batch.select([0])
     assert ray_derived_links(one, params, executor="inline") is one
-    off = BuildParams(actor_k=0, relands=False, comention_k=0, cocite_k=0)
+    off = BuildParams(actor_k=0, relands=False, comention_k=0, cocite_k=0, title_reverts=False)
     assert ray_derived_links(batch, off, executor="inline") is batch
     with pytest.raises(InvalidQueryError, match="executor must be"):
         ray_derived_links(batch, params, executor="dask")

@@ -190,3 +190,61 @@ def test_reland_links_of_a_multi_event_revert_point_at_the_reverted_event():
     src, dst = reland_links(batch)
     got = sorted((batch.ids[s], batch.ids[d]) for s, d in zip(src.tolist(), dst.tolist()))
     assert got == [("c102", "c101"), ("c104", "c103"), ("c211", "c201")]
+
+
+# ------------------------------------------------------------ a revert named by its title only
+def _title_only_history():
+    """A change landed twice under one title; the second landing is reverted by a commit that
+    names it only by title (a web-interface revert: "Reverts #77"), then re-landed."""
+    ev = [_commit(i, f"log: tidy message number {i}", i * DAY) for i in range(30)]
+    title = "sched: unroll a group of one task"
+    ev += [_commit(300, f"{title} (#70)\n\nFirst landing.", 32 * DAY),
+           _commit(301, f"{title} (#77)\n\nSecond landing.", 40 * DAY),
+           _commit(302, f'Revert "{title}" (#80)\n\nReverts #77', 42 * DAY),
+           _commit(303, 'Revert "log: tidy"\n\nToo generic to name one change.', 43 * DAY),
+           _commit(304, f"Reland: {title}\n\nThird landing.", 50 * DAY)]
+    return ev
+
+
+def test_a_revert_named_by_title_reverts_the_latest_event_with_that_title(tmp_path):
+    events = _title_only_history()
+    idx, _ = build(events[:-1], tmp_path / "i", params=BuildParams(actor_k=0))
+    assert _links(idx, ["c302", "c303"], "title_reverts") == {"c302": ["c301"], "c303": []}
+    assert idx.query("unroll a group of one task", type="current").current.id == "c302"
+    full, _ = build(events, tmp_path / "full", params=BuildParams(actor_k=0))
+    assert _links(full, ["c304"], "relands") == {"c304": ["c302"]}
+    assert full.query("unroll a group of one task", type="current").current.id == "c304"
+    off, _ = build(events, tmp_path / "off", params=BuildParams(actor_k=0, title_reverts=False))
+    assert off.query("unroll a group of one task", type="current").current.id in ("c301", "c304")
+
+
+def test_an_add_finds_the_title_a_revert_names_in_the_index(tmp_path):
+    events = _title_only_history()
+    one, _ = build(events, tmp_path / "one", params=BuildParams(actor_k=0))
+    inc, _ = build(events[:-3], tmp_path / "inc", params=BuildParams(actor_k=0))
+    for e in events[-3:]:
+        inc.add([e])          # the revert finds its target among indexed events, by the words
+    ids = [e["id"] for e in events[-3:]]
+    for kind in ("title_reverts", "relands"):
+        assert _links(inc, ids, kind) == _links(one, ids, kind)
+    assert inc.query("unroll a group of one task", type="current").current.id == "c304"
+
+
+def test_title_revert_links_match_a_direct_computation():
+    from fastctx.derive import reverted_title, title_revert_links
+    from fastctx.encoder import HashingEncoder
+    from fastctx.sources import read_source, to_batch
+    events = _title_only_history() + _history()[40:]
+    batch = to_batch(read_source(events), HashingEncoder())
+    src, dst = title_revert_links(batch)
+    got = sorted((batch.ids[s], batch.ids[d]) for s, d in zip(src.tolist(), dst.tolist()))
+    expect = []
+    for r in events:   # by hand: unlinked `Revert "T"` -> the latest earlier event titled T
+        key = reverted_title(r["text"])
+        if key and not r["links"]:
+            before = [e for e in events if e["time"] < r["time"] and title_key(e["text"]) == key]
+            if before:
+                expect.append((r["id"], max(before, key=lambda e: e["time"])["id"]))
+    assert got == sorted(expect) == [("c302", "c301")]
+    assert reverted_title('Revert "Revert "a b c""\n') == title_key('Revert "a b c"')
+    assert reverted_title("Reverts the earlier change to the retry loop") is None
