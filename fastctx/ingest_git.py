@@ -42,8 +42,8 @@ _FORMAT = f"--format={_RS}%H{_US}%ct{_US}%aN{_US}%aE{_US}%cN{_US}%cE{_US}%B{_US}
 _NOT_JIRA = frozenset({"UTF", "SHA", "ISO", "RFC", "MD", "CP", "WIN", "X", "TLS", "SSL", "HTTP", "IPV",
                        "PEP", "GCC", "C", "GH", "LATIN", "ARM", "X86", "AMD", "EUC", "KOI", "ECMA"})
 _TICKET_PATTERNS = [
-    # GitHub / GitLab issue and pull URLs
-    re.compile(r"https?://(?:www\.)?(?:github|gitlab)\.com/([\w.-]+/[\w.-]+)/"
+    # GitHub / GitLab issue and pull URLs (and their redirecting mirrors, as bots write them)
+    re.compile(r"https?://[\w.-]*?(?:github|gitlab)[\w.-]*\.com/([\w.-]+/[\w.-]+)/"
                r"(?:-/)?(?:issues|pull|pulls|merge_requests)/(\d+)"),
     re.compile(r"(?<![\w/#])([\w.-]+/[\w.-]+)#(\d+)\b"),                      # owner/repo#123
     re.compile(r"(?<![\w&/])()#(\d+)\b"),                                     # #123
@@ -55,13 +55,29 @@ _JIRA = re.compile(r"(?<![\w-])([A-Z][A-Z0-9]{1,9})-(\d{1,7})(?![\w.-]*\d\.\d)\b
 _CVE = re.compile(r"\bCVE-\d{4}-\d{4,7}\b")
 
 
+# Another project's words quoted in a message (a dependency bump's release notes) and the text of
+# HTML links (`<a href="URL">#148</a>`: the number is the URL's, whichever repository that is)
+_BLOCKQUOTE = re.compile(r"<blockquote\b.*?(?:</blockquote>|$)", re.I | re.S)
+_ANCHOR = re.compile(r"<a\b[^>]*?\bhref=[\"']([^\"']*)[\"'][^>]*>.*?</a>", re.I | re.S)
+
+
+def _own_words(text: str) -> str:
+    """The message less quoted HTML blocks, with each HTML link replaced by its address."""
+    if "<" not in text:
+        return text
+    return _ANCHOR.sub(lambda m: f" {m.group(1)} ", _BLOCKQUOTE.sub(" ", text))
+
+
 def tickets(text: str, home: Optional[str] = None) -> list[str]:
     """Ticket ids a message mentions, without repeats: `#123`, `gh-123`, `GH-123`,
     `[ticket:123]`, `bug 123`, `issue 123`, issue/pull URLs and `#123` all give `123` (one
     namespace: the repository's own tracker); `owner/repo#123` and URLs into another repository
     than `home` ("owner/repo", or several separated by commas, when known) give `owner/repo#123`;
-    Jira keys give `ABC-123`; CVE ids give `CVE-2024-1234`."""
+    Jira keys give `ABC-123`; CVE ids give `CVE-2024-1234`. Quoted HTML blocks (another
+    project's release notes in a dependency bump) name no ticket of this one, and an HTML
+    link's text is read as its address (`<a href="URL-into-another-repository">#148</a>`)."""
     found: dict[str, None] = {}
+    text = _own_words(text)
     homes = {h.strip().lower() for h in home.split(",")} if home else None
     for i, pat in enumerate(_TICKET_PATTERNS):
         for m in pat.finditer(text):

@@ -159,6 +159,17 @@ def test_ticket_patterns():
     assert strip_tickets("Fix the retry loop (#42)") == "Fix the retry loop"
 
 
+def test_quoted_release_notes_and_links_into_other_repositories_name_no_ticket_of_ours():
+    bump = ("Bump codecov from 2.1.0 to 2.1.10 (#5054)\n\n<details>\n<summary>Release notes</summary>\n"
+            "<blockquote>\n<li><a href=\"https://github-redirect.dependabot.com/codecov/codecov-python/pull/148\">"
+            "#148</a> Output elapsed time</li>\n</blockquote>\n</details>\n<details>\n<summary>Commits</summary>\n"
+            "<li>Merge pull request <a href=\"https://github-redirect.dependabot.com/codecov/codecov-python/issues/299\">"
+            "#299</a> from x/y</li>\n<li>See <a href='https://github.com/org/lib/issues/77'>#77</a></li></details>")
+    assert set(tickets(bump, home="org/lib")) == {"77", "codecov/codecov-python#299", "5054"}
+    assert tickets("<blockquote>fixes #3 upstream", home="org/lib") == []     # unclosed: to the end
+    assert tickets("a < b, see #9", home="org/lib") == ["9"]
+
+
 def test_ingest_into_index_and_rerun(tmp_path, history):
     r, bare, s = history
     idx_dir = tmp_path / "idx"
