@@ -18,7 +18,8 @@ range and computes its part of the result exactly:
   events' entity lists in rank order, and supersession: which later event superseded each of
   the range's rows is a minimum over candidates keyed by the old row (the explicit
   `supersedes` / `reverts` / `relands` links into it, and its successor in each slot entity's
-  postings), so a task that gets every candidate of its rows computes their overlay exactly;
+  postings; whether a re-land replaces a revert needs only the row's own links), so a task
+  that gets every candidate of its rows computes their overlay exactly;
 * **entity postings** (each entity's rows in rank order) per entity-id range, ranges balanced by
   mention counts; the same tasks pair each slot entity's consecutive slot-kind rows (the
   implicit supersession candidates) and send each pair to the rank range of its older row;
@@ -43,7 +44,7 @@ import numpy as np
 
 from .params import BuildParams
 from .ray_graph import block_bounds
-from .supersession import _EXPLICIT, earliest_superseder
+from .supersession import _EXPLICIT, _REVERTS, earliest_superseder, replaced_reverts
 
 _I64 = np.zeros(0, np.int64)
 
@@ -201,6 +202,7 @@ def _rank_range(r0: int, r1: int, times: np.ndarray, shard_no, n_shards: int, fu
                                                                          np.int64, np.int8)))
     o = np.lexsort((idx, dkey, src))
     res = dict(out_cnt=np.bincount(src - r0, minlength=size), out_dst=dst[o], out_type=typ[o])
+    reverters = src[np.isin(typ, _REVERTS)]     # this range's rows that revert something
     dst, src, idx, typ = (_cat(ins, i, d) for i, d in enumerate((np.int64, np.int64, np.int64, np.int8)))
     o = np.lexsort((idx, src, dst))
     dst, src, typ = dst[o], src[o], typ[o]
@@ -210,7 +212,8 @@ def _rank_range(r0: int, r1: int, times: np.ndarray, shard_no, n_shards: int, fu
         o = np.argsort(m_rank, kind="stable")   # pieces come in input order: an event's own order kept
         res.update(ev_cnt=np.bincount(m_rank - r0, minlength=size), ev_ent=m_ent[o])
     # supersession: the earliest superseder of each of this range's rows (as supersession_overlay)
-    ex = np.isin(typ, _EXPLICIT)
+    ex = np.flatnonzero(np.isin(typ, _EXPLICIT))
+    ex = ex[~replaced_reverts(times, src[ex], dst[ex], typ[ex], reverters)]
     by, when = earliest_superseder(times, np.concatenate([dst[ex], _cat(slots, 0, np.int64)]),
                                    np.concatenate([src[ex], _cat(slots, 1, np.int64)]), r0, size)
     res.update(sup_by=by, sup_at=when)

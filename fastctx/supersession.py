@@ -34,7 +34,8 @@ def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.n
     n = len(times)
     explicit = np.isin(link_type, _EXPLICIT)
     src, dst = np.asarray(link_src[explicit], np.int64), np.asarray(link_dst[explicit], np.int64)
-    keep = ~_replaced_reverts(np.asarray(times, np.int64), src, dst, np.asarray(link_type)[explicit], n)
+    typ = np.asarray(link_type)[explicit]
+    keep = ~replaced_reverts(np.asarray(times, np.int64), src, dst, typ, src[np.isin(typ, _REVERTS)])
     old, new = [dst[keep]], [src[keep]]
     if len(slot_entities):
         ent = np.repeat(slot_entities, np.diff(ent_ptr)[slot_entities])
@@ -47,16 +48,23 @@ def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.n
     return earliest_superseder(times, np.concatenate(old), np.concatenate(new), 0, n)
 
 
-def _replaced_reverts(times: np.ndarray, src: np.ndarray, dst: np.ndarray, typ: np.ndarray, n: int) -> np.ndarray:
-    """Which of the (src supersedes dst) pairs are reverts of an event that a re-land linked to
-    that event itself (not to a revert) re-lands no earlier than the revert."""
+def replaced_reverts(times: np.ndarray, new: np.ndarray, old: np.ndarray, typ: np.ndarray,
+                     reverters: np.ndarray) -> np.ndarray:
+    """Which (new supersedes old) pairs, of link types `typ`, are reverts of an event that a
+    re-land linked to that event itself re-lands no earlier than the revert. A re-land links to
+    the event rather than to the revert when its target is no revert (not in `reverters`, the
+    rows with a reverts link out)."""
     reverts = np.isin(typ, _REVERTS)
-    direct = (typ == _RELANDS) & ~np.isin(dst, src[reverts])
+    direct = (typ == _RELANDS) & ~np.isin(old, reverters)
     if not direct.any():
-        return np.zeros(len(src), bool)
-    landed = np.full(n, np.iinfo(np.int64).min, np.int64)      # latest direct re-land per event
-    np.maximum.at(landed, dst[direct], times[src[direct]])
-    return reverts & (times[src] <= landed[dst])
+        return np.zeros(len(old), bool)
+    d_old, d_t = old[direct], times[new[direct]]
+    o = np.lexsort((d_t, d_old))
+    d_old, d_t = d_old[o], d_t[o]
+    last = np.r_[d_old[1:] != d_old[:-1], True]
+    u_old, u_t = d_old[last], d_t[last]                 # the latest direct re-land of each event
+    pos = np.minimum(np.searchsorted(u_old, old), len(u_old) - 1)
+    return reverts & (u_old[pos] == old) & (times[new] <= u_t[pos])
 
 
 def earliest_superseder(times: np.ndarray, old: np.ndarray, new: np.ndarray, r0: int,

@@ -35,7 +35,8 @@ def generated(request, generated_3k):
 
 def history(n=900, seed=11) -> list:
     """Commits and decisions in bursts sharing one time (a burst spans range edges), listed newest
-    first, with reverts, re-landed titles, supersedes chains, decisions on a few shared slots
+    first, with reverts (of one event or three, some named by title only), re-landed titles,
+    supersedes chains, decisions on a few shared slots
     (implicit supersession, some at equal times), links to far earlier events and to ids that
     are not in the corpus."""
     rng = random.Random(seed)
@@ -45,10 +46,13 @@ def history(n=900, seed=11) -> list:
         links, kind, ents = [], "commit", [f"file:src/m{rng.randrange(30)}.c", f"author:dev{rng.randrange(5)}"]
         text = f"area{i % 7}: change case {i}"
         r = rng.random()
-        if i > 30 and r < 0.06:
-            x = rng.randrange(0, i)
-            text, links = f'Revert "area{x % 7}: change case {x}"', [{"to": f"e{x:04d}", "type": "reverts"}]
-            reverted.append(x)
+        if i > 30 and r < 0.06:                         # one event, or three at once
+            xs = rng.sample(range(0, i), 1 if rng.random() < 0.7 else 3)
+            text = f'Revert "area{xs[0] % 7}: change case {xs[0]}"'
+            links = [{"to": f"e{x:04d}", "type": "reverts"} for x in xs]
+            if rng.random() < 0.25:                     # the first named by its title only
+                links = links[1:]
+            reverted += xs
         elif reverted and r < 0.10:
             x = reverted.pop(0)
             text = f"Reland: area{x % 7}: change case {x}"
@@ -123,8 +127,12 @@ def test_git_like_history_same_arrays(ray_cluster):
     assert (want["sup_by"] >= 0).sum() > 50
     t = want["times"]
     assert len(np.unique(t)) < len(t) // 20        # long runs of equal times
-    for kind in ("relands", "reverts", "supersedes", "same_actor", "co_mention"):
+    for kind in ("relands", "reverts", "title_reverts", "supersedes", "same_actor", "co_mention"):
         assert (np.asarray(batch.link_type) == LINK_CODE[kind]).any(), kind
+    relands = np.flatnonzero(np.asarray(batch.link_type) == LINK_CODE["relands"])
+    reverters = {batch.ids[s] for s, ty in zip(np.asarray(batch.link_src).tolist(), batch.link_type)
+                 if ty in (LINK_CODE["reverts"], LINK_CODE["title_reverts"])}
+    assert any(batch.link_to[j] not in reverters for j in relands.tolist())   # re-lands after a multi revert
 
 
 def test_ranges_without_derived_links_or_entities(ray_cluster):
