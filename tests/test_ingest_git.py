@@ -272,3 +272,19 @@ def test_any_other_sha_the_message_names_is_a_reference():
            f"Follow-up to {c[:8]}, not 1234567 or defaced or deadbee; {'f' * 40} is unknown")
     got = links(msg, known, own=a)
     assert got == [{"to": c, "type": "follow_up"}, {"to": b, "type": "references"}]
+
+
+def test_a_rename_lists_both_names_and_file_contents_are_never_read(tmp_path):
+    """A renamed file is listed under its old and new names, and git is never asked for a file's
+    contents: the history imports from a clone whose blobs are gone (a blobless partial clone)."""
+    r = Repo(tmp_path / "work")
+    r.commit("Add the ledger", {"src/ledger.py": "x = 1\n" * 50})
+    r.git("mv", "src/ledger.py", "src/book.py")
+    r.git("commit", "-q", "-m", "Rename the ledger module to book")
+    blobs = [line.split()[0] for line in r.git("cat-file", "--batch-all-objects", "--batch-check").splitlines()
+             if line.split()[1] == "blob"]
+    for sha in blobs:          # loose objects only (no pack yet): remove every file's contents
+        (r.path / ".git" / "objects" / sha[:2] / sha[2:]).unlink()
+    events = list(read_git(r.path))
+    assert [e["text"].split("\n")[0] for e in events] == ["Add the ledger", "Rename the ledger module to book"]
+    assert {"file:src/ledger.py", "file:src/book.py"} <= set(events[1]["entities"])
