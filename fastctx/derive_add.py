@@ -145,7 +145,7 @@ def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
 def _title_reverts(live: _Live, batch: EventBatch, params, out) -> None:
     """Each added `Revert "T"` event without a reverts link to the latest earlier event titled T,
     among the batch's and the shard's. The shard's are found through the word vocabulary (the
-    rarest word of T, then the titles of its holders, latest first): with `text_words` off,
+    events holding every word of T, then their titles, latest first): with `text_words` off,
     among the batch's only."""
     wanted = {}
     linked = set(np.asarray(batch.link_src, np.int64)[np.isin(np.asarray(batch.link_type), revert_codes())].tolist())
@@ -178,10 +178,14 @@ def _latest_titled(live: _Live, key: str, before: int) -> int | None:
     """The shard's latest live row at or before `before` (time) whose title is `key`."""
     if live.empty:
         return None
-    holders = [live.entity_rows(WORD + w) for w in words(key)]
-    if not holders or any(len(h) == 0 for h in holders):
+    holders = sorted((live.entity_rows(WORD + w) for w in words(key)), key=len)
+    if not holders:
         return None
-    rows = min(holders, key=len)
+    rows = holders[0]
+    for h in holders[1:]:        # the rows holding every word of the title
+        rows = np.intersect1d(rows, h, assume_unique=True)
+    if not len(rows):
+        return None
     times = np.asarray(live.g.times, np.int64)[rows]
     for j in np.lexsort((-rows, -times)).tolist():
         if times[j] <= before and title_key(live.text(int(rows[j]))) == key:
