@@ -80,9 +80,11 @@ class _Live:
 def _actor(live: _Live, batch: EventBatch, params, out) -> None:
     """Each added event to the previous `actor_k` events of each of its actors within the window,
     among the shard's events and the batch's, in (time, shard rows before the batch's, row)
-    order, as a build orders them."""
+    order, as a build orders them; an event two of its actors share is linked once, and each
+    event's links come in row order (shard rows first), as a build lists them."""
     k, window = params.actor_k, int(params.actor_window_days * 86400)
     t = np.asarray(batch.times, np.int64)
+    found: dict[int, set] = {}    # batch row -> {(0: shard / 1: batch, row)}
     for name, rows in rows_by_entity(batch, params.actor_prefixes).items():
         old = live.entity_rows(name)
         old_t = np.asarray(live.g.times, np.int64)[old] if len(old) else np.zeros(0, np.int64)
@@ -95,10 +97,12 @@ def _actor(live: _Live, batch: EventBatch, params, out) -> None:
         for i in rows:
             lo = int(np.searchsorted(times, t[i] - window, "left"))
             hi = position[i]
-            for c in cands[max(lo, hi - k):hi][::-1]:
-                out[0].append(i)
-                out[1].append(c[3] if c[3] is not None else live.id(c[2]))
-                out[2].append(_SAME_ACTOR)
+            found.setdefault(i, set()).update((c[1], c[2]) for c in cands[max(lo, hi - k):hi])
+    for i in sorted(found):
+        for side, r in sorted(found[i]):
+            out[0].append(i)
+            out[1].append(batch.ids[r] if side else live.id(r))
+            out[2].append(_SAME_ACTOR)
 
 
 def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
@@ -120,7 +124,7 @@ def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
             x = int(live.shard.lookup_ids(keys64([target]))[0])
             if x >= 0:
                 citers.setdefault(("shard", x), set()).add(s)
-    done: set = set()
+    found: dict[int, set] = {}    # batch row -> {(0: shard / 1: batch, row)}
     for (where, x), rows in citers.items():
         cands = [(int(t[j]), 1, j) for j in rows]
         if where == "shard":   # the target's live in-links of those types
@@ -133,13 +137,12 @@ def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
         for p, (_, side, i) in enumerate(cands):
             if side != 1:
                 continue
-            for _, side_d, d in cands[max(0, p - params.cocite_k):p]:
-                target = batch.ids[d] if side_d == 1 else live.id(d)
-                if (i, target) not in done:
-                    done.add((i, target))
-                    out[0].append(i)
-                    out[1].append(target)
-                    out[2].append(_CO_CITED)
+            found.setdefault(i, set()).update((side_d, d) for _, side_d, d in cands[max(0, p - params.cocite_k):p])
+    for i in sorted(found):       # each event's links in row order (shard rows first), as a build lists them
+        for side, r in sorted(found[i]):
+            out[0].append(i)
+            out[1].append(batch.ids[r] if side else live.id(r))
+            out[2].append(_CO_CITED)
 
 
 def _title_reverts(live: _Live, batch: EventBatch, params, out) -> None:

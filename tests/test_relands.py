@@ -248,3 +248,25 @@ def test_title_revert_links_match_a_direct_computation():
     assert got == sorted(expect) == [("c302", "c301")]
     assert reverted_title('Revert "Revert "a b c""\n') == title_key('Revert "a b c"')
     assert reverted_title("Reverts the earlier change to the retry loop") is None
+
+
+def test_an_event_two_people_share_with_an_earlier_one_is_linked_once_at_add_as_at_build(tmp_path):
+    """Author and committer both on consecutive commits: one `same_actor` link per pair, and an
+    added event's derived links in the order a build lists them (`co_cited` too)."""
+    events = []
+    for i in range(12):
+        e = _commit(400 + i, f"pay: step {i} of the retry work", 40 * DAY + i * 600,
+                    [("c000", "references")] if i % 3 == 0 else ())
+        e["entities"] = e["entities"] + ["person:ana", "person:bob"] + (["person:cy"] if i % 2 else [])
+        events.append(e)
+    events = [_commit(0, "log: the first commit", 0)] + events
+    one, _ = build(events, tmp_path / "one")
+    inc, _ = build(events[:5], tmp_path / "inc")
+    inc.add(events[5:9])
+    for e in events[9:]:
+        inc.add([e])
+    ids = [e["id"] for e in events[5:]]
+    in_order = lambda idx: {e.id: [tuple(x) for x in e.links if x[1] != "co_mention"] for e in idx.get(ids)}  # noqa: E731
+    assert in_order(inc) == in_order(one)
+    assert all(len(set(v)) == len(v) for v in in_order(one).values())
+    assert _links(one, ["c405"], "same_actor") == {"c405": ["c401", "c403", "c404"]}   # cy: c401, c403
