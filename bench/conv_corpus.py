@@ -109,7 +109,8 @@ def write_corpus(files: list[Path], out: Path, *, encoder: str = "hashing", budg
     qvecs = enc.encode([q["text"] for q, _ in pairs]).astype(np.float32)
     log(f"encoded {len(events)} turns and {len(pairs)} questions with {encoder} in {time.perf_counter() - t0:.1f}s")
     meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["chat"], params={
-        "encoder_spec": _recorded(enc, encoder), "conversations": [Path(p).name for p in files], "budget_tokens": budget})
+        "encoder_spec": _recorded(enc, encoder), "conversations": [Path(p).name for p in files],
+        "budget_tokens": budget})
     log(f"wrote {out}: {len(events)} turns in {len(files)} conversations, {len(pairs)} questions")
     return meta
 

@@ -90,7 +90,9 @@ FORMAT = "orgmem-v1"
 LINK_TYPES = ("reply", "references", "fixes", "follow_up", "reverts", "backport_of", "supersedes", "similar",
               "same_actor", "relands", "co_mention", "co_cited", "title_reverts")
 LINK_CODE = {t: i for i, t in enumerate(LINK_TYPES)}
-DERIVED_LINK_TYPES = ("similar", "same_actor", "relands", "co_mention", "co_cited", "title_reverts")   # computed at build (derive.py), never read from input
+REVERT_CODES = (LINK_CODE["reverts"], LINK_CODE["title_reverts"])   # "this event reverts that one"
+# computed at build (derive.py), never read from input
+DERIVED_LINK_TYPES = ("similar", "same_actor", "relands", "co_mention", "co_cited", "title_reverts")
 USER_LINK_CODE = {t: i for t, i in LINK_CODE.items() if t not in DERIVED_LINK_TYPES}
 QUERY_TYPES = ("chain", "current", "as_of")
 DIRECTIONS = ("back", "forward", "both")

@@ -440,10 +440,18 @@ def reverted_title(text: Optional[str]) -> Optional[str]:
     return key if key and words(key) else None
 
 
-def revert_codes() -> list[int]:
-    """Link type codes that say "this event reverts that one": `reverts` and `title_reverts`."""
-    from .corpus import LINK_CODE
-    return [LINK_CODE["reverts"], LINK_CODE["title_reverts"]]
+def reverting_rows(batch) -> set:
+    """Rows of `batch` with a link that says they revert another event (`REVERT_CODES`)."""
+    from .corpus import REVERT_CODES
+    types = np.isin(np.asarray(batch.link_type), REVERT_CODES)
+    return set(np.asarray(batch.link_src, np.int64)[types].tolist())
+
+
+def unlinked_reverts(batch) -> dict:
+    """{row: reverted title} of the `Revert "T"` events of `batch` with no reverts link."""
+    linked = reverting_rows(batch)
+    keys = ((i, reverted_title(text)) for i, text in enumerate(batch.texts) if text and i not in linked)
+    return {i: key for i, key in keys if key}
 
 
 def title_revert_links(batch) -> tuple[np.ndarray, np.ndarray]:
@@ -453,13 +461,7 @@ def title_revert_links(batch) -> tuple[np.ndarray, np.ndarray]:
     reverted pull request ("Reverts #123"), not the commit; other reverts name a commit that is
     not among the events (a merge). Deterministic."""
     t = np.asarray(batch.times, np.int64)
-    linked = set(np.asarray(batch.link_src, np.int64)[np.isin(np.asarray(batch.link_type), revert_codes())].tolist())
-    wanted = {}
-    for i, text in enumerate(batch.texts):
-        if i not in linked and text:
-            key = reverted_title(text)
-            if key:
-                wanted[i] = key
+    wanted = unlinked_reverts(batch)
     if not wanted:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     keys = set(wanted.values())
@@ -488,8 +490,9 @@ def reland_links(batch) -> tuple[np.ndarray, np.ndarray]:
     backs out a series) is undone one event at a time: the re-land links to the event it
     re-lands, which it then supersedes in the revert's place (supersession.py), and the revert
     stays current for the others. Counted: reverted events present. Deterministic: ties by row."""
+    from .corpus import REVERT_CODES
     types = np.asarray(batch.link_type)
-    at = np.flatnonzero(np.isin(types, revert_codes()))
+    at = np.flatnonzero(np.isin(types, REVERT_CODES))
     if not len(at):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     row_of = {eid: i for i, eid in enumerate(batch.ids)}

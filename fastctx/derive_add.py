@@ -1,7 +1,7 @@
 """Derived links of events added to a live index (`Index.add`): the build's rules
 (`derive.title_revert_links`, `derive.actor_links`, `derive.reland_links`,
-`derive.cocitation_links`, `derive.comention_links`) from each added event to the events already in the shard and to the
-earlier events of its own batch.
+`derive.cocitation_links`, `derive.comention_links`) from each added event to the events
+already in the shard and to the earlier events of its own batch.
 
 What a later full build would add beyond these: links *from* events already indexed *to* an
 added one (an event added out of time order, or a revert added after its re-land), and
@@ -15,11 +15,11 @@ from collections import Counter
 import numpy as np
 
 from .columns import keys64
-from .corpus import LINK_CODE, EventBatch
-from .derive import (COMENTION_PER_ENTITY, WORD, comention_top, comention_weights, revert_codes, reverted_title,
-                     rows_by_entity, title_key, words)
+from .corpus import LINK_CODE, REVERT_CODES, EventBatch
+from .derive import (COMENTION_PER_ENTITY, WORD, comention_top, comention_weights, rows_by_entity, title_key,
+                     unlinked_reverts, words)
 
-_REVERTS, _RELANDS, _SAME_ACTOR = LINK_CODE["reverts"], LINK_CODE["relands"], LINK_CODE["same_actor"]
+_RELANDS, _SAME_ACTOR = LINK_CODE["relands"], LINK_CODE["same_actor"]
 _CO_MENTION, _CO_CITED, _TITLE_REVERTS = LINK_CODE["co_mention"], LINK_CODE["co_cited"], LINK_CODE["title_reverts"]
 
 
@@ -98,11 +98,18 @@ def _actor(live: _Live, batch: EventBatch, params, out) -> None:
             lo = int(np.searchsorted(times, t[i] - window, "left"))
             hi = position[i]
             found.setdefault(i, set()).update((c[1], c[2]) for c in cands[max(lo, hi - k):hi])
+    _emit(live, batch, found, _SAME_ACTOR, out)
+
+
+def _emit(live: _Live, batch: EventBatch, found: dict, code: int, out) -> None:
+    """Links of type `code` from each batch row to its targets in `found` ({row: {(0: shard /
+    1: batch, target row)}}), each once, in row order (the shard's rows first), as a build
+    lists an event's derived links."""
     for i in sorted(found):
         for side, r in sorted(found[i]):
             out[0].append(i)
             out[1].append(batch.ids[r] if side else live.id(r))
-            out[2].append(_SAME_ACTOR)
+            out[2].append(code)
 
 
 def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
@@ -138,11 +145,7 @@ def _cocite(live: _Live, batch: EventBatch, params, out) -> None:
             if side != 1:
                 continue
             found.setdefault(i, set()).update((side_d, d) for _, side_d, d in cands[max(0, p - params.cocite_k):p])
-    for i in sorted(found):       # each event's links in row order (shard rows first), as a build lists them
-        for side, r in sorted(found[i]):
-            out[0].append(i)
-            out[1].append(batch.ids[r] if side else live.id(r))
-            out[2].append(_CO_CITED)
+    _emit(live, batch, found, _CO_CITED, out)
 
 
 def _title_reverts(live: _Live, batch: EventBatch, params, out) -> None:
@@ -150,19 +153,14 @@ def _title_reverts(live: _Live, batch: EventBatch, params, out) -> None:
     among the batch's and the shard's. The shard's are found through the word vocabulary (the
     events holding every word of T, then their titles, latest first): with `text_words` off,
     among the batch's only."""
-    wanted = {}
-    linked = set(np.asarray(batch.link_src, np.int64)[np.isin(np.asarray(batch.link_type), revert_codes())].tolist())
-    for i, text in enumerate(batch.texts):
-        key = reverted_title(text) if i not in linked else None
-        if key:
-            wanted[i] = key
+    wanted = unlinked_reverts(batch)
     if not wanted:
         return
     t = np.asarray(batch.times, np.int64)
-    mine = {}
+    keys, mine = set(wanted.values()), {}
     for i, text in enumerate(batch.texts):
         k = title_key(text) if text else None
-        if k in wanted.values():
+        if k in keys:
             mine.setdefault(k, []).append((int(t[i]), i))
     for r, key in sorted(wanted.items()):
         # candidates in (time, shard rows before the batch's, row) order, as a build orders them
@@ -207,14 +205,14 @@ def _relands(live: _Live, batch: EventBatch, out, title_reverts=()) -> None:
     t = np.asarray(batch.times, np.int64)
     row_of = {eid: i for i, eid in enumerate(batch.ids)}
     undone = []   # (revert time, revert id, reverted id, reverted event's title), each pair once
-    src, dst = (np.concatenate(x) for x in zip(live.links_of_type(_REVERTS), live.links_of_type(_TITLE_REVERTS)))
+    src, dst = (np.concatenate(x) for x in zip(*(live.links_of_type(c) for c in REVERT_CODES)))
     landed_src, landed = live.links_of_type(_RELANDS)
     first_reland = {}   # link target id -> time of its first re-land in the shard
     for s, d in zip(landed_src.tolist(), landed.tolist()):
         first_reland[live.id(d)] = min(first_reland.get(live.id(d), 1 << 62), int(live.g.times[s]))
     for r, x in sorted(set(zip(src.tolist(), dst.tolist()))):
         undone.append((int(live.g.times[r]), live.id(r), live.id(x), title_key(live.text(x))))
-    at = np.flatnonzero(np.isin(np.asarray(batch.link_type), revert_codes())).tolist()
+    at = np.flatnonzero(np.isin(np.asarray(batch.link_type), REVERT_CODES)).tolist()
     for r, target in [(int(batch.link_src[j]), batch.link_to[j]) for j in at] + list(title_reverts):
         x = row_of.get(target)
         if x is not None:

@@ -8,8 +8,8 @@ bare repository and turn each non-merge commit, oldest first, into an orgmem-v1 
   (a cherry-pick recorded with -x), else "commit";
 - `tokens`: an estimate, one token per 4 characters of the message (at least 1);
 - `entities`: `file:PATH` for each touched file (the first `MAX_FILES`; a renamed file under
-  both names: git is never asked for file contents, so a blobless clone imports), `dir:PATH` for each
-  directory above them, `person:Name <email>` for the author and, when different, the
+  both names: git is never asked for file contents, so a blobless clone imports), `dir:PATH`
+  for each directory above them, `person:Name <email>` for the author and, when different, the
   committer (names and emails as the repository's .mailmap gives them; emails lower-cased),
   and `ticket:ID` for ticket-like references in the message (see `tickets()`; none from quoted
   HTML blocks, such as another project's release notes in a dependency bump);

@@ -50,18 +50,18 @@ class BuildParams:
     # the words of text and entity names (lexical seeds). Access lists are always derived.
     text_terms: bool = True
     text_words: bool = True
-    # Derived `co_mention` links (derive.comention_links): each event to its `comention_k` earlier
-    # events sharing the most rarity-weighted files (entities starting with `comention_prefixes`)
-    # within `comention_window_days`, closeness in time counting over `comention_scale_days`;
-    # files on more than `comention_max_share` of the events say nothing. Walked at a weak weight
-    # and never causal evidence: commits touching the same files in one week are often one piece
-    # of work whose ticket nobody wrote down. 0 disables.
     # Derived `co_cited` links (derive.cocitation_links): each event to the previous `cocite_k`
     # events that link to one of its own link targets by a link of `cocite_types` (two
     # follow-ups to one commit). Walking back from one, the other lies forward of the common
     # cause; the link makes it reachable. 0: off
     cocite_k: int = 3
     cocite_types: tuple[str, ...] = ("references", "fixes", "follow_up", "reverts", "backport_of")
+    # Derived `co_mention` links (derive.comention_links): each event to its `comention_k` earlier
+    # events sharing the most rarity-weighted files (entities starting with `comention_prefixes`)
+    # within `comention_window_days`, closeness in time counting over `comention_scale_days`;
+    # files on more than `comention_max_share` of the events say nothing. Walked at a weak weight
+    # and never causal evidence: commits touching the same files in one week are often one piece
+    # of work whose ticket nobody wrote down. 0 disables.
     comention_k: int = 5
     comention_window_days: float = 365.0
     comention_scale_days: float = 30.0

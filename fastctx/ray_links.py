@@ -37,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from . import derive
+from .corpus import REVERT_CODES
 from .params import BuildParams
 from .ray_graph import block_bounds
 
@@ -228,8 +229,7 @@ def _comention(ex, batch, params, n_tasks, names, ent, row, first) -> list:
 def _title_reverts(ex, batch, row_cuts) -> tuple[np.ndarray, np.ndarray]:
     """`title_revert_links` over the `Revert "T"` events without a reverts link and the events
     titled one of those T."""
-    linked = set(np.asarray(batch.link_src, np.int64)[np.isin(np.asarray(batch.link_type),
-                                                              derive.revert_codes())].tolist())
+    linked = derive.reverting_rows(batch)
     task = ex.task(_revert_titles_task)
     refs = [task(batch.texts[lo:hi], lo) for lo, hi in zip(row_cuts[:-1].tolist(), row_cuts[1:].tolist())]
     reverts = [(r, k) for part in ex.get(refs) for r, k in part if r not in linked]
@@ -247,7 +247,7 @@ def _title_reverts(ex, batch, row_cuts) -> tuple[np.ndarray, np.ndarray]:
 
 def _relands(ex, batch, row_cuts, found: dict) -> tuple[np.ndarray, np.ndarray]:
     """`reland_links` over the reverts, the reverted events and the events repeating their titles."""
-    at = np.flatnonzero(np.isin(np.asarray(batch.link_type), derive.revert_codes()))
+    at = np.flatnonzero(np.isin(np.asarray(batch.link_type), REVERT_CODES))
     x_rows = sorted(set(found.values()))
     wanted = frozenset(k for k in (derive.title_key(batch.texts[x]) for x in x_rows) if k)
     if not len(at) or not wanted:
@@ -289,7 +289,7 @@ def ray_derived_links(batch, params: BuildParams, *, blocks: Optional[int] = Non
         tuple(params.comention_prefixes if params.comention_k > 0 else ())
     if params.title_reverts:   # first: the re-lands below follow them (as in process)
         batch = derive.with_link_parts(batch, [(_title_reverts(ex, batch, cuts), LINK_CODE["title_reverts"])])
-    rev = np.isin(np.asarray(batch.link_type), derive.revert_codes())
+    rev = np.isin(np.asarray(batch.link_type), REVERT_CODES)
     want_ids = frozenset(batch.link_to[j] for j in np.flatnonzero(rev).tolist()) if params.relands else frozenset()
     scans = []
     if prefixes or want_ids:

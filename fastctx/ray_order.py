@@ -42,9 +42,10 @@ from typing import Optional
 
 import numpy as np
 
+from .corpus import REVERT_CODES
 from .params import BuildParams
 from .ray_graph import block_bounds
-from .supersession import _EXPLICIT, _REVERTS, earliest_superseder, replaced_reverts
+from .supersession import _EXPLICIT, earliest_superseder, replaced_reverts
 
 _I64 = np.zeros(0, np.int64)
 
@@ -202,7 +203,7 @@ def _rank_range(r0: int, r1: int, times: np.ndarray, shard_no, n_shards: int, fu
                                                                          np.int64, np.int8)))
     o = np.lexsort((idx, dkey, src))
     res = dict(out_cnt=np.bincount(src - r0, minlength=size), out_dst=dst[o], out_type=typ[o])
-    reverters = src[np.isin(typ, _REVERTS)]     # this range's rows that revert something
+    reverters = src[np.isin(typ, REVERT_CODES)]     # this range's rows that revert something
     dst, src, idx, typ = (_cat(ins, i, d) for i, d in enumerate((np.int64, np.int64, np.int64, np.int8)))
     o = np.lexsort((idx, src, dst))
     dst, src, typ = dst[o], src[o], typ[o]

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .corpus import LINK_TYPES
+from .corpus import LINK_TYPES, REVERT_CODES
 
-_REVERTS = (LINK_TYPES.index("reverts"), LINK_TYPES.index("title_reverts"))
 _RELANDS = LINK_TYPES.index("relands")
-_EXPLICIT = (LINK_TYPES.index("supersedes"), *_REVERTS, _RELANDS)
+_EXPLICIT = (LINK_TYPES.index("supersedes"), *REVERT_CODES, _RELANDS)
 
 
 def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.ndarray,
@@ -35,7 +34,7 @@ def supersession_overlay(times: np.ndarray, link_src: np.ndarray, link_dst: np.n
     explicit = np.isin(link_type, _EXPLICIT)
     src, dst = np.asarray(link_src[explicit], np.int64), np.asarray(link_dst[explicit], np.int64)
     typ = np.asarray(link_type)[explicit]
-    keep = ~replaced_reverts(np.asarray(times, np.int64), src, dst, typ, src[np.isin(typ, _REVERTS)])
+    keep = ~replaced_reverts(np.asarray(times, np.int64), src, dst, typ, src[np.isin(typ, REVERT_CODES)])
     old, new = [dst[keep]], [src[keep]]
     if len(slot_entities):
         ent = np.repeat(slot_entities, np.diff(ent_ptr)[slot_entities])
@@ -54,7 +53,7 @@ def replaced_reverts(times: np.ndarray, new: np.ndarray, old: np.ndarray, typ: n
     re-land linked to that event itself re-lands no earlier than the revert. A re-land links to
     the event rather than to the revert when its target is no revert (not in `reverters`, the
     rows with a reverts link out)."""
-    reverts = np.isin(typ, _REVERTS)
+    reverts = np.isin(typ, REVERT_CODES)
     direct = (typ == _RELANDS) & ~np.isin(old, reverters)
     if not direct.any():
         return np.zeros(len(old), bool)

@@ -266,7 +266,8 @@ def test_an_event_two_people_share_with_an_earlier_one_is_linked_once_at_add_as_
     for e in events[9:]:
         inc.add([e])
     ids = [e["id"] for e in events[5:]]
-    in_order = lambda idx: {e.id: [tuple(x) for x in e.links if x[1] != "co_mention"] for e in idx.get(ids)}  # noqa: E731
+    def in_order(idx):
+        return {e.id: [tuple(x) for x in e.links if x[1] != "co_mention"] for e in idx.get(ids)}
     assert in_order(inc) == in_order(one)
     assert all(len(set(v)) == len(v) for v in in_order(one).values())
     assert _links(one, ["c405"], "same_actor") == {"c405": ["c401", "c403", "c404"]}   # cy: c401, c403
