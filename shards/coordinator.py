@@ -223,21 +223,24 @@ class DistributedGraph:
                                         "term_weight": float(p.term_weight), "max_per_entity": int(p.max_per_entity)}
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
         self._learn_reach(res)
-        cand = []
-        for s, out in res.items():
-            c = int(out["counts"][0])
-            self._in_range(out["rows"][0, :c])
-            for r, sc in zip(out["rows"][0, :c].tolist(), out["scores"][0, :c].tolist()):
-                cand.append((-sc, r, s))
-        cand.sort()
-        cand = cand[:k]
-        for _, r, s in cand:
-            self.owner[r] = s
-        keep = {r for _, r, _ in cand}
-        for s, out in res.items():
-            m = min(int(req["hit_rows"]), int(out["counts"][0]))
+        # the merged top k: best score first, then lower row, then lower shard
+        parts = [(s, int(out["counts"][0]), out) for s, out in res.items()]
+        c_rows = np.concatenate([np.asarray(out["rows"][0, :c], np.int64) for s, c, out in parts] or [np.zeros(0, np.int64)])
+        c_scores = np.concatenate([np.asarray(out["scores"][0, :c], np.float32) for s, c, out in parts]
+                                  or [np.zeros(0, np.float32)])
+        c_shards = np.concatenate([np.full(c, s, np.int64) for s, c, out in parts] or [np.zeros(0, np.int64)])
+        self._in_range(c_rows)
+        top = np.lexsort((c_shards, c_rows, -c_scores.astype(np.float64)))[:k]
+        rows, sims = c_rows[top], c_scores[top].astype(np.float64)
+        self.owner.set_many(rows, c_shards[top])
+        kept = np.zeros(len(c_rows), bool)
+        kept[top] = True
+        pos = 0
+        for s, c, out in parts:
+            m = min(int(req["hit_rows"]), c)
             hit = out["rows"][0, :m]
-            mine = np.fromiter((r in keep for r in hit.tolist()), bool, m)
+            mine = kept[pos:pos + m]
+            pos += c
             rows_m = hit[mine].tolist()
             for f in req["hit_fields"]:
                 if f == "vector" and "hit_vector" in out:
@@ -255,8 +258,6 @@ class DistributedGraph:
                          self._merge_lexical({s: {"rows": out["lex_rows"], "scores": out["lex_scores"]}
                                               for s, out in res.items() if "lex_rows" in out},
                                              self.params.lexical_k))
-        rows = np.array([r for _, r, _ in cand], np.int64)
-        sims = np.array([np.float32(-sc) for sc, _, _ in cand], np.float32).astype(np.float64)
         return rows, sims
 
     def _lexical_req(self, names, k) -> dict:
@@ -669,6 +670,10 @@ class _Owners:
             raise ShardUnavailableError(f"a shard named row {r}, outside 0..{len(self.a) - 1}: the cluster changed "
                                         f"build during the query; ask again")
         self.a[r] = int(s) + 1
+
+    def set_many(self, rows: np.ndarray, shards) -> None:
+        """`self[r] = s` for each pair (rows already range-checked by the caller)."""
+        self.a[np.asarray(rows, np.int64)] = np.asarray(shards, np.int64) + 1
 
     def __getitem__(self, r) -> int:
         s = int(self.a[r]) - 1 if 0 <= r < len(self.a) else -1

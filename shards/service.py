@@ -423,13 +423,15 @@ class ShardService:
         return out
 
     def _slots(self, loc: np.ndarray) -> np.ndarray:
-        out = np.full(len(loc), -1, np.int64)
-        for j, r in enumerate(loc.tolist()):
-            ents = self.ev_ent[self.ev_ptr[r]:self.ev_ptr[r + 1]]
-            slots = ents[self.slot[ents]] if len(ents) else ents
-            if len(slots):
-                out[j] = int(self.gent[slots].min())
-        return out
+        """Per row, the smallest global id of its slot entities (-1: none)."""
+        loc = np.asarray(loc, np.int64)
+        counts = self.ev_ptr[loc + 1] - self.ev_ptr[loc]
+        ents = np.asarray(self.ev_ent[_ranges(self.ev_ptr[loc], counts)], np.int64)
+        is_slot = np.asarray(self.slot[ents], bool)
+        owner = np.repeat(np.arange(len(loc)), counts)[is_slot]
+        best = np.full(len(loc), np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(best, owner, np.asarray(self.gent[ents[is_slot]], np.int64))
+        return np.where(best == np.iinfo(np.int64).max, -1, best)
 
     def _id(self, r: int) -> str:
         seg, local = self.sh.locate(r)

@@ -237,10 +237,16 @@ def check_fields(msg: Any, spec: dict, required: tuple = (), where: str = "") ->
     return {k: spec[k](where + k, msg[k]) for k in msg}
 
 
+_VERSIONED: dict = {}   # id(spec) -> (spec, the spec with "v"): built once per schema, not per request
+
+
 def check_request(msg: Any, spec: dict, required: tuple = ()) -> dict:
     if isinstance(msg, dict) and msg.get("v") != SCHEMA_VERSION:
         raise WireError(f"field 'v' (schema version) must be {SCHEMA_VERSION}, got {_show(msg.get('v'))}")
-    return check_fields(msg, {"v": _int(SCHEMA_VERSION, SCHEMA_VERSION), **spec}, ("v",) + tuple(required))
+    got = _VERSIONED.get(id(spec))
+    if got is None or got[0] is not spec:
+        got = _VERSIONED[id(spec)] = (spec, {"v": _int(SCHEMA_VERSION, SCHEMA_VERSION), **spec})
+    return check_fields(msg, got[1], ("v",) + tuple(required))
 
 
 # ------------------------------------------------------------------------------------ schemas
