@@ -61,13 +61,17 @@ QUERY_TYPES = ("chain", "current", "as_of")
 
 # links that say what came next in a conversation or a person's sitting, or what else touched
 # the same files, not why
-_NOT_CAUSAL = np.array([LINK_TYPES.index(t) for t in ("reply", "same_actor", "co_mention")], np.int64)
+_NOT_CAUSAL = np.zeros(len(LINK_TYPES), bool)
+_NOT_CAUSAL[[LINK_TYPES.index(t) for t in ("reply", "same_actor", "co_mention")]] = True
 
 
 def _causal(expansion) -> np.ndarray:
     """Which events an expansion reached (its head excluded) through anything but those links."""
     via_kind, via_id = expansion[3][1:], expansion[4][1:]
-    return ~((via_kind == 1) & np.isin(via_id, _NOT_CAUSAL))
+    out = np.ones(len(via_kind), bool)
+    link = np.flatnonzero(via_kind == 1)      # reached by a link: via_id is its type code
+    out[link] = ~_NOT_CAUSAL[via_id[link]]
+    return out
 
 
 # ------------------------------------------------------------------------------------ engine

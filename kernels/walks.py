@@ -160,3 +160,45 @@ def row_links(loc, grow, times, out_ptr, out_dst, out_type, out_time, out_shard,
         total[j] = pos
         ptr[j + 1] = m
     return ptr, vs[:m].copy(), ty[:m].copy(), ps[:m].copy(), tm[:m].copy(), sh[:m].copy(), total
+
+
+@njit
+def walkable_entities(loc, ev_ptr, ev_ent, ent_w, hold_ptr, hold, gent):
+    """The entities an expansion walks from local rows ``loc``: each row's entities (``ev_ent``
+    slice ``[ev_ptr[r], ev_ptr[r + 1])``, mention order) of weight ``ent_w > 0``, rows in ``loc``
+    order. Returns (local entity ids, row index in ``loc`` of each, ptr [len(loc) + 1] into
+    them, global id and weight of each, and their holder shards as CSR: hold_ptr, hold)."""
+    n = 0
+    h = 0
+    for i in range(loc.shape[0]):
+        r = loc[i]
+        for j in range(ev_ptr[r], ev_ptr[r + 1]):
+            e = ev_ent[j]
+            if ent_w[e] > 0.0:
+                n += 1
+                h += hold_ptr[e + 1] - hold_ptr[e]
+    le = np.empty(n, np.int64)
+    of = np.empty(n, np.int64)
+    ptr = np.zeros(loc.shape[0] + 1, np.int64)
+    gid = np.empty(n, np.int64)
+    w = np.empty(n, np.float32)
+    h_ptr = np.zeros(n + 1, np.int64)
+    h_out = np.empty(h, np.int32)
+    m = 0
+    hm = 0
+    for i in range(loc.shape[0]):
+        r = loc[i]
+        for j in range(ev_ptr[r], ev_ptr[r + 1]):
+            e = ev_ent[j]
+            if ent_w[e] > 0.0:
+                le[m] = e
+                of[m] = i
+                gid[m] = gent[e]
+                w[m] = ent_w[e]
+                for x in range(hold_ptr[e], hold_ptr[e + 1]):
+                    h_out[hm] = hold[x]
+                    hm += 1
+                m += 1
+                h_ptr[m] = hm
+        ptr[i + 1] = m
+    return le, of, ptr, gid, w, h_ptr, h_out

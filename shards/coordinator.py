@@ -225,7 +225,8 @@ class DistributedGraph:
         self._learn_reach(res)
         # the merged top k: best score first, then lower row, then lower shard
         parts = [(s, int(out["counts"][0]), out) for s, out in res.items()]
-        c_rows = np.concatenate([np.asarray(out["rows"][0, :c], np.int64) for s, c, out in parts] or [np.zeros(0, np.int64)])
+        c_rows = np.concatenate([np.asarray(out["rows"][0, :c], np.int64) for s, c, out in parts]
+                                or [np.zeros(0, np.int64)])
         c_scores = np.concatenate([np.asarray(out["scores"][0, :c], np.float32) for s, c, out in parts]
                                   or [np.zeros(0, np.float32)])
         c_shards = np.concatenate([np.full(c, s, np.int64) for s, c, out in parts] or [np.zeros(0, np.int64)])

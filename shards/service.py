@@ -31,7 +31,7 @@ from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.filters import Filters
 from fastctx.graph import entity_weights, filter_rows
 from fastctx.index import Index
-from fastctx.kernels.walks import row_links, walk_parts
+from fastctx.kernels.walks import row_links, walk_parts, walkable_entities
 from fastctx.params import AnswerParams
 from fastctx.partition import read_sidecar
 from fastctx.view import View, holds_acl
@@ -129,6 +129,9 @@ class ShardService:
         self.ent_df = np.asarray(self.sc.ent_df, np.int64)
         self.local_ent = {int(e): i for i, e in enumerate(self.gent.tolist())}
         self.slot = (sh.entity_flags & 1).astype(bool) if sh.n_entities else np.zeros(0, bool)
+        self.hold_ptr = np.ascontiguousarray(self.sc.hold_ptr, np.int64)
+        self.hold = np.ascontiguousarray(self.sc.hold, np.int32)
+        self._no_weights = np.zeros(1, np.float32)
         # postings keys in (time, global row) order, per entity slice
         self.post_t = self.times[self.ent_rows] if len(self.ent_rows) else np.zeros(0, np.int64)
         self.post_g = self.grow[self.ent_rows] if len(self.ent_rows) else np.zeros(0, np.int64)
@@ -361,21 +364,13 @@ class ShardService:
     def _entities(self, loc: np.ndarray, p: dict):
         """The entities of local rows ``loc`` an expansion walks (weight > 0), in the rows'
         mention order: (local entity ids, row index of each, {ptr, gid, w, hold_ptr, hold})."""
-        if p["direction"] & 3 and p["max_per_entity"] > 0:
-            ew = self._ent_w(p)
-            cnt = self.ev_ptr[loc + 1] - self.ev_ptr[loc]
-            le = np.asarray(self.ev_ent[_ranges(self.ev_ptr[loc], cnt)], np.int64)
-            of = np.repeat(np.arange(len(loc)), cnt)
-            keep = ew[le] > 0.0
-            le, of = le[keep], of[keep]
-        else:
-            ew, le, of = np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        hp = np.asarray(self.sc.hold_ptr, np.int64)
-        h_cnt = hp[le + 1] - hp[le]
-        return le, of, {"ptr": np.searchsorted(of, np.arange(len(loc) + 1)).astype(np.int64),
-                        "gid": self.gent[le], "w": np.asarray(ew[le], np.float32),
-                        "hold_ptr": np.concatenate([[0], np.cumsum(h_cnt)]).astype(np.int64),
-                        "hold": np.asarray(self.sc.hold, np.int32)[_ranges(hp[le], h_cnt)]}
+        walks = bool(p["direction"] & 3 and p["max_per_entity"] > 0)
+        le, of, ptr, gid, w, hold_ptr, hold = walkable_entities(
+            np.ascontiguousarray(loc if walks else loc[:0], np.int64), self.ev_ptr, self.ev_ent,
+            self._ent_w(p) if walks else self._no_weights, self.hold_ptr, self.hold, self.gent)
+        if not walks:   # no entity walks: every row lists none
+            ptr = np.zeros(len(loc) + 1, np.int64)
+        return le, of, {"ptr": ptr, "gid": gid, "w": w, "hold_ptr": hold_ptr, "hold": hold}
 
     def _reach(self, out: dict, cap: int, p: dict, asked=None) -> dict:
         """The walkable entities (with holders) of up to `cap` rows of this shard: the owned rows

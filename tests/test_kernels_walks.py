@@ -1,6 +1,7 @@
-"""`walk_parts` (a shard's part of entity walks) against a plain-Python reference, on
-hypothesis-generated postings: hubs (the hub window), ties in time, the walk's own row, as_of,
-time windows, entities the shard does not hold, empty inputs."""
+"""`walk_parts` (a shard's part of entity walks) and `walkable_entities` (the entities it walks
+from a set of rows) against plain-Python references, on hypothesis-generated postings: hubs
+(the hub window), ties in time, the walk's own row, as_of, time windows, entities the shard
+does not hold, empty inputs."""
 from __future__ import annotations
 
 import bisect
@@ -9,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastctx.kernels.walks import walk_parts
+from fastctx.kernels.walks import walk_parts, walkable_entities
 
 I64_MAX = np.iinfo(np.int64).max
 
@@ -100,3 +101,43 @@ def test_many_entries_grow_the_buffers():
     assert out[0].tolist() == [0, n]
     assert sorted(out[1].tolist()) == list(range(n))
     assert out[2][~out[3]].tolist() == [250]               # the walk's own row: listed, not eligible
+
+
+def walkable_entities_reference(loc, ev_ptr, ev_ent, ent_w, hold_ptr, hold, gent):
+    le, of, ptr, gid, w, h_ptr, h = [], [], [0], [], [], [0], []
+    for i, r in enumerate(loc):
+        for e in ev_ent[ev_ptr[r]:ev_ptr[r + 1]]:
+            if ent_w[e] > 0:
+                le.append(e), of.append(i), gid.append(gent[e]), w.append(ent_w[e])
+                h.extend(hold[hold_ptr[e]:hold_ptr[e + 1]])
+                h_ptr.append(len(h))
+        ptr.append(len(le))
+    return le, of, ptr, gid, w, h_ptr, h
+
+
+@st.composite
+def entity_lists(draw):
+    n_ent = draw(st.integers(1, 8))
+    n_rows = draw(st.integers(0, 8))
+    per_row = [draw(st.lists(st.integers(0, n_ent - 1), max_size=5)) for _ in range(n_rows)]
+    holders = [draw(st.lists(st.integers(0, 3), max_size=3)) for _ in range(n_ent)]
+    ent_w = [draw(st.sampled_from([0.0, 0.25, 0.8])) for _ in range(n_ent)]
+    loc = draw(st.lists(st.integers(0, n_rows - 1), max_size=6)) if n_rows else []
+    return loc, per_row, holders, ent_w
+
+
+@settings(max_examples=200, deadline=None)
+@given(entity_lists())
+def test_walkable_entities_matches_reference(case):
+    loc, per_row, holders, ent_w = case
+    ev_ptr = np.cumsum([0] + [len(x) for x in per_row]).astype(np.int64)
+    ev_ent = np.array([e for x in per_row for e in x], np.int32)
+    hold_ptr = np.cumsum([0] + [len(x) for x in holders]).astype(np.int64)
+    hold = np.array([s for x in holders for s in x], np.int32)
+    gent = np.arange(len(ent_w), dtype=np.int64) * 7 + 3
+    w32 = np.array(ent_w, np.float32)
+    got = walkable_entities(np.array(loc, np.int64), ev_ptr, ev_ent, w32, hold_ptr, hold, gent)
+    want = walkable_entities_reference(loc, ev_ptr, ev_ent, w32, hold_ptr, hold, gent)
+    for g, w in zip(got, want):
+        assert g.tolist() == [x.item() if hasattr(x, "item") else x for x in w]
+    assert got[4].dtype == np.float32 and got[6].dtype == np.int32
