@@ -149,16 +149,7 @@ class DistributedGraph:
                         if b >= 0:
                             self.owner[b] = s
                 elif f == "rev":
-                    ptr, rr = out["rev_ptr"], out["rev_rows"].tolist()
-                    rt, rs, ra = out["rev_time"].tolist(), out["rev_shard"].tolist(), out["rev_at"].tolist()
-                    for j, r in enumerate(v):
-                        lst = []
-                        for x in range(int(ptr[j]), int(ptr[j + 1])):
-                            lst.append(rr[x])
-                            self.owner[rr[x]] = rs[x]
-                            self.cache["time"][rr[x]] = rt[x]
-                            self.cache["sup"][rr[x]] = (r, ra[x])
-                        self.cache["rev"][r] = lst
+                    self._store_rev(v, out, "")
                 elif f == "vector":
                     self.vecs.put(np.asarray(v, np.int64), out["vector"])
                 else:
@@ -166,6 +157,29 @@ class DistributedGraph:
                     vals = vals.tolist() if isinstance(vals, np.ndarray) else vals
                     for r, x in zip(v, vals):
                         self.cache[f][r] = x
+
+    def _store_rev(self, rows: list, out: dict, prefix: str, keep=None) -> None:
+        """Cache the rows each of `rows` superseded (a Fetch reply's `rev_*` fields, or a Search
+        reply's `hit_rev_*`), with their times, owners and superseder; `keep`: which of `rows`."""
+        ptr = np.asarray(out[prefix + "rev_ptr"], np.int64)
+        some = ptr[1:] > ptr[:-1]                 # most rows replaced nothing
+        take = some if keep is None else some & np.asarray(keep, bool)
+        none = ~some if keep is None else ~some & np.asarray(keep, bool)
+        rev = self.cache["rev"]
+        rev.update((r, []) for r in np.asarray(rows, np.int64)[none].tolist())
+        if not take.any():
+            return
+        rr, rt = out[prefix + "rev_rows"].tolist(), out[prefix + "rev_time"].tolist()
+        rs, ra = out[prefix + "rev_shard"].tolist(), out[prefix + "rev_at"].tolist()
+        for j in np.flatnonzero(take).tolist():
+            r = int(rows[j])
+            lst = []
+            for x in range(int(ptr[j]), int(ptr[j + 1])):
+                lst.append(rr[x])
+                self.owner[rr[x]] = rs[x]
+                self.cache["time"][rr[x]] = rt[x]
+                self.cache["sup"][rr[x]] = (r, ra[x])
+            rev[r] = lst
 
     def _riders(self, reqs: dict, fields: list) -> dict:
         """Add to a chain's vector fetch (`_chain_relevance`, right after the expansion) the ids
@@ -212,8 +226,9 @@ class DistributedGraph:
         # each shard's share of the merged top k plus a margin (the rest is fetched when read)
         req["hit_rows"] = min(int(k), -(-5 * int(k) // (4 * n_sh)) + 16) if n_sh > 1 else int(k)
         # what the query type reads of every hit next: a chain query its head choice (vectors,
-        # times) and budget (tokens); current/as_of its grouping (slot entity, supersession)
-        req["hit_fields"] = ["vector", "time", "tokens"] if self.qtype == "chain" else ["slot", "sup", "tokens"]
+        # times) and budget (tokens); current/as_of its grouping (slot entity, supersession) and
+        # the versions a winner replaced (rev), which would otherwise take a round of their own
+        req["hit_fields"] = ["vector", "time", "tokens"] if self.qtype == "chain" else ["slot", "sup", "tokens", "rev"]
         if self.qtype == "chain":
             if self.reach:   # the candidates' entities: their first wave asks owners and holders at once
                 p = self.params
@@ -244,7 +259,9 @@ class DistributedGraph:
             pos += c
             rows_m = hit[mine].tolist()
             for f in req["hit_fields"]:
-                if f == "vector" and "hit_vector" in out:
+                if f == "rev" and "hit_rev_ptr" in out:
+                    self._store_rev(hit.tolist(), out, "hit_", mine)
+                elif f == "vector" and "hit_vector" in out:
                     self.vecs.put(hit[mine], out["hit_vector"][mine])
                 elif f == "sup" and "hit_sup_by" in out:
                     by, at, sh = (out[x][mine].tolist() for x in ("hit_sup_by", "hit_sup_at", "hit_sup_shard"))

@@ -294,8 +294,7 @@ class ShardService:
                 lo, hi = self.sc.rev_ptr[loc], self.sc.rev_ptr[loc + 1]
                 ptr = np.zeros(len(loc) + 1, np.int64)
                 np.cumsum(hi - lo, out=ptr[1:])
-                idx = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())] or
-                                     [np.zeros(0, np.int64)]).astype(np.int64)
+                idx = _ranges(lo, hi - lo)
                 out["rev_ptr"], out["rev_rows"] = ptr, self.sc.rev_rows[idx]
                 out["rev_time"], out["rev_shard"] = self.sc.rev_time[idx], self.sc.rev_shard[idx]
                 out["rev_at"] = np.repeat(self.times[loc], hi - lo)

@@ -295,7 +295,7 @@ FETCH_FIELDS = frozenset({"time", "tokens", "vector", "sup", "slot", "rev", "id"
                           "visible"})
 
 
-HIT_FIELDS = frozenset({"vector", "time", "tokens", "slot", "sup"})
+HIT_FIELDS = frozenset({"vector", "time", "tokens", "slot", "sup", "rev"})
 
 
 def _fields(name, v, allowed=FETCH_FIELDS):
