@@ -123,8 +123,12 @@ def test_coordinator_over_mutual_tls_shards_answers_like_plaintext(world, pki):
                        tls_client_ca=pki / "ca.pem").start() for k in range(2)]
     plain = [ShardServer(world["dir"], k).start() for k in range(2)]
     creds = channel_credentials(pki / "ca.pem", pki / "client.pem", pki / "client.key")
-    c_tls = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(tls)}, credentials=creds))
-    c_plain = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(plain)}))
+    # generous per-call limits: a first call (handshake, kernels loaded) on a loaded machine can
+    # pass the 2 s default, and this test is about what TLS answers, not how fast
+    slow = {"call_timeout_s": 30.0, "hedge_s": None}
+    c_tls = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(tls)}, credentials=creds, **slow),
+                        deadline_s=60.0)
+    c_plain = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(plain)}, **slow), deadline_s=60.0)
     c_nocert = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(tls)},
                                           credentials=channel_credentials(pki / "ca.pem")), deadline_s=2.0)
     try:
@@ -216,7 +220,7 @@ def token_cluster(world, pki, tmp_path_factory):
     tokens = tmp_path_factory.mktemp("tok") / "tokens.json"
     tokens.write_text(json.dumps({TOKEN_A: ["user:ana", "group:payments"], TOKEN_B: ["user:bo"]}))
     shards = [ShardServer(world["dir"], k).start() for k in range(2)]
-    coord = RecordingCoordinator(remote_cluster({k: [s.address] for k, s in enumerate(shards)}))
+    coord = RecordingCoordinator(remote_cluster({k: [s.address] for k, s in enumerate(shards)}, call_timeout_s=30.0))
     srv = CoordinatorServer(coord, tls_cert=pki / "server.pem", tls_key=pki / "server.key", tokens=tokens).start()
     yield {"srv": srv, "coord": coord, "tokens": tokens, "shards": shards}
     srv.stop(0)
@@ -269,7 +273,7 @@ def test_principals_come_from_the_token_and_requests_only_narrow_them(world, pki
 
 def test_without_tokens_an_index_with_access_lists_needs_principals(world, token_cluster):
     shards = token_cluster["shards"]
-    coord = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(shards)}))
+    coord = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(shards)}, call_timeout_s=30.0))
     srv = CoordinatorServer(coord).start()
     try:
         with connect(srv.address) as c:

@@ -38,7 +38,8 @@ def remote(tmp_path_factory):
     d = tmp_path_factory.mktemp("integ") / "two"
     fastctx.build(SAMPLE, d, shards=2)
     shards = [ShardServer(d, k, port=0).start() for k in range(2)]
-    coord = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(shards)}))
+    # a generous per-call limit: the first calls load the kernels, slow on a loaded machine
+    coord = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(shards)}, call_timeout_s=30.0))
     server = CoordinatorServer(coord, port=0).start()
     client = fastctx.connect(server.address)
     yield client

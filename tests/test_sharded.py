@@ -152,7 +152,8 @@ def test_four_servers_equal_one_embedded_shard(world, cluster):
 
 
 def test_side_by_side_coordinators_agree(world, cluster):
-    other = Coordinator(remote_cluster({k: [s.address for s in v] for k, v in cluster.shards.items()}))
+    other = Coordinator(remote_cluster({k: [s.address for s in v] for k, v in cluster.shards.items()},
+                                       call_timeout_s=30.0))
     try:
         for q, kw in list(_cases(world["queries"]))[:9]:
             _same(cluster.client.query(q, **kw), other.query(q, **kw))
@@ -244,8 +245,9 @@ def text_world(text_corpus, tmp_path_factory):
 def test_text_queries_seed_round_carries_lexical_hits_and_vectors(text_corpus, text_world):
     """Vector and lexical seeds come back in one Search round; a chain query's hits bring their
     vectors and times along (no Fetch of seed vectors), a current query's hits their slot
-    entities, supersession and the versions they replaced; why-path ids and entity names ride with the vector fetch after
-    the expansion; payloads are fetched once; answers equal the embedded ones."""
+    entities, supersession and the versions they replaced; why-path ids and entity names ride
+    with the vector fetch after the expansion; payloads are fetched once; answers equal the
+    embedded ones."""
     one, four = text_world
     co = open_local(four)
     rounds = _Rounds(co)
