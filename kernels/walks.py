@@ -168,37 +168,25 @@ def walkable_entities(loc, ev_ptr, ev_ent, ent_w, hold_ptr, hold, gent):
     slice ``[ev_ptr[r], ev_ptr[r + 1])``, mention order) of weight ``ent_w > 0``, rows in ``loc``
     order. Returns (local entity ids, row index in ``loc`` of each, ptr [len(loc) + 1] into
     them, global id and weight of each, and their holder shards as CSR: hold_ptr, hold)."""
-    n = 0
-    h = 0
+    cap = 0
     for i in range(loc.shape[0]):
-        r = loc[i]
-        for j in range(ev_ptr[r], ev_ptr[r + 1]):
-            e = ev_ent[j]
-            if ent_w[e] > 0.0:
-                n += 1
-                h += hold_ptr[e + 1] - hold_ptr[e]
-    le = np.empty(n, np.int64)
-    of = np.empty(n, np.int64)
+        cap += ev_ptr[loc[i] + 1] - ev_ptr[loc[i]]
+    le = np.empty(cap, np.int64)
+    of = np.empty(cap, np.int64)
     ptr = np.zeros(loc.shape[0] + 1, np.int64)
-    gid = np.empty(n, np.int64)
-    w = np.empty(n, np.float32)
-    h_ptr = np.zeros(n + 1, np.int64)
-    h_out = np.empty(h, np.int32)
     m = 0
-    hm = 0
     for i in range(loc.shape[0]):
-        r = loc[i]
-        for j in range(ev_ptr[r], ev_ptr[r + 1]):
-            e = ev_ent[j]
-            if ent_w[e] > 0.0:
-                le[m] = e
+        for j in range(ev_ptr[loc[i]], ev_ptr[loc[i] + 1]):
+            if ent_w[ev_ent[j]] > 0.0:
+                le[m] = ev_ent[j]
                 of[m] = i
-                gid[m] = gent[e]
-                w[m] = ent_w[e]
-                for x in range(hold_ptr[e], hold_ptr[e + 1]):
-                    h_out[hm] = hold[x]
-                    hm += 1
                 m += 1
-                h_ptr[m] = hm
         ptr[i + 1] = m
-    return le, of, ptr, gid, w, h_ptr, h_out
+    le, of = le[:m].copy(), of[:m].copy()
+    h_ptr = np.zeros(m + 1, np.int64)
+    for k in range(m):
+        h_ptr[k + 1] = h_ptr[k] + hold_ptr[le[k] + 1] - hold_ptr[le[k]]
+    h_out = np.empty(h_ptr[m], np.int32)
+    for k in range(m):
+        h_out[h_ptr[k]:h_ptr[k + 1]] = hold[hold_ptr[le[k]]:hold_ptr[le[k] + 1]]
+    return le, of, ptr, gent[le], ent_w[le].astype(np.float32), h_ptr, h_out

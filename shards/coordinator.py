@@ -162,11 +162,11 @@ class DistributedGraph:
         """Cache the rows each of `rows` superseded (a Fetch reply's `rev_*` fields, or a Search
         reply's `hit_rev_*`), with their times, owners and superseder; `keep`: which of `rows`."""
         ptr = np.asarray(out[prefix + "rev_ptr"], np.int64)
+        sel = np.ones(len(rows), bool) if keep is None else np.asarray(keep, bool)
         some = ptr[1:] > ptr[:-1]                 # most rows replaced nothing
-        take = some if keep is None else some & np.asarray(keep, bool)
-        none = ~some if keep is None else ~some & np.asarray(keep, bool)
         rev = self.cache["rev"]
-        rev.update((r, []) for r in np.asarray(rows, np.int64)[none].tolist())
+        rev.update((r, []) for r in np.asarray(rows, np.int64)[sel & ~some].tolist())
+        take = sel & some
         if not take.any():
             return
         rr, rt = out[prefix + "rev_rows"].tolist(), out[prefix + "rev_time"].tolist()

@@ -131,7 +131,6 @@ class ShardService:
         self.slot = (sh.entity_flags & 1).astype(bool) if sh.n_entities else np.zeros(0, bool)
         self.hold_ptr = np.ascontiguousarray(self.sc.hold_ptr, np.int64)
         self.hold = np.ascontiguousarray(self.sc.hold, np.int32)
-        self._no_weights = np.zeros(1, np.float32)
         # postings keys in (time, global row) order, per entity slice
         self.post_t = self.times[self.ent_rows] if len(self.ent_rows) else np.zeros(0, np.int64)
         self.post_g = self.grow[self.ent_rows] if len(self.ent_rows) else np.zeros(0, np.int64)
@@ -363,12 +362,13 @@ class ShardService:
     def _entities(self, loc: np.ndarray, p: dict):
         """The entities of local rows ``loc`` an expansion walks (weight > 0), in the rows'
         mention order: (local entity ids, row index of each, {ptr, gid, w, hold_ptr, hold})."""
-        walks = bool(p["direction"] & 3 and p["max_per_entity"] > 0)
+        if not (p["direction"] & 3 and p["max_per_entity"] > 0):   # no entity walks: no row lists any
+            none = np.zeros(0, np.int64)
+            return none, none, {"ptr": np.zeros(len(loc) + 1, np.int64), "gid": none, "w": np.zeros(0, np.float32),
+                                "hold_ptr": np.zeros(1, np.int64), "hold": np.zeros(0, np.int32)}
         le, of, ptr, gid, w, hold_ptr, hold = walkable_entities(
-            np.ascontiguousarray(loc if walks else loc[:0], np.int64), self.ev_ptr, self.ev_ent,
-            self._ent_w(p) if walks else self._no_weights, self.hold_ptr, self.hold, self.gent)
-        if not walks:   # no entity walks: every row lists none
-            ptr = np.zeros(len(loc) + 1, np.int64)
+            np.ascontiguousarray(loc, np.int64), self.ev_ptr, self.ev_ent, self._ent_w(p), self.hold_ptr, self.hold,
+            self.gent)
         return le, of, {"ptr": ptr, "gid": gid, "w": w, "hold_ptr": hold_ptr, "hold": hold}
 
     def _reach(self, out: dict, cap: int, p: dict, asked=None) -> dict:
