@@ -67,7 +67,11 @@ _NOT_CAUSAL[[LINK_TYPES.index(t) for t in ("reply", "same_actor", "co_mention")]
 
 def _causal(expansion) -> np.ndarray:
     """Which events an expansion reached (its head excluded) through anything but those links."""
-    via_kind, via_id = expansion[3][1:], expansion[4][1:]
+    return _causal_flags(expansion[3][1:], expansion[4][1:])
+
+
+def _causal_flags(via_kind: np.ndarray, via_id: np.ndarray) -> np.ndarray:
+    """Per reached event (how it was reached: `via_kind`, `via_id`), whether that was causal."""
     out = np.ones(len(via_kind), bool)
     link = np.flatnonzero(via_kind == 1)      # reached by a link: via_id is its type code
     out[link] = ~_NOT_CAUSAL[via_id[link]]
@@ -202,12 +206,16 @@ class Engine:
         """Cosine of each hit to the query after removing what the hits share (`mean`, by default
         their mean): the words every hit has (the service, the topic) stop counting, and what is
         specific to the query's situation decides. Plain similarity when there are too few hits."""
+        q = np.asarray(q, np.float64)
         if len(vecs) < 8:
-            return vecs @ np.asarray(q, np.float64)
+            return vecs @ q
         if mean is None:
             mean = vecs.mean(axis=0)
-        qc, vc = np.asarray(q, np.float64) - mean, vecs - mean
-        return (vc @ qc) / np.maximum(np.linalg.norm(vc, axis=1) * np.linalg.norm(qc), 1e-12)
+        # (v - m).(q - m) and |v - m| expanded, so no centred copy of the hits is made
+        qc = q - mean
+        v_m = vecs @ mean
+        sq = np.maximum(np.einsum("ij,ij->i", vecs, vecs) - 2.0 * v_m + float(mean @ mean), 0.0)
+        return (vecs @ qc - float(mean @ qc)) / np.maximum(np.sqrt(sq) * np.linalg.norm(qc), 1e-12)
 
     @staticmethod
     def _chain_relevance(g, q: np.ndarray, expansions, mass_cap: float = 1.0) -> np.ndarray:
@@ -217,21 +225,25 @@ class Engine:
         same-actor links) past the first unit, up to `mass_cap` in all. A look-alike standing
         alone, or one whose neighbourhood is about something else, gets little; a situation with
         a relevant, linked history gets the most."""
-        reached = [res[0][1:] for res in expansions]
-        flat = np.concatenate(reached) if reached else np.zeros(0, np.int64)
-        qsim = np.maximum(np.asarray(g.vectors(flat), np.float64) @ np.asarray(q, np.float64), 0.0) if len(flat) else flat
-        out = np.zeros(len(expansions))
-        at = 0
-        for i, res in enumerate(expansions):
-            ev = res[1][1:].astype(np.float64)
-            mass = ev.sum()
-            if mass > 0:
-                units = min(mass, 1.0)
-                if mass_cap > 1.0:
-                    units += min(max(float(ev[_causal(res)].sum()) - 1.0, 0.0), mass_cap - 1.0)
-                out[i] = float(ev @ qsim[at:at + len(ev)]) / mass * units
-            at += len(ev)
-        return out
+        n = len(expansions)
+        lens = [max(len(res[0]) - 1, 0) for res in expansions]
+        if not n or not sum(lens):
+            return np.zeros(n)
+        flat = np.concatenate([res[0][1:] for res in expansions])
+        # candidates reach many of the same rows: each row's vector is read once
+        uniq, inv = np.unique(flat, return_inverse=True)
+        qsim = np.maximum(np.asarray(g.vectors(uniq), np.float64) @ np.asarray(q, np.float64), 0.0)[inv.ravel()]
+        ev = np.concatenate([res[1][1:] for res in expansions]).astype(np.float64)
+        owner = np.repeat(np.arange(n), lens)
+        mass = np.bincount(owner, weights=ev, minlength=n)
+        units = np.minimum(mass, 1.0)
+        if mass_cap > 1.0:
+            causal = _causal_flags(np.concatenate([res[3][1:] for res in expansions]),
+                                   np.concatenate([res[4][1:] for res in expansions]))
+            causal_mass = np.bincount(owner, weights=np.where(causal, ev, 0.0), minlength=n)
+            units += np.clip(causal_mass - 1.0, 0.0, mass_cap - 1.0)
+        weighted = np.bincount(owner, weights=ev * qsim, minlength=n)
+        return np.where(mass > 0, weighted / np.maximum(mass, 1e-300) * units, 0.0)
 
     def _chain(self, g, q, rows, sims, lex, filters: Filters, direction: int, budget: int, fill: bool,
                dates: Sequence[tuple[int, int]] = ()):
@@ -242,11 +254,13 @@ class Engine:
         slack = int(p.window_slack_days * DAY)
         t_lo = max(t_lo - slack, np.iinfo(np.int64).min // 2) if filters.time_from is not None else t_lo
         exp_hi = np.iinfo(np.int64).max if filters.as_of is None else filters.as_of
-        vecs = np.asarray(g.vectors(rows), np.float64)
+        v32 = np.asarray(g.vectors(rows), np.float32)
+        vecs = v32.astype(np.float64)
         mean = vecs.mean(axis=0) if len(rows) >= 8 else None
         # a second search only when the first may have missed rows (it returned all it was asked)
         if mean is not None and p.specific_seeds > 0 and len(rows) >= p.seed_k:
             rows, sims, lex, vecs = self._specific_seeds(g, q, mean, rows, sims, lex, vecs, filters)
+            v32 = vecs.astype(np.float32)
         times = np.asarray(g.times(rows), np.int64)
         specific = self._specific_similarity(vecs, q, mean)
         recency = self._recency(times, filters, direction)
@@ -257,7 +271,8 @@ class Engine:
         base = specific + p.recency * recency + p.lexical * lex + p.date_weight * named
         pool = np.lexsort((np.arange(len(rows)), -base))[:2 * p.candidates]
         later = times[None, :] > times[pool][:, None]
-        later_cos = np.where(later, vecs[pool] @ vecs.T, -1.0).max(axis=1)
+        # a threshold test: single precision is plenty, and twice as fast
+        later_cos = np.where(later, (v32[pool] @ v32.T).astype(np.float64), -1.0).max(axis=1)
         prior = base[pool] - p.older_version_penalty * np.maximum(later_cos - p.older_version_cos, 0.0)
         top = np.lexsort((pool, -prior))[:p.candidates]
         chosen = pool[top]
@@ -368,12 +383,15 @@ class Engine:
         sorter = np.argsort(cand_rows, kind="stable")
         w_in = np.asarray(weights, np.float64)
         out = w_in.copy()
-        for j, (_, _, res) in enumerate(cands):
-            reached, sc = res[0][1:], res[1][1:].astype(np.float64)
-            pos = np.minimum(np.searchsorted(cand_rows, reached, sorter=sorter), len(cand_rows) - 1)
-            hit = cand_rows[sorter[pos]] == reached
-            if hit.any():
-                out[j] = max(out[j], float((w_in[sorter[pos[hit]]] * sc[hit]).max()))
+        reached = [res[0][1:] for _, _, res in cands]
+        if not cands or not sum(len(r) for r in reached):
+            return out.tolist()
+        flat = np.concatenate(reached)
+        sc = np.concatenate([res[1][1:] for _, _, res in cands]).astype(np.float64)
+        owner = np.repeat(np.arange(len(cands)), [len(r) for r in reached])
+        pos = np.minimum(np.searchsorted(cand_rows, flat, sorter=sorter), len(cand_rows) - 1)
+        hit = cand_rows[sorter[pos]] == flat
+        np.maximum.at(out, owner[hit], w_in[sorter[pos[hit]]] * sc[hit])
         return out.tolist()
 
     @staticmethod
@@ -421,25 +439,31 @@ class Engine:
             return [], None
         as_of = filters.as_of
         sims = sims + self.params.lexical * lex
+        rows = np.asarray(rows, np.int64)
+        slots = np.asarray(g.slot_entity(rows.tolist()), np.int64)
+        # one group per slot entity, and per latest version for hits without one (key -2 - row)
+        key = slots.copy()
+        loose = slots < 0
+        key[loose] = -2 - np.asarray(self._latest(g, rows[loose].tolist(), as_of), np.int64)
+        uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        inv = inv.ravel()
+        # a group's score: the sum of its two best similarities; ties to the lowest first row
+        by_group = np.lexsort((-sims, inv))
+        starts = np.flatnonzero(np.r_[True, np.diff(inv[by_group]) != 0])
+        rank = np.arange(len(by_group)) - np.repeat(starts, np.diff(np.r_[starts, len(by_group)]))
+        top2 = by_group[rank < 2]
+        score = np.bincount(inv[top2], weights=sims[top2], minlength=len(uniq))
+        b = int(np.lexsort((rows[first], -score))[0])
+        best = ("slot", int(uniq[b])) if uniq[b] >= 0 else ("version", int(-2 - uniq[b]))
+        first_row = int(rows[first[b]])
         row_list = rows.tolist()
-        slots = np.asarray(g.slot_entity(row_list), np.int64).tolist()
-        no_slot = [r for r, s in zip(row_list, slots) if s < 0]
-        latest = dict(zip(no_slot, self._latest(g, no_slot, as_of)))
-        groups: dict[tuple, list[float]] = {}
-        first_row: dict[tuple, int] = {}
-        for r, s, slot in zip(row_list, sims.tolist(), slots):
-            key = ("slot", slot) if slot >= 0 else ("version", latest[r])
-            groups.setdefault(key, []).append(s)
-            first_row.setdefault(key, r)
-        best = max(groups, key=lambda k: (sum(sorted(groups[k], reverse=True)[:2]), -first_row[k]))
-        current = self._latest(g, [self._start(g, row_list, slots, best, first_row[best])], as_of)[0]
+        current = self._latest(g, [self._start(g, rows, slots, best, first_row)], as_of)[0]
         # the answer: the current fact first, then its earlier versions (flagged), then context
         chain = self._versions(g, current, as_of)
         # the answer: the current fact, its earlier versions (flagged), and what else mentions
         # its slot among the hits; further look-alikes only with `fill`
-        slot_of = dict(zip(row_list, slots))
-        mine = slot_of.get(first_row[best], -1)
-        related = [r for r in row_list if mine >= 0 and slot_of[r] == mine]
+        mine = int(slots[first[b]])
+        related = rows[slots == mine].tolist() if mine >= 0 else []
         order = ([(current, 1.0, "current version")] + [(r, 0.5, "earlier version") for r in chain]
                  + [(r, 0.5, "mentions the same fact") for r in related])
         if fill:
@@ -447,13 +471,13 @@ class Engine:
         return self._pack(g, order, budget), current
 
     @staticmethod
-    def _start(g, rows: list[int], slots: list[int], key: tuple, first: int) -> int:
+    def _start(g, rows: np.ndarray, slots: np.ndarray, key: tuple, first: int) -> int:
         """Where to follow the winning group to its current version. For a slot group, its best
         hit that is a version of the fact (superseded, or superseding another): a hit that only
         mentions the fact (a discussion) is never its current version. Else the group's best hit."""
         if key[0] != "slot":
             return first
-        members = [r for r, s in zip(rows, slots) if s == key[1]]
+        members = rows[slots == key[1]].tolist()
         by = np.asarray(g.supersession(members)[0]).tolist()
         earlier = g.superseded(members)
         for r, b, e in zip(members, by, earlier):
@@ -466,10 +490,23 @@ class Engine:
         """Follow superseded_by from each row to the version current now (or at as_of); all rows
         advance together, one batched lookup per step."""
         cur = list(rows)
-        seen = [{r} for r in rows]
-        active = list(range(len(rows)))
+        if not cur:
+            return cur
         walk = list(rows)   # may pass through versions the asker cannot see; lands only on visible ones
+        # the first step for every row at once: most hits were never superseded
+        by, at = (np.asarray(x, np.int64) for x in g.supersession(cur))
+        moves = (by >= 0) & (by != np.asarray(cur, np.int64))
+        if as_of is not None:
+            moves &= at <= as_of
+        active = np.flatnonzero(moves).tolist()
+        seen = {i: {cur[i], int(by[i])} for i in active}
+        for i in active:
+            walk[i] = int(by[i])
         while active:
+            vis = np.asarray(g.visible([walk[i] for i in active])).tolist()
+            for i, v in zip(active, vis):
+                if v:
+                    cur[i] = walk[i]
             by, at = g.supersession([walk[i] for i in active])
             nxt = []
             for i, b, a in zip(active, np.asarray(by).tolist(), np.asarray(at).tolist()):
@@ -478,11 +515,6 @@ class Engine:
                 seen[i].add(b)
                 walk[i] = b
                 nxt.append(i)
-            if nxt:
-                vis = np.asarray(g.visible([walk[i] for i in nxt])).tolist()
-                for i, v in zip(nxt, vis):
-                    if v:
-                        cur[i] = walk[i]
             active = nxt
         return cur
 

@@ -20,6 +20,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from .corpus import LINK_TYPES
+from .csr import min_marked
 from .derive import FLAG_LEXICAL, FLAG_NO_WALK, bm25
 from .filters import Filters
 from .kernels.expand import ExpandGraph, ExpandLimits, expand_batch
@@ -214,14 +215,7 @@ class LocalGraph:
         return out
 
     def slot_entity(self, rows):
-        g = self.graph
-        out = np.full(len(rows), -1, np.int64)
-        for j, r in enumerate(rows):
-            ents = g.ev_ent[g.ev_ptr[r]:g.ev_ptr[r + 1]]
-            slots = ents[self.slot[ents]]
-            if len(slots):
-                out[j] = int(slots.min())
-        return out
+        return min_marked(self.graph.ev_ptr, self.graph.ev_ent, rows, self.slot)
 
     def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
         """One independent expansion per seed; a list of (rows, scores, parent, via_kind, via_id,
@@ -238,7 +232,8 @@ class LocalGraph:
         scores = np.asarray(seed_scores, np.float32)
         if p.expansion == "best_first":
             res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits)
-            return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
+            bounds = res_ptr.tolist()
+            return [tuple([a[lo:hi] for a in out]) for lo, hi in zip(bounds[:-1], bounds[1:])]
         res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits._replace(min_score=0.0),
                                      ppr=(p.ppr_alpha, p.ppr_epsilon))
         groups = []

@@ -43,6 +43,7 @@ from typing import Optional
 import numpy as np
 
 from .corpus import REVERT_CODES
+from .csr import ranges
 from .params import BuildParams
 from .ray_graph import block_bounds
 from .supersession import _EXPLICIT, earliest_superseder, replaced_reverts
@@ -181,16 +182,9 @@ def _postings(e0: int, names: np.ndarray, slot_prefixes: tuple, rank_bounds: np.
         p_ent, p_sh = pair // n_shards, pair % n_shards
         starts = np.searchsorted(p_ent, p_ent, "left")
         cnt = np.searchsorted(p_ent, p_ent, "right") - starts
-        idx = _ranges(starts, cnt)
+        idx = ranges(starts, cnt)
         out += _split(np.repeat(p_sh, cnt), n_shards, p_ent[idx], p_sh[idx])
     return out
-
-
-def _ranges(starts: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-    """The concatenation of arange(s, s + c) for each (s, c)."""
-    ptr = np.zeros(len(cnt) + 1, np.int64)
-    np.cumsum(cnt, out=ptr[1:])
-    return np.repeat(starts - ptr[:-1], cnt) + np.arange(int(ptr[-1]), dtype=np.int64)
 
 
 def _rank_range(r0: int, r1: int, times: np.ndarray, shard_no, n_shards: int, full: bool, nb: int,
@@ -238,8 +232,8 @@ def _shard_pieces(r0: int, res: dict, times: np.ndarray, shard_no, n_shards: int
     by_shard = np.asarray(shard_no[by], np.int64)
     for k in range(n_shards):
         loc = np.flatnonzero(own == k)
-        o_idx = _ranges(out_ptr[loc], res["out_cnt"][loc])
-        i_idx = _ranges(in_ptr[loc], res["in_cnt"][loc])
+        o_idx = ranges(out_ptr[loc], res["out_cnt"][loc])
+        i_idx = ranges(in_ptr[loc], res["in_cnt"][loc])
         o_dst, i_src = res["out_dst"][o_idx], res["in_src"][i_idx]
         s_by = sup_by[loc]
         mine = by_shard == k

@@ -31,6 +31,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from fastctx.answer import Answer, AnswerParams, Engine, check_query
+from fastctx.csr import ranges
 from fastctx.derive import query_words
 from fastctx.encoder import from_record
 from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
@@ -591,10 +592,10 @@ class DistributedGraph:
         if not len(rows):
             return {}
         cnt = rk.hi[rows] - rk.lo[rows]
-        x = _ranges(rk.lo[rows], cnt)
+        x = ranges(rk.lo[rows], cnt)
         u, gid = np.repeat(rows, cnt), rk.gid[x]
         hcnt = rk.hhi[x] - rk.hlo[x]
-        h = rk.hold[_ranges(rk.hlo[x], hcnt)]
+        h = rk.hold[ranges(rk.hlo[x], hcnt)]
         u, gid = np.repeat(u, hcnt), np.repeat(gid, hcnt)
         ask = h != self.owner.a[u] - 1
         if self.missing:
@@ -652,16 +653,8 @@ class DistributedGraph:
         ent = (kind == 2) & (par >= 0)
         pairs = np.unique(np.stack([par[ent], via[ent]], 1), axis=0) if ent.any() else np.zeros((0, 2), np.int64)
         self._hint = (np.unique(par[par >= 0]), pairs[:, 0], pairs[:, 1])
-        return [tuple(a[res_ptr[i]:res_ptr[i + 1]] for a in out) for i in range(len(seeds))]
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + c)`` for each (start, count)."""
-    starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
-    total = int(counts.sum())
-    if not total:
-        return np.zeros(0, np.int64)
-    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts - starts, counts)
+        bounds = res_ptr.tolist()
+        return [tuple([a[lo:hi] for a in out]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def _cat_ptr(ptrs: list) -> np.ndarray:

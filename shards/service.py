@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from fastctx.columns import keys64
+from fastctx.csr import ranges
 from fastctx.derive import bm25
 from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.filters import Filters
@@ -293,7 +294,7 @@ class ShardService:
                 lo, hi = self.sc.rev_ptr[loc], self.sc.rev_ptr[loc + 1]
                 ptr = np.zeros(len(loc) + 1, np.int64)
                 np.cumsum(hi - lo, out=ptr[1:])
-                idx = _ranges(lo, hi - lo)
+                idx = ranges(lo, hi - lo)
                 out["rev_ptr"], out["rev_rows"] = ptr, self.sc.rev_rows[idx]
                 out["rev_time"], out["rev_shard"] = self.sc.rev_time[idx], self.sc.rev_shard[idx]
                 out["rev_at"] = np.repeat(self.times[loc], hi - lo)
@@ -420,7 +421,7 @@ class ShardService:
         """Per row, the smallest global id of its slot entities (-1: none)."""
         loc = np.asarray(loc, np.int64)
         counts = self.ev_ptr[loc + 1] - self.ev_ptr[loc]
-        ents = np.asarray(self.ev_ent[_ranges(self.ev_ptr[loc], counts)], np.int64)
+        ents = np.asarray(self.ev_ent[ranges(self.ev_ptr[loc], counts)], np.int64)
         is_slot = np.asarray(self.slot[ents], bool)
         owner = np.repeat(np.arange(len(loc)), counts)[is_slot]
         best = np.full(len(loc), np.iinfo(np.int64).max, np.int64)
@@ -441,12 +442,3 @@ class ShardService:
         le = self.local_ent.get(gid)
         return None if le is None else self.sh.entity_name(le)
 
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + c)`` for each (start, count), as int64 indices."""
-    starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
-    total = int(counts.sum())
-    if not total:
-        return np.zeros(0, np.int64)
-    before = np.cumsum(counts) - counts
-    return np.arange(total, dtype=np.int64) - np.repeat(before - starts, counts)

@@ -1,0 +1,26 @@
+"""Index arithmetic on CSR layouts (a pointer array over concatenated lists), in numpy."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + c)`` for each (start, count), as int64 indices: the
+    positions of several CSR lists at once."""
+    starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts - starts, counts)
+
+
+def min_marked(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """Per row of `rows`, the smallest of its values (``values[ptr[r]:ptr[r + 1]]``) that
+    `marked` (a bool per value) flags; -1 where none is."""
+    rows = np.asarray(rows, np.int64)
+    counts = ptr[rows + 1] - ptr[rows]
+    vals = np.asarray(values[ranges(ptr[rows], counts)], np.int64)
+    hit = np.asarray(marked[vals], bool)
+    best = np.full(len(rows), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(best, np.repeat(np.arange(len(rows)), counts)[hit], vals[hit])
+    return np.where(best == np.iinfo(np.int64).max, -1, best)
