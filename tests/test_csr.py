@@ -1,0 +1,38 @@
+"""fastctx/csr.py (several CSR lists at once) against plain-Python references."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastctx.csr import min_marked, ranges
+
+lists = st.lists(st.lists(st.integers(0, 30), max_size=6), max_size=8)
+
+
+def _csr(rows_of):
+    ptr = np.zeros(len(rows_of) + 1, np.int64)
+    ptr[1:] = np.cumsum([len(x) for x in rows_of])
+    vals = np.array([v for x in rows_of for v in x], np.int64)
+    return ptr, vals
+
+
+@settings(max_examples=200, deadline=None)
+@given(lists, st.data())
+def test_ranges_is_the_concatenated_aranges(rows_of, data):
+    ptr, _ = _csr(rows_of)
+    pick = data.draw(st.lists(st.integers(0, max(len(rows_of) - 1, 0)), max_size=10)) if rows_of else []
+    starts, counts = ptr[pick], ptr[np.asarray(pick, np.int64) + 1] - ptr[pick]
+    want = [i for s, c in zip(starts.tolist(), counts.tolist()) for i in range(s, s + c)]
+    got = ranges(starts, counts)
+    assert got.dtype == np.int64 and got.tolist() == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(lists, st.lists(st.booleans(), min_size=31, max_size=31), st.data())
+def test_min_marked_is_the_smallest_marked_value_per_row(rows_of, marked, data):
+    ptr, vals = _csr(rows_of)
+    pick = data.draw(st.lists(st.integers(0, max(len(rows_of) - 1, 0)), max_size=10)) if rows_of else []
+    marked = np.array(marked, bool)
+    want = [min((v for v in rows_of[r] if marked[v]), default=-1) for r in pick]
+    assert min_marked(ptr, vals, np.asarray(pick, np.int64), marked).tolist() == want
