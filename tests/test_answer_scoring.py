@@ -304,3 +304,17 @@ def test_without_causal_structure_direct_hits_from_the_best_ones_period_come_fir
     assert got[:3] == [0, 2, 3] and 1 not in got
     plain = replace(AnswerParams(), time_coherence_days=0.0)
     assert _hop_answer("reply", budget=6, g=_YearsApartGraph("reply"), params=plain)[:3] == [0, 1, 2]
+
+
+def test_later_cos_is_the_best_cosine_to_a_later_hit():
+    """The sliced product (latest pool hits first, each slice against the hits later than its
+    earliest member) equals the full masked product."""
+    rng = np.random.default_rng(3)
+    for n, n_pool, ties in ((300, 40, False), (64, 64, True), (9, 3, True), (5, 5, False)):
+        vecs = rng.standard_normal((n, 16)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        times = rng.integers(0, 20 if ties else 10**6, n)
+        pool = rng.permutation(n)[:n_pool]
+        full = (vecs[pool] @ vecs.T).astype(np.float64)
+        want = np.where(times[None, :] > times[pool][:, None], full, -1.0).max(axis=1)
+        assert np.allclose(Engine._later_cos(vecs, times, pool), want, atol=1e-6)
