@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ORGMEM
+from conftest import ORGMEM, need_orgmem
 
 ray = pytest.importorskip("ray", reason="the Ray build needs the optional 'ray' extra (pip install 'fastctx[ray]')")
 
@@ -26,6 +26,7 @@ N_SHARDS = 3
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    need_orgmem()
     root = tmp_path_factory.mktemp("raybuild")
     subprocess.run([sys.executable, str(ORGMEM / "generate.py"), str(root / "c"), "--events", "3000", "--dim", "48",
                     "--queries", "40", "--seed", "5", "--quiet"], check=True)
