@@ -1,6 +1,8 @@
 """Index arithmetic on CSR layouts (a pointer array over concatenated lists), in numpy."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -14,13 +16,16 @@ def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts - starts, counts)
 
 
-def min_marked(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray, marked: np.ndarray) -> np.ndarray:
+def min_marked(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray, marked: np.ndarray,
+               key: Optional[np.ndarray] = None) -> np.ndarray:
     """Per row of `rows`, the smallest of its values (``values[ptr[r]:ptr[r + 1]]``) that
-    `marked` (a bool per value) flags; -1 where none is."""
+    `marked` (a bool per value) flags, as ``key[value]`` when a `key` array is given (a shard's
+    global entity ids); -1 where none is."""
     rows = np.asarray(rows, np.int64)
     counts = ptr[rows + 1] - ptr[rows]
     vals = np.asarray(values[ranges(ptr[rows], counts)], np.int64)
     hit = np.asarray(marked[vals], bool)
+    vals = vals[hit] if key is None else np.asarray(key[vals[hit]], np.int64)
     best = np.full(len(rows), np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(best, np.repeat(np.arange(len(rows)), counts)[hit], vals[hit])
+    np.minimum.at(best, np.repeat(np.arange(len(rows)), counts)[hit], vals)
     return np.where(best == np.iinfo(np.int64).max, -1, best)

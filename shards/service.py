@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from fastctx.columns import keys64
-from fastctx.csr import ranges
+from fastctx.csr import min_marked, ranges
 from fastctx.derive import bm25
 from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.filters import Filters
@@ -419,14 +419,7 @@ class ShardService:
 
     def _slots(self, loc: np.ndarray) -> np.ndarray:
         """Per row, the smallest global id of its slot entities (-1: none)."""
-        loc = np.asarray(loc, np.int64)
-        counts = self.ev_ptr[loc + 1] - self.ev_ptr[loc]
-        ents = np.asarray(self.ev_ent[ranges(self.ev_ptr[loc], counts)], np.int64)
-        is_slot = np.asarray(self.slot[ents], bool)
-        owner = np.repeat(np.arange(len(loc)), counts)[is_slot]
-        best = np.full(len(loc), np.iinfo(np.int64).max, np.int64)
-        np.minimum.at(best, owner, np.asarray(self.gent[ents[is_slot]], np.int64))
-        return np.where(best == np.iinfo(np.int64).max, -1, best)
+        return min_marked(self.ev_ptr, self.ev_ent, loc, self.slot, self.gent)
 
     def _id(self, r: int) -> str:
         seg, local = self.sh.locate(r)

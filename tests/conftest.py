@@ -26,6 +26,8 @@ def need_orgmem() -> None:
     """Skip the calling test or fixture when the yardstick is not beside the checkout."""
     if not (ORGMEM / "generate.py").is_file():
         pytest.skip(f"orgmem yardstick not found at {ORGMEM} (needs shared/orgmem/generate.py beside the repo)")
+
+
 T0 = 1_704_067_200          # 2024-01-01T00:00:00Z
 HOUR, DAY = 3_600, 86_400
 SOURCES = ("jira", "github", "slack", "confluence")

@@ -36,3 +36,13 @@ def test_min_marked_is_the_smallest_marked_value_per_row(rows_of, marked, data):
     marked = np.array(marked, bool)
     want = [min((v for v in rows_of[r] if marked[v]), default=-1) for r in pick]
     assert min_marked(ptr, vals, np.asarray(pick, np.int64), marked).tolist() == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(lists, st.lists(st.booleans(), min_size=31, max_size=31), st.data())
+def test_min_marked_compares_keys_when_given(rows_of, marked, data):
+    ptr, vals = _csr(rows_of)
+    pick = data.draw(st.lists(st.integers(0, max(len(rows_of) - 1, 0)), max_size=10)) if rows_of else []
+    marked, key = np.array(marked, bool), np.arange(31)[::-1] * 7   # keys in the other order
+    want = [min((key[v] for v in rows_of[r] if marked[v]), default=-1) for r in pick]
+    assert min_marked(ptr, vals, np.asarray(pick, np.int64), marked, key).tolist() == want
