@@ -374,7 +374,7 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
             if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
                 _need_grpc("querying a partitioned index")
                 from .shards import open_local
-                idx = open_local(index_dir, params=params)
+                idx = open_local(index_dir, params=params, replica=True)
         who = {"principals": list(principals)} if principals else {}
         if scope_entities:
             who["scope"] = {"entities_any": list(scope_entities)}
@@ -430,7 +430,7 @@ def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_i
             if len(idx.marker["shards"]) > 1:   # a partitioned index: the in-process coordinator
                 _need_grpc("querying a partitioned index")
                 from .shards import open_local
-                idx = open_local(paths[0], params=params)
+                idx = open_local(paths[0], params=params, replica=True)
         queries, qvecs = read_queries(corpus_dir)
         if qvecs.shape[1] != dim:
             raise FastctxError(f"{corpus_dir / 'query_vectors.npy'}: dim {qvecs.shape[1]}, index dim {dim}")
@@ -536,6 +536,11 @@ def _metrics_note(srv) -> str:
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--param", "answer_params", multiple=True, metavar="KEY=VALUE",
               help="Set an engine knob for every query (fastctx.params.AnswerParams); repeatable.")
+@click.option("--graph-replica", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              metavar="INDEX_DIR",
+              help="Hold the graph of this partitioned index (the shards' directories, or a copy) and expand "
+                   "chains here: no shard round per hop. Used while the shards serve the state it was read "
+                   "from; reloaded when they change.")
 @_tls_options
 @click.option("--tokens", "tokens_file", type=_FILE, default=None,
               help="Require bearer tokens: a JSON object mapping each token to its list of principals.")
@@ -544,7 +549,7 @@ def _metrics_note(srv) -> str:
 @click.option("--client-key", type=_FILE, default=None, help="PEM private key of --client-cert.")
 @_limit_options
 def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline, build_check, workers, answer_params,
-                      tls_cert, tls_key, insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent,
+                      graph_replica, tls_cert, tls_key, insecure, tokens_file, shard_ca, client_cert, client_key, max_concurrent,
                       ops) -> None:
     """Serve queries over shard servers (stateless: run several side by side)."""
     _need_grpc("fastctx serve coordinator")
@@ -559,14 +564,16 @@ def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline,
             if shard_ca or client_cert or client_key else None
         cluster = remote_cluster(_shard_map(shard_specs), call_timeout_s=call_timeout,
                                  hedge_s=hedge_ms / 1e3 if hedge_ms > 0 else None, credentials=creds)
-        srv = CoordinatorServer(Coordinator(cluster, params=params, deadline_s=deadline), port=port, host=host, workers=workers,
+        coord = Coordinator(cluster, params=params, deadline_s=deadline, replica=graph_replica)
+        srv = CoordinatorServer(coord, port=port, host=host, workers=workers,
                                 tls_cert=tls_cert, tls_key=tls_key, tokens=tokens_file, insecure=insecure,
                                 limits=Limits(max_concurrent=max_concurrent), build_check_s=build_check or None,
                                 **ops.server_kw())
     except (FastctxError, OSError) as e:
         _fail(e)
     auth = f", {len(srv.tokens)} token(s)" if srv.tokens is not None else ""
-    ops.announce(f"coordinator over {len(cluster.shards)} shard(s) ({'TLS' if tls_cert else 'plaintext'}{auth}) "
+    rep = f", graph replica of {graph_replica}" if graph_replica else ""
+    ops.announce(f"coordinator over {len(cluster.shards)} shard(s) ({'TLS' if tls_cert else 'plaintext'}{auth}{rep}) "
                  f"serving on {srv.address}" + _metrics_note(srv))
     serve_forever(srv)
 

@@ -78,6 +78,36 @@ def filter_rows(index, shard_no: int, rows: np.ndarray, filters: Filters, view: 
     return ok
 
 
+def expand_groups(graph: ExpandGraph, p: AnswerParams, seeds, seed_scores, direction: int, t_lo: int,
+                  t_hi: int) -> list[tuple[np.ndarray, ...]]:
+    """One independent expansion per seed over `graph` (the kernel contract of kernels/expand.py,
+    `graph.allowed` already limited to what the asker sees at as_of): a list of (rows, scores,
+    parent, via_kind, via_id, hops) per seed, each best first, from one kernel call. The one
+    place an engine's expansion is run: embedded (`LocalGraph`) and a coordinator's graph
+    replica (shards/replica.py) alike."""
+    seeds = np.asarray(seeds, np.int64)
+    limits = ExpandLimits(direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
+                          p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity, p.min_score,
+                          float(p.time_scale_days * DAY))
+    seed_ptr = np.arange(len(seeds) + 1, dtype=np.int64)
+    scores = np.asarray(seed_scores, np.float32)
+    if p.expansion == "best_first":
+        res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits)
+        bounds = res_ptr.tolist()
+        return [tuple([a[lo:hi] for a in out]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits._replace(min_score=0.0),
+                                 ppr=(p.ppr_alpha, p.ppr_epsilon))
+    groups = []
+    for i in range(len(seeds)):  # best first, scores relative to the group's best (the seed: 1)
+        part = [a[res_ptr[i]:res_ptr[i + 1]] for a in out]
+        order = np.lexsort((part[0], -part[1]))
+        part = [a[order] for a in part]
+        if len(part[1]):
+            part[1] = (part[1] / part[1][0]).astype(np.float32)
+        groups.append(tuple(part))
+    return groups
+
+
 # ------------------------------------------------------------------------------------ protocol
 class GraphAccess(Protocol):
     """What the engine needs from the event graph. Rows are this graph's row ids (global rows
@@ -220,31 +250,11 @@ class LocalGraph:
     def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
         """One independent expansion per seed; a list of (rows, scores, parent, via_kind, via_id,
         hops) per seed, each best first. One kernel call for all of them."""
-        p, g = self.params, self.graph
-        seeds = np.asarray(seeds, np.int64)
+        g = self.graph
         graph = ExpandGraph(g.times, self.allowed_mask(as_of), g.out_ptr, g.out_dst, g.out_type, g.in_ptr,
                             g.in_src, g.in_type, self.link_weight, g.ev_ptr, g.ev_ent, g.ent_ptr, g.ent_rows,
                             self.ent_weight)
-        limits = ExpandLimits(direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
-                              p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity, p.min_score,
-                              float(p.time_scale_days * DAY))
-        seed_ptr = np.arange(len(seeds) + 1, dtype=np.int64)
-        scores = np.asarray(seed_scores, np.float32)
-        if p.expansion == "best_first":
-            res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits)
-            bounds = res_ptr.tolist()
-            return [tuple([a[lo:hi] for a in out]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits._replace(min_score=0.0),
-                                     ppr=(p.ppr_alpha, p.ppr_epsilon))
-        groups = []
-        for i in range(len(seeds)):  # best first, scores relative to the group's best (the seed: 1)
-            part = [a[res_ptr[i]:res_ptr[i + 1]] for a in out]
-            order = np.lexsort((part[0], -part[1]))
-            part = [a[order] for a in part]
-            if len(part[1]):
-                part[1] = (part[1] / part[1][0]).astype(np.float32)
-            groups.append(tuple(part))
-        return groups
+        return expand_groups(graph, self.params, seeds, seed_scores, direction, t_lo, t_hi)
 
     def ids(self, rows):
         out = []

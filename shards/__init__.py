@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 
-def open_local(index_dir, **kw):
-    """A `Coordinator` over all shards of a partitioned index, in this process."""
+def open_local(index_dir, *, replica: bool = False, **kw):
+    """A `Coordinator` over all shards of a partitioned index, in this process; with `replica`,
+    holding the index's graph (shards/replica.py), so chain expansion takes no shard round."""
     from fastctx.format import read_marker
     from pathlib import Path
     from .coordinator import Coordinator
@@ -21,4 +22,4 @@ def open_local(index_dir, **kw):
     marker = read_marker(Path(index_dir))
     n = len(marker["shards"])
     cluster = Cluster({k: [LocalReplica(ShardService(index_dir, k), f"local-{k}")] for k in range(n)})
-    return Coordinator(cluster, **kw)
+    return Coordinator(cluster, replica=index_dir if replica else None, **kw)

@@ -18,11 +18,17 @@
   so every neighbour gets the kernel's weight, order and edge-visit position, and budget cuts
   fall where the kernel's fall. Results equal the kernel's on a one-shard build.
 
-The coordinator holds no index state (only a cache of shard stats), so several can run side by
-side behind a load balancer.
+With a graph replica (shards/replica.py: the whole index's graph, read from the shard
+directories), the expansion is instead one call of the embedded kernel on the coordinator, while
+every shard serves the state the replica was read from; seeds, attributes and payloads still come
+from the shards.
+
+The coordinator holds no index state but a cache of shard stats and, optionally, that read-only
+replica, so several can run side by side behind a load balancer.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -41,6 +47,7 @@ from fastctx.types import Event
 from fastctx.kernels.frontier import merge_wave, searches_results, searches_run, searches_start
 from fastctx.view import View
 
+from .replica import GraphReplica
 from .transport import CallStats, Cluster
 
 class DistributedGraph:
@@ -77,6 +84,8 @@ class DistributedGraph:
         self.text: Optional[str] = None    # the query's text and type (what the seed round asks)
         self.qtype = "chain"
         self._lex: Optional[tuple] = None  # lexical seeds answered by the seed round
+        self.states: dict[int, str] = {}   # the state each shard served this query's seeds from
+        self.on_replica = False            # whether the expansion ran on the coordinator's replica
 
     def for_view(self, view: View) -> "DistributedGraph":
         """One graph per query: the view travels with every shard request; shards never send
@@ -238,6 +247,7 @@ class DistributedGraph:
                                         "entity_max_share": float(p.entity_max_share),
                                         "term_weight": float(p.term_weight), "max_per_entity": int(p.max_per_entity)}
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
+        self.states = {s: out.get("state") for s, out in res.items()}
         self._learn_reach(res)
         # the merged top k: best score first, then lower row, then lower shard
         parts = [(s, int(out["counts"][0]), out) for s, out in res.items()]
@@ -619,8 +629,12 @@ class DistributedGraph:
                 self.rk.add(out["r_rows"], out["r_ptr"], out["r_gid"], out["r_hold_ptr"], out["r_hold"])
 
     def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
-        """One best-first search per seed, all advancing together in the kernels of
-        kernels/frontier.py; a wave fetches what the blocked searches need next."""
+        """One best-first search per seed: on the coordinator's graph replica when every shard
+        serves the state it was read from (one kernel call), else all advancing together in
+        the kernels of kernels/frontier.py, a wave fetching what the blocked searches need next."""
+        rep = None if self.missing else self.c.replica_for(self.states)
+        if rep is not None:
+            return self._expand_on(rep, seeds, seed_scores, direction, t_lo, t_hi, as_of)
         p = self.params
         pmsg = self._params_msg(direction, t_lo, t_hi, as_of)
         seeds = np.asarray(seeds, np.int64)
@@ -650,11 +664,27 @@ class DistributedGraph:
             self._wave(need, pmsg)
         res_ptr, *out = searches_results(state[2], state[3], state[6], state[7])
         par, kind, via = out[2], out[3], out[4]
+        self._hint_paths(par, kind, via)
+        bounds = res_ptr.tolist()
+        return [tuple([a[lo:hi] for a in out]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+    def _expand_on(self, rep, seeds, seed_scores, direction, t_lo, t_hi, as_of):
+        """The expansion on a graph replica (shards/replica.py): the embedded kernel over the
+        whole index's arrays; the owners of the rows it reached are the replica's."""
+        groups = rep.expand(seeds, seed_scores, direction, t_lo, t_hi, as_of, self.view)
+        self.on_replica = True
+        if groups:
+            rows = np.concatenate([g[0] for g in groups])
+            self.owner.set_many(rows, rep.owner[rows])
+            self._hint_paths(*(np.concatenate([g[j] for g in groups]) for j in (2, 3, 4)))
+        return groups
+
+    def _hint_paths(self, par, kind, via) -> None:
+        """What the why-paths of an expansion's events will ask (see `_riders`)."""
+        par, kind, via = np.asarray(par, np.int64), np.asarray(kind), np.asarray(via, np.int64)
         ent = (kind == 2) & (par >= 0)
         pairs = np.unique(np.stack([par[ent], via[ent]], 1), axis=0) if ent.any() else np.zeros((0, 2), np.int64)
         self._hint = (np.unique(par[par >= 0]), pairs[:, 0], pairs[:, 1])
-        bounds = res_ptr.tolist()
-        return [tuple([a[lo:hi] for a in out]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def _cat_ptr(ptrs: list) -> np.ndarray:
@@ -781,12 +811,28 @@ _warm_done = False
 
 class Coordinator:
     """Answers causal queries over a `Cluster` of shards (in-process or remote), with the
-    embedded engine's `query()` API. Stateless apart from a cache of shard stats."""
+    embedded engine's `query()` API. Stateless apart from a cache of shard stats and an optional
+    read-only graph replica."""
 
     def __init__(self, cluster: Cluster, *, params: AnswerParams = AnswerParams(), encoder=None,
-                 deadline_s: float = 10.0, prefetch: int = 64, reach: int = 2048):
+                 deadline_s: float = 10.0, prefetch: int = 64, reach: int = 2048, replica=None,
+                 replica_reload_s: float = 5.0):
+        """`replica`: a partitioned index directory (or a `GraphReplica` of one) whose graph the
+        coordinator holds, so that chain expansion needs no shard round (shards/replica.py);
+        it is reloaded in the background, at most every `replica_reload_s`, when the shards
+        serve another state."""
         self.cluster, self.params, self.deadline_s, self.prefetch = cluster, params, deadline_s, prefetch
         self.reach = reach   # rows per Expand reply whose entity lists come back (0: off)
+        if replica is not None and not isinstance(replica, GraphReplica):
+            replica = GraphReplica(replica, params)
+        if replica is not None and replica.params != params:
+            raise InvalidQueryError("the graph replica was read with other engine parameters than the coordinator's")
+        self.replica: Optional[GraphReplica] = replica
+        if replica is not None:
+            replica.warm_up()
+        self.replica_reload_s = float(replica_reload_s)
+        self._reload_lock = threading.Lock()
+        self._reload_at = 0.0
         self.engine = Engine(params=params, graph=_NoGraph())
         self._encoder = encoder
         self._stats: Optional[dict] = None
@@ -819,6 +865,39 @@ class Coordinator:
         state = searches_start(i64(0), np.ones(1, np.float64), np.ones(1, np.uint8), 0.02, 8)
         searches_run(*state, nb.ok, nb.lo, nb.hi, nb.tot, nb.v, nb.w, nb.k, nb.i, nb.pos, 0.02, 8, 2, 100, 4)
         searches_results(state[2], state[3], state[6], state[7])
+
+    # -- graph replica -------------------------------------------------------------------------
+    def replica_for(self, states: dict):
+        """The graph replica if every shard served this query from the state it was read from;
+        else None, and a reload starts in the background (the query expands through the shards)."""
+        rep = self.replica
+        if rep is None:
+            return None
+        if rep.current(states):
+            return rep
+        now = time.monotonic()
+        if now >= self._reload_at and self._reload_lock.acquire(blocking=False):
+            self._reload_at = now + self.replica_reload_s
+            threading.Thread(target=self._reload_replica, args=(rep,), daemon=True).start()
+        return None
+
+    def _reload_replica(self, old) -> None:
+        try:
+            new = GraphReplica(old.path, self.params)
+            new.warm_up()
+            self.replica = new
+        except Exception as e:   # a directory mid-install: keep the old one, try again later
+            logging.getLogger("fastctx.coordinator").warning("graph replica reload failed: %s", e)
+        finally:
+            self._reload_lock.release()
+
+    def refresh_replica(self) -> bool:
+        """Reload the graph replica now (after a sync, for instance); whether it was reloaded."""
+        if self.replica is None:
+            return False
+        with self._reload_lock:
+            self.replica = GraphReplica(self.replica.path, self.params)
+        return True
 
     # -- shard stats ---------------------------------------------------------------------------
     def shard_stats(self, deadline_s: float = 5.0) -> dict:
@@ -903,6 +982,7 @@ class Coordinator:
         ans = self.engine.run(q, type, f, direction, int(budget_tokens), graph=g, view=view, text=text, fill=fill)
         ans.partial, ans.missing_shards = bool(g.missing), sorted(g.missing)
         ans.timings.update({"total_ms": 1e3 * (time.perf_counter() - t0), "waves": g.waves, "expand_rounds": g.rounds,
+                            "on_replica": g.on_replica,
                             "rpcs": g.stats.calls,
                             "bytes_out": g.stats.bytes_out, "bytes_in": g.stats.bytes_in,
                             "failovers": g.stats.failovers, "hedges": g.stats.hedges})

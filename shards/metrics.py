@@ -65,6 +65,9 @@ class Observer:
             "stage": pc.Histogram("fastctx_query_stage_seconds", "Coordinator query time per stage (total: all)",
                                   ("type", "stage"), buckets=LATENCY_BUCKETS, registry=reg),
             "partial": pc.Counter("fastctx_partial_answers", "Answers missing at least one shard", registry=reg),
+            "expansions": pc.Counter("fastctx_chain_expansions", "Chain expansions by where they ran: replica (the "
+                                     "coordinator's graph replica) or shards (Expand rounds)", ("where",),
+                                     registry=reg),
             "shard_calls": pc.Counter("fastctx_shard_calls", "Shard RPCs made by the coordinator", registry=reg),
             "failovers": pc.Counter("fastctx_shard_failovers", "Shard calls moved to another replica after an "
                                     "error", registry=reg),
@@ -120,6 +123,8 @@ class Observer:
         for k, v in t.items():
             if k.endswith("_ms"):
                 m["stage"].labels(qtype, k[:-3]).observe(float(v) / 1e3)
+        if qtype == "chain" and ans.events:
+            m["expansions"].labels("replica" if t.get("on_replica") else "shards").inc()
         m["shard_calls"].inc(t.get("rpcs", 0))
         m["failovers"].inc(t.get("failovers", 0))
         m["hedges"].inc(t.get("hedges", 0))

@@ -587,6 +587,12 @@ class CoordinatorServer(_Server):
                     self.watch.build = got["build"]
             finally:     # new global sizes
                 self.coordinator._stats = None
+            if got.get("synced") and getattr(self.coordinator, "replica", None) is not None:
+                try:     # the new state's graph at once (other coordinators reload on their next chain)
+                    self.coordinator.refresh_replica()
+                except Exception as e:
+                    log.warning("graph replica reload after the sync failed (chains expand through the "
+                                "shards until a reload succeeds): %s", e)
         if self.watch is not None:
             self.watch.check_once()     # take back at once replicas set aside before the sync
         return got

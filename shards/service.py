@@ -104,6 +104,14 @@ class Sidecar:
         return cls(**{f.name: arrays[f.name] for f in fields(cls)}), meta
 
 
+def shard_state(svc: "ShardService") -> str:
+    """What a shard serves, as one string: its disk state key and its partition sidecar's
+    checksum (an installed write changes both). A coordinator's graph replica (shards/replica.py)
+    is used only while every shard's Search reply names the state it was read from."""
+    from fastctx.shardgraph import state_key
+    return f"{state_key(svc.sh.manifest):08x}-{svc.meta.get('checksum', '')}"
+
+
 class ShardService:
     """One shard of a partitioned index, serving the shard stages (see the module doc)."""
 
@@ -141,6 +149,7 @@ class ShardService:
         self.doc_len = np.diff(self.ev_ptr)   # entities per row (BM25 document length)
         self.writer = ShardWriter(self)
         self.on_reload: list = []             # callbacks after Install (the server's build and cost)
+        self.state = shard_state(self)        # what this shard serves (Search replies carry it)
 
     def reload(self) -> None:
         """Serve the directory just installed: the new state replaces this one in one step
@@ -245,7 +254,7 @@ class ShardService:
             raise wire.WireError(str(e)) from None
         rows = np.where(hits.rows >= 0, self.grow[np.maximum(hits.rows, 0)] if len(self.grow) else -1, -1)
         out.update({"rows": rows.astype(np.int64), "scores": hits.scores.astype(np.float32),
-                    "counts": hits.counts.astype(np.int64)})
+                    "counts": hits.counts.astype(np.int64), "state": self.state})
         if len(q) == 1 and req.get("hit_rows") and req.get("hit_fields"):   # the first hits' attributes
             loc = hits.rows[0, :min(int(hits.counts[0]), int(req["hit_rows"]))].astype(np.int64)
             got = self.Fetch({"rows": self.grow[loc], "fields": req["hit_fields"]})

@@ -116,6 +116,7 @@ def test_metrics_count_queries_stages_rpcs_failovers_and_refusals(world):
         m = _scrape(srv.obs.metrics_address)
         assert _value(m, "fastctx_queries_total", type="chain", outcome="ok") == 4
         assert _value(m, "fastctx_queries_total", type="current", outcome="ok") == 1
+        assert _value(m, "fastctx_chain_expansions_total", where="shards") == 4     # no graph replica here
         assert _value(m, "fastctx_query_stage_seconds_count", type="chain", stage="expand") == 4
         assert _value(m, "fastctx_query_stage_seconds_count", type="chain", stage="total") == 4
         assert _value(m, "fastctx_rpcs_total", service="fastctx.Coordinator", method="Query", code="OK") == 5

@@ -4,6 +4,7 @@ ephemeral ports, started and stopped here."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -437,6 +438,19 @@ def test_cli_serve_shards_coordinator_and_remote_eval(text_corpus, tmp_path):
         with connect(coord) as client:
             ans = client.query("what is the payments retry limit decision", type="current")
             assert ans.current.id == "d2"
+        # a coordinator holding the graph replica (given by its environment variable): same answers
+        p = subprocess.Popen([str(exe), "serve", "coordinator", "--port", "0", "--shard", f"0={addrs[0]}",
+                              "--shard", f"1={addrs[1]}"], stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "FASTCTX_GRAPH_REPLICA": str(idx)})
+        procs.append(p)
+        coord2 = _wait_listening(p, "graph replica of")
+        out2 = tmp_path / "r2.jsonl"
+        r = subprocess.run([str(exe), "eval", "--remote", coord2, str(text_corpus.dir), "--out", str(out2), "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        got2 = [json.loads(x) for x in out2.read_text().splitlines()]
+        assert [(g["qid"], g["events"], g["current"]) for g in got2] == \
+               [(w["qid"], w["events"], w["current"]) for w in want]
     finally:
         for p in procs:
             p.terminate()

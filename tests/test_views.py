@@ -47,7 +47,7 @@ def world(tmp_path_factory):
     ents = {json.loads(ln)["id"]: set(json.loads(ln)["entities"]) for ln in lines}
     times = {json.loads(ln)["id"]: json.loads(ln)["time"] for ln in lines}
     return dict(corpus=corpus, one=one, four=open_local(root / "four"), four_dir=root / "four", acl=acl, queries=queries, qvecs=qvecs,
-                services=services, ents=ents, times=times)
+                services=services, ents=ents, times=times, four_replica=open_local(root / "four", replica=True))
 
 
 def _visible(world, eid, principals):
@@ -94,6 +94,11 @@ def test_no_leak_embedded_and_sharded_identical(world, qi, who, scoped, si, text
     b = world["four"].query_spec(q, v)
     _check(world, b, who, scope_entity)
     _same(a, b)
+    c = world["four_replica"].query_spec(q, v)     # the expansion on the coordinator's graph replica
+    _check(world, c, who, scope_entity)
+    _same(a, c)
+    # chains with seeds expand on the replica (a scope and access list may leave none)
+    assert c.timings["on_replica"] == (q["type"] == "chain" and bool(c.events))
 
 
 def test_index_with_acl_refuses_anonymous_questions(world):

@@ -1,0 +1,143 @@
+"""A coordinator's graph replica: the whole index's expansion graph in global rows.
+
+Without it, a chain query's expansion walks the graph through the shards: about six waves of
+`Expand` rounds (docs/SHARDED.md, "Numbers"), each a round trip to several shard servers. With
+it, the coordinator holds the arrays of the expansion kernel's contract (kernels/expand.py) for
+every global row and runs the embedded engine's own expansion on them (`graph.expand_groups`):
+one kernel call, no round. Seeds, vectors, attributes and payloads still come from the shards,
+so a chain query takes three rounds (Search, the reached rows' vectors, the payloads) instead of
+about eleven, and ships what it did before minus the `Expand` traffic.
+
+The arrays are assembled from the shard directories, read-only: each shard's graph (times, the
+entities of each row, entity postings) mapped to global rows and global entity ids through its
+partition sidecar, and the sidecar's links, which already list every link of a row, other shards'
+ends included, in one-shard order. The result equals the graph of a one-shard build of the same
+corpus array for array (tests/test_replica.py), so the kernel gives the one-shard answer.
+
+A replica is one state of the cluster. Each shard stamps its `Search` replies with the state it
+serves (`state`: its disk state key and partition checksum); a query whose stamps differ from
+the replica's (a sync installed new data), or that lacks a shard, expands through the shards as
+before, and the coordinator reloads the replica in the background. Memory: about 40 bytes per
+event plus 16 per (event, entity) and per link, held by the coordinator process.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from fastctx.csr import ranges
+from fastctx.errors import CorruptIndexError, InvalidQueryError
+from fastctx.format import read_marker
+from fastctx.graph import entity_weights, expand_groups, link_weights
+from fastctx.kernels.expand import ExpandGraph
+from fastctx.params import AnswerParams
+from fastctx.view import View
+
+
+class GraphReplica:
+    """The expansion graph of every shard of a partitioned index, in global rows."""
+
+    def __init__(self, index_dir, params: AnswerParams = AnswerParams()):
+        from .service import ShardService
+        self.path = Path(index_dir)
+        marker = read_marker(self.path)
+        if len(marker.get("shards") or []) < 2:
+            raise InvalidQueryError(f"{self.path}: a graph replica is for a partitioned index (fastctx build --shards N)")
+        self.params = params
+        self.svcs = [ShardService(self.path, k) for k in range(len(marker["shards"]))]
+        self.states = {k: s.state for k, s in enumerate(self.svcs)}
+        n = int(self.svcs[0].n_global)
+        n_ent = int(self.svcs[0].meta["n_entities_global"])
+        if any(int(s.n_global) != n for s in self.svcs):
+            raise CorruptIndexError(f"{self.path}: the shards disagree on the number of events (mixed builds)")
+        self.n = n
+        self.times = np.zeros(n, np.int64)
+        self.owner = np.full(n, -1, np.int64)
+        live = np.zeros(n, np.uint8)
+        ev_cnt, out_cnt, in_cnt = (np.zeros(n, np.int64) for _ in range(3))
+        for k, s in enumerate(self.svcs):
+            g = s.grow
+            if len(g) and (g.min() < 0 or g.max() >= n or (self.owner[g] >= 0).any()):
+                raise CorruptIndexError(f"{self.path / s.name}: its global rows overlap another shard's or fall "
+                                        f"outside 0..{n - 1}")
+            self.times[g], self.owner[g] = s.times, k
+            live[g] = np.asarray(s.sh.deleted_mask) == 0
+            ev_cnt[g], out_cnt[g], in_cnt[g] = np.diff(s.ev_ptr), np.diff(s.sc.out_ptr), np.diff(s.sc.in_ptr)
+        if (self.owner < 0).any():
+            raise CorruptIndexError(f"{self.path}: global row {int(np.argmax(self.owner < 0))} is on no shard")
+        self.live = live
+        self.ev_ptr, self.out_ptr, self.in_ptr = (_ptr(c) for c in (ev_cnt, out_cnt, in_cnt))
+        self.ev_ent = np.zeros(int(self.ev_ptr[-1]), np.int64)
+        self.out_dst = np.zeros(int(self.out_ptr[-1]), np.int64)
+        self.out_type = np.zeros(int(self.out_ptr[-1]), np.int8)
+        self.in_src = np.zeros(int(self.in_ptr[-1]), np.int64)
+        self.in_type = np.zeros(int(self.in_ptr[-1]), np.int8)
+        flags = np.zeros(n_ent, np.uint8)
+        post_e, post_r = [], []
+        for s in self.svcs:
+            g, gent = s.grow, np.asarray(s.gent, np.int64)
+            # a shard's rows in ascending global order: their slices concatenate in its own order
+            self.ev_ent[ranges(self.ev_ptr[g], ev_cnt[g])] = gent[np.asarray(s.ev_ent, np.int64)]
+            at = ranges(self.out_ptr[g], out_cnt[g])
+            self.out_dst[at], self.out_type[at] = s.sc.out_dst, s.sc.out_type
+            at = ranges(self.in_ptr[g], in_cnt[g])
+            self.in_src[at], self.in_type[at] = s.sc.in_src, s.sc.in_type
+            if len(gent) and gent.max() >= n_ent:
+                raise CorruptIndexError(f"{self.path / s.name}: entity ids beyond the {n_ent} of the whole index")
+            flags[gent] = np.asarray(s.sh.entity_flags, np.uint8)
+            post_e.append(np.repeat(gent, np.diff(np.asarray(s.ent_ptr, np.int64))))
+            post_r.append(g[np.asarray(s.ent_rows, np.int64)])
+        # postings of each entity merged over its holders in (time, global row) order: the order
+        # a one-shard build keeps them in (the kernel binary-searches them by it)
+        pe, pr = np.concatenate(post_e), np.concatenate(post_r)
+        order = np.lexsort((pr, self.times[pr], pe))
+        self.ent_rows = pr[order]
+        self.ent_ptr = _ptr(np.bincount(pe, minlength=n_ent))
+        self.link_weight = link_weights(params)
+        self.ent_weight = entity_weights(np.diff(self.ent_ptr), n, params, flags)
+        self._views: dict = {}
+        self._lock = threading.Lock()
+
+    def current(self, states: dict) -> bool:
+        """Whether every shard serves the state this replica was read from."""
+        return len(states) == len(self.states) and all(states.get(k) == v for k, v in self.states.items())
+
+    def allowed(self, view: View, as_of: Optional[int]) -> np.ndarray:
+        """uint8 per global row: live, visible in `view`, and (given `as_of`) not later than it:
+        the embedded `LocalGraph.allowed_mask` over every shard's rows."""
+        key = repr(view) if view.restricts else ""
+        with self._lock:
+            base = self._views.get(key)
+            if base is None:
+                base = self.live.copy()
+                if view.restricts:
+                    for s in self.svcs:
+                        hidden = view.hidden_mask(s.sh)
+                        if hidden is not None:
+                            base[s.grow[hidden]] = 0
+                if len(self._views) >= 64:
+                    self._views.pop(next(iter(self._views)))
+                self._views[key] = base
+        return base if as_of is None else ((self.times <= as_of) & (base == 1)).astype(np.uint8)
+
+    def expand(self, seeds, seed_scores, direction: int, t_lo: int, t_hi: int, as_of: Optional[int],
+               view: View = View()) -> list[tuple[np.ndarray, ...]]:
+        """The engine's expansion (`GraphAccess.expand`) on the replica: one kernel call."""
+        graph = ExpandGraph(self.times, self.allowed(view, as_of), self.out_ptr, self.out_dst, self.out_type,
+                            self.in_ptr, self.in_src, self.in_type, self.link_weight, self.ev_ptr, self.ev_ent,
+                            self.ent_ptr, self.ent_rows, self.ent_weight)
+        return expand_groups(graph, self.params, seeds, seed_scores, direction, t_lo, t_hi)
+
+    def warm_up(self) -> None:
+        """Compile (or load) the kernel for the replica's array types before the first query."""
+        one = np.zeros(1, np.int64)
+        self.expand(one, np.ones(1, np.float32), 1, 0, 0, None)
+
+
+def _ptr(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
