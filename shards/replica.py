@@ -41,31 +41,38 @@ class GraphReplica:
     """The expansion graph of every shard of a partitioned index, in global rows."""
 
     def __init__(self, index_dir, params: AnswerParams = AnswerParams()):
-        from .service import ShardService
+        from .service import ShardIndex, Sidecar, shard_state
         self.path = Path(index_dir)
         marker = read_marker(self.path)
-        if len(marker.get("shards") or []) < 2:
+        names = list(marker.get("shards") or [])
+        if len(names) < 2:
             raise InvalidQueryError(f"{self.path}: a graph replica is for a partitioned index (fastctx build --shards N)")
         self.params = params
-        self.svcs = [ShardService(self.path, k) for k in range(len(marker["shards"]))]
-        self.states = {k: s.state for k, s in enumerate(self.svcs)}
-        n = int(self.svcs[0].n_global)
-        n_ent = int(self.svcs[0].meta["n_entities_global"])
-        if any(int(s.n_global) != n for s in self.svcs):
+        parts = []   # (shard, sidecar arrays, sidecar meta) in shard order
+        self._indexes = []   # the read-only handles the shards' mapped files stay open through
+        for k in range(len(names)):
+            name = f"shard-{k:03d}"
+            sc, meta = Sidecar.load(self.path / name)
+            self._indexes.append(ShardIndex(self.path, name, installed=True))
+            parts.append((self._indexes[-1].shards[0], sc, meta))
+        self.states = {k: shard_state(sh, meta) for k, (sh, _, meta) in enumerate(parts)}
+        n = int(parts[0][2]["n_global"])
+        n_ent = int(parts[0][2]["n_entities_global"])
+        if any(int(meta["n_global"]) != n for _, _, meta in parts):
             raise CorruptIndexError(f"{self.path}: the shards disagree on the number of events (mixed builds)")
         self.n = n
         self.times = np.zeros(n, np.int64)
         self.owner = np.full(n, -1, np.int64)
         live = np.zeros(n, np.uint8)
         ev_cnt, out_cnt, in_cnt = (np.zeros(n, np.int64) for _ in range(3))
-        for k, s in enumerate(self.svcs):
-            g = s.grow
-            if len(g) and (g.min() < 0 or g.max() >= n or (self.owner[g] >= 0).any()):
-                raise CorruptIndexError(f"{self.path / s.name}: its global rows overlap another shard's or fall "
-                                        f"outside 0..{n - 1}")
-            self.times[g], self.owner[g] = s.times, k
-            live[g] = np.asarray(s.sh.deleted_mask) == 0
-            ev_cnt[g], out_cnt[g], in_cnt[g] = np.diff(s.ev_ptr), np.diff(s.sc.out_ptr), np.diff(s.sc.in_ptr)
+        for k, (sh, sc, _) in enumerate(parts):
+            g = np.asarray(sc.grow, np.int64)
+            if len(g) != sh.n or (len(g) and (g.min() < 0 or g.max() >= n or (self.owner[g] >= 0).any())):
+                raise CorruptIndexError(f"{self.path / names[k]}: its global rows overlap another shard's, fall "
+                                        f"outside 0..{n - 1} or do not match its {sh.n} rows")
+            self.times[g], self.owner[g] = sh.graph.times, k
+            live[g] = np.asarray(sh.deleted_mask) == 0
+            ev_cnt[g], out_cnt[g], in_cnt[g] = np.diff(sh.graph.ev_ptr), np.diff(sc.out_ptr), np.diff(sc.in_ptr)
         if (self.owner < 0).any():
             raise CorruptIndexError(f"{self.path}: global row {int(np.argmax(self.owner < 0))} is on no shard")
         self.live = live
@@ -77,19 +84,19 @@ class GraphReplica:
         self.in_type = np.zeros(int(self.in_ptr[-1]), np.int8)
         flags = np.zeros(n_ent, np.uint8)
         post_e, post_r = [], []
-        for s in self.svcs:
-            g, gent = s.grow, np.asarray(s.gent, np.int64)
+        for sh, sc, _ in parts:
+            g, gent, graph = np.asarray(sc.grow, np.int64), np.asarray(sc.gent, np.int64), sh.graph
             # a shard's rows in ascending global order: their slices concatenate in its own order
-            self.ev_ent[ranges(self.ev_ptr[g], ev_cnt[g])] = gent[np.asarray(s.ev_ent, np.int64)]
+            self.ev_ent[ranges(self.ev_ptr[g], ev_cnt[g])] = gent[np.asarray(graph.ev_ent, np.int64)]
             at = ranges(self.out_ptr[g], out_cnt[g])
-            self.out_dst[at], self.out_type[at] = s.sc.out_dst, s.sc.out_type
+            self.out_dst[at], self.out_type[at] = sc.out_dst, sc.out_type
             at = ranges(self.in_ptr[g], in_cnt[g])
-            self.in_src[at], self.in_type[at] = s.sc.in_src, s.sc.in_type
+            self.in_src[at], self.in_type[at] = sc.in_src, sc.in_type
             if len(gent) and gent.max() >= n_ent:
-                raise CorruptIndexError(f"{self.path / s.name}: entity ids beyond the {n_ent} of the whole index")
-            flags[gent] = np.asarray(s.sh.entity_flags, np.uint8)
-            post_e.append(np.repeat(gent, np.diff(np.asarray(s.ent_ptr, np.int64))))
-            post_r.append(g[np.asarray(s.ent_rows, np.int64)])
+                raise CorruptIndexError(f"{sh.dir}: entity ids beyond the {n_ent} of the whole index")
+            flags[gent] = np.asarray(sh.entity_flags, np.uint8)
+            post_e.append(np.repeat(gent, np.diff(np.asarray(graph.ent_ptr, np.int64))))
+            post_r.append(g[np.asarray(graph.ent_rows, np.int64)])
         # postings of each entity merged over its holders in (time, global row) order: the order
         # a one-shard build keeps them in (the kernel binary-searches them by it)
         pe, pr = np.concatenate(post_e), np.concatenate(post_r)
@@ -98,6 +105,8 @@ class GraphReplica:
         self.ent_ptr = _ptr(np.bincount(pe, minlength=n_ent))
         self.link_weight = link_weights(params)
         self.ent_weight = entity_weights(np.diff(self.ent_ptr), n, params, flags)
+        # what a view's hidden rows are computed from (each shard's access lists and scope entities)
+        self._shards = [(sh, np.asarray(sc.grow, np.int64)) for sh, sc, _ in parts]
         self._views: dict = {}
         self._lock = threading.Lock()
 
@@ -114,10 +123,10 @@ class GraphReplica:
             if base is None:
                 base = self.live.copy()
                 if view.restricts:
-                    for s in self.svcs:
-                        hidden = view.hidden_mask(s.sh)
+                    for sh, grow in self._shards:
+                        hidden = view.hidden_mask(sh)
                         if hidden is not None:
-                            base[s.grow[hidden]] = 0
+                            base[grow[hidden]] = 0
                 if len(self._views) >= 64:
                     self._views.pop(next(iter(self._views)))
                 self._views[key] = base

@@ -104,12 +104,12 @@ class Sidecar:
         return cls(**{f.name: arrays[f.name] for f in fields(cls)}), meta
 
 
-def shard_state(svc: "ShardService") -> str:
+def shard_state(shard, sidecar_meta: dict) -> str:
     """What a shard serves, as one string: its disk state key and its partition sidecar's
     checksum (an installed write changes both). A coordinator's graph replica (shards/replica.py)
     is used only while every shard's Search reply names the state it was read from."""
     from fastctx.shardgraph import state_key
-    return f"{state_key(svc.sh.manifest):08x}-{svc.meta.get('checksum', '')}"
+    return f"{state_key(shard.manifest):08x}-{sidecar_meta.get('checksum', '')}"
 
 
 class ShardService:
@@ -149,7 +149,7 @@ class ShardService:
         self.doc_len = np.diff(self.ev_ptr)   # entities per row (BM25 document length)
         self.writer = ShardWriter(self)
         self.on_reload: list = []             # callbacks after Install (the server's build and cost)
-        self.state = shard_state(self)        # what this shard serves (Search replies carry it)
+        self.state = shard_state(sh, self.meta)   # what this shard serves (Search replies carry it)
 
     def reload(self) -> None:
         """Serve the directory just installed: the new state replaces this one in one step
