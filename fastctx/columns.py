@@ -31,15 +31,17 @@ def write_strings(directory: Path, stem: str, strings: Sequence[str]) -> list[st
 
 
 class StringColumn:
-    """Read-only view of a string blob; `col[i]` decodes one string."""
+    """Read-only view of a string blob; `col[i]` decodes one string. Both files are memory-mapped
+    and held as plain ndarray views of the maps: indexing a `np.memmap` builds a memmap object
+    per access, which made reading an answer's ids and entity names cost microseconds each."""
 
     def __init__(self, directory: Path, stem: str, n: int):
-        self._off = np.load(directory / f"{stem}_off.npy", mmap_mode="r")
+        self._off = np.asarray(np.load(directory / f"{stem}_off.npy", mmap_mode="r"))
         if self._off.shape != (n + 1,):
             raise CorruptIndexError(f"{directory / (stem + '_off.npy')}: shape {self._off.shape}, expected ({n + 1},)")
         path = directory / f"{stem}.bin"
         size = path.stat().st_size
-        self._blob = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        self._blob = np.asarray(np.memmap(path, dtype=np.uint8, mode="r")) if size else np.zeros(0, np.uint8)
         if n and (int(self._off[-1]) != size or int(self._off[0]) != 0):
             raise CorruptIndexError(f"{path}: size {size} does not match its offsets")
 
