@@ -331,9 +331,10 @@ def timed_pass(run_one, q: np.ndarray, budget_s: float, warmup: int = 3, reset=N
 
 
 def sweep(name: str, settings: list, make_runner, q, truth, a) -> dict:
-    """Try settings in order until recall >= target; one refinement between the last miss and the
-    first hit: the midpoint ef (a plain int for the peers; fastctx's (ef, overfetch) when both
-    points share the overfetch). Returns the chosen point and the whole sweep."""
+    """Try settings in order until recall >= target, then bisect between the last miss and the
+    first hit, `a.refine` times at most, for every method alike: on the ef of the peers, on
+    fastctx's (ef, overfetch) ef when both points share the overfetch. Returns the chosen point
+    (the cheapest setting that reached the target) and the whole sweep."""
     points = []
     spent = 0.0
     chosen = None
@@ -349,20 +350,27 @@ def sweep(name: str, settings: list, make_runner, q, truth, a) -> dict:
         points.append(p)
         return p
 
+    def midpoint(miss, hit):
+        if isinstance(hit, int) and hit - miss > 2:
+            return (hit + miss) // 2
+        if isinstance(hit, tuple) and hit[1] == miss[1] and hit[0] - miss[0] > 2:
+            return ((hit[0] + miss[0]) // 2, hit[1])
+        return None
+
     prev = None
     for s in settings:
         p = measure(s)
         if p["recall"] >= a.target:
-            chosen = p
-            mid = None
-            if isinstance(s, int) and prev is not None and s - prev > 2:
-                mid = (s + prev) // 2
-            elif isinstance(s, tuple) and prev is not None and s[1] == prev[1] and s[0] - prev[0] > 2:
-                mid = ((s[0] + prev[0]) // 2, s[1])
-            if mid is not None and spent < a.sweep_budget:
+            chosen, miss, hit = p, prev, s
+            for _ in range(a.refine):
+                mid = midpoint(miss, hit) if miss is not None else None
+                if mid is None or spent >= a.sweep_budget:
+                    break
                 pm = measure(mid)
                 if pm["recall"] >= a.target:
-                    chosen = pm
+                    chosen, hit = pm, mid
+                else:
+                    miss = mid
             break
         prev = s
         if spent > a.sweep_budget:
@@ -627,6 +635,8 @@ def main(argv=None) -> int:
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--step-budget", type=float, default=20.0,
                     help="seconds per sweep step; a step over budget stops early (>= 10 queries)")
+    ap.add_argument("--refine", type=int, default=2,
+                    help="bisection steps between the last ef that missed the target and the first that reached it")
     ap.add_argument("--sweep-budget", type=float, default=60.0,
                     help="seconds per (method, filter) sweep before giving up on the target")
     ap.add_argument("--methods", default="fastctx,fastctx-beam,fastctx-hnsw,hnswlib,faiss,numpy",

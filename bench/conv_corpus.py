@@ -1,6 +1,7 @@
 """Turn multi-session conversations with evidence-annotated questions into an orgmem-v1 corpus.
 
     python bench/conv_corpus.py OUT_DIR CONV.json [CONV.json ...] [--encoder SPEC] [--budget 1000]
+                                [--no-sessions] [--no-replies]
 
 Input: conversation files in the widely used long-term conversational memory layout (one JSON
 object per conversation: `session_K` lists of turns with `speaker`, `text` or `clean_text`,
@@ -12,9 +13,10 @@ Output, one event per turn:
 - id `c<conv>:<dia_id>`, time = the turn's own timestamp when it has one, else the session's
   plus one second per turn; text `Speaker: words` (an image caption appended when present);
   tokens = ceil(chars / 4).
-- entities `conv:<conv>`, `session:<conv>/<K>`, `person:<speaker>` (person names are shared
-  between conversations, as in real data: a scope must keep answers inside one).
-- a `reply` link from every turn to the previous turn of its session.
+- entities `conv:<conv>`, `session:<conv>/<K>` (not with `--no-sessions`), `person:<speaker>`
+  (person names are shared between conversations, as in real data: a scope must keep answers
+  inside one).
+- a `reply` link from every turn to the previous turn of its session (not with `--no-replies`).
 
 One chain query per question: its text, `filters` and `scope` = the conversation, direction
 `both`, the budget (default 1000 tokens), and the question's category; truth = its evidence
@@ -59,8 +61,11 @@ def _turn_text(turn: dict) -> str:
     return f"{turn['speaker']}: {words}"
 
 
-def convert(conv: dict, c: int, where: str) -> tuple[list[dict], dict[str, str]]:
-    """Events of one conversation, and its dia_id -> event id map."""
+def convert(conv: dict, c: int, where: str, *, sessions_as_entities: bool = True,
+            replies: bool = True) -> tuple[list[dict], dict[str, str]]:
+    """Events of one conversation, and its dia_id -> event id map. Without `sessions_as_entities`
+    a turn names no `session:` entity; without `replies` it has no reply link (other importers
+    of such data make either choice: the engine must not depend on them)."""
     conv = conv.get("conversation", conv)
     sessions = sorted((int(m.group(1)), k) for k in conv if (m := _SESSION.match(k)) and isinstance(conv[k], list))
     events, ids = [], {}
@@ -72,9 +77,10 @@ def convert(conv: dict, c: int, where: str) -> tuple[list[dict], dict[str, str]]
             own = turn.get("date_time")
             when = parse_time(own, f"{where} {turn['dia_id']}") if own else base + t
             text = _turn_text(turn)
+            ents = [f"conv:{c}"] + ([f"session:{c}/{s}"] if sessions_as_entities else [])
             ev = {"id": eid, "time": when, "source": "chat", "kind": "turn", "tokens": max(1, math.ceil(len(text) / 4)),
-                  "entities": [f"conv:{c}", f"session:{c}/{s}", f"person:{turn['speaker'].strip().lower()}"],
-                  "links": [{"to": prev, "type": "reply"}] if prev else [], "text": text}
+                  "entities": ents + [f"person:{turn['speaker'].strip().lower()}"],
+                  "links": [{"to": prev, "type": "reply"}] if prev and replies else [], "text": text}
             events.append(ev)
             ids[turn["dia_id"]] = eid
             prev = eid
@@ -94,12 +100,13 @@ def questions(qa: list, ids: dict[str, str], c: int, budget: int) -> list[tuple[
     return pairs
 
 
-def write_corpus(files: list[Path], out: Path, *, encoder: str = "hashing", budget: int = 1000, log=print) -> dict:
+def write_corpus(files: list[Path], out: Path, *, encoder: str = "hashing", budget: int = 1000, log=print,
+                 sessions_as_entities: bool = True, replies: bool = True) -> dict:
     from fastctx.encoder import from_spec
     events, pairs = [], []
     for c, path in enumerate(files, 1):
         conv = json.loads(Path(path).read_text())
-        evs, ids = convert(conv, c, str(path))
+        evs, ids = convert(conv, c, str(path), sessions_as_entities=sessions_as_entities, replies=replies)
         events += evs
         pairs += questions(conv.get("qa") or [], ids, c, budget)
     events.sort(key=lambda e: (e["time"], e["id"]))
@@ -110,7 +117,7 @@ def write_corpus(files: list[Path], out: Path, *, encoder: str = "hashing", budg
     log(f"encoded {len(events)} turns and {len(pairs)} questions with {encoder} in {time.perf_counter() - t0:.1f}s")
     meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["chat"], params={
         "encoder_spec": _recorded(enc, encoder), "conversations": [Path(p).name for p in files],
-        "budget_tokens": budget})
+        "budget_tokens": budget, "session_entities": sessions_as_entities, "reply_links": replies})
     log(f"wrote {out}: {len(events)} turns in {len(files)} conversations, {len(pairs)} questions")
     return meta
 
@@ -121,8 +128,11 @@ def main(argv=None) -> int:
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--encoder", default="hashing", help="hashing (default) or sentence-transformers:PATH")
     ap.add_argument("--budget", type=int, default=1000, help="budget_tokens of every question")
+    ap.add_argument("--no-sessions", action="store_true", help="no session:<conv>/<K> entity on the turns")
+    ap.add_argument("--no-replies", action="store_true", help="no reply link from a turn to the previous one")
     a = ap.parse_args(argv)
-    write_corpus(a.files, a.out, encoder=a.encoder, budget=a.budget)
+    write_corpus(a.files, a.out, encoder=a.encoder, budget=a.budget, sessions_as_entities=not a.no_sessions,
+                 replies=not a.no_replies)
     return 0
 
 

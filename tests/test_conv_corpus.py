@@ -83,3 +83,14 @@ def test_timestamps_in_both_layouts():
     assert parse_time("1:56 pm on 8 May, 2023", "x") == parse_time("08.05.2023, 13:56:00", "x")
     with pytest.raises(ValueError, match="where: unrecognised date"):
         parse_time("yesterday", "where")
+
+
+def test_sessions_and_replies_can_be_left_out(corpus, tmp_path):
+    """Other importers of such data may name no session or link no replies: both are options."""
+    files = sorted(corpus.parent.glob("conv*.json"))
+    write_corpus(files, tmp_path / "bare", log=lambda m: None, sessions_as_entities=False, replies=False)
+    events = [json.loads(line) for line in (tmp_path / "bare" / "events.jsonl").read_text().splitlines()]
+    first = next(e for e in events if e["id"] == "c1:D1:2")
+    assert first["entities"] == ["conv:1", "person:ben"] and first["links"] == []
+    assert not any(x.startswith("session:") for e in events for x in e["entities"])
+    assert all(e["links"] == [] for e in events)
