@@ -833,6 +833,7 @@ class Coordinator:
         self.replica_reload_s = float(replica_reload_s)
         self._reload_lock = threading.Lock()
         self._reload_at = 0.0
+        self._reload_wait = self.replica_reload_s   # grows while reloads do not catch up with the shards
         self.engine = Engine(params=params, graph=_NoGraph())
         self._encoder = encoder
         self._stats: Optional[dict] = None
@@ -877,15 +878,24 @@ class Coordinator:
             return rep
         now = time.monotonic()
         if now >= self._reload_at and self._reload_lock.acquire(blocking=False):
-            self._reload_at = now + self.replica_reload_s
-            threading.Thread(target=self._reload_replica, args=(rep,), daemon=True).start()
+            self._reload_at = now + self._reload_wait
+            threading.Thread(target=self._reload_replica, args=(rep, dict(states)), daemon=True).start()
         return None
 
-    def _reload_replica(self, old) -> None:
+    def _reload_replica(self, old, states: dict) -> None:
         try:
             new = GraphReplica(old.path, self.params)
             new.warm_up()
             self.replica = new
+            if new.current(states):
+                self._reload_wait = self.replica_reload_s
+            else:   # not the data the shards serve (another index, or a sync under way): back off
+                self._reload_wait = min(2 * self._reload_wait + 1.0, 600.0)
+                self._reload_at = time.monotonic() + self._reload_wait
+                bad = sorted(k for k in set(states) | set(new.states) if states.get(k) != new.states.get(k))
+                logging.getLogger("fastctx.coordinator").warning(
+                    "the graph replica at %s does not hold what shard(s) %s serve; chains expand through the "
+                    "shards (next reload in %.0f s)", old.path, bad, self._reload_wait)
         except Exception as e:   # a directory mid-install: keep the old one, try again later
             logging.getLogger("fastctx.coordinator").warning("graph replica reload failed: %s", e)
         finally:

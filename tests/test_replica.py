@@ -125,3 +125,30 @@ def test_background_reload_after_a_sync(world, tmp_path):
 def test_replica_of_a_one_shard_index_is_refused(world):
     with pytest.raises(InvalidQueryError, match="partitioned"):
         GraphReplica(world["root"] / "one")
+
+
+def test_a_replica_of_other_data_is_never_used_and_reloads_back_off(world, tmp_path, caplog):
+    """--graph-replica naming another index than the shards serve: every chain expands through
+    the shards (the right answer), a warning names the shards, and reloads back off."""
+    other = tmp_path / "other"
+    shutil.copytree(world["four_dir"], other)
+    side = open_local(other)
+    lines = (world["corpus"].dir / "events.jsonl").read_text().splitlines()[:3]
+    writer = ClusterWriter(side.cluster)
+    writer.write("add", [{**json.loads(x), "id": f"o-{i}", "links": []} for i, x in enumerate(lines)],
+                 np.load(world["corpus"].dir / "vectors.npy")[:3])
+    writer.sync()
+    coord = open_local(world["four_dir"])
+    coord.replica, coord.replica_reload_s, coord._reload_wait = GraphReplica(other), 0.0, 0.0
+    q = world["queries"][3]
+    with caplog.at_level("WARNING", logger="fastctx.coordinator"):
+        for _ in range(3):
+            got = coord.query(q, direction="both")
+            assert not got.timings["on_replica"]
+            _same(world["one"].query(q, direction="both"), got)
+            deadline = time.monotonic() + 30
+            while coord._reload_lock.locked():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    assert "does not hold what shard(s) [0, 1, 2, 3] serve" in caplog.text
+    assert coord._reload_wait >= 1.0
