@@ -48,6 +48,7 @@ from fastctx.kernels.frontier import merge_wave, searches_results, searches_run,
 from fastctx.view import View
 
 from .replica import GraphReplica
+from .stores import NeighbourStore, Owners, ReachStore, Vectors, cat_ptr
 from .transport import CallStats, Cluster
 
 class DistributedGraph:
@@ -59,12 +60,12 @@ class DistributedGraph:
         self.n = coord.n_global
         self.missing: set[int] = set()
         self.stats = CallStats()
-        self.owner = _Owners(self.n)
-        self.vecs = _Vectors(self.n, coord.dim)
+        self.owner = Owners(self.n)
+        self.vecs = Vectors(self.n, coord.dim)
         self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "sup", "slot", "id", "rev",
                                                          "visible")}
-        self.nbs: Optional[_NeighbourStore] = None   # neighbour lists fetched (created by expand)
-        self.rk: Optional[_ReachStore] = None         # entity lists of reached rows
+        self.nbs: Optional[NeighbourStore] = None   # neighbour lists fetched (created by expand)
+        self.rk: Optional[ReachStore] = None         # entity lists of reached rows
         self.names: dict[tuple[int, int], str] = {}   # (row, entity id) -> entity name
         self._hint: Optional[tuple] = None             # what the why-paths will ask (see _riders)
         self._payloads: dict[int, tuple] = {}           # row -> (payload, superseded_by, at)
@@ -479,7 +480,7 @@ class DistributedGraph:
             OW.append((out["ew_ptr"], out["ew_rows"], out["ew_time"], out["ew_elig"], out["ew_side"], k))
         cat = lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt)  # noqa: E731
         rows = cat(R, np.int64)
-        l_ptr, e_ptr = _cat_ptr(LP), _cat_ptr(EP)
+        l_ptr, e_ptr = cat_ptr(LP), cat_ptr(EP)
         l_v, l_type, l_pos = cat(LV, np.int64), cat(LT, np.int8), cat(LPOS, np.int64)
         l_time, l_shard, l_total = cat(LTM, np.int64), cat(LSH, np.int64), cat(LTOT, np.int64)
         if self.vmsg is not None and len(l_v):   # never walk through a link target the asker cannot see
@@ -510,7 +511,7 @@ class DistributedGraph:
                       pside[keep], np.full(int(keep.sum()), k, np.int64)))
             at += len(cnt)
         if EH:
-            hold_ptr = _cat_ptr(EHP)
+            hold_ptr = cat_ptr(EHP)
             hold = cat(EH, np.int64)
             cnt = np.diff(hold_ptr)
             x_of = np.repeat(np.arange(len(cnt)), cnt)
@@ -625,7 +626,7 @@ class DistributedGraph:
             if "r_rows" in out and len(out["r_rows"]):
                 self._in_range(out["r_rows"])
                 if self.rk is None:
-                    self.rk = _ReachStore(self.n)
+                    self.rk = ReachStore(self.n)
                 self.rk.add(out["r_rows"], out["r_ptr"], out["r_gid"], out["r_hold_ptr"], out["r_hold"])
 
     def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
@@ -640,7 +641,7 @@ class DistributedGraph:
         seeds = np.asarray(seeds, np.int64)
         got = self.times(seeds.tolist())  # seed checks need their times
         if self.nbs is None:
-            self.nbs = _NeighbourStore(self.n)
+            self.nbs = NeighbourStore(self.n)
         tc = self.cache["time"]
         ok = np.zeros(len(seeds), np.uint8)
         for i, r in enumerate(seeds.tolist()):
@@ -685,124 +686,6 @@ class DistributedGraph:
         ent = (kind == 2) & (par >= 0)
         pairs = np.unique(np.stack([par[ent], via[ent]], 1), axis=0) if ent.any() else np.zeros((0, 2), np.int64)
         self._hint = (np.unique(par[par >= 0]), pairs[:, 0], pairs[:, 1])
-
-
-def _cat_ptr(ptrs: list) -> np.ndarray:
-    """Concatenate CSR pointer arrays (each starting at 0) into one."""
-    if not ptrs:
-        return np.zeros(1, np.int64)
-    out, base = [np.zeros(1, np.int64)], 0
-    for p in ptrs:
-        p = np.asarray(p, np.int64)
-        out.append(p[1:] + base)
-        base += int(p[-1])
-    return np.concatenate(out)
-
-
-class _Owners:
-    """The shard of each global row a query has learned, dense (shard + 1; 0 = unknown).
-    np.zeros is calloc: only the pages of rows touched cost anything."""
-
-    def __init__(self, n: int):
-        self.a = np.zeros(max(int(n), 1), np.int64)
-
-    def __setitem__(self, r, s) -> None:
-        if not 0 <= r < len(self.a):
-            raise ShardUnavailableError(f"a shard named row {r}, outside 0..{len(self.a) - 1}: the cluster changed "
-                                        f"build during the query; ask again")
-        self.a[r] = int(s) + 1
-
-    def set_many(self, rows: np.ndarray, shards) -> None:
-        """`self[r] = s` for each pair (rows already range-checked by the caller)."""
-        self.a[np.asarray(rows, np.int64)] = np.asarray(shards, np.int64) + 1
-
-    def __getitem__(self, r) -> int:
-        s = int(self.a[r]) - 1 if 0 <= r < len(self.a) else -1
-        if s < 0:
-            raise KeyError(r)
-        return s
-
-    def get(self, r, default=None):
-        s = int(self.a[r]) - 1 if 0 <= r < len(self.a) else -1
-        return default if s < 0 else s
-
-
-class _ReachStore:
-    """Entity lists (global ids, holder shards) of rows that replies reached, per global row."""
-
-    def __init__(self, n: int):
-        n = max(int(n), 1)
-        self.ok = np.zeros(n, np.uint8)
-        self.lo, self.hi = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        self.gid = self.hlo = self.hhi = self.hold = np.zeros(0, np.int64)
-
-    def add(self, rows, ptr, gid, hold_ptr, hold) -> None:
-        rows, ptr = np.asarray(rows, np.int64), np.asarray(ptr, np.int64)
-        hold_ptr = np.asarray(hold_ptr, np.int64)
-        base, hbase = len(self.gid), len(self.hold)
-        self.lo[rows], self.hi[rows] = base + ptr[:-1], base + ptr[1:]
-        self.ok[rows] = 1
-        self.gid = np.concatenate([self.gid, np.asarray(gid, np.int64)])
-        self.hlo = np.concatenate([self.hlo, hbase + hold_ptr[:-1]])
-        self.hhi = np.concatenate([self.hhi, hbase + hold_ptr[1:]])
-        self.hold = np.concatenate([self.hold, np.asarray(hold, np.int64)])
-
-
-class _Vectors:
-    """Vectors a query has fetched: one growing float32 matrix and a dense row -> position map."""
-
-    def __init__(self, n: int, dim: int):
-        self.at = np.zeros(max(int(n), 1), np.int64)   # position + 1; 0 = not fetched
-        self.buf = np.zeros((256, int(dim)), np.float32)
-        self.n = 0
-
-    def missing(self, rows: np.ndarray) -> np.ndarray:
-        return rows[self.at[rows] == 0]
-
-    def put(self, rows: np.ndarray, vecs: np.ndarray) -> None:
-        """Store the vectors of distinct `rows` (rows already held keep theirs)."""
-        new = self.at[rows] == 0
-        rows, vecs = rows[new], np.asarray(vecs, np.float32)[new]
-        if self.n + len(rows) > len(self.buf):
-            buf = np.zeros((max(2 * len(self.buf), self.n + len(rows)), self.buf.shape[1]), np.float32)
-            buf[:self.n] = self.buf[:self.n]
-            self.buf = buf
-        self.buf[self.n:self.n + len(rows)] = vecs
-        self.at[rows] = np.arange(self.n + 1, self.n + len(rows) + 1)
-        self.n += len(rows)
-
-    def get(self, rows: np.ndarray) -> np.ndarray:
-        idx = self.at[rows] - 1
-        out = self.buf[np.maximum(idx, 0)]
-        out[idx < 0] = 0.0
-        return out
-
-
-class _NeighbourStore:
-    """The neighbour lists fetched so far in one query (see kernels/frontier.py): per global row
-    known flag, slice, edges examined, and time; entries in arrays grown by doubling."""
-
-    def __init__(self, n: int):
-        n = max(int(n), 1)
-        self.ok = np.zeros(n, np.uint8)
-        self.lo, self.hi, self.tot, self.tim = (np.zeros(n, np.int64) for _ in range(4))
-        self.fill = 0
-        self.v, self.w, self.k, self.i, self.pos = _entries(1024)
-
-    def reserve(self, extra: int) -> None:
-        need = self.fill + int(extra)
-        if need <= len(self.v):
-            return
-        cap = max(need, 2 * len(self.v))
-        new = _entries(cap)
-        for a, b in zip(new, (self.v, self.w, self.k, self.i, self.pos)):
-            a[:self.fill] = b[:self.fill]
-        self.v, self.w, self.k, self.i, self.pos = new
-
-
-def _entries(cap: int):
-    return (np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int8), np.empty(cap, np.int64),
-            np.empty(cap, np.int64))
 
 
 _WARM = threading.Lock()
@@ -855,7 +738,7 @@ class Coordinator:
 
     @staticmethod
     def _compile_kernels() -> None:
-        nb, own = _NeighbourStore(2), _Owners(2)
+        nb, own = NeighbourStore(2), Owners(2)
         i64 = lambda *x: np.array(x, np.int64)  # noqa: E731
         nb.reserve(4)
         e = np.zeros(0, np.int64)
