@@ -97,6 +97,18 @@ class Filters:
         return bool(self.entities_any or self.entities_all or self.sources or self.kinds)
 
 
+def spec_query(spec: Mapping, vector=None) -> tuple[Any, dict]:
+    """(what to ask, keyword arguments of `query()`) for one query in the orgmem queries.jsonl
+    form: its vector if given, else its `text`; filters, as_of, type, direction, budget, scope
+    and principals as the format defines them. Embedded and sharded `query_spec` share it."""
+    q = vector if vector is not None else spec.get("text")
+    if q is None:
+        raise InvalidQueryError(f"query {spec.get('qid')!r} has neither a vector nor text")
+    return q, {"type": spec.get("type", "chain"), "filters": Filters.from_dict(spec.get("filters"), as_of=spec.get("as_of")),
+               "direction": spec.get("direction", "back"), "budget_tokens": spec.get("budget_tokens", 4000),
+               "scope": spec.get("scope"), "principals": spec.get("principals"), "text": spec.get("text")}
+
+
 @dataclass
 class Allowed:
     """Allowed local rows of one segment: rows in [lo, hi), further restricted by `bitmap` if set."""

@@ -29,7 +29,7 @@ from .corpus import EventBatch
 from .encoder import Encoder, HashingEncoder, check_match, from_record, from_spec, spec_of
 from .errors import (AccessDeniedError, CorpusError, FormatError, IndexExistsError, IndexLockedError,
                      InvalidQueryError)
-from .filters import Filters, segment_allowed
+from .filters import Filters, segment_allowed, spec_query
 from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marker, write_marker
 from .params import AnswerParams, BuildParams, SearchParams
 from .planner import SegmentPlan, plan_segment, walk_hits, walk_search
@@ -783,14 +783,8 @@ class Index:
                    fill: bool = False):
         """Answer one query in the orgmem queries.jsonl form (vector, or its `text`; `scope` and
         `principals` as the format defines them)."""
-        f = Filters.from_dict(spec.get("filters"), as_of=spec.get("as_of"))
-        q = vector if vector is not None else spec.get("text")
-        if q is None:
-            raise InvalidQueryError(f"query {spec.get('qid')!r} has neither a vector nor text")
-        return self.query(q, type=spec.get("type", "chain"), filters=f, direction=spec.get("direction", "back"),
-                          budget_tokens=spec.get("budget_tokens", 4000), scope=spec.get("scope"),
-                          principals=spec.get("principals"), unrestricted=unrestricted, fill=fill,
-                          text=spec.get("text"))
+        q, kw = spec_query(spec, vector)
+        return self.query(q, unrestricted=unrestricted, fill=fill, **kw)
 
     def warm_up(self, engine: bool = True) -> None:
         """Compile kernels and build shard-wide views now rather than inside the first query.

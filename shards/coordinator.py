@@ -41,7 +41,7 @@ from fastctx.csr import ranges
 from fastctx.derive import query_words
 from fastctx.encoder import from_record
 from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
-from fastctx.filters import Filters
+from fastctx.filters import Filters, spec_query
 from fastctx.graph import DAY, link_weights
 from fastctx.types import Event
 from fastctx.kernels.frontier import merge_wave, searches_results, searches_run, searches_start
@@ -883,13 +883,9 @@ class Coordinator:
         return ans
 
     def query_spec(self, spec: dict, vector: Optional[np.ndarray] = None, **kw) -> Answer:
-        f = Filters.from_dict(spec.get("filters"), as_of=spec.get("as_of"))
-        q = vector if vector is not None else spec.get("text")
-        if q is None:
-            raise InvalidQueryError(f"query {spec.get('qid')!r} has neither a vector nor text")
-        return self.query(q, type=spec.get("type", "chain"), filters=f, direction=spec.get("direction", "back"),
-                          budget_tokens=spec.get("budget_tokens", 4000), scope=spec.get("scope"),
-                          principals=spec.get("principals"), text=spec.get("text"), **kw)
+        """`Index.query_spec` over the cluster (extra keywords go to `query`)."""
+        q, args = spec_query(spec, vector)
+        return self.query(q, **args, **kw)
 
     def close(self) -> None:
         self.cluster.close()
