@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--replica", action="store_true",
+                    help="also run a second coordinator holding the graph replica (shards/replica.py) over the "
+                         "same shard servers, alternating with the first")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     res: dict = {"corpus": str(a.corpus), "shards": a.shards}
@@ -94,15 +97,18 @@ def main() -> None:
         p, addr = _start_shard(exe, a.work / "sharded", 0)   # a second replica of shard 0
         procs.append(p)
         addrs[0].append(addr)
-        cluster = remote_cluster(addrs, call_timeout_s=2.0, hedge_s=0.25)
-        coord = Coordinator(cluster)
-        srv = CoordinatorServer(coord, port=0).start()
-        client = connect(srv.address)
-        for q, v in list(zip(queries, qvecs))[:5]:   # warm caches and connections
-            client.query_spec(q, v)
+        coords = {"": Coordinator(remote_cluster(addrs, call_timeout_s=2.0, hedge_s=0.25))}
+        if a.replica:
+            coords["_graph_replica"] = Coordinator(remote_cluster(addrs, call_timeout_s=2.0, hedge_s=0.25),
+                                                   replica=a.work / "sharded")
+        servers = {k: CoordinatorServer(c, port=0).start() for k, c in coords.items()}
+        clients = {k: connect(srv.address) for k, srv in servers.items()}
+        for client in clients.values():
+            for q, v in list(zip(queries, qvecs))[:5]:   # warm caches and connections
+                client.query_spec(q, v)
 
-        def run(kill_at=None):
-            lat, same, b_client, b_shards, waves, rpcs, partial = [], 0, 0, 0, 0, 0, 0
+        def run(client, kill_at=None):
+            lat, same, b_client, b_shards, waves, rpcs, partial, local = [], 0, 0, 0, 0, 0, 0, 0
             for i, (q, v) in enumerate(zip(queries, qvecs)):
                 if kill_at is not None and i == kill_at:
                     procs[0].kill()          # the preferred replica of shard 0 dies mid-run
@@ -115,18 +121,24 @@ def main() -> None:
                 waves += ans.timings["waves"]
                 rpcs += ans.timings["rpcs"]
                 partial += ans.partial
+                local += bool(ans.timings.get("on_replica"))
             n = len(lat)
             return {**_pct(lat, types), "identical_to_embedded": f"{same}/{n}", "partial": partial,
                     "bytes_client_per_query": int(b_client / n), "bytes_shards_per_query": int(b_shards / n),
-                    "expand_waves_per_query": round(waves / n, 1), "shard_rpcs_per_query": round(rpcs / n, 1)}
+                    "expand_waves_per_query": round(waves / n, 1), "shard_rpcs_per_query": round(rpcs / n, 1),
+                    "expanded_on_replica": local}
 
-        res[f"grpc_{a.shards}_shards"] = run()
-        res["coordinator_overhead_p50_ms"] = round(res[f"grpc_{a.shards}_shards"]["p50_ms"]
-                                                   - res["embedded_1_shard"]["p50_ms"], 2)
-        res[f"grpc_{a.shards}_shards_replica_killed"] = run(kill_at=len(queries) // 3)
-        client.close()
-        srv.stop(0)
-        coord.close()
+        for rnd in range(2 if a.replica else 1):   # alternate the coordinators: the VM's load drifts
+            for k, client in clients.items():
+                res[f"grpc_{a.shards}_shards{k}" + (f"_run{rnd + 1}" if a.replica else "")] = run(client)
+        first = res[f"grpc_{a.shards}_shards" + ("_run1" if a.replica else "")]
+        res["coordinator_overhead_p50_ms"] = round(first["p50_ms"] - res["embedded_1_shard"]["p50_ms"], 2)
+        for k, client in clients.items():   # last: it kills a replica
+            res[f"grpc_{a.shards}_shards{k}_replica_killed"] = run(client, kill_at=len(queries) // 3 if not k else None)
+        for k in coords:
+            clients[k].close()
+            servers[k].stop(0)
+            coords[k].close()
     finally:
         for p in procs:
             p.kill()
