@@ -17,8 +17,8 @@ corpus array for array (tests/test_replica.py), so the kernel gives the one-shar
 A replica is one state of the cluster. Each shard stamps its `Search` replies with the state it
 serves (`state`: its disk state key and partition checksum); a query whose stamps differ from
 the replica's (a sync installed new data), or that lacks a shard, expands through the shards as
-before, and the coordinator reloads the replica in the background. Memory: about 40 bytes per
-event plus 16 per (event, entity) and per link, held by the coordinator process.
+before, and the coordinator reloads the replica in the background. Memory: about 41 bytes per
+event, 16 per (event, entity) mention and 18 per link, held by the coordinator process.
 """
 from __future__ import annotations
 
@@ -36,12 +36,13 @@ from fastctx.kernels.expand import ExpandGraph
 from fastctx.params import AnswerParams
 from fastctx.view import View
 
+from .service import ShardIndex, Sidecar, shard_state
+
 
 class GraphReplica:
     """The expansion graph of every shard of a partitioned index, in global rows."""
 
     def __init__(self, index_dir, params: AnswerParams = AnswerParams()):
-        from .service import ShardIndex, Sidecar, shard_state
         self.path = Path(index_dir)
         marker = read_marker(self.path)
         names = list(marker.get("shards") or [])
