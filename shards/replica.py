@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 
+from fastctx.corpus import LINK_TYPES
 from fastctx.csr import ranges
 from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.format import read_marker
@@ -67,6 +68,7 @@ class GraphReplica:
         live = np.zeros(n, np.uint8)
         ev_cnt, out_cnt, in_cnt = (np.zeros(n, np.int64) for _ in range(3))
         for k, (sh, sc, _) in enumerate(parts):
+            _check_sidecar(self.path / names[k], sh, sc, n)
             g = np.asarray(sc.grow, np.int64)
             if len(g) != sh.n or (len(g) and (g.min() < 0 or g.max() >= n or (self.owner[g] >= 0).any())):
                 raise CorruptIndexError(f"{self.path / names[k]}: its global rows overlap another shard's, fall "
@@ -145,6 +147,23 @@ class GraphReplica:
         """Compile (or load) the kernel for the replica's array types before the first query."""
         one = np.zeros(1, np.int64)
         self.expand(one, np.ones(1, np.float32), 1, 0, 0, None)
+
+
+def _check_sidecar(where: Path, sh, sc, n: int) -> None:
+    """The sidecar arrays the replica hands the kernel (which does not bounds-check) are in range
+    and agree with the shard: a checksummed but inconsistent sidecar is refused naming it."""
+    def bad(what: str):
+        return CorruptIndexError(f"{where}: partition sidecar {what}")
+    if len(sc.grow) != sh.n or len(sc.gent) != sh.n_entities:
+        raise bad(f"has {len(sc.grow)} rows and {len(sc.gent)} entities, the shard {sh.n} and {sh.n_entities}")
+    for side, ptr, rows, types in (("out", sc.out_ptr, sc.out_dst, sc.out_type), ("in", sc.in_ptr, sc.in_src, sc.in_type)):
+        ptr = np.asarray(ptr, np.int64)
+        if len(ptr) != sh.n + 1 or ptr[0] != 0 or (np.diff(ptr) < 0).any() or ptr[-1] != len(rows) or len(types) != len(rows):
+            raise bad(f"{side}-link offsets do not match its {sh.n} rows and {len(rows)} links")
+        if len(rows) and (int(np.min(rows)) < 0 or int(np.max(rows)) >= n):
+            raise bad(f"{side}-links name rows outside 0..{n - 1}")
+        if len(types) and (int(np.min(types)) < 0 or int(np.max(types)) >= len(LINK_TYPES)):
+            raise bad(f"{side}-links have link types outside 0..{len(LINK_TYPES) - 1}")
 
 
 def _ptr(counts: np.ndarray) -> np.ndarray:

@@ -152,3 +152,18 @@ def test_a_replica_of_other_data_is_never_used_and_reloads_back_off(world, tmp_p
                 time.sleep(0.02)
     assert "does not hold what shard(s) [0, 1, 2, 3] serve" in caplog.text
     assert coord._reload_wait >= 1.0
+
+
+def test_a_checksummed_but_inconsistent_sidecar_is_refused_naming_it(world, tmp_path):
+    """The replica hands the sidecar's links to a kernel that does not bounds-check: a link to a
+    row outside the index is refused when the replica is read, naming the shard's directory."""
+    from fastctx.errors import CorruptIndexError
+    from fastctx.partition import read_sidecar, write_sidecar
+    d = tmp_path / "four"
+    shutil.copytree(world["four_dir"], d)
+    arrays, meta = read_sidecar(d / "shard-002")
+    arrays["out_dst"] = arrays["out_dst"].copy()
+    arrays["out_dst"][0] = 10 ** 9
+    write_sidecar(d / "shard-002", arrays, {k: v for k, v in meta.items() if k not in ("version", "npz", "checksum")})
+    with pytest.raises(CorruptIndexError, match="shard-002.*rows outside"):
+        GraphReplica(d)
