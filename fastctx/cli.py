@@ -572,7 +572,7 @@ def serve_coordinator(port, host, shard_specs, call_timeout, hedge_ms, deadline,
     except (FastctxError, OSError) as e:
         _fail(e)
     auth = f", {len(srv.tokens)} token(s)" if srv.tokens is not None else ""
-    rep = f", graph replica of {graph_replica}" if graph_replica else ""
+    rep = f", graph replica of {graph_replica}: {coord.replica.describe()}" if graph_replica else ""
     ops.announce(f"coordinator over {len(cluster.shards)} shard(s) ({'TLS' if tls_cert else 'plaintext'}{auth}{rep}) "
                  f"serving on {srv.address}" + _metrics_note(srv))
     serve_forever(srv)

@@ -23,6 +23,7 @@ event, 16 per (event, entity) mention and 18 per link, held by the coordinator p
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +45,7 @@ class GraphReplica:
     """The expansion graph of every shard of a partitioned index, in global rows."""
 
     def __init__(self, index_dir, params: AnswerParams = AnswerParams()):
+        t0 = time.perf_counter()
         self.path = Path(index_dir)
         marker = read_marker(self.path)
         names = list(marker.get("shards") or [])
@@ -112,6 +114,15 @@ class GraphReplica:
         self._shards = [(sh, np.asarray(sc.grow, np.int64)) for sh, sc, _ in parts]
         self._views: dict = {}
         self._lock = threading.Lock()
+        self.read_s = time.perf_counter() - t0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays the replica holds (the shards' mapped files not counted)."""
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+    def describe(self) -> str:
+        return f"{self.n} events, {self.nbytes / 2**20:.0f} MiB, read in {self.read_s:.1f} s"
 
     def current(self, states: dict) -> bool:
         """Whether every shard serves the state this replica was read from."""

@@ -44,6 +44,8 @@ def test_replica_arrays_equal_a_one_shard_build(world):
     assert np.array_equal(rep.ent_weight, local.ent_weight)
     assert np.array_equal(rep.live, local.allowed)
     assert sorted(np.unique(rep.owner).tolist()) == [0, 1, 2, 3]
+    held = sum(getattr(rep, a).nbytes for a in GRAPH_ARRAYS + ("owner", "live", "ent_weight", "link_weight"))
+    assert rep.nbytes == held and rep.describe().startswith("1500 events, ")
 
 
 def test_coordinator_with_replica_answers_like_embedded_without_expand_rounds(world):
