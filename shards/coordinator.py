@@ -51,6 +51,8 @@ from .replica import GraphReplica
 from .stores import NeighbourStore, Owners, ReachStore, Vectors, cat_ptr
 from .transport import CallStats, Cluster
 
+log = logging.getLogger("fastctx.coordinator")
+
 class DistributedGraph:
     """`GraphAccess` over a `Cluster` for one query (it caches what it learns)."""
 
@@ -767,8 +769,7 @@ class Coordinator:
 
     def _reload_replica(self, old, states: dict) -> None:
         try:
-            new = GraphReplica(old.path, self.params)
-            new.warm_up()
+            new = GraphReplica(old.path, self.params)   # same array types: the kernel is compiled
             self.replica = new
             if new.current(states):
                 self._reload_wait = self.replica_reload_s
@@ -776,11 +777,11 @@ class Coordinator:
                 self._reload_wait = min(2 * self._reload_wait + 1.0, 600.0)
                 self._reload_at = time.monotonic() + self._reload_wait
                 bad = sorted(k for k in set(states) | set(new.states) if states.get(k) != new.states.get(k))
-                logging.getLogger("fastctx.coordinator").warning(
+                log.warning(
                     "the graph replica at %s does not hold what shard(s) %s serve; chains expand through the "
                     "shards (next reload in %.0f s)", old.path, bad, self._reload_wait)
         except Exception as e:   # a directory mid-install: keep the old one, try again later
-            logging.getLogger("fastctx.coordinator").warning("graph replica reload failed: %s", e)
+            log.warning("graph replica reload failed: %s", e)
         finally:
             self._reload_lock.release()
 

@@ -422,11 +422,15 @@ def test_cli_serve_shards_coordinator_and_remote_eval(text_corpus, tmp_path):
                               "--shard", f"0={addrs[0]}", "--shard", f"1={addrs[1]}"], stderr=subprocess.PIPE, text=True)
         procs.append(p)
         coord = _wait_listening(p, "serving on")
-        out = tmp_path / "r.jsonl"
-        r = subprocess.run([str(exe), "eval", "--remote", coord, str(text_corpus.dir), "--out", str(out), "--quiet"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        got = [json.loads(x) for x in out.read_text().splitlines()]
+
+        def remote_eval(address, name):
+            out = tmp_path / name
+            r = subprocess.run([str(exe), "eval", "--remote", address, str(text_corpus.dir), "--out", str(out),
+                                "--quiet"], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            return [json.loads(x) for x in out.read_text().splitlines()]
+
+        got = remote_eval(coord, "r.jsonl")
         local = tmp_path / "l.jsonl"
         one = tmp_path / "one"
         subprocess.run([str(exe), "build", str(text_corpus.dir), str(one), "--quiet"], check=True, capture_output=True)
@@ -443,12 +447,7 @@ def test_cli_serve_shards_coordinator_and_remote_eval(text_corpus, tmp_path):
                               "--shard", f"1={addrs[1]}"], stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "FASTCTX_GRAPH_REPLICA": str(idx)})
         procs.append(p)
-        coord2 = _wait_listening(p, "graph replica of")
-        out2 = tmp_path / "r2.jsonl"
-        r = subprocess.run([str(exe), "eval", "--remote", coord2, str(text_corpus.dir), "--out", str(out2), "--quiet"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        got2 = [json.loads(x) for x in out2.read_text().splitlines()]
+        got2 = remote_eval(_wait_listening(p, "graph replica of"), "r2.jsonl")
         assert [(g["qid"], g["events"], g["current"]) for g in got2] == \
                [(w["qid"], w["events"], w["current"]) for w in want]
     finally:
