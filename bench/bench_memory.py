@@ -114,8 +114,14 @@ def run_fastctx(index: Path, corpus: Path, fill: bool) -> dict[str, list[str]]:
     return out
 
 
-def score(corpus: Path, sc: Scoped, answers: dict[str, list[str]]) -> dict:
-    """Per category and overall: evidence recall, precision, sessions per answer, out-of-scope events."""
+def evidence_group(n: int) -> str:
+    """Questions grouped by how many evidence turns they have: one turn is what single-hop means."""
+    return "1 turn" if n == 1 else "2-3 turns" if n <= 3 else "4+ turns"
+
+
+def score(corpus: Path, sc: Scoped, answers: dict[str, list[str]], by_evidence: bool = False) -> dict:
+    """Per category (or per evidence count) and overall: evidence recall, precision, sessions per
+    answer, out-of-scope events."""
     truth = {t["qid"]: set(t["relevant"]) for t in _jsonl(corpus / "truth.jsonl")}
     pos = {eid: i for i, eid in enumerate(sc.ids)}
     by = defaultdict(lambda: defaultdict(list))
@@ -124,7 +130,8 @@ def score(corpus: Path, sc: Scoped, answers: dict[str, list[str]]) -> dict:
         rel = truth[q["qid"]]
         inside = set(sc.ids[r] for r in sc.rows(q.get("scope")))
         sessions = {e for g in got for e in sc.events[pos[g]].get("entities", []) if e.startswith("session:")}
-        for cat in (q.get("category", "all"), "overall"):
+        group = evidence_group(len(rel)) if by_evidence else q.get("category", "all")
+        for cat in (group, "overall"):
             m = by[cat]
             m["recall"].append(len(rel & set(got)) / len(rel))
             m["precision"].append(len(rel & set(got)) / len(got) if got else 0.0)
@@ -143,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="where the index is built (default CORPUS/../NAME-index)")
     ap.add_argument("--systems", default="rag,hybrid,fastctx,fastctx-fill")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--by-evidence", action="store_true",
+                    help="group questions by their number of evidence turns instead of by category")
     a = ap.parse_args(argv)
     sc = Scoped(a.corpus)
     queries, qv = read_queries(a.corpus)
@@ -159,10 +168,10 @@ def main(argv=None) -> int:
             ans = run_fastctx(index, a.corpus, fill=name.endswith("fill"))
         else:
             raise SystemExit(f"unknown system {name!r} (rag, hybrid, fastctx, fastctx-fill)")
-        results[name] = score(a.corpus, sc, ans)
+        results[name] = score(a.corpus, sc, ans, by_evidence=a.by_evidence)
         print(f"{name}: answered {len(ans)} questions in {time.perf_counter() - t0:.1f}s")
     cats = sorted({c for r in results.values() for c in r}, key=lambda c: (c == "overall", c))
-    print("\n| system | " + " | ".join(f"cat {c} (n={results[next(iter(results))][c]['n']})" if c != "overall"
+    print("\n| system | " + " | ".join(f"{c if a.by_evidence else 'cat ' + c} (n={results[next(iter(results))][c]['n']})" if c != "overall"
                                          else "overall" for c in cats) + " | events | sessions | outside scope |")
     print("| --- " * (len(cats) + 4) + "|")
     for name, r in results.items():

@@ -94,3 +94,20 @@ def test_sessions_and_replies_can_be_left_out(corpus, tmp_path):
     assert first["entities"] == ["conv:1", "person:ben"] and first["links"] == []
     assert not any(x.startswith("session:") for e in events for x in e["entities"])
     assert all(e["links"] == [] for e in events)
+
+
+def test_memory_bench_groups_questions_by_evidence_count(corpus, tmp_path, capsys):
+    """bench_memory.py --by-evidence: single-turn questions (what single-hop means) apart from
+    several-turn ones, each system scored on the same questions."""
+    from bench_memory import evidence_group, main as bench_memory
+    assert [evidence_group(n) for n in (1, 2, 3, 4, 9)] == ["1 turn", "2-3 turns", "2-3 turns", "4+ turns", "4+ turns"]
+    out = tmp_path / "m.json"
+    assert bench_memory([str(corpus), "--work", str(tmp_path / "idx"), "--systems", "rag,fastctx",
+                         "--by-evidence", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    for system in ("rag", "fastctx"):
+        assert set(got[system]) == {"2-3 turns", "overall"}          # every question here has two turns
+        assert got[system]["2-3 turns"]["n"] == got[system]["overall"]["n"] == 8
+        assert got[system]["overall"]["outside"] == 0
+    assert got["fastctx"]["overall"]["recall"] == 1.0
+    assert "| 2-3 turns (n=8) | overall |" in capsys.readouterr().out
