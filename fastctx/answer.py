@@ -217,6 +217,31 @@ class Engine:
         sq = np.maximum(np.einsum("ij,ij->i", vecs, vecs) - 2.0 * v_m + float(mean @ mean), 0.0)
         return (vecs @ qc - float(mean @ qc)) / np.maximum(np.sqrt(sq) * np.linalg.norm(qc), 1e-12)
 
+    def _focus(self, g, q, rows, value, confidence: float, mean, dates) -> np.ndarray:
+        """The order of pooled chain events: their evidence `value`, scaled when the best chain is
+        short of full confidence by exp(question_focus * (1 - confidence) * aboutness),
+        aboutness being an event's query-specific similarity plus its closeness to a date the
+        question names. Where replies, a shared session or look-alike heads are all the chains
+        have, what the question asks about decides among their events; a chain of causal evidence
+        keeps its own order."""
+        p = self.params
+        if confidence >= 1.0:
+            return value
+        about = self._question_similarity(g, q, rows, mean)
+        if dates:
+            about = about + p.date_weight * self._named_dates(np.asarray(g.times(rows), np.int64), dates,
+                                                              p.date_scale_days)
+        return value * np.exp(p.question_focus * (1.0 - confidence) * about)
+
+    @staticmethod
+    def _question_similarity(g, q: np.ndarray, rows: np.ndarray, mean: Optional[np.ndarray]) -> np.ndarray:
+        """Query-specific similarity of any rows (reached events too) relative to the hits' `mean`;
+        plain similarity where there were too few hits to have one."""
+        vecs = np.asarray(g.vectors(rows), np.float64)
+        if mean is None:
+            return vecs @ np.asarray(q, np.float64)
+        return Engine._specific_similarity(vecs, q, mean)
+
     @staticmethod
     def _later_cos(vecs: np.ndarray, times: np.ndarray, pool: np.ndarray, chunks: int = 4) -> np.ndarray:
         """Per hit of `pool`, its highest cosine to a later hit (-1 if none is later). The pool
@@ -327,7 +352,9 @@ class Engine:
         vk = np.concatenate([res[3] for res in parts])[first].tolist()
         vid = np.concatenate([res[4] for res in parts])[first].tolist()
         rank = np.repeat(np.asarray(keep), [len(res[0]) for res in parts])[first].tolist()
-        best_first = np.lexsort((uniq, -value))
+        # below full confidence the order, not the reported evidence, also follows the question
+        order = self._focus(g, q, uniq, value, confidence, mean, dates) if p.question_focus > 0 else value
+        best_first = np.lexsort((uniq, -order))
         ranked = [(int(uniq[x]), float(value[x]), (par[x], vk[x], vid[x], rank[x])) for x in best_first.tolist()]
         # the evidence ends with the chains, unless they explain little of the question: direct
         # hits (fused relevance order) then take the unexplained share of the budget left (all of

@@ -318,3 +318,78 @@ def test_later_cos_is_the_best_cosine_to_a_later_hit():
         full = (vecs[pool] @ vecs.T).astype(np.float64)
         want = np.where(times[None, :] > times[pool][:, None], full, -1.0).max(axis=1)
         assert np.allclose(Engine._later_cos(vecs, times, pool), want, atol=1e-6)
+
+
+class _TimedVectors(_Vectors):
+    def __init__(self, table, times):
+        super().__init__(table)
+        self.t = times
+
+    def times(self, rows):
+        return np.array([self.t[int(r)] for r in rows], np.int64)
+
+
+def test_question_focus_orders_the_events_of_unsure_chains_by_the_question():
+    """Pooled chain events are ordered by evidence x exp(focus x (1 - confidence) x aboutness)."""
+    p = AnswerParams()
+    q = _unit([1, 0, 0])
+    table = {0: _unit([1, 0, 0]), 1: _unit([0, 1, 0]), 2: _unit([1, 1, 0]), 3: _unit([0.2, 1, 0])}
+    g = _TimedVectors(table, {r: 86400 * r for r in table})
+    rows = np.array([0, 1, 2, 3])
+    value = np.array([1.0, 0.4, 0.1, 0.1])
+    eng = Engine(params=p, graph=g)
+    assert eng._focus(g, q, rows, value, 1.0, None, ()) is value     # a confident chain: untouched
+    for confidence in (0.8, 0.2, 0.0):
+        want = value * np.exp(p.question_focus * (1.0 - confidence) * np.array([table[r] @ q for r in rows]))
+        assert np.allclose(eng._focus(g, q, rows, value, confidence, None, ()), want)
+    got = eng._focus(g, q, rows, value, 0.0, None, ())
+    assert got[2] > got[3]                   # equally weak: the one about the question first
+    day3 = [(86400 * 3, 86400 * 4 - 1)]      # a day the question names counts as being about it
+    assert eng._focus(g, q, rows, value, 0.0, None, day3)[3] > got[3]
+
+
+class _TwoWayGraph(_OneHopGraph):
+    """Head 0 reaches row 100 weakly through a reference (too little causal evidence for full
+    confidence) and head 1 reaches row 101, which looks like the question, through a reply;
+    every other head reaches a turn (row + 200) through a reply."""
+
+    def vectors(self, rows):
+        rows = np.asarray(rows, np.int64)
+        v = np.zeros((len(rows), 32), np.float32)
+        v[np.arange(len(rows)), rows % 32] = 1.0
+        v[rows == 101, 0] = 3.0
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def expand(self, seeds, scores, direction, t_lo, t_hi, as_of):
+        ref, reply = LINK_TYPES.index("references"), LINK_TYPES.index("reply")
+        out = []
+        for s in np.asarray(seeds, np.int64).tolist():
+            far = {0: (100, ref, 0.1), 1: (101, reply, 0.5)}.get(s, (s + 200, reply, 0.5))
+            out.append((np.array([s, far[0]], np.int64), np.array([1.0, far[2]], np.float32),
+                        np.array([-1, s], np.int64), np.array([0, 1], np.int8), np.array([0, far[1]], np.int64),
+                        np.array([0, 1], np.int32)))
+        return out
+
+
+def test_question_focus_moves_the_reached_turn_about_the_question_up_when_the_chains_are_weak():
+    from dataclasses import replace
+    g = _TwoWayGraph("reply")
+    q = np.zeros(32, np.float32)
+    q[0] = 1.0
+    rows = np.arange(20, dtype=np.int64)
+
+    def answer(params):
+        eng = Engine(params=replace(params, hits_first=0.0), graph=g)
+        picked, _ = eng._chain(g, q, rows, np.linspace(0.9, 0.1, 20), np.zeros(20), Filters(), 1, 1000, False)
+        return [r for r, _, _ in picked]
+
+    plain, focused = answer(replace(AnswerParams(), question_focus=0.0)), answer(AnswerParams())
+    assert set(plain) == set(focused) and {100, 101} <= set(focused)
+    # the reply-reached turn about the question moves up; the best head stays first
+    assert focused.index(101) < plain.index(101) and focused[0] == plain[0] == 0
+
+
+def test_question_focus_off_is_the_pooled_evidence_order():
+    from dataclasses import replace
+    got = _hop_answer("reply", budget=10, params=replace(AnswerParams(), question_focus=0.0, hits_first=0.0))
+    assert got[:2] == [0, 100]
