@@ -105,8 +105,9 @@ def hybrid(sc: Scoped, q: dict, qv: np.ndarray) -> list[str]:
     return sc.fill(order, q["budget_tokens"])
 
 
-def run_fastctx(index: Path, corpus: Path, fill: bool) -> dict[str, list[str]]:
-    idx = Index(index)
+def run_fastctx(index: Path, corpus: Path, fill: bool, params: tuple = ()) -> dict[str, list[str]]:
+    from fastctx.cli import _answer_params   # the CLI's --param KEY=VALUE reading
+    idx = Index(index, answer_params=_answer_params(tuple(params), None))
     queries, qv = read_queries(corpus)
     out = {}
     for q, v in zip(queries, qv):
@@ -150,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="where the index is built (default CORPUS/../NAME-index)")
     ap.add_argument("--systems", default="rag,hybrid,fastctx,fastctx-fill")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="an engine knob for fastctx (fastctx.params.AnswerParams), as `fastctx eval --param`")
     ap.add_argument("--by-evidence", action="store_true",
                     help="group questions by their number of evidence turns instead of by category")
     a = ap.parse_args(argv)
@@ -165,7 +168,7 @@ def main(argv=None) -> int:
             index = a.work or a.corpus.parent / f"{a.corpus.name}-index"
             if not (index / "fastctx.json").exists():
                 build(a.corpus, index)
-            ans = run_fastctx(index, a.corpus, fill=name.endswith("fill"))
+            ans = run_fastctx(index, a.corpus, fill=name.endswith("fill"), params=a.param)
         else:
             raise SystemExit(f"unknown system {name!r} (rag, hybrid, fastctx, fastctx-fill)")
         results[name] = score(a.corpus, sc, ans, by_evidence=a.by_evidence)
