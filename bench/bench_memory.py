@@ -145,6 +145,16 @@ def score(corpus: Path, sc: Scoped, answers: dict[str, list[str]], by_evidence: 
             for c, m in by.items()}
 
 
+def margins(results: dict) -> dict[str, dict[str, float]]:
+    """Per fastctx system, its evidence recall less the better of plain RAG and hybrid search, per
+    category and overall (what the issue's target is stated in); empty without both baselines."""
+    if not {"rag", "hybrid"} <= set(results):
+        return {}
+    return {name: {c: r[c]["recall"] - max(results["rag"][c]["recall"], results["hybrid"][c]["recall"])
+                   for c in r}
+            for name, r in results.items() if name.startswith("fastctx")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", type=Path)
@@ -182,6 +192,10 @@ def main(argv=None) -> int:
         print(f"| {name} | " + " | ".join(f"{r[c]['recall']:.3f} / {r[c]['precision']:.2f}" for c in cats)
               + f" | {o['events']:.1f} | {o['sessions']:.1f} | {o['outside']} |")
     print("\ncells: evidence recall / precision")
+    for name, margin in margins(results).items():
+        print(f"{name} over the stronger of rag and hybrid, evidence recall: "
+              + ", ".join(f"{c if a.by_evidence or c == 'overall' else 'cat ' + c} {margin[c]:+.3f}"
+                          for c in cats if c in margin))
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -111,3 +111,14 @@ def test_memory_bench_groups_questions_by_evidence_count(corpus, tmp_path, capsy
         assert got[system]["overall"]["outside"] == 0
     assert got["fastctx"]["overall"]["recall"] == 1.0
     assert "| 2-3 turns (n=8) | overall |" in capsys.readouterr().out
+
+
+def test_memory_bench_states_the_margin_over_the_stronger_baseline():
+    from bench_memory import margins
+    res = {"rag": {"1": {"recall": 0.4}, "overall": {"recall": 0.6}},
+           "hybrid": {"1": {"recall": 0.5}, "overall": {"recall": 0.55}},
+           "fastctx": {"1": {"recall": 0.7}, "overall": {"recall": 0.65}}}
+    got = margins(res)
+    assert set(got) == {"fastctx"}
+    assert abs(got["fastctx"]["1"] - 0.2) < 1e-12 and abs(got["fastctx"]["overall"] - 0.05) < 1e-12
+    assert margins({"fastctx": res["fastctx"]}) == {}
