@@ -184,8 +184,10 @@ def main(argv=None) -> int:
         results[name] = score(a.corpus, sc, ans, by_evidence=a.by_evidence)
         print(f"{name}: answered {len(ans)} questions in {time.perf_counter() - t0:.1f}s")
     cats = sorted({c for r in results.values() for c in r}, key=lambda c: (c == "overall", c))
-    print("\n| system | " + " | ".join(f"{c if a.by_evidence else 'cat ' + c} (n={results[next(iter(results))][c]['n']})" if c != "overall"
-                                         else "overall" for c in cats) + " | events | sessions | outside scope |")
+    label = (lambda c: c if a.by_evidence or c == "overall" else f"cat {c}")  # noqa: E731
+    n_of = results[next(iter(results))]
+    print("\n| system | " + " | ".join(f"{label(c)} (n={n_of[c]['n']})" if c != "overall" else "overall" for c in cats)
+          + " | events | sessions | outside scope |")
     print("| --- " * (len(cats) + 4) + "|")
     for name, r in results.items():
         o = r["overall"]
@@ -194,8 +196,7 @@ def main(argv=None) -> int:
     print("\ncells: evidence recall / precision")
     for name, margin in margins(results).items():
         print(f"{name} over the stronger of rag and hybrid, evidence recall: "
-              + ", ".join(f"{c if a.by_evidence or c == 'overall' else 'cat ' + c} {margin[c]:+.3f}"
-                          for c in cats if c in margin))
+              + ", ".join(f"{label(c)} {margin[c]:+.3f}" for c in cats if c in margin))
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -53,6 +53,7 @@ from .transport import CallStats, Cluster
 
 log = logging.getLogger("fastctx.coordinator")
 
+
 class DistributedGraph:
     """`GraphAccess` over a `Cluster` for one query (it caches what it learns)."""
 

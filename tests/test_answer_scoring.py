@@ -388,8 +388,3 @@ def test_question_focus_moves_the_reached_turn_about_the_question_up_when_the_ch
     # the reply-reached turn about the question moves up; the best head stays first
     assert focused.index(101) < plain.index(101) and focused[0] == plain[0] == 0
 
-
-def test_question_focus_off_is_the_pooled_evidence_order():
-    from dataclasses import replace
-    got = _hop_answer("reply", budget=10, params=replace(AnswerParams(), question_focus=0.0, hits_first=0.0))
-    assert got[:2] == [0, 100]
