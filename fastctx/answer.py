@@ -217,6 +217,51 @@ class Engine:
         sq = np.maximum(np.einsum("ij,ij->i", vecs, vecs) - 2.0 * v_m + float(mean @ mean), 0.0)
         return (vecs @ qc - float(mean @ qc)) / np.maximum(np.sqrt(sq) * np.linalg.norm(qc), 1e-12)
 
+    @staticmethod
+    def _kind_affinity(specific: np.ndarray, kinds: np.ndarray, prior_hits: int) -> np.ndarray:
+        """Per hit, how far its kind lies below the kind the question is most about (0 for that
+        kind, negative for the others). A kind's score is the query-specific similarity of its
+        hits less the hits' mean, summed and divided by its hit count plus `prior_hits` (a kind
+        seen a few times is taken as average), in standard deviations of that similarity. All
+        zero when every hit is one kind."""
+        uniq, inv = np.unique(kinds, return_inverse=True)
+        inv = inv.ravel()
+        sigma = float(specific.std()) if len(specific) else 0.0
+        if len(uniq) < 2 or sigma <= 1e-12:
+            return np.zeros(len(kinds))
+        counts = np.bincount(inv, minlength=len(uniq))
+        score = np.bincount(inv, weights=specific - specific.mean(), minlength=len(uniq)) / (counts + prior_hits) / sigma
+        return (score - score.max())[inv]
+
+    def _asked_kind(self, g, rows, specific, cands, confidence: float):
+        """The candidates re-ranked by the kind of event the question asks about ("the current
+        incident"), weighted by the best chain's `confidence`: look-alikes of another kind stop
+        winning the head. Returns (candidates, their kind-free scores by hit), or (candidates,
+        None) when the kinds of the hits tell nothing or no chain is causal."""
+        p = self.params
+        if confidence <= 0:
+            return cands, None
+        prior = self._kind_affinity(specific, np.asarray(g.kinds(rows)), p.kind_prior_hits)
+        if not prior.any():
+            return cands, None
+        shift = p.kind_weight * confidence
+        free = {i: s for s, i, _ in cands}
+        return sorted(((s + shift * float(prior[i]), i, res) for s, i, res in cands), key=lambda c: (-c[0], c[1])), free
+
+    def _kind_history(self, weights, cands, free, times, direction: int, temperature: float) -> list[float]:
+        """The asked kind picks the head, not what led to it: a candidate on the asked side of the
+        head (earlier for "what led here", later for "what followed", either for both), which
+        may be the head's own history of another kind, keeps at least `kind_history` of the
+        pooling weight its kind-free score gives it against the head's."""
+        head = cands[0][1]
+        t_head, f_head, keep = times[head], free[head], self.params.kind_history
+        out = []
+        for (_, i, _), w in zip(cands, weights):
+            side = (times[i] < t_head if direction == DIRECTIONS["back"] else
+                    times[i] > t_head if direction == DIRECTIONS["forward"] else i != head)
+            out.append(max(w, keep * min(1.0, math.exp((free[i] - f_head) / temperature))) if side else w)
+        return out
+
     def _focus(self, g, q, rows, value, confidence: float, mean, dates) -> np.ndarray:
         """The order of pooled chain events: their evidence `value`, scaled when the best chain is
         short of full confidence by exp(question_focus * (1 - confidence) * aboutness),
@@ -323,6 +368,12 @@ class Engine:
                  for i, pr, rel, res in zip(chosen.tolist(), prior[top].tolist(), relevance.tolist(), expansions)]
         cands.sort(key=lambda c: (-c[0], c[1]))
         confidence = self._confidence(cands[0][2], p.chain_evidence, self._context_reached(g, cands[0][2]))
+        free = None
+        if p.kind_weight > 0 and mean is not None:
+            head = cands[0][1]
+            cands, free = self._asked_kind(g, rows, specific, cands, confidence)
+            if cands[0][1] != head:
+                confidence = self._confidence(cands[0][2], p.chain_evidence, self._context_reached(g, cands[0][2]))
         temperature = p.pool_temperature + (p.wide_temperature - p.pool_temperature) * (1.0 - confidence)
         # evidence per event, pooled over candidates: each candidate's chain counts with a
         # softmax weight of its score, so a close runner-up's chain still gets budget and
@@ -330,6 +381,8 @@ class Engine:
         best = cands[0][0]
         weights = [math.exp((c[0] - best) / temperature) if temperature > 0 else float(rank == 0)
                    for rank, c in enumerate(cands)]
+        if free is not None and temperature > 0:
+            weights = self._kind_history(weights, cands, free, times, direction, temperature)
         # below full confidence, candidates and direct hits alike count towards their support in
         # time: a look-alike from another year is likelier another story than the best one's
         in_time = np.ones(len(rows))

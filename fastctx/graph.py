@@ -121,6 +121,9 @@ class GraphAccess(Protocol):
 
     def tokens(self, rows: Sequence[int]) -> np.ndarray: ...
 
+    def kinds(self, rows: Sequence[int]) -> np.ndarray:
+        """A label per row, equal for rows of one event kind (codes or names)."""
+
     def vectors(self, rows: Sequence[int]) -> np.ndarray: ...
 
     def supersession(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +222,9 @@ class LocalGraph:
 
     def times(self, rows):
         return self.graph.times[np.asarray(rows, np.int64)]
+
+    def kinds(self, rows):
+        return np.asarray(self.shard.kind_codes)[np.asarray(rows, np.int64)]   # codes: one per kind name
 
     def tokens(self, rows):
         return np.asarray(self.shard.tokens)[np.asarray(rows, np.int64)]

@@ -191,6 +191,17 @@ class AnswerParams:
     # much to its head and direct-hit score, a prior like `recency`, never a filter
     date_weight: float = 0.4
     date_scale_days: float = 3.0
+    # The kind of event a question asks about ("what led to the current incident"): each kind's
+    # mean query-specific similarity among the hits (over its count plus `kind_prior_hits`, in
+    # standard deviations; Engine._kind_affinity) below the best kind's, times `kind_weight` and
+    # the best chain's confidence, is added to the candidates' scores. Candidates on the asked
+    # side of the new head keep `kind_history` of their kind-free pooling weight (the head's own
+    # history may be of other kinds). Inert when all hits are one kind or no chain is causal.
+    # 0: off. Yardstick with unseen knobs at 1e5: chain recall +0.02..+0.04, precision +0.04..+0.06
+    # (bench/README.md, "The asked kind")
+    kind_weight: float = 0.25
+    kind_prior_hits: int = 8
+    kind_history: float = 0.3
 
     def __post_init__(self):
         if self.expansion not in ("best_first", "ppr"):

@@ -65,7 +65,7 @@ class DistributedGraph:
         self.stats = CallStats()
         self.owner = Owners(self.n)
         self.vecs = Vectors(self.n, coord.dim)
-        self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "sup", "slot", "id", "rev",
+        self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "kind", "sup", "slot", "id", "rev",
                                                          "visible")}
         self.nbs: Optional[NeighbourStore] = None   # neighbour lists fetched (created by expand)
         self.rk: Optional[ReachStore] = None         # entity lists of reached rows
@@ -166,6 +166,8 @@ class DistributedGraph:
                     self._store_rev(v, out, "")
                 elif f == "vector":
                     self.vecs.put(np.asarray(v, np.int64), out["vector"])
+                elif f == "kind":
+                    self._store_kinds(v, out["kind"], out["kind_names"])
                 else:
                     vals = out[f]
                     vals = vals.tolist() if isinstance(vals, np.ndarray) else vals
@@ -194,6 +196,18 @@ class DistributedGraph:
                 self.cache["time"][rr[x]] = rt[x]
                 self.cache["sup"][rr[x]] = (r, ra[x])
             rev[r] = lst
+
+    def _store_kinds(self, rows: list, codes, names: list) -> None:
+        """Cache kind names from a shard's codes (each shard numbers its kinds its own way)."""
+        codes = np.asarray(codes, np.int64)
+        if len(codes) and (int(codes.max()) >= len(names) or int(codes.min()) < 0):
+            raise ShardUnavailableError(f"a shard answered a kind code outside its {len(names)} kind names")
+        self.cache["kind"].update(zip(rows, [names[c] for c in codes.tolist()]))
+
+    def _row_fields(self) -> list[str]:
+        """What a chain question reads of a hit or a reached row: its vector, time and budget, and
+        its kind when the engine weighs the asked kind (one fetch for all of them)."""
+        return ["vector", "time", "tokens"] + (["kind"] if self.params.kind_weight > 0 else [])
 
     def _riders(self, reqs: dict, fields: list) -> dict:
         """Add to a chain's vector fetch (`_chain_relevance`, right after the expansion) the ids
@@ -242,7 +256,7 @@ class DistributedGraph:
         # what the query type reads of every hit next: a chain query its head choice (vectors,
         # times) and budget (tokens); current/as_of its grouping (slot entity, supersession) and
         # the versions a winner replaced (rev), which would otherwise take a round of their own
-        req["hit_fields"] = ["vector", "time", "tokens"] if self.qtype == "chain" else ["slot", "sup", "tokens", "rev"]
+        req["hit_fields"] = self._row_fields() if self.qtype == "chain" else ["slot", "sup", "tokens", "rev"]
         if self.qtype == "chain":
             if self.reach:   # the candidates' entities: their first wave asks owners and holders at once
                 p = self.params
@@ -278,6 +292,8 @@ class DistributedGraph:
                     self._store_rev(hit.tolist(), out, "hit_", mine)
                 elif f == "vector" and "hit_vector" in out:
                     self.vecs.put(hit[mine], out["hit_vector"][mine])
+                elif f == "kind" and "hit_kind" in out:
+                    self._store_kinds(rows_m, out["hit_kind"][mine], out["hit_kind_names"])
                 elif f == "sup" and "hit_sup_by" in out:
                     by, at, sh = (out[x][mine].tolist() for x in ("hit_sup_by", "hit_sup_at", "hit_sup_shard"))
                     self.cache["sup"].update(zip(rows_m, zip(by, at)))
@@ -322,13 +338,16 @@ class DistributedGraph:
     def times(self, rows):
         return np.asarray(self._get("time", rows, 0), np.int64)
 
+    def kinds(self, rows):
+        return np.asarray(self._get("kind", rows, ""), object)
+
     def tokens(self, rows):
         # rows of a missing shard never fit a budget
         return np.asarray(self._get("tokens", rows, np.iinfo(np.int64).max // 4), np.int64)
 
     def vectors(self, rows):
         rows = np.asarray(rows, np.int64)
-        self._fetch(rows.tolist(), ["vector", "time", "tokens"])   # tokens: what a budget asks next
+        self._fetch(rows.tolist(), self._row_fields())   # tokens: what a budget asks next
         return self.vecs.get(rows)   # zeros for rows of a missing shard
 
     def supersession(self, rows):

@@ -292,6 +292,9 @@ class ShardService:
                 out[f] = self.times[loc]
             elif f == "tokens":
                 out[f] = np.asarray(self.sh.tokens)[loc].astype(np.int64)
+            elif f == "kind":   # codes into this shard's kind names, which come along
+                out[f] = np.asarray(self.sh.kind_codes)[loc].astype(np.uint16)
+                out["kind_names"] = list(self.sh.kinds)
             elif f == "vector":
                 out[f] = self._vectors(loc)
             elif f == "sup":

@@ -291,11 +291,11 @@ SHARD_SCHEMAS = {
     "Install": ({"events": _records, "vectors": _nd("f", (2,), MAX_ROWS, True), "arrays": _map, "meta": _map,
                  "gen": _int(0, _I64.max), "derived": _map}, ("events", "vectors", "arrays", "meta", "gen")),
 }
-FETCH_FIELDS = frozenset({"time", "tokens", "vector", "sup", "slot", "rev", "id", "payload", "entity_names",
-                          "visible"})
+FETCH_FIELDS = frozenset({"time", "tokens", "kind", "vector", "sup", "slot", "rev", "id", "payload",
+                          "entity_names", "visible"})
 
 
-HIT_FIELDS = frozenset({"vector", "time", "tokens", "slot", "sup", "rev"})
+HIT_FIELDS = frozenset({"vector", "time", "tokens", "kind", "slot", "sup", "rev"})
 
 
 def _fields(name, v, allowed=FETCH_FIELDS):

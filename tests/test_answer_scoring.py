@@ -141,6 +141,9 @@ class _OneHopGraph:
     def times(self, rows):
         return np.asarray(rows, np.int64) * 10
 
+    def kinds(self, rows):   # one kind: the asked kind tells nothing
+        return np.zeros(len(rows), np.int64)
+
     def tokens(self, rows):
         return np.ones(len(rows), np.int64)
 
@@ -388,3 +391,74 @@ def test_question_focus_moves_the_reached_turn_about_the_question_up_when_the_ch
     # the reply-reached turn about the question moves up; the best head stays first
     assert focused.index(101) < plain.index(101) and focused[0] == plain[0] == 0
 
+
+
+def test_kind_affinity_equals_a_plain_per_kind_loop():
+    rng = np.random.default_rng(5)
+    for n_kinds, n, prior_hits in ((1, 50, 8), (3, 40, 8), (6, 300, 0), (4, 9, 20)):
+        specific = rng.normal(0.1, 0.2, n)
+        kinds = rng.integers(0, n_kinds, n)
+        got = Engine._kind_affinity(specific, kinds, prior_hits)
+        if len(set(kinds.tolist())) < 2:
+            assert not got.any()
+            continue
+        sd, mu = specific.std(), specific.mean()
+        score = {k: sum(specific[i] - mu for i in range(n) if kinds[i] == k) /
+                 (sum(1 for i in range(n) if kinds[i] == k) + prior_hits) / sd for k in set(kinds.tolist())}
+        best = max(score.values())
+        assert np.allclose(got, [score[k] - best for k in kinds.tolist()])
+        assert got.max() == 0.0 and (got <= 0).all()
+
+
+class _Kinds:
+    def __init__(self, kinds):
+        self.k = kinds
+
+    def kinds(self, rows):
+        return np.array([self.k[int(r)] for r in rows])
+
+
+def _kind_world():
+    """Hits 0..39: the question is most about kind "incident" (rows 0..19 are more specific to it
+    than the "discussion" rows 20..39). Candidates: a discussion look-alike (row 20) ahead of
+    the asked incident (row 5) by 0.05, and an earlier and a later discussion behind it."""
+    specific = np.r_[np.full(20, 0.4), np.full(20, 0.1)]
+    g = _Kinds(["incident"] * 20 + ["discussion"] * 20)
+    res = (np.zeros(1, np.int64),)
+    cands = [(1.00, 20, res), (0.95, 5, res), (0.90, 21, res), (0.85, 22, res)]
+    times = np.arange(40, dtype=np.int64) * 100
+    times[21], times[22] = 100, 3000          # one before the incident (t = 500), one after
+    return specific, g, cands, times
+
+
+def test_the_asked_kind_decides_the_head_when_a_chain_is_causal():
+    specific, g, cands, _ = _kind_world()
+    eng = Engine(params=AnswerParams(), graph=g)
+    out, free = eng._asked_kind(g, np.arange(40), specific, cands, 1.0)
+    assert out[0][1] == 5 and free == {20: 1.00, 5: 0.95, 21: 0.90, 22: 0.85}
+    # the shift is kind_weight x confidence x the kind's distance below the asked kind
+    gap = -Engine._kind_affinity(specific, np.array(g.k), AnswerParams().kind_prior_hits)[20]
+    assert np.isclose(dict((i, s) for s, i, _ in out)[20], 1.00 - AnswerParams().kind_weight * gap)
+    # no causal chain (replies, sessions): the kinds are not read; one kind: nothing changes
+    assert eng._asked_kind(g, np.arange(40), specific, cands, 0.0) == (cands, None)
+    one = _Kinds(["turn"] * 40)
+    assert eng._asked_kind(one, np.arange(40), specific, cands, 1.0) == (cands, None)
+
+
+def test_the_head_keeps_its_history_of_other_kinds():
+    specific, g, cands, times = _kind_world()
+    p = AnswerParams()
+    eng = Engine(params=p, graph=g)
+    out, free = eng._asked_kind(g, np.arange(40), specific, cands, 1.0)
+    t = 0.03
+    weights = [np.exp((s - out[0][0]) / t) for s, _, _ in out]
+    back = dict(zip([c[1] for c in out], eng._kind_history(weights, out, free, times, 1, t)))
+    kept = dict(zip([c[1] for c in out], weights))
+    # the earlier discussion (row 21) may be the incident's history: it keeps kind_history of
+    # its kind-free weight against the head; the later one (row 22) and the look-alike the
+    # incident displaced (row 20, later too) keep the kind-weighted one
+    assert np.isclose(back[21], p.kind_history * np.exp((0.90 - 0.95) / t))
+    assert back[22] == kept[22] and back[20] == kept[20] and back[5] == 1.0
+    fwd = dict(zip([c[1] for c in out], eng._kind_history(weights, out, free, times, 2, t)))
+    assert np.isclose(fwd[22], p.kind_history * np.exp((0.85 - 0.95) / t)) and fwd[21] == kept[21]
+    assert np.isclose(fwd[20], p.kind_history * 1.0)    # later than the head, scored above it: capped at 1

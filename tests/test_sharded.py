@@ -152,6 +152,27 @@ def test_four_servers_equal_one_embedded_shard(world, cluster):
     assert n == 8 * 9
 
 
+def test_the_asked_kind_reranks_alike_over_grpc(world, cluster, monkeypatch):
+    """The kind prior reads each hit's kind: the coordinator gets it with the seed round (codes
+    and each shard's own kind names), so it re-ranks the heads exactly as the embedded engine."""
+    from fastctx.answer import Engine
+    moved = []
+    inner = Engine._asked_kind
+
+    def spy(self, g, rows, specific, cands, confidence):
+        out = inner(self, g, rows, specific, cands, confidence)
+        moved.append(out[1] is not None and out[0][0][1] != cands[0][1])
+        return out
+    monkeypatch.setattr(Engine, "_asked_kind", spy)
+    n = 0
+    for i, (q, kw) in enumerate(_cases(world["queries"])):
+        if kw["type"] != "chain":
+            continue
+        _same(world["one"].query(q, **kw), cluster.client.query(q, **kw), f"case {i} {kw}")
+        n += 1
+    assert n == 8 * 3 and any(moved[0::2]) and moved[0::2] == moved[1::2]
+
+
 def test_side_by_side_coordinators_agree(world, cluster):
     other = Coordinator(remote_cluster({k: [s.address for s in v] for k, v in cluster.shards.items()},
                                        call_timeout_s=30.0))
