@@ -230,7 +230,8 @@ class Engine:
         if len(uniq) < 2 or sigma <= 1e-12:
             return np.zeros(len(kinds))
         counts = np.bincount(inv, minlength=len(uniq))
-        score = np.bincount(inv, weights=specific - specific.mean(), minlength=len(uniq)) / (counts + prior_hits) / sigma
+        summed = np.bincount(inv, weights=specific - specific.mean(), minlength=len(uniq))
+        score = summed / (counts + prior_hits) / sigma
         return (score - score.max())[inv]
 
     def _asked_kind(self, g, rows, specific, cands, confidence: float):

@@ -216,8 +216,8 @@ class ShardCost:
     bounded by the postings inside each walk's time window (and by ``2 * max_per_entity`` when
     nothing can make entries ineligible)."""
 
-    FETCH_BYTES = {"time": 8, "tokens": 8, "kind": 8, "sup": 24, "slot": 8, "id": 96, "entity_names": 96, "payload": 4096,
-                   "visible": 1, "rev": 8}
+    FETCH_BYTES = {"time": 8, "tokens": 8, "kind": 8, "sup": 24, "slot": 8, "id": 96, "entity_names": 96,
+                   "payload": 4096, "visible": 1, "rev": 8}
     PY_LOOP_FIELDS = ("slot", "id", "payload", "entity_names", "rev")
 
     def __init__(self, svc):
