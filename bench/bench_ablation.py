@@ -41,6 +41,9 @@ ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit
            "time coherence off": dict(time_coherence_days=0.0),
            "direct hits only after the chains (hits_first 0)": dict(hits_first=0.0),
            "BM25 b 0.75 (textbook length normalisation)": dict(bm25_b=0.75),
+           "question focus off": dict(question_focus=0.0),
+           "asked kind off (kind_weight 0)": dict(kind_weight=0.0),
+           "asked kind without history (kind_history 0)": dict(kind_history=0.0),
            "fill": "fill"}
 
 
