@@ -198,10 +198,10 @@ class DistributedGraph:
             rev[r] = lst
 
     def _store_kinds(self, rows: list, codes, names: list) -> None:
-        """Cache kind names from a shard's codes (each shard numbers its kinds its own way)."""
+        """Cache kind names from a shard's reply: an index per row into the names it sent."""
         codes = np.asarray(codes, np.int64)
         if len(codes) and (int(codes.max()) >= len(names) or int(codes.min()) < 0):
-            raise ShardUnavailableError(f"a shard answered a kind code outside its {len(names)} kind names")
+            raise ShardUnavailableError(f"a shard answered a kind index outside the {len(names)} kind names it sent")
         self.cache["kind"].update(zip(rows, [names[c] for c in codes.tolist()]))
 
     def _row_fields(self) -> list[str]:
@@ -347,7 +347,7 @@ class DistributedGraph:
 
     def vectors(self, rows):
         rows = np.asarray(rows, np.int64)
-        self._fetch(rows.tolist(), self._row_fields())   # tokens: what a budget asks next
+        self._fetch(rows.tolist(), self._row_fields())   # with what the answer reads of them next
         return self.vecs.get(rows)   # zeros for rows of a missing shard
 
     def supersession(self, rows):

@@ -292,9 +292,10 @@ class ShardService:
                 out[f] = self.times[loc]
             elif f == "tokens":
                 out[f] = np.asarray(self.sh.tokens)[loc].astype(np.int64)
-            elif f == "kind":   # codes into this shard's kind names, which come along
-                out[f] = np.asarray(self.sh.kind_codes)[loc].astype(np.uint16)
-                out["kind_names"] = list(self.sh.kinds)
+            elif f == "kind":   # an index into the names of the kinds these rows have
+                present, idx = np.unique(np.asarray(self.sh.kind_codes)[loc], return_inverse=True)
+                out[f] = idx.ravel().astype(np.uint16)
+                out["kind_names"] = [self.sh.kinds[int(c)] for c in present.tolist()]
             elif f == "vector":
                 out[f] = self._vectors(loc)
             elif f == "sup":
