@@ -225,10 +225,10 @@ class Engine:
         seen a few times is taken as average), in standard deviations of that similarity. All
         zero when every hit is one kind."""
         uniq, inv = np.unique(kinds, return_inverse=True)
-        inv = inv.ravel()
-        sigma = float(specific.std()) if len(specific) else 0.0
-        if len(uniq) < 2 or sigma <= 1e-12:
+        sigma = float(specific.std()) if len(uniq) > 1 else 0.0
+        if sigma <= 1e-12:
             return np.zeros(len(kinds))
+        inv = inv.ravel()
         counts = np.bincount(inv, minlength=len(uniq))
         summed = np.bincount(inv, weights=specific - specific.mean(), minlength=len(uniq))
         score = summed / (counts + prior_hits) / sigma

@@ -392,7 +392,6 @@ def test_question_focus_moves_the_reached_turn_about_the_question_up_when_the_ch
     assert focused.index(101) < plain.index(101) and focused[0] == plain[0] == 0
 
 
-
 def test_kind_affinity_equals_a_plain_per_kind_loop():
     rng = np.random.default_rng(5)
     for n_kinds, n, prior_hits in ((1, 50, 8), (3, 40, 8), (6, 300, 0), (4, 9, 20)):

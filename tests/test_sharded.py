@@ -153,8 +153,9 @@ def test_four_servers_equal_one_embedded_shard(world, cluster):
 
 
 def test_the_asked_kind_reranks_alike_over_grpc(world, cluster, monkeypatch):
-    """The kind prior reads each hit's kind: the coordinator gets it with the seed round (codes
-    and each shard's own kind names), so it re-ranks the heads exactly as the embedded engine."""
+    """The kind prior reads each hit's kind: the coordinator gets it with the seed round (an
+    index per row into the names of the kinds sent), so it re-ranks the heads exactly as the
+    embedded engine does."""
     from fastctx.answer import Engine
     moved = []
     inner = Engine._asked_kind
