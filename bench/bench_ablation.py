@@ -44,6 +44,7 @@ ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit
            "question focus off": dict(question_focus=0.0),
            "asked kind off (kind_weight 0)": dict(kind_weight=0.0),
            "asked kind without history (kind_history 0)": dict(kind_history=0.0),
+           "inheritance through any path (inherit_min_path 0)": dict(inherit_min_path=0.0),
            "fill": "fill"}
 
 

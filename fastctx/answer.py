@@ -15,8 +15,9 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           look-alike usually stands alone or sits among unrelated events). Each candidate's
           chain counts with a softmax weight of its score; a candidate whose chain reaches
           another inherits that one's weight times the path between them (a later event that
-          explains the best match continues its story). The answer is the pooled chains, best
-          evidence first: one scale for chain events and direct hits (a hit is its own
+          explains the best match continues its story), if that path is not too weak for the
+          chain's confidence. The answer is the pooled chains, best evidence first (ties by
+          similarity to the question): one scale for chain events and direct hits (a hit is its own
           one-event chain). How broad it is follows how much causal structure the best chain
           has (its evidence mass through anything but replies and same-actor links, relative
           to `chain_evidence`): a causal question gets its chain and ends there; a question
@@ -280,6 +281,17 @@ class Engine:
         return value * np.exp(p.question_focus * (1.0 - confidence) * about)
 
     @staticmethod
+    def _tie_break(g, q, rows, order, mean) -> np.ndarray:
+        """Among events of equal evidence (one link type, one hop from one head), what the
+        question asks about comes first: their query-specific similarity; 0 for the others."""
+        out = np.zeros(len(rows))
+        _, inv, counts = np.unique(order, return_inverse=True, return_counts=True)
+        tied = np.flatnonzero(counts[inv.ravel()] > 1)
+        if len(tied):
+            out[tied] = Engine._question_similarity(g, q, rows[tied], mean)
+        return out
+
+    @staticmethod
     def _question_similarity(g, q: np.ndarray, rows: np.ndarray, mean: Optional[np.ndarray]) -> np.ndarray:
         """Query-specific similarity of any rows (reached events too) relative to the hits' `mean`;
         plain similarity where there were too few hits to have one."""
@@ -392,7 +404,7 @@ class Engine:
                 times, times[[c[1] for c in cands]], weights, p.time_coherence_days * DAY)
             weights = [w * float(in_time[c[1]]) for w, c in zip(weights, cands)]
         if p.inherit:
-            weights = self._inherit(rows, cands, weights)
+            weights = self._inherit(rows, cands, weights, p.inherit_min_path * confidence)
         keep = [j for j, w in enumerate(weights) if w >= 1e-3]
         parts = [cands[j][2] for j in keep]
         r_all = np.concatenate([res[0] for res in parts]).astype(np.int64)
@@ -408,7 +420,7 @@ class Engine:
         rank = np.repeat(np.asarray(keep), [len(res[0]) for res in parts])[first].tolist()
         # below full confidence the order, not the reported evidence, also follows the question
         order = self._focus(g, q, uniq, value, confidence, mean, dates) if p.question_focus > 0 else value
-        best_first = np.lexsort((uniq, -order))
+        best_first = np.lexsort((uniq, -self._tie_break(g, q, uniq, order, mean), -order))
         ranked = [(int(uniq[x]), float(value[x]), (par[x], vk[x], vid[x], rank[x])) for x in best_first.tolist()]
         # the evidence ends with the chains, unless they explain little of the question: direct
         # hits (fused relevance order) then take the unexplained share of the budget left (all of
@@ -472,10 +484,11 @@ class Engine:
         return np.minimum(kernel @ w / best, 1.0)
 
     @staticmethod
-    def _inherit(rows, cands, weights) -> list[float]:
+    def _inherit(rows, cands, weights, min_path=0.0) -> list[float]:
         """A candidate whose chain reaches another candidate (in the asked direction) explains it:
-        it weighs at least that candidate's weight times the path score between them. "What led
-        to X" then also gets the events of X's story that lie beyond the best-matching one."""
+        it weighs at least that candidate's weight times the path score between them, if that
+        path scores at least `min_path`. "What led to X" then also gets the events of X's story
+        that lie beyond the best-matching one."""
         cand_rows = np.array([int(rows[i]) for _, i, _ in cands], np.int64)
         sorter = np.argsort(cand_rows, kind="stable")
         w_in = np.asarray(weights, np.float64)
@@ -487,7 +500,7 @@ class Engine:
         sc = np.concatenate([res[1][1:] for _, _, res in cands]).astype(np.float64)
         owner = np.repeat(np.arange(len(cands)), [len(r) for r in reached])
         pos = np.minimum(np.searchsorted(cand_rows, flat, sorter=sorter), len(cand_rows) - 1)
-        hit = cand_rows[sorter[pos]] == flat
+        hit = (cand_rows[sorter[pos]] == flat) & (sc >= min_path)
         np.maximum.at(out, owner[hit], w_in[sorter[pos[hit]]] * sc[hit])
         return out.tolist()
 

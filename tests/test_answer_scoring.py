@@ -461,3 +461,66 @@ def test_the_head_keeps_its_history_of_other_kinds():
     fwd = dict(zip([c[1] for c in out], eng._kind_history(weights, out, free, times, 2, t)))
     assert np.isclose(fwd[22], p.kind_history * np.exp((0.85 - 0.95) / t)) and fwd[21] == kept[21]
     assert np.isclose(fwd[20], p.kind_history * 1.0)    # later than the head, scored above it: capped at 1
+
+
+def _plain_inherit(rows, cands, weights, min_path):
+    """The inheritance rule read literally: each candidate weighs at least the weight of every
+    other candidate its chain reaches, times the path score, where that path scores min_path."""
+    out = list(weights)
+    where = {int(rows[i]): j for j, (_, i, _) in enumerate(cands)}
+    for a, (_, _, res) in enumerate(cands):
+        for r, sc in zip(res[0][1:].tolist(), res[1][1:].tolist()):
+            if r in where and sc >= min_path:
+                out[a] = max(out[a], weights[where[r]] * sc)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("min_path", [0.0, 0.2, 0.5])
+def test_inherit_equals_a_plain_loop_and_ignores_paths_below_the_floor(seed, min_path):
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(60)[:30]
+    cands = []
+    for i in range(12):
+        reached = rng.choice(60, size=int(rng.integers(0, 15)), replace=False)
+        scores = rng.choice([0.03, 0.09, 0.3, 0.9, 0.5], size=len(reached)).astype(np.float32)
+        cands.append((0.0, i, (np.r_[rows[i], reached].astype(np.int64), np.r_[1.0, scores].astype(np.float32))))
+    weights = rng.random(12).tolist()
+    got = Engine._inherit(rows, cands, weights, min_path)
+    assert np.allclose(got, _plain_inherit(rows, cands, weights, min_path))
+
+
+def test_a_weak_path_passes_no_weight_when_the_chain_is_causal():
+    """Head 0 (weight 1) is reached from candidate 1 by a co-mention (0.03): below the floor times
+    the confidence, candidate 1 keeps its own weight; at confidence 0 it inherits."""
+    rows = np.array([10, 11])
+    cands = [(1.0, 0, (np.array([10]), np.array([1.0], np.float32))),
+             (0.5, 1, (np.array([11, 10]), np.array([1.0, 0.03], np.float32)))]
+    floor = AnswerParams().inherit_min_path
+    assert Engine._inherit(rows, cands, [1.0, 0.0], floor * 1.0) == [1.0, 0.0]
+    assert np.isclose(Engine._inherit(rows, cands, [1.0, 0.0], floor * 0.0)[1], 0.03)
+
+
+def test_equal_evidence_is_ordered_by_the_question():
+    """Events reached at one path score from one head tie on evidence: the one most like the
+    question comes first, then the rest in row order; untied events are not looked at."""
+    q = _unit([1, 0, 0])
+    table = {0: _unit([1, 0, 0]), 1: _unit([0, 1, 0]), 2: _unit([0.3, 1, 0]), 3: _unit([1, 0.2, 0])}
+
+    class _Counting(_Vectors):
+        def __init__(self, table):
+            super().__init__(table)
+            self.asked = []
+
+        def vectors(self, rows):
+            self.asked += [int(r) for r in rows]
+            return super().vectors(rows)
+
+    g = _Counting(table)
+    rows = np.array([0, 1, 2, 3])
+    order = np.array([1.0, 0.9, 0.9, 0.9])
+    tie = Engine._tie_break(g, q, rows, order, None)
+    assert tie[0] == 0.0 and sorted(g.asked) == [1, 2, 3]
+    assert np.lexsort((rows, -tie, -order)).tolist() == [0, 3, 2, 1]
+    g.asked = []
+    assert not Engine._tie_break(g, q, rows, np.array([1.0, 0.9, 0.8, 0.7]), None).any() and g.asked == []
