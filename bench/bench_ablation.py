@@ -2,13 +2,15 @@
 
     python bench/bench_ablation.py CORPUS_DIR [CORPUS_DIR ...] --work WORK_DIR [--orgmem ../shared/orgmem]
 
-For every corpus: builds the default index and one index per build-time variant (identifier
-terms off, words off = no lexical seeds, derived `similar` links on, derived `same_actor` links
-off, derived `relands` links off, derived `co_mention` links off), answers every query with the default engine and with engine
-variants (lexical weight 0 and 0.5, no weight inheritance, fixed breadth, replies at 0.5, entity
-decay over 120 days, named dates ignored, time coherence off, direct hits only after the chains,
-`fill`), scores each with the yardstick's scorer and prints one markdown
-row per variant: chain recall / precision and current accuracy, with plain RAG (the yardstick's
+For every corpus: builds the default index and one index per build-time variant (`BUILDS`:
+identifier terms off, words off = no lexical seeds, derived `similar` links on, and the derived
+`same_actor`, `relands`, `co_mention` and `co_cited` links each off), answers every query with
+the default engine and with each engine variant (`ENGINES`: lexical weight 0 and 0.5, no weight
+inheritance, inheritance through any path, fixed breadth, replies at 0.5, entity decay over 120
+days, named dates ignored, one unit of chain relevance, time coherence off, direct hits only
+after the chains, textbook BM25 length normalisation, question focus off, the asked kind off or
+without history, `fill`), scores each with the yardstick's scorer and prints one markdown row
+per variant: chain recall / precision and current accuracy, with plain RAG (the yardstick's
 `rag_baseline.py`, k=100) in the first row. Never reads truth.jsonl itself: only the scorer does.
 """
 from __future__ import annotations
