@@ -405,7 +405,7 @@ class Engine:
             weights = [w * float(in_time[c[1]]) for w, c in zip(weights, cands)]
         if p.inherit:
             weights = self._inherit(rows, cands, weights, p.inherit_min_path * confidence)
-        keep = [j for j, w in enumerate(weights) if w >= 1e-3]
+        keep = [j for j, w in enumerate(weights) if w >= p.pool_min_weight]
         parts = [cands[j][2] for j in keep]
         r_all = np.concatenate([res[0] for res in parts]).astype(np.int64)
         contrib = np.concatenate([weights[j] * cands[j][2][1].astype(np.float64) for j in keep])

@@ -194,6 +194,34 @@ def test_without_causal_structure_the_best_direct_hits_come_before_the_chains():
     assert _hop_answer("reply", budget=10, params=replace(AnswerParams(), hits_first=0.0))[:2] == [0, 100]
 
 
+@pytest.mark.parametrize("temperature", [0.03, 1.0])
+def test_the_answer_is_the_chains_of_candidates_weighted_at_least_pool_min_weight(monkeypatch, temperature):
+    """Each candidate i reaches i + 100 by a reference (a causal chain: the answer ends with the
+    pooled chains). For thresholds between the candidates' pooling weights, the answer is exactly
+    the chains of the candidates weighted at least `pool_min_weight`; the default is 0.001."""
+    from dataclasses import replace
+    seen = {}
+    inherit = Engine._inherit
+
+    def spy(rows, cands, weights, min_path=0.0):
+        out = inherit(rows, cands, weights, min_path)
+        seen["weights"] = {int(rows[i]): w for (_, i, _), w in zip(cands, out)}
+        return out
+
+    monkeypatch.setattr(Engine, "_inherit", staticmethod(spy))
+    base = replace(AnswerParams(), pool_temperature=temperature)
+    everything = _hop_answer("references", params=replace(base, pool_min_weight=0.0))
+    weights = seen["weights"]
+    levels = sorted(set(weights.values()) | {0.0}) + [1.5]
+    for lo, hi in zip(levels, levels[1:]):
+        cut = min((lo + hi) / 2, 1.0)
+        got = _hop_answer("references", params=replace(base, pool_min_weight=cut))
+        want = {r + d for r, w in weights.items() if w >= cut for d in (0, 100)}
+        assert set(got) == want and set(got) <= set(everything), cut
+    assert _hop_answer("references", params=replace(base, pool_min_weight=1.0)) == [0, 100]
+    assert AnswerParams().pool_min_weight == 0.001
+
+
 def test_current_follows_a_version_of_the_fact_not_a_discussion_that_mentions_it(tmp_path):
     """The hit most like the question is a discussion mentioning the decision; the current fact is
     still the latest decision version on that slot, reached from a version (not the discussion)."""

@@ -261,7 +261,8 @@ def test_param_sets_engine_knobs_for_query_and_eval(runner, built, tmp_path):
 @pytest.mark.parametrize("arg, says", [("seed_kk=3", "seed_kk=3"), ("seed_k", "KEY=VALUE"),
                                        ("seed_k=many", "seed_k must be an int"), ("inherit=maybe", "not a boolean"),
                                        ("expansion=bfs", "expansion"), ("link_weights=1", "set from Python"),
-                                       ("hits_first=1.5", "hits_first"), ("time_coherence_days=-1", "must be >= 0")])
+                                       ("hits_first=1.5", "hits_first"), ("time_coherence_days=-1", "must be >= 0"),
+                                       ("pool_min_weight=2", "pool_min_weight")])
 def test_param_errors_name_the_knob(runner, built, arg, says):
     r = runner.invoke(main, ["query", str(built), VAULT_Q, "--param", arg])
     assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
