@@ -405,7 +405,9 @@ class Engine:
             weights = [w * float(in_time[c[1]]) for w, c in zip(weights, cands)]
         if p.inherit:
             weights = self._inherit(rows, cands, weights, p.inherit_min_path * confidence)
-        keep = [j for j, w in enumerate(weights) if w >= p.pool_min_weight]
+        # the best chain is always evidence: its weight is 1 only up to rounding once scaled by
+        # its support in time, and a cut of 1 must leave it, not an empty answer
+        keep = [j for j, w in enumerate(weights) if j == 0 or w >= p.pool_min_weight]
         parts = [cands[j][2] for j in keep]
         r_all = np.concatenate([res[0] for res in parts]).astype(np.int64)
         contrib = np.concatenate([weights[j] * cands[j][2][1].astype(np.float64) for j in keep])

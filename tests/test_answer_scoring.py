@@ -222,6 +222,15 @@ def test_the_answer_is_the_chains_of_candidates_weighted_at_least_pool_min_weigh
     assert AnswerParams().pool_min_weight == 0.001
 
 
+def test_the_best_chain_stays_at_the_highest_cut_when_its_weight_rounds_below_one():
+    """Below full confidence the best candidate's weight is scaled by its support in time, which
+    can round to just under 1 (here: a look-alike two years earlier). At `pool_min_weight` 1 the
+    answer is still the best chain and its direct hits, not an error."""
+    from dataclasses import replace
+    got = _hop_answer("reply", g=_YearsApartGraph("reply"), params=replace(AnswerParams(), pool_min_weight=1.0))
+    assert {0, 100} <= set(got) and 101 not in got
+
+
 def test_current_follows_a_version_of_the_fact_not_a_discussion_that_mentions_it(tmp_path):
     """The hit most like the question is a discussion mentioning the decision; the current fact is
     still the latest decision version on that slot, reached from a version (not the discussion)."""
