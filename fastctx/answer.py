@@ -100,6 +100,7 @@ class Engine:
     def warm_up(self) -> None:
         if hasattr(self.g, "warm_up"):
             self.g.warm_up()
+        self._later_cos(np.zeros((1, 1), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64))
 
     # -- entry point ---------------------------------------------------------------------------
     def run(self, q: np.ndarray, query_type: str, filters: Filters, direction: str, budget: int,
@@ -301,22 +302,14 @@ class Engine:
         return Engine._specific_similarity(vecs, q, mean)
 
     @staticmethod
-    def _later_cos(vecs: np.ndarray, times: np.ndarray, pool: np.ndarray, chunks: int = 4) -> np.ndarray:
-        """Per hit of `pool`, its highest cosine to a later hit (-1 if none is later). The pool
-        is taken in slices of like times, latest first, each against only the hits later than
-        its earliest member (a tenth of all pairs are later ones on the 1e6 yardstick). Single
-        precision: it is a threshold test (`older_version_cos`)."""
-        out = np.full(len(pool), -1.0)
-        by_time = np.argsort(times, kind="stable")
-        t_sorted = times[by_time]
-        latest_first = np.argsort(-times[pool], kind="stable")    # positions in `pool`
-        for part in np.array_split(latest_first, max(1, min(chunks, len(pool)))):
-            rows = pool[part]
-            later = by_time[np.searchsorted(t_sorted, times[rows].min(), side="right"):]
-            if len(later):
-                cos = (vecs[rows] @ vecs[later].T).astype(np.float64)
-                out[part] = np.where(times[later][None, :] > times[rows][:, None], cos, -1.0).max(axis=1)
-        return out
+    def _later_cos(vecs: np.ndarray, times: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        """Per hit of `pool`, its highest cosine to a later hit (-1 if none is later), in one
+        thread over the vectors in place (`kernels.scan.later_max_dot`). Single precision: it is a
+        threshold test (`older_version_cos`)."""
+        from .kernels.scan import later_max_dot
+        times = np.ascontiguousarray(times, np.int64)
+        return later_max_dot(np.ascontiguousarray(vecs, np.float32), times,
+                             np.argsort(times, kind="stable"), np.ascontiguousarray(pool, np.int64))
 
     @staticmethod
     def _chain_relevance(g, q: np.ndarray, expansions, mass_cap: float = 1.0) -> np.ndarray:

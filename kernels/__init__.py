@@ -9,7 +9,7 @@ first query does not pay for compilation.
 
 import numpy as np
 
-from .scan import dot_range, dot_rows
+from .scan import dot_range, dot_rows, later_max_dot
 from .expand import (
     DIR_BACK,
     DIR_BOTH,
@@ -30,6 +30,7 @@ from .walks import walk_parts
 __all__ = [
     "dot_range",
     "dot_rows",
+    "later_max_dot",
     "DIR_BACK",
     "DIR_BOTH",
     "DIR_FORWARD",

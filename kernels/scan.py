@@ -40,3 +40,36 @@ def dot_range(vectors, lo, hi, q):
             s += vectors[r, j] * q[j]
         out[r - lo] = s
     return out
+
+
+@njit(fastmath=True)
+def later_max_dot(vectors, times, by_time, pool):
+    """float64[len(pool)]: per row p of `pool`, the largest vectors[p] . vectors[r] over the rows
+    r with times[r] > times[p], and at least -1 (the value when no row is later; for the unit
+    vectors the engine passes, a cosine). `by_time` orders the rows by time
+    (stable argsort). One pass over the later rows per pool row, read in place: the matrix
+    product it replaces copied the later rows per slice and ran BLAS threads for a product of
+    ~128 x 1,300 rows, 4x slower on a loaded machine than one thread (bench/README.md)."""
+    n = by_time.shape[0]
+    dim = vectors.shape[1]
+    out = np.full(pool.shape[0], -1.0)
+    for i in range(pool.shape[0]):
+        p = pool[i]
+        t = times[p]
+        lo, hi = 0, n                  # the first position in time order later than t
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if times[by_time[mid]] <= t:
+                lo = mid + 1
+            else:
+                hi = mid
+        best = np.float32(-1.0)
+        for pos in range(lo, n):
+            r = by_time[pos]
+            s = np.float32(0.0)
+            for j in range(dim):
+                s += vectors[p, j] * vectors[r, j]
+            if s > best:
+                best = s
+        out[i] = best
+    return out

@@ -3,7 +3,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastctx.kernels.scan import dot_range, dot_rows
+from fastctx.kernels.scan import dot_range, dot_rows, later_max_dot
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -32,3 +32,29 @@ def test_scans_read_memory_maps_in_place(tmp_path):
     rows = np.array([5, 99, 0, 5], np.int64)
     np.testing.assert_array_equal(dot_rows(mm, rows, q), dot_rows(v, rows, q))
     np.testing.assert_array_equal(dot_range(mm, 10, 20, q), dot_range(v, 10, 20, q))
+
+
+def _later_max_dot_reference(v, times, pool):
+    """The plain definition: the best product with a strictly later row, -1 when none is later."""
+    out = np.full(len(pool), -1.0)
+    for i, p in enumerate(pool):
+        later = [float(v[p].astype(np.float64) @ v[r].astype(np.float64)) for r in range(len(v)) if times[r] > times[p]]
+        if later:
+            out[i] = max(later)
+    return out
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(n=st.integers(1, 40), dim=st.integers(1, 40), span=st.integers(1, 10**6), seed=st.integers(0, 2**31 - 1),
+       data=st.data())
+def test_later_max_dot_matches_the_plain_definition(n, dim, span, seed, data):
+    """Ties in time (span 1: every row at one or two instants) are not later; rows of the pool may
+    repeat. Unit vectors, as the engine passes (a cosine is never below the -1 of "none later")."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    times = rng.integers(0, span, n).astype(np.int64)
+    pool = np.array(data.draw(st.lists(st.integers(0, n - 1), max_size=20)), dtype=np.int64)
+    got = later_max_dot(v, times, np.argsort(times, kind="stable"), pool)
+    assert got.dtype == np.float64 and got.shape == pool.shape
+    np.testing.assert_allclose(got, _later_max_dot_reference(v, times, pool), rtol=1e-5, atol=1e-5)
