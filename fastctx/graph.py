@@ -230,14 +230,7 @@ class LocalGraph:
         return np.asarray(self.shard.tokens)[np.asarray(rows, np.int64)]
 
     def vectors(self, rows):
-        segs = self.shard.segments
-        if len(segs) == 1:
-            return np.asarray(segs[0].vectors[np.asarray(rows, np.int64)])
-        out = np.empty((len(rows), self.shard.dim), np.float32)
-        for j, r in enumerate(np.asarray(rows).tolist()):
-            seg, local = self.shard.locate(r)
-            out[j] = seg.vectors[local]
-        return out
+        return self.shard.vectors(rows)
 
     def supersession(self, rows):
         rows = np.asarray(rows, np.int64)

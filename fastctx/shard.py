@@ -474,6 +474,22 @@ class Shard:
                 return seg, row - seg.row_base
         raise IndexError(f"row {row} out of range (shard has {self.n})")
 
+    def vectors(self, rows) -> np.ndarray:
+        """float32 [len(rows), dim]: the vectors of global rows, one gather per segment (a
+        memtable or a multi-segment build), not a segment lookup per row."""
+        rows = np.asarray(rows, np.int64)
+        segs = self.segments
+        if len(segs) == 1:
+            return np.asarray(segs[0].vectors[rows], np.float32)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise IndexError(f"rows out of range (shard has {self.n})")
+        out = np.empty((len(rows), self.dim), np.float32)
+        for seg in segs:
+            sel = np.flatnonzero((rows >= seg.row_base) & (rows < seg.row_base + seg.n))
+            if len(sel):
+                out[sel] = seg.vectors[rows[sel] - seg.row_base]
+        return out
+
     def entity_name(self, entity_id: int) -> str:
         for seg in self.segments:
             if entity_id < seg.entity_base + len(seg.ent_keys):

@@ -297,7 +297,7 @@ class ShardService:
                 out[f] = idx.ravel().astype(np.uint16)
                 out["kind_names"] = [self.sh.kinds[int(c)] for c in present.tolist()]
             elif f == "vector":
-                out[f] = self._vectors(loc)
+                out[f] = self.sh.vectors(loc)
             elif f == "sup":
                 out["sup_by"], out["sup_at"] = self.sc.sup_by[loc], self.sc.sup_at[loc]
                 out["sup_shard"] = self.sc.sup_shard[loc]
@@ -420,16 +420,6 @@ class ShardService:
         return {"ptr": ptr, "rows": rows, "time": times, "elig": elig, "side": side}
 
     # -- fetch helpers -------------------------------------------------------------------------
-    def _vectors(self, loc: np.ndarray) -> np.ndarray:
-        segs = self.sh.segments
-        if len(segs) == 1:
-            return np.asarray(segs[0].vectors[loc], np.float32)
-        out = np.empty((len(loc), self.sh.dim), np.float32)
-        for j, r in enumerate(loc.tolist()):
-            seg, local = self.sh.locate(r)
-            out[j] = seg.vectors[local]
-        return out
-
     def _slots(self, loc: np.ndarray) -> np.ndarray:
         """Per row, the smallest global id of its slot entities (-1: none)."""
         return min_marked(self.ev_ptr, self.ev_ent, loc, self.slot, self.gent)

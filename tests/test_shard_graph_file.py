@@ -217,6 +217,27 @@ def test_memtable_of_new_events_is_merged_onto_the_mapped_graph(world, tmp_path)
     w.close()
 
 
+def test_vectors_of_rows_across_segments_and_the_memtable(world, tmp_path):
+    """Shard.vectors gathers per segment; each row's vector is the one its segment holds."""
+    path = _copy(world, tmp_path)
+    recs = [{"id": f"v{k}", "time": T0 + (2000 + k) * HOUR, "source": "jira", "kind": "discussion", "tokens": 5,
+             "entities": [], "links": []} for k in range(7)]
+    w = Index(path, writable=True, build_params=PARAMS)
+    w.add(recs, np.stack([_vec(900 + k) for k in range(len(recs))]))
+    w.close()
+    sh = Index(path, build_params=PARAMS).shards[0]
+    assert len(sh.segments) == 4 and sh.memtable is not None
+    rows = np.random.default_rng(5).integers(0, sh.n, 500)
+    rows[:4] = [sh.n - 1, 0, 1000, sh.n - 1]           # the memtable's last row, a boundary, a repeat
+    want = np.stack([sh.locate(int(r))[0].vectors[sh.locate(int(r))[1]] for r in rows])
+    got = sh.vectors(rows)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert sh.vectors(np.zeros(0, np.int64)).shape == (0, sh.dim)
+    for bad in ([sh.n], [-1]):
+        with pytest.raises(IndexError):
+            sh.vectors(np.array(bad))
+
+
 def _key(s: str) -> int:
     from fastctx.columns import key64
     return np.uint64(key64(s))
