@@ -73,6 +73,8 @@ class Filters:
 
     @classmethod
     def from_dict(cls, d: Optional[Mapping], as_of: Optional[int] = None) -> "Filters":
+        if d is not None and not isinstance(d, Mapping):
+            raise InvalidQueryError(f"filters must be a mapping of filter keys, got {d!r}")
         d = dict(d or {})
         unknown = set(d) - set(FILTER_KEYS)
         if unknown:
@@ -101,6 +103,8 @@ def spec_query(spec: Mapping, vector=None) -> tuple[Any, dict]:
     """(what to ask, keyword arguments of `query()`) for one query in the orgmem queries.jsonl
     form: its vector if given, else its `text`; filters, as_of, type, direction, budget, scope
     and principals as the format defines them. Embedded and sharded `query_spec` share it."""
+    if not isinstance(spec, Mapping):
+        raise InvalidQueryError(f"a query spec is a mapping (one line of queries.jsonl), got {spec!r}")
     q = vector if vector is not None else spec.get("text")
     if q is None:
         raise InvalidQueryError(f"query {spec.get('qid')!r} has neither a vector nor text")

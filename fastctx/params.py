@@ -1,6 +1,7 @@
 """Tuning knobs, in one place, each named for the trade-off it controls."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from .errors import InvalidQueryError
@@ -9,8 +10,11 @@ from .errors import InvalidQueryError
 def _check_positive(obj) -> None:
     for f in fields(obj):
         v = getattr(obj, f.name)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
-            raise ValueError(f"{type(obj).__name__}.{f.name} must be >= 0, got {v!r}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if isinstance(v, float) and not math.isfinite(v):   # NaN passes every comparison below
+                raise ValueError(f"{type(obj).__name__}.{f.name} must be a finite number, got {v!r}")
+            if v < 0:
+                raise ValueError(f"{type(obj).__name__}.{f.name} must be >= 0, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,11 @@ class AnswerParams:
             _check_positive(self)
         except ValueError as e:
             raise InvalidQueryError(str(e)) from None
+        for name in ("seed_k", "current_seed_k", "candidates"):    # each answer needs a hit and a head
+            if getattr(self, name) < 1:
+                raise InvalidQueryError(f"AnswerParams.{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.ppr_alpha <= 1:
+            raise InvalidQueryError(f"AnswerParams.ppr_alpha is a teleport probability, in (0, 1]; got {self.ppr_alpha!r}")
         if self.hits_first > 1:
             raise InvalidQueryError(f"AnswerParams.hits_first is a share of the budget, in [0, 1]; got {self.hits_first!r}")
         if self.pool_min_weight > 1:

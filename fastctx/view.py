@@ -44,9 +44,13 @@ class View:
         if scope is not None and not isinstance(scope, Filters):
             if not isinstance(scope, Mapping):
                 raise InvalidQueryError(f"scope must be a mapping of filter keys, got {scope!r}")
+            empty = [k for k, v in scope.items() if isinstance(v, (list, tuple)) and not v]
+            if empty:    # "any of none" must not read as "no bound": the scope would fail open
+                raise InvalidQueryError(f"scope {empty[0]!r} is an empty list; a scope bounds every event, "
+                                        "so name at least one value (leave scope out for no bound)")
             scope = Filters.from_dict(scope)
         if scope is not None and scope == Filters():
-            scope = None
+            raise InvalidQueryError("scope names no bound (an empty mapping); leave it out, or null, for no scope")
         return cls(scope, _principals(principals))
 
     @property

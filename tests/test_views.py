@@ -168,6 +168,30 @@ def test_bad_principals_and_scope_are_refused(world):
         world["one"].query(v, principals=["user:ana"], scope={"tenant": ["x"]})
 
 
+@pytest.mark.parametrize("scope, says", [({"entities_any": []}, "empty list"), ({"kinds": ()}, "empty list"),
+                                         ({}, "no bound"), ({"entities_any": None}, "no bound")])
+def test_a_scope_that_bounds_nothing_is_refused_not_ignored(world, scope, says):
+    """An empty list or mapping read as "no scope" would return every event: it is refused, in
+    `query`, `search` and a queries.jsonl spec alike."""
+    q, v = world["queries"][0], world["qvecs"][0]
+    with pytest.raises(InvalidQueryError, match=says):
+        world["one"].query(v, scope=scope, unrestricted=True)
+    with pytest.raises(InvalidQueryError, match=says):
+        world["one"].search(v, k=3, scope=scope, unrestricted=True)
+    with pytest.raises(InvalidQueryError, match=says):
+        world["one"].query_spec({**q, "scope": scope}, v, unrestricted=True)
+    assert world["one"].query_spec({**q, "scope": None}, v, unrestricted=True).events   # absent: no bound
+
+
+def test_query_specs_of_the_wrong_shape_are_query_errors(world):
+    v = world["qvecs"][0]
+    for spec in (None, [1], "chain"):
+        with pytest.raises(InvalidQueryError, match="mapping"):
+            world["one"].query_spec(spec, v)
+    with pytest.raises(InvalidQueryError, match="filters must be a mapping"):
+        world["one"].query_spec({**world["queries"][0], "filters": "x"}, v, unrestricted=True)
+
+
 def test_acl_and_reserved_entities_validated(tmp_path):
     from fastctx.corpus import EventBatch
     base = {"id": "a", "time": 1_700_000_000, "source": "s", "kind": "k", "tokens": 5}
