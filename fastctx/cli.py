@@ -61,6 +61,14 @@ class _Bars:
             bar.close()
 
 
+def _window(since: Optional[str], until: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """(time_from, time_to) of --since / --until; --since after --until is a typo, not a question."""
+    lo, hi = _date(since, "--since"), _date(until, "--until")
+    if lo is not None and hi is not None and lo > hi:
+        raise click.BadParameter(f"{since!r} is after --until {until!r}", param_hint="--since")
+    return lo, hi
+
+
 def _fail(e: Exception) -> None:
     raise click.ClickException(str(e))
 
@@ -213,8 +221,11 @@ def ingest() -> None:
 @click.option("--max-commits", type=click.IntRange(1), default=None, help="Only the most recent N commits.")
 @click.option("--batch", "batch_size", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
               help="Commits per durable batch.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Leave out, and list, commits the index cannot hold (a committer date after 2200) "
+                   "instead of stopping before anything is written.")
 def ingest_git_cmd(repo: Path, index_dir: Path, encoder_spec: Optional[str], branch: Optional[str],
-                   max_commits: Optional[int], batch_size: int) -> None:
+                   max_commits: Optional[int], batch_size: int, skip_invalid: bool) -> None:
     """One event per non-merge commit of REPO (a clone or a bare repository) into INDEX_DIR,
     created if absent. Commits already in the index are skipped, so a re-run adds only new ones."""
     from .ingest_git import ingest_git
@@ -226,14 +237,19 @@ def ingest_git_cmd(repo: Path, index_dir: Path, encoder_spec: Optional[str], bra
 
     try:
         r = ingest_git(repo, index_dir, encoder=encoder_spec, branch=branch, batch_size=batch_size,
-                       max_commits=max_commits, progress=progress if bar is not None else None)
+                       max_commits=max_commits, skip_invalid=skip_invalid,
+                       progress=progress if bar is not None else None)
     except FastctxError as e:
         _fail(e)
     finally:
         if bar is not None:
             bar.close()
+    left_out = r["left_out"]
     click.echo(f"{index_dir}: {r['commits']} commits read, {r['added']} added, {r['updated']} updated, "
-               f"{r['skipped']} already present; {r['links']} links")
+               f"{r['skipped']} already present; {r['links']} links"
+               + (f"; {len(left_out)} left out (--skip-invalid):" if left_out else ""))
+    for sha, why in left_out.items():
+        click.echo(f"  {sha}: {why}")
 
 
 def _print_answer(ans, width: int = 100) -> None:
@@ -361,8 +377,8 @@ def query(args, remote, token, ca, remote_insecure, principals, entities, entiti
     params = _answer_params(answer_params, remote)
     try:
         as_of_t = _date(as_of, "--as-of")
-        f = Filters(time_from=_date(since, "--since"), time_to=_date(until, "--until"),
-                    entities_any=entities, entities_all=entities_all, sources=sources, kinds=kinds)
+        f = Filters(*_window(since, until), entities_any=entities, entities_all=entities_all, sources=sources,
+                    kinds=kinds)
         qtype = qtype or ("as_of" if as_of_t is not None else "chain")
         if remote:
             idx = _connect(remote, token, ca, remote_insecure)
@@ -421,6 +437,7 @@ def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_i
     corpus_dir = paths[-1]
     params = _answer_params(answer_params, remote)
     try:
+        target, tmp = _result_paths(out)   # before any work: a bad --out fails at once
         if remote:
             idx = _connect(remote, token, ca, remote_insecure)
             dim = int(idx.stats()["dim"])
@@ -436,25 +453,51 @@ def eval_cmd(paths: tuple, out: Path, remote: Optional[str], token, ca, remote_i
             raise FastctxError(f"{corpus_dir / 'query_vectors.npy'}: dim {qvecs.shape[1]}, index dim {dim}")
         if hasattr(idx, "warm_up"):
             idx.warm_up()
-        lat = []
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w") as f:
-            for q, v in tqdm(list(zip(queries, qvecs)), desc="queries", disable=quiet or not _tty(),
-                             file=sys.stderr):
-                t0 = time.perf_counter()
+        lat, lines = [], []
+        for q, v in tqdm(list(zip(queries, qvecs)), desc="queries", disable=quiet or not _tty(), file=sys.stderr):
+            t0 = time.perf_counter()
+            try:
                 ans = idx.query_spec(q, v, fill=fill, **({} if remote else {"unrestricted": unrestricted}))
-                ms = 1e3 * (time.perf_counter() - t0)
-                lat.append(ms)
-                rec = {"qid": q["qid"], "events": [e.id for e in ans.events],
-                       "current": ans.current.id if ans.current else None, "latency_ms": round(ms, 3)}
-                if getattr(ans, "partial", False):
-                    rec.update(partial=True, missing_shards=list(ans.missing_shards))
-                f.write(json.dumps(rec) + "\n")
-        tmp.replace(out)
+            except FastctxError as e:
+                raise FastctxError(f"{corpus_dir / 'queries.jsonl'}, query {q.get('qid')!r}: {e}") from None
+            ms = 1e3 * (time.perf_counter() - t0)
+            lat.append(ms)
+            rec = {"qid": q["qid"], "events": [e.id for e in ans.events],
+                   "current": ans.current.id if ans.current else None, "latency_ms": round(ms, 3)}
+            if getattr(ans, "partial", False):
+                rec.update(partial=True, missing_shards=list(ans.missing_shards))
+            lines.append(json.dumps(rec) + "\n")
+        _write_results(out, target, tmp, lines)
     except FastctxError as e:
         _fail(e)
+    if not lat:
+        click.echo(f"wrote {out}: 0 queries")
+        return
     click.echo(f"wrote {out}: {len(lat)} queries, latency p50 {np.percentile(lat, 50):.2f} ms, "
                f"p99 {np.percentile(lat, 99):.2f} ms")
+
+
+def _write_results(out: Path, target: Path, tmp: Path, lines: list) -> None:
+    """All results or none: written beside the target, then moved over it."""
+    try:
+        with open(tmp, "w") as f:
+            f.writelines(lines)
+        tmp.replace(target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FastctxError(f"--out {out}: {e.strerror or e}") from None
+
+
+def _result_paths(out: Path) -> tuple[Path, Path]:
+    """(the file to replace, the temporary file written beside it) for --out: a link is followed
+    (its target gets the results, the link stays), and anything but a regular file is refused
+    rather than replaced by one."""
+    target = out.resolve() if out.is_symlink() else out
+    if target.exists() and not target.is_file():
+        raise FastctxError(f"--out {out}: not a regular file (results are written to a file, then moved into place)")
+    if not target.parent.is_dir():
+        raise FastctxError(f"--out {out}: folder {target.parent} does not exist")
+    return target, target.with_name(target.name + ".tmp")
 
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -697,8 +740,8 @@ def search(index_dir: Path, text: str, k: int, entities, entities_all, sources, 
     from .filters import Filters
     fmt = _out_format(fmt, as_json)
     try:
-        f = Filters(time_from=_date(since, "--since"), time_to=_date(until, "--until"), as_of=_date(as_of, "--as-of"),
-                    entities_any=entities, entities_all=entities_all, sources=sources, kinds=kinds)
+        f = Filters(*_window(since, until), as_of=_date(as_of, "--as-of"), entities_any=entities,
+                    entities_all=entities_all, sources=sources, kinds=kinds)
         hits = _open_index(index_dir).search(text, k=k, filters=f, **_who(principals, unrestricted))
         dicts = hits.to_list(0)
     except FastctxError as e:

@@ -22,12 +22,17 @@ bare repository and turn each non-merge commit, oldest first, into an orgmem-v1 
 
 `ingest_git(repo, index_dir)` is the CLI's `fastctx ingest git`: it creates the index (or opens
 it), computes vectors from the text with the index's encoder and appends in batches; `add`
-skips commits already there, so a re-run adds only new ones.
+skips commits already there, so a re-run adds only new ones. Every commit is first checked by
+the index's own validation, so one it cannot hold (git takes any committer date, the index only
+1970..2200) stops the import before anything is written, naming the commit, unless
+`skip_invalid` (`--skip-invalid`) leaves such commits out and lists them in the report.
 """
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
@@ -341,72 +346,169 @@ def _same(rec: dict, ev) -> bool:
             and {lk for lk in links if lk[1] in _GIT_LINKS} == {(lk["to"], lk["type"]) for lk in rec["links"]})
 
 
-def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: Optional[str] = None,
-               branch: Optional[str] = None, batch_size: int = 1000, max_commits: Optional[int] = None,
-               progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Append the commits of `repo` to the index at `index_dir`, creating it (with `encoder`,
-    default "hashing") when it does not exist. Returns {"commits", "added", "skipped",
-    "updated", "links", "dangling_links"}; `progress(done, total)` is called per batch."""
-    from .index import INDEX_MARKER, Index
-    index_dir = Path(index_dir)
-    repo = _check_repo(repo, branch or "HEAD")
-    if (index_dir / INDEX_MARKER).exists():
-        idx = Index(index_dir, writable=True)
+def _commit_of(repo: Path, ref: str) -> str:
+    """The sha `ref` names now, so that the check and the import read the same history even if
+    a commit lands in between."""
+    out = subprocess.run(_git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"),
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def _check_commits(repo: Path, head: str, max_commits: Optional[int], skip_invalid: bool) -> dict[str, str]:
+    """{sha: why} of the commits the index would refuse (git takes any committer date, the index
+    only 1970..2200), found by the validation `Index.add` runs before anything is written, one
+    commit at a time so memory stays as when importing. Unless `skip_invalid`, the first is an
+    error naming the repository and the commit."""
+    from .corpus import parse_records
+    bad: dict[str, str] = {}
+    first: Optional[CorpusError] = None
+    for rec in iter_git(repo, head, max_commits=max_commits):
+        try:
+            parse_records([rec])
+        except CorpusError as e:
+            first = first or e
+            bad[rec["id"]] = f"field '{e.field}': {e.message}" if e.field else e.message
+    if first is not None and not skip_invalid:
+        more = f" ({len(bad) - 1} more commits cannot be indexed either)" if len(bad) > 1 else ""
+        raise CorpusError(f"commit {next(iter(bad))}: {first.message}{more}; nothing was written "
+                          "(--skip-invalid imports the other commits and lists the ones left out)",
+                          file=str(repo), field=first.field)
+    return bad
+
+
+def _open_existing(index_dir: Path, encoder: Optional[str]):
+    """The index at `index_dir` for writing, checked to embed with `encoder` when one is given."""
+    from .index import Index
+    idx = Index(index_dir, writable=True)
+    try:
         if encoder is not None:
             from . import encoder as encmod
             have, given = idx.marker.get("encoder"), _encoder_from_spec(encoder)
-            try:
-                if hasattr(encmod, "check_match"):
-                    encmod.check_match(have, given, where=str(index_dir))
-                elif have != _marker_spec(given):
-                    raise FastctxError(f"{index_dir}: the index records encoder {have}, not "
-                                       f"{_marker_spec(given)} (leave --encoder out to use the recorded one)")
-            except FastctxError:
-                idx.close()
-                raise
+            if hasattr(encmod, "check_match"):
+                encmod.check_match(have, given, where=str(index_dir))
+            elif have != _marker_spec(given):
+                raise FastctxError(f"{index_dir}: the index records encoder {have}, not "
+                                   f"{_marker_spec(given)} (leave --encoder out to use the recorded one)")
         if idx.encoder is None:
-            idx.close()
             raise FastctxError(f"{index_dir}: the index records no text encoder, so commit messages "
                                f"cannot be embedded; ingest into a new index")
-    else:
-        if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())):
-            raise FastctxError(f"{index_dir}: exists and is neither empty nor a fastctx index")
-        enc = _encoder_from_spec(encoder or "hashing")
-        idx = Index.create(index_dir, enc.dim, encoder=_marker_spec(enc), writable=True)
-        idx.encoder = enc          # the same one the marker records, without loading a model twice
-    total = count_commits(repo, branch) if progress else 0
+    except BaseException:
+        idx.close()
+        raise
+    return idx
+
+
+def _first_missing(path: Path) -> Optional[Path]:
+    """The outermost directory on the way to `path` that does not exist yet: what creating
+    `path` makes (None when `path` exists)."""
+    top = None
+    while not os.path.lexists(path) and path != path.parent:
+        top, path = path, path.parent
+    return top
+
+
+def _remove_new_index(index_dir: Path, top: Optional[Path]) -> None:
+    """Undo a failed import into a new index: the directories this call created, or, when the
+    (empty) index directory was there before, only what it holds now."""
+    if top is not None:
+        shutil.rmtree(top, ignore_errors=True)
+    elif index_dir.is_dir() and not index_dir.is_symlink():
+        for p in index_dir.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _write_failed(e: Exception, index_dir: Path, outcome: str) -> Optional[FastctxError]:
+    """A failed write (disk full, no permission) as an error the CLI prints, saying what became
+    of the index; None for fastctx's own errors, which pass unchanged."""
+    if isinstance(e, OSError) and not isinstance(e, FastctxError):
+        return FastctxError(f"{index_dir}: writing failed: {e}; {outcome}")
+    return None
+
+
+def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: Optional[str] = None,
+               branch: Optional[str] = None, batch_size: int = 1000, max_commits: Optional[int] = None,
+               skip_invalid: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Append the commits of `repo` to the index at `index_dir`, creating it (with `encoder`,
+    default "hashing") when it does not exist. Returns {"commits", "added", "skipped",
+    "updated", "links", "dangling_links", "left_out"}; `progress(done, total)` is called per batch.
+
+    Every commit is checked before anything is written: one the index cannot hold (a committer
+    date after 2200) is an error naming it, or with `skip_invalid` is left out and listed in
+    "left_out" ({sha: why}). An error after this call created the index removes it again; in an
+    index that was there, the batches added before the error stay (a re-run adds the rest)."""
+    from .errors import IndexExistsError
+    from .index import INDEX_MARKER, Index
+    index_dir = Path(index_dir)
+    repo = _check_repo(repo, branch or "HEAD")
+    head = _commit_of(repo, branch or "HEAD")
+    run = dict(repo=repo, head=head, batch_size=batch_size, max_commits=max_commits, progress=progress)
+    if (index_dir / INDEX_MARKER).exists():
+        with _open_existing(index_dir, encoder) as idx:
+            left_out = _check_commits(repo, head, max_commits, skip_invalid)
+            try:
+                return _append(idx, left_out=left_out, **run)
+            except OSError as e:
+                if clear := _write_failed(e, index_dir, "the batches added before stay in the index "
+                                                        "(a re-run adds the rest)"):
+                    raise clear from e
+                raise
+    if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())):
+        raise FastctxError(f"{index_dir}: exists and is neither empty nor a fastctx index")
+    enc = _encoder_from_spec(encoder or "hashing")
+    left_out = _check_commits(repo, head, max_commits, skip_invalid)
+    top = _first_missing(index_dir.absolute())
+    try:
+        with Index.create(index_dir, enc.dim, encoder=_marker_spec(enc), writable=True) as idx:
+            idx.encoder = enc      # the same one the marker records, without loading a model twice
+            return _append(idx, left_out=left_out, **run)
+    except IndexExistsError:       # another process filled the directory meanwhile: not ours to remove
+        raise
+    except Exception as e:
+        _remove_new_index(index_dir, top)
+        if clear := _write_failed(e, index_dir, "the half-made index was removed"):
+            raise clear from e
+        raise
+
+
+def _append(idx, *, repo: Path, head: str, batch_size: int, max_commits: Optional[int],
+            progress: Optional[Callable[[int, int], None]], left_out: dict[str, str]) -> dict:
+    """`ingest_git`'s import into the open index `idx`, in batches of `batch_size` commits."""
+    total = count_commits(repo, head) if progress else 0
     if max_commits is not None:
         total = min(total, max_commits)
-    report = {"commits": 0, "added": 0, "skipped": 0, "updated": 0, "links": 0, "dangling_links": 0}
-    try:
-        pending: list[dict] = []
+    report = {"commits": 0, "added": 0, "skipped": 0, "updated": 0, "links": 0, "dangling_links": 0,
+              "left_out": left_out}
+    pending: list[dict] = []
 
-        def push() -> None:
-            # commits already there unchanged are skipped before embedding: cheaper, and a model's
-            # vectors may differ in the last bits with the batch around them
-            stored = idx.get([r["id"] for r in pending], unrestricted=True)
-            todo = [r for r, ev in zip(pending, stored) if ev is None or not _same(r, ev)]
-            report["skipped"] += len(pending) - len(todo)
-            pending.clear()
-            if todo:
-                r = idx.add(todo, _embed(idx.encoder, todo), on_existing="upsert")
-                report["added"] += r.n_events - r.updated
-                report["updated"] += r.updated
-                report["skipped"] += r.skipped
-                report["links"] += r.n_links
-                report["dangling_links"] += r.dangling_links
-            if progress:
-                progress(report["commits"], total)
+    def push() -> None:
+        # commits already there unchanged are skipped before embedding: cheaper, and a model's
+        # vectors may differ in the last bits with the batch around them
+        stored = idx.get([r["id"] for r in pending], unrestricted=True)
+        todo = [r for r, ev in zip(pending, stored) if ev is None or not _same(r, ev)]
+        report["skipped"] += len(pending) - len(todo)
+        pending.clear()
+        if todo:
+            r = idx.add(todo, _embed(idx.encoder, todo), on_existing="upsert")
+            report["added"] += r.n_events - r.updated
+            report["updated"] += r.updated
+            report["skipped"] += r.skipped
+            report["links"] += r.n_links
+            report["dangling_links"] += r.dangling_links
+        if progress:
+            progress(report["commits"], total)
 
-        for rec in iter_git(repo, branch, max_commits=max_commits):
-            pending.append(rec)
-            report["commits"] += 1
-            if len(pending) >= batch_size:
-                push()
-        if pending:
+    for rec in iter_git(repo, head, max_commits=max_commits):
+        report["commits"] += 1
+        if rec["id"] in left_out:
+            continue
+        pending.append(rec)
+        if len(pending) >= batch_size:
             push()
-        if report["added"] or report["updated"]:
-            idx.flush()
-    finally:
-        idx.close()
+    if pending:
+        push()
+    if report["added"] or report["updated"]:
+        idx.flush()
     return report

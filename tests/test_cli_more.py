@@ -262,7 +262,10 @@ def test_param_sets_engine_knobs_for_query_and_eval(runner, built, tmp_path):
                                        ("seed_k=many", "seed_k must be an int"), ("inherit=maybe", "not a boolean"),
                                        ("expansion=bfs", "expansion"), ("link_weights=1", "set from Python"),
                                        ("hits_first=1.5", "hits_first"), ("time_coherence_days=-1", "must be >= 0"),
-                                       ("pool_min_weight=2", "pool_min_weight")])
+                                       ("pool_min_weight=2", "pool_min_weight"),
+                                       ("candidates=0", "candidates must be >= 1"), ("seed_k=0", "seed_k must be >= 1"),
+                                       ("window_slack_days=inf", "must be a finite number"),
+                                       ("relevance=nan", "must be a finite number"), ("ppr_alpha=5", "ppr_alpha")])
 def test_param_errors_name_the_knob(runner, built, arg, says):
     r = runner.invoke(main, ["query", str(built), VAULT_Q, "--param", arg])
     assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
@@ -271,3 +274,55 @@ def test_param_errors_name_the_knob(runner, built, arg, says):
 def test_param_with_remote_is_refused(runner):
     r = runner.invoke(main, ["query", "--remote", "127.0.0.1:1", VAULT_Q, "--param", "seed_k=8"])
     assert r.exit_code == 2 and "its own" in r.output
+
+
+# ------------------------------------------------------------------------------------ eval --out
+def test_eval_out_follows_a_link_and_refuses_what_is_not_a_file(runner, built, tmp_path):
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    (tmp_path / "link.jsonl").symlink_to(real)
+    r = runner.invoke(main, ["eval", str(built), str(SAMPLE), "--out", str(tmp_path / "link.jsonl"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "link.jsonl").is_symlink() and real.read_text().count("\n") == len(
+        (SAMPLE / "queries.jsonl").read_text().splitlines())
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    for out, says in ((tmp_path / "fifo.jsonl", "not a regular file"), (tmp_path / "nodir" / "r.jsonl", "does not exist")):
+        r = runner.invoke(main, ["eval", str(built), str(SAMPLE), "--out", str(out), "--quiet"])
+        assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "fifo.jsonl").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "fifo.jsonl", "link.jsonl", "real.jsonl"]
+
+
+def test_eval_names_the_failing_query_and_keeps_the_earlier_results(runner, built, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(SAMPLE, corpus)
+    lines = (corpus / "queries.jsonl").read_text().splitlines()
+    bad = json.loads(lines[2])
+    lines[2] = json.dumps({**bad, "scope": "conv:1"})
+    (corpus / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "r.jsonl"
+    out.write_text("earlier results\n")
+    r = runner.invoke(main, ["eval", str(built), str(corpus), "--out", str(out), "--quiet"])
+    assert r.exit_code == 1 and repr(bad["qid"]) in r.output and "scope must be a mapping" in r.output, r.output
+    assert out.read_text() == "earlier results\n" and not (tmp_path / "r.jsonl.tmp").exists()
+
+
+def test_eval_of_a_corpus_without_questions(runner, built, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(SAMPLE, corpus)
+    (corpus / "queries.jsonl").write_text("")
+    dim = np.load(SAMPLE / "query_vectors.npy").shape[1]
+    np.save(corpus / "query_vectors.npy", np.zeros((0, dim), np.float32))
+    meta = json.loads((corpus / "meta.json").read_text())
+    if "n_queries" in meta:
+        meta["n_queries"] = 0
+        (corpus / "meta.json").write_text(json.dumps(meta))
+    r = runner.invoke(main, ["eval", str(built), str(corpus), "--out", str(tmp_path / "r.jsonl"), "--quiet"])
+    assert r.exit_code == 0 and "0 queries" in r.output, r.output
+    assert (tmp_path / "r.jsonl").read_text() == ""
+
+
+def test_since_after_until_is_refused(runner, built):
+    for cmd in (["query", str(built), VAULT_Q], ["search", str(built), VAULT_Q]):
+        r = runner.invoke(main, cmd + ["--since", "2025-01-01", "--until", "2024-01-01"])
+        assert r.exit_code == 2 and "is after --until" in r.output, r.output

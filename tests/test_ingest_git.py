@@ -29,12 +29,12 @@ class Repo:
         path.mkdir()
         self.git("init", "-q", "-b", "main")
 
-    def git(self, *args: str, who=ANA, committer=None) -> str:
+    def git(self, *args: str, who=ANA, committer=None, committed=None) -> str:
         self.clock += 3600
         c = committer or who
         env = {**os.environ, "GIT_AUTHOR_NAME": who[0], "GIT_AUTHOR_EMAIL": who[1],
-               "GIT_COMMITTER_NAME": c[0], "GIT_COMMITTER_EMAIL": c[1],
-               "GIT_AUTHOR_DATE": f"@{self.clock} +0000", "GIT_COMMITTER_DATE": f"@{self.clock} +0000",
+               "GIT_COMMITTER_NAME": c[0], "GIT_COMMITTER_EMAIL": c[1], "GIT_AUTHOR_DATE": f"@{self.clock} +0000",
+               "GIT_COMMITTER_DATE": f"@{committed or self.clock} +0000",
                "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
         out = subprocess.run(["git", *args], cwd=self.path, env=env, capture_output=True, text=True, check=True)
         return out.stdout.strip()
@@ -45,7 +45,7 @@ class Repo:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(content)
             self.git("add", name)
-        self.git("commit", "-q", "-m", message, **who)
+        self.git("commit", "-q", "-m", message, **who)    # who: who=, committer=, committed= (a date)
         return self.head()
 
     def head(self) -> str:
@@ -255,7 +255,7 @@ def test_existing_index_keeps_its_encoder(tmp_path, history):
     # without --encoder the recorded one embeds the rest; the cherry-pick and the follow-up, read
     # before without the commits they name, are updated with their links; "." is unchanged
     assert ingest_git(bare, idx_dir) == {"commits": 8, "added": 5, "skipped": 1, "updated": 2, "links": 3,
-                                         "dangling_links": 0}
+                                         "dangling_links": 0, "left_out": {}}
 
 
 def test_any_other_sha_the_message_names_is_a_reference():
@@ -288,3 +288,81 @@ def test_a_rename_lists_both_names_and_file_contents_are_never_read(tmp_path):
     events = list(read_git(r.path))
     assert [e["text"].split("\n")[0] for e in events] == ["Add the ledger", "Rename the ledger module to book"]
     assert {"file:src/ledger.py", "file:src/book.py"} <= set(events[1]["entities"])
+
+
+FUTURE = 9_999_999_999      # 2286: git takes any committer date, the index holds 1970..2200
+
+
+@pytest.fixture
+def future(tmp_path):
+    """A repository whose middle commit has a committer date the index cannot hold."""
+    r = Repo(tmp_path / "repo")
+    first = r.commit("one", {"a": "1"})
+    bad = r.commit("from the future", {"b": "2"}, committed=FUTURE)
+    r.commit("three", {"c": "3"})
+    return r, first, bad
+
+
+def test_a_commit_the_index_cannot_hold_stops_the_import_before_anything_is_written(tmp_path, future):
+    r, first, bad = future
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "idx", tmp_path / "new" / "deeper" / "idx", tmp_path / "empty"):
+        with pytest.raises(CorpusError, match=f"field 'time': commit {bad}: .*9999999999.*--skip-invalid") as e:
+            ingest_git(r.path, target, batch_size=1)      # a batch of the first commit would fit
+        assert e.value.file == str(r.path)
+    assert not (tmp_path / "idx").exists() and not (tmp_path / "new").exists()
+    assert list((tmp_path / "empty").iterdir()) == []       # there before: kept, and still empty
+    # the CLI: a one-line error, no traceback, nothing on disk
+    for batch in ("1", "1000"):
+        res = CliRunner().invoke(main, ["ingest", "git", str(r.path), str(tmp_path / "idx"), "--batch", batch])
+        assert res.exit_code == 1 and type(res.exception) is SystemExit and "Traceback" not in res.output
+        assert f"commit {bad}" in res.output and str(r.path) in res.output and "field 'time'" in res.output
+        assert not (tmp_path / "idx").exists()
+    # an existing index is left as it was
+    assert ingest_git(r.path, tmp_path / "idx", branch=first)["added"] == 1
+    with pytest.raises(CorpusError, match=f"commit {bad}"):
+        ingest_git(r.path, tmp_path / "idx")
+    with fastctx.Index(tmp_path / "idx") as idx:
+        assert idx.n == 1
+
+
+def test_skip_invalid_leaves_such_commits_out_and_lists_them(tmp_path, future):
+    r, _, bad = future
+    idx_dir = tmp_path / "idx"
+    res = CliRunner().invoke(main, ["ingest", "git", str(r.path), str(idx_dir), "--skip-invalid", "--batch", "1"])
+    assert res.exit_code == 0, res.output
+    assert "3 commits read, 2 added, 0 updated, 0 already present; 0 links; 1 left out" in res.output
+    assert f"{bad}: field 'time'" in res.output
+    with fastctx.Index(idx_dir) as idx:
+        assert idx.n == 2 and idx.get([bad], unrestricted=True) == [None]
+    rep = ingest_git(r.path, idx_dir, skip_invalid=True)
+    assert rep["skipped"] == 2 and rep["added"] == 0 and list(rep["left_out"]) == [bad]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX resource limits")
+def test_a_failed_write_removes_the_index_this_command_created(tmp_path):
+    """A write that fails after the index was created (here: the file-size limit, below one batch's
+    log record) removes the half-made index; an index that was there before stays, with what it
+    held."""
+    import resource
+    import sys
+
+    r = Repo(tmp_path / "repo")
+    first = r.commit("one", {"a": "1"})
+    r.commit("a long message " * 7_000, {"b": "2"})     # ~100 kB, over the limit below
+
+    def cli(target: Path) -> subprocess.CompletedProcess:
+        limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))  # noqa: E731
+        return subprocess.run([sys.executable, "-c", "from fastctx.cli import main; main()", "ingest", "git",
+                               str(r.path), str(target), "--batch", "1"],
+                              preexec_fn=limit, capture_output=True, text=True, timeout=300)
+
+    out = cli(tmp_path / "idx")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "writing failed" in out.stderr and "the half-made index was removed" in out.stderr
+    assert not (tmp_path / "idx").exists()
+    ingest_git(r.path, tmp_path / "idx", branch=first)
+    out = cli(tmp_path / "idx")
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "stay in the index" in out.stderr, out.stderr
+    with fastctx.Index(tmp_path / "idx") as idx:
+        assert idx.n == 1 and idx.get([first], unrestricted=True)[0].text == "one"
