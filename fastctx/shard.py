@@ -15,6 +15,7 @@ memtable. Links are stored as id keys and resolved here to the live row of that 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import time as _time
@@ -224,6 +225,9 @@ def replay_log(shard_dir: Path, manifest: dict, segments: Sequence[Segment], *, 
                          + (" (a whole last record failing its checksum)" if sc.complete_tail else "")
                          + (" (truncated)" if repair else " (ignored)"))
             if repair:
+                # a crash mid-write leaves this (never acknowledged); a log cut by anything else
+                # loses acknowledged writes, so dropping bytes is never silent
+                logging.getLogger("fastctx.wal").warning("%s: %d bytes dropped", notes[-1], sc.size - sc.good_bytes)
                 walmod.truncate(path, sc.good_bytes)
         for rec in sc.records:
             try:

@@ -271,7 +271,7 @@ def _wal(path: Path) -> Path:
     return path / "shard-000" / m["wal"][-1]
 
 
-def test_torn_log_tail_is_ignored_then_truncated(base, tmp_path):
+def test_torn_log_tail_is_ignored_then_truncated(base, tmp_path, caplog):
     idx, recs, v = base
     idx.add(recs[200:210], v[200:210])
     idx.add(recs[210:220], v[210:220])
@@ -283,9 +283,13 @@ def test_torn_log_tail_is_ignored_then_truncated(base, tmp_path):
         r = Index(tmp_path / "index")
         assert r.n == 210 and wal.stat().st_size == cut          # readers do not repair
         assert any("torn tail" in n for n in r.shards[0].wal_notes)
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "index")])
+    assert r.exit_code == 0 and "note:" in r.output and "torn tail" in r.output   # shown, not a failure
     wal.write_bytes(data + b"FCW2\x00\x10")          # a header cut short
-    w = Index(tmp_path / "index", writable=True)
-    assert w.n == 220 and wal.stat().st_size == len(data)        # the writer truncates
+    with caplog.at_level("WARNING", logger="fastctx.wal"):
+        w = Index(tmp_path / "index", writable=True)
+    assert w.n == 220 and wal.stat().st_size == len(data)        # the writer truncates, and says so
+    assert any("torn tail" in m and "6 bytes dropped" in m for m in caplog.messages)
     w.add(recs[220:221], v[220:221])
     w.close()
     assert Index(tmp_path / "index").n == 221 and verify(tmp_path / "index") == []
