@@ -118,7 +118,8 @@ def _norm_subject(text: str) -> str:
             break
         s = m.group(1)
     s = re.sub(r"^(?:Re-?land|Reapply)\s*:?\s*", "", s, flags=re.I)
-    return re.sub(r"\s+", " ", s).strip().lower()
+    # words only: a re-land that drops a subject's code quotes (``name``) is the same change
+    return " ".join(re.findall(r"\w+", s.lower()))
 
 
 def current_queries(events: list[dict]) -> list[tuple[dict, dict]]:
@@ -146,7 +147,7 @@ def current_queries(events: list[dict]) -> list[tuple[dict, dict]]:
             if nxt is None:
                 key = _norm_subject(ev["text"])
                 later = [j for j in by_subject.get(key, ()) if j > pos[rev] and events[j]["id"] not in seq
-                         and events[j]["kind"] in ("commit", "reapply")]
+                         and events[j]["kind"] in ("commit", "reapply")] if key else []
                 nxt = events[later[0]]["id"] if later else None
             if nxt is None or nxt in seq:
                 break

@@ -246,6 +246,24 @@ def test_bench_git_corpus_queries(tmp_path):
         assert has_ids != strip
 
 
+def test_bench_git_corpus_reland_under_the_subject_without_its_code_quotes(tmp_path):
+    """A change re-landed later under its subject less the ``code`` quotes is the same change:
+    the sequence's current commit is the re-land (bench/git_corpus.py compares words)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from git_corpus import write_corpus
+
+    r = Repo(tmp_path / "repo")
+    x = r.commit("Add ``config-inited`` event", {"sphinx/app.py": "1"})
+    r.git("revert", "--no-edit", x)
+    rev = r.head()
+    r.commit("Unrelated docs change", {"README": "1"})
+    reland = r.commit("Add config-inited event", {"sphinx/app.py": "2"})
+    write_corpus(r.path, tmp_path / "c", strip=False, log=lambda m: None)
+    truth = [json.loads(line) for line in (tmp_path / "c" / "truth.jsonl").read_text().splitlines()]
+    assert [(t["current"], t["stale"]) for t in truth] == [(reland, [x, rev])]
+
+
 def test_existing_index_keeps_its_encoder(tmp_path, history):
     _, bare, _ = history
     idx_dir = tmp_path / "idx"
