@@ -71,13 +71,16 @@ Progress and cost
 from __future__ import annotations
 
 import json
+import math
 import os
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .encoder import EncoderError, HashingEncoder, from_spec, record_problem
 from .errors import CorpusError
 
 __all__ = [
@@ -581,8 +584,10 @@ def _jsonl_objects(path: Path, counter: list, progress=None, name: str | None = 
                         msg = "JSON nested too deeply"
                     elif isinstance(e, UnicodeDecodeError):
                         msg = f"not valid UTF-8 ({e.reason} at byte {e.start})"
-                    else:
-                        msg = f"not valid JSON ({e.msg} at column {getattr(e, 'colno', '?')})"
+                    elif isinstance(e, json.JSONDecodeError):
+                        msg = f"not valid JSON ({e.msg} at column {e.colno})"
+                    else:   # e.g. an integer over Python's 4300-digit limit: a ValueError without a position
+                        msg = f"not valid JSON ({str(e).partition(';')[0]})"
                     raise CorpusError(f"{msg}: {_clip(raw.decode('utf-8', 'replace').rstrip())}",
                                       file=fname, line=lineno) from None
             # rare shapes only: a \uD8xx escape (maybe a lone surrogate) or many brackets
@@ -647,7 +652,10 @@ def _regular_or_missing(path: Path) -> None:
 def read_meta(corpus_dir, *, text_only: bool = False) -> dict:
     """Read and validate ``meta.json``: an object with ``format == "orgmem-v1"``, ``dim`` an
     integer in [1, MAX_DIM], ``n_events`` an integer >= 0; optional ``n_queries`` (integer >= 0),
-    ``name`` (string), ``sources``/``kinds`` (lists of strings), ``params`` (object). Returns it.
+    ``name`` (string), ``sources``/``kinds`` (lists of strings), ``params`` (object) whose
+    ``encoder_spec``, when not null, is a recorded encoder (`encoder.record_problem`) or a spec
+    string, and whose ``encoder: "hashing-v1"`` (without an encoder_spec) needs a ``dim`` the
+    hashing encoder makes. Returns it.
     `text_only` (a corpus without ``vectors.npy``): ``dim`` and ``n_events`` may be left out."""
     d = Path(corpus_dir)
     path = d / "meta.json"
@@ -699,7 +707,28 @@ def read_meta(corpus_dir, *, text_only: bool = False) -> dict:
             bad(key, f"expected a list of strings, {_got(v)}")
     if meta.get("params") is not None and type(meta["params"]) is not dict:
         bad("params", f"expected an object, {_got(meta['params'])}")
+    _check_encoder(meta, bad)
     return meta
+
+
+def _check_encoder(meta: dict, bad: Callable[[str, str], None]) -> None:
+    """The encoder meta.json names (see `index._corpus_encoder`) is judged before anything is
+    read or built: a bad one would otherwise crash the build or be written into the index."""
+    params = meta.get("params") or {}
+    spec = params.get("encoder_spec")
+    if isinstance(spec, str):
+        try:
+            from_spec(spec)
+        except EncoderError as e:
+            bad("params.encoder_spec", str(e))
+    elif isinstance(spec, dict):
+        if problem := record_problem(spec):
+            bad("params.encoder_spec" + (f".{problem[0]}" if problem[0] else ""), problem[1])
+    elif spec is not None:
+        bad("params.encoder_spec", f"expected an object (a recorded encoder) or a spec string, {_got(spec)}")
+    elif params.get("encoder") == HashingEncoder.name and meta.get("dim") is not None:
+        if problem := record_problem({"name": HashingEncoder.name, "dim": meta["dim"]}):
+            bad("dim", f"{problem[1]} (params.encoder names {HashingEncoder.name})")
 
 
 # ------------------------------------------------------------------------------------ vectors
@@ -712,18 +741,61 @@ def _as_array(v, *, file: str) -> np.ndarray:
         raise CorpusError(f"expected an array of floats: {e}", file=file) from None
 
 
+# What NumPy's .npy reader raises on a damaged file: its header is a Python literal, parsed with
+# ast (SyntaxError) and, for old versions, tokenize (TokenError, no ValueError); a huge shape
+# overflows (OverflowError); a short file gives EOFError / ValueError.
+_NPY_ERRORS = (ValueError, OSError, EOFError, OverflowError, SyntaxError, tokenize.TokenError)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_npy(path: Path) -> np.ndarray:
     fname = str(path)
     if not path.is_file():
         raise CorpusError("file not found", file=fname)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise CorpusError(f"cannot read: {e.strerror}", file=fname) from None
+    if magic != _NPY_MAGIC:   # np.load would return an NpzFile for a zip, not an array
+        what = ("an .npz archive; save the vectors with numpy.save, not numpy.savez" if magic.startswith(b"PK")
+                else "no .npy magic bytes at the start")
+        raise CorpusError(f"not a readable .npy array ({what})", file=fname)
+    try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        first = e
-    try:   # e.g. an empty array (cannot be memory-mapped); small anyway
+    except _NPY_ERRORS as e:
+        first = _npy_why(e)
+    try:   # e.g. an empty array, which older NumPy cannot memory-map
+        _check_npy_size(path)
         return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise CorpusError(f"not a readable .npy array ({first}; {e})", file=fname) from None
+    except _NPY_ERRORS as e:
+        why = _npy_why(e)
+        raise CorpusError(f"not a readable .npy array ({first}{'; ' + why if why != first else ''})",
+                          file=fname) from None
+
+
+def _npy_why(e: BaseException) -> str:
+    if isinstance(e, (SyntaxError, tokenize.TokenError)):
+        return "its header does not parse"
+    if isinstance(e, OverflowError):
+        return f"its header declares an impossible shape ({e})"
+    return str(e)[:200]
+
+
+def _check_npy_size(path: Path) -> None:
+    """ValueError when the header declares more data than the file holds: loading it whole
+    would first allocate what a damaged header asks for (terabytes, maybe)."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
+        shape, _, dtype = read(f)
+        need = f.tell() + math.prod(shape) * dtype.itemsize
+        have = os.fstat(f.fileno()).st_size
+    if need > have:
+        raise ValueError(f"the header declares shape {shape} of {dtype}, {need} bytes, but the file has {have}")
 
 
 def _check_header(vectors: np.ndarray, n: int, dim: int, *, file: str, lines_of: str | None) -> None:

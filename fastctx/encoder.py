@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import math
 import re
 import sys
 from collections import Counter
@@ -36,6 +37,8 @@ class EncoderError(FastctxError, ValueError):
     given encoder differs from the one the index was built with."""
 
 _WORD = re.compile(r"[a-z0-9_]+")
+MAX_DIM = 65_536      # largest dimension an encoder record may give (a shard manifest's bound too)
+MAX_NNZ = 16          # blake2b digests at most 64 bytes: 16 coordinates of 4 bytes per feature
 
 
 def _stem(word: str) -> str:
@@ -61,6 +64,8 @@ class HashingEncoder:
     def __init__(self, dim: int = 256, nnz: int = 6, bigram_weight: float = 0.5, title_weight: float = 1.0):
         if dim < 8:
             raise ValueError(f"HashingEncoder: dim must be >= 8, got {dim}")
+        if not 1 <= nnz <= MAX_NNZ:
+            raise ValueError(f"HashingEncoder: nnz must be in [1, {MAX_NNZ}], got {nnz}")
         if not title_weight >= 0:
             raise ValueError(f"HashingEncoder: title_weight must be >= 0, got {title_weight}")
         self.dim, self.nnz, self.bigram_weight = int(dim), int(nnz), float(bigram_weight)
@@ -227,8 +232,8 @@ def from_spec(spec: Any) -> Encoder:
     if name in ("hashing", HashingEncoder.name):
         if not sep:
             return HashingEncoder()
-        if not arg.isdigit() or not 8 <= int(arg) <= 65_536:
-            raise EncoderError(f"encoder {spec!r}: expected hashing:DIM with DIM an integer in [8, 65536]")
+        if not arg.isdigit() or not 8 <= int(arg) <= MAX_DIM:
+            raise EncoderError(f"encoder {spec!r}: expected hashing:DIM with DIM an integer in [8, {MAX_DIM}]")
         return HashingEncoder(dim=int(arg))
     if name in ("sentence-transformers", "st"):
         if not arg.strip():
@@ -238,13 +243,77 @@ def from_spec(spec: Any) -> Encoder:
                        "'sentence-transformers:NAME_OR_PATH'")
 
 
+# the fields each known encoder records (docs/FORMAT.md "Encoder")
+_RECORD_FIELDS = {
+    HashingEncoder.name: ("name", "model", "dim", "normalize", "nnz", "bigram_weight", "title_weight"),
+    SentenceTransformerEncoder.name: ("name", "model", "dim", "normalize"),
+    "custom": ("name", "model", "dim", "normalize"),
+}
+
+
+def record_problem(rec: Any, *, unknown_ok: bool = False) -> Optional[tuple[Optional[str], str]]:
+    """What is wrong with an encoder record (a marker's "encoder", meta.json's
+    params.encoder_spec): (the field, None for the record itself; what is wrong), or None.
+
+    The one place for these rules, so a record is judged before it is written into an index or
+    used to allocate vectors: every field a known encoder reads is checked for type and range
+    (other fields are kept as given and never read: a converter's annotation). `unknown_ok`: an encoder
+    name this fastctx does not know passes with only `dim` checked (an index written by a newer
+    version still opens; using its encoder raises EncoderError)."""
+    from .corpus import _got, _show   # corpus imports this module: imported late
+    if not isinstance(rec, dict):
+        return None, f"expected an object (a recorded encoder), {_got(rec)}"
+    name = rec.get("name")
+    if not isinstance(name, str) or not name:
+        return "name", f"expected a non-empty string, {_got(name)}"
+    fields = _RECORD_FIELDS.get(name)
+    if fields is None and not unknown_ok:
+        return "name", f"unknown encoder {_show(name)} (expected one of {', '.join(_RECORD_FIELDS)})"
+
+    def bad(key: str, expected: str) -> tuple[str, str]:
+        return key, f"expected {expected}, {_got(rec[key])}" if key in rec else f"missing; expected {expected}"
+
+    hashing, st = name == HashingEncoder.name, name == SentenceTransformerEncoder.name
+    lo, dim = (8 if hashing else 1), rec.get("dim")
+    if not (_int_in(dim, lo, MAX_DIM) or (dim is None and (st or fields is None))):
+        return bad("dim", f"an integer in [{lo}, {MAX_DIM}]" + (" or null" if st else ""))
+    if fields is None:
+        return None
+    model = rec.get("model")
+    if hashing and model is not None:
+        return bad("model", "null (the hashing encoder has no model)")
+    if st and not (isinstance(model, str) and model.strip()):
+        return bad("model", "a model name or path")
+    if name == "custom" and not (model is None or isinstance(model, str)):
+        return bad("model", "a string (the encoder's class) or null")
+    if rec.get("normalize") is not None and not isinstance(rec["normalize"], bool):
+        return bad("normalize", "true, false or null")
+    if "nnz" in rec and not _int_in(rec["nnz"], 1, MAX_NNZ):
+        return bad("nnz", f"an integer in [1, {MAX_NNZ}]")
+    if "bigram_weight" in rec and not _finite(rec["bigram_weight"]):
+        return bad("bigram_weight", "a finite number")
+    if "title_weight" in rec and not (_finite(rec["title_weight"]) and rec["title_weight"] >= 0):
+        return bad("title_weight", "a finite number >= 0")
+    return None
+
+
+def _int_in(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi     # not bool, not 384.0
+
+
+def _finite(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
 def from_record(rec: Any) -> Optional[Encoder]:
     """Re-create the encoder an index recorded (its marker's "encoder"); None when none is
     recorded. A "custom" one cannot be re-created: EncoderError says to pass encoder= again."""
     if rec is None:
         return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
-        raise EncoderError(f"the index records a malformed encoder {rec!r}")
+    problem = record_problem(rec, unknown_ok=True)
+    if problem:
+        field, msg = problem
+        raise EncoderError(f"the index records a malformed encoder{f' (field {field!r})' if field else ''}: {msg}")
     name, dim = rec["name"], rec.get("dim")
     if name == HashingEncoder.name:
         nnz, bigram_weight, title_weight = HashingEncoder.settings(rec)

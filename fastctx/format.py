@@ -24,6 +24,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
+from .encoder import record_problem
 from .errors import CorruptIndexError, FormatError
 
 FORMAT_NAME = "fastctx-index"
@@ -194,8 +195,10 @@ def _check_version(path: Path, obj: dict) -> None:
     if obj.get("format") != FORMAT_NAME:
         raise FormatError(f"{path}: format is {obj.get('format')!r}, expected {FORMAT_NAME!r}")
     version = obj.get("format_version")
-    if not isinstance(version, int):
+    if type(version) is not int:
         raise CorruptIndexError(f"{path}: field 'format_version' missing or not an integer")
+    if version < 1:     # versions count from 1: a smaller one is damage, not an old format
+        raise CorruptIndexError(f"{path}: field 'format_version' must be >= 1, got {version}")
     if version > FORMAT_VERSION:
         raise FormatError(
             f"{path}: format_version {version} is newer than this fastctx supports "
@@ -211,6 +214,14 @@ def read_marker(index_dir: Path) -> dict:
         raise CorruptIndexError(f"{path}: field 'shards' must be a non-empty list of names")
     for s in shards:
         check_name(s, path, "shard name")
+    if len(set(shards)) != len(shards):   # one shard served twice would skew every answer
+        dup = next(s for i, s in enumerate(shards) if s in shards[:i])
+        raise CorruptIndexError(f"{path}: field 'shards' names {dup!r} more than once")
+    # the recorded encoder is judged here, so a damaged one fails opening and `verify`, not a
+    # later text query (an unknown name passes: a newer fastctx's index still opens)
+    if obj.get("encoder") is not None and (problem := record_problem(obj["encoder"], unknown_ok=True)):
+        field, msg = problem
+        raise CorruptIndexError(f"{path}: field {'encoder' + (f'.{field}' if field else '')!r}: {msg}")
     return obj
 
 

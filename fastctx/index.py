@@ -26,9 +26,10 @@ from .columns import keys64
 from .compaction import CompactionPolicy, SegmentMeta
 from .compaction import plan as compact_plan
 from .corpus import EventBatch
-from .encoder import Encoder, HashingEncoder, check_match, from_record, from_spec, spec_of
-from .errors import (AccessDeniedError, CorpusError, FormatError, IndexExistsError, IndexLockedError,
-                     InvalidQueryError)
+from .encoder import (Encoder, EncoderError, HashingEncoder, check_match, from_record, from_spec, record_problem,
+                      spec_of)
+from .errors import (AccessDeniedError, CorpusError, CorruptIndexError, FormatError, IndexExistsError,
+                     IndexLockedError, InvalidQueryError)
 from .filters import Filters, segment_allowed, spec_query
 from .format import INDEX_MARKER, crashpoint, fsync_dir, publish_dir, read_marker, write_marker
 from .params import AnswerParams, BuildParams, SearchParams
@@ -112,6 +113,10 @@ class Index:
         self._parts = [load_parts(self.path / name, verify=verify, cache=self._seg_cache if i == 0 else None)
                        for i, name in enumerate(self.marker["shards"])]
         self.dim = self._parts[0]["manifest"]["dim"]
+        recorded_dim = (self.marker.get("encoder") or {}).get("dim")   # read_marker checked its type
+        if recorded_dim is not None and recorded_dim != self.dim:      # text queries would embed at that dim
+            raise CorruptIndexError(f"{self.path / INDEX_MARKER}: field 'encoder.dim' is {recorded_dim}, but the "
+                                    f"index holds vectors of dim {self.dim} ({self.marker['shards'][0]}/MANIFEST.json)")
         self._encoder: Optional[Encoder] = None
         if encoder is not None:
             encoder = from_spec(encoder)
@@ -174,6 +179,8 @@ class Index:
         enc = None
         if isinstance(encoder, dict):
             record = encoder
+            if problem := record_problem(record, unknown_ok=True):   # checked before anything is written
+                raise EncoderError(f"encoder record{f', field {problem[0]!r}' if problem[0] else ''}: {problem[1]}")
         elif encoder is not None:
             enc = from_spec(encoder)
             record = spec_of(enc)
@@ -980,8 +987,8 @@ def read_for_build(corpus: Any, index_dir: Path, overwrite: bool, progress: Prog
         enc = enc or (from_record(recorded) if recorded else HashingEncoder())
         return to_batch(src, enc, progress=progress), spec_of(enc)
     batch = to_batch(src)
-    if enc is None:
-        return batch, recorded if recorded and int(recorded.get("dim", batch.dim)) == batch.dim else None
+    if enc is None:   # a record of another dim does not describe these vectors: not recorded
+        return batch, recorded if recorded and recorded.get("dim") in (None, batch.dim) else None
     check_match(recorded, enc, where=f"{src.origin} (its vectors; remove vectors.npy to embed the text instead)")
     if enc.dim != batch.dim:
         raise CorpusError(f"the encoder has dim {enc.dim} but the vectors have dim {batch.dim} "
