@@ -287,8 +287,8 @@ MAX_NESTING = 64    # deepest JSON nesting accepted inside one event (attribute 
 
 
 def _bad_value(v: Any, depth: int = 0) -> str | None:
-    """Why `v` cannot be stored (a string with a lone surrogate, which UTF-8 cannot encode, or
-    nesting deeper than MAX_NESTING), else None."""
+    """Why `v` cannot be stored (a string with a lone surrogate, which UTF-8 cannot encode, a
+    non-finite number, or nesting deeper than MAX_NESTING), else None."""
     if type(v) is str:
         if not v.isascii():
             try:
@@ -298,6 +298,8 @@ def _bad_value(v: Any, depth: int = 0) -> str | None:
         return None
     if type(v) is int and not -2**63 <= v < 2**64:
         return f"integer {_show(v)} is outside the 64-bit range stored for attribute values"
+    if type(v) is float and not math.isfinite(v):   # NaN / Infinity are not JSON: get and export would emit them
+        return f"{v!r} is not a JSON number (NaN and infinities cannot be stored)"
     if depth > MAX_NESTING:
         return f"nested deeper than {MAX_NESTING} levels"
     if isinstance(v, Mapping):

@@ -566,6 +566,9 @@ class Index:
                 return (query / np.sqrt(ss)).reshape(1, -1), False
         if isinstance(query, str) or (isinstance(query, Sequence) and query and isinstance(query[0], str)):
             texts = [query] if isinstance(query, str) else list(query)
+            if not all(isinstance(t, str) for t in texts):
+                bad = next(t for t in texts if not isinstance(t, str))
+                raise InvalidQueryError(f"a batch of text queries holds {bad!r}: every query must be a string")
             if self.encoder is None:
                 raise InvalidQueryError("this index has no text encoder recorded; pass encoder= to Index() "
                                         "or query with vectors")

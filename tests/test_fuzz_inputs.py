@@ -41,6 +41,9 @@ HAND = {
     "-2**70 nested attribute": '{"id": "a", "time": 1, "source": "s", "kind": "k", "text": "t", '
                                '"n": {"m": [%d]}}' % -2**70,
     "2**70 in acl": '{"id": "a", "time": 1, "source": "s", "kind": "k", "text": "t", "acl": [%d]}' % 2**70,
+    "NaN attribute": '{"id": "a", "time": 1, "source": "s", "kind": "k", "text": "t", "score": NaN}',
+    "Infinity nested attribute": '{"id": "a", "time": 1, "source": "s", "kind": "k", "text": "t", '
+                                 '"m": {"x": [1, -Infinity]}}',
 }
 
 

@@ -23,6 +23,8 @@ from fastctx.filters import Filters
 from fastctx.index import MAX_K, Index, build, verify
 from fastctx.params import BuildParams
 
+SAMPLE_CORPUS = Path(fastctx.__path__[0]) / "sample_corpus"
+
 DIM = 4
 
 
@@ -502,6 +504,13 @@ def test_bad_query_vector(built_index, case):
 def test_text_query_without_encoder(built_index):
     with pytest.raises(InvalidQueryError, match="encoder"):
         built_index.search("why did payments fail", k=3)
+
+
+def test_a_text_batch_holding_something_else_is_a_query_error(tmp_path):
+    idx, _ = build(SAMPLE_CORPUS, tmp_path / "i")
+    for batch in (["why did payments fail", 5], ["a", None]):
+        with pytest.raises(InvalidQueryError, match="every query must be a string"):
+            idx.search_batch(batch, k=3)
 
 
 @pytest.mark.parametrize("kw", [
