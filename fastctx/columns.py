@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import CorruptIndexError
+from .errors import CorruptIndexError, npy_load_errors
 
 
 def key64(s: str) -> int:
@@ -36,7 +36,10 @@ class StringColumn:
     per access, which made reading an answer's ids and entity names cost microseconds each."""
 
     def __init__(self, directory: Path, stem: str, n: int):
-        self._off = np.asarray(np.load(directory / f"{stem}_off.npy", mmap_mode="r"))
+        try:
+            self._off = np.asarray(np.load(directory / f"{stem}_off.npy", mmap_mode="r", allow_pickle=False))
+        except npy_load_errors() as e:
+            raise CorruptIndexError(f"{directory / (stem + '_off.npy')}: unreadable .npy file ({e})") from None
         if self._off.shape != (n + 1,):
             raise CorruptIndexError(f"{directory / (stem + '_off.npy')}: shape {self._off.shape}, expected ({n + 1},)")
         path = directory / f"{stem}.bin"

@@ -81,7 +81,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .encoder import EncoderError, HashingEncoder, from_spec, record_problem
-from .errors import CorpusError
+from .errors import CorpusError, npy_load_errors
 
 __all__ = [
     "LINK_TYPES", "QUERY_TYPES", "DIRECTIONS", "FILTER_KEYS", "TIME_MIN", "TIME_MAX", "TOKENS_MAX",
@@ -743,10 +743,7 @@ def _as_array(v, *, file: str) -> np.ndarray:
         raise CorpusError(f"expected an array of floats: {e}", file=file) from None
 
 
-# What NumPy's .npy reader raises on a damaged file: its header is a Python literal, parsed with
-# ast (SyntaxError) and, for old versions, tokenize (TokenError, no ValueError); a huge shape
-# overflows (OverflowError); a short file gives EOFError / ValueError.
-_NPY_ERRORS = (ValueError, OSError, EOFError, OverflowError, SyntaxError, tokenize.TokenError)
+_NPY_ERRORS = npy_load_errors()
 _NPY_MAGIC = b"\x93NUMPY"
 
 

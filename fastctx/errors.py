@@ -47,3 +47,11 @@ class IndexLockedError(FastctxError, BlockingIOError):
 class AccessDeniedError(FastctxError, PermissionError):
     """A query would see events it may not: an index holding access lists was asked without
     principals (pass the asker's principals, or unrestricted access explicitly)."""
+
+
+def npy_load_errors() -> tuple:
+    """What NumPy's .npy reader raises on a damaged file: its header is a Python literal parsed
+    with ast (SyntaxError) and, in some versions, tokenize (TokenError, not a ValueError); a huge
+    shape overflows; a short file gives EOFError or ValueError."""
+    import tokenize
+    return (ValueError, OSError, EOFError, OverflowError, SyntaxError, tokenize.TokenError)

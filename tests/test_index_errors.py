@@ -363,6 +363,17 @@ def _replace_consistently(index_dir: Path, name: str, write) -> Path:
     return seg / name
 
 
+def _unparsable_header(data: bytes) -> bytes:
+    """The .npy bytes with the shape in the header cut to `(N, 10**`: NumPy's header parser then
+    raises a tokenize or syntax error, not a ValueError."""
+    head_end = data.index(b"\n") + 1
+    head = data[:head_end].decode("latin1")
+    start = head.index("'shape': (") + len("'shape': (")
+    end = head.index(")", start) + 1
+    bad = head[:start] + "10**" + " " * (end - start - 4) + head[end:]
+    return bad.encode("latin1") + data[head_end:]
+
+
 @pytest.mark.parametrize("name, write, pattern", [
     ("time.npy", lambda p: np.save(p, np.load(p)[::-1].copy()), "not sorted by time"),
     ("time.npy", lambda p: np.save(p, np.load(p).astype(np.int32)), "dtype"),
@@ -372,6 +383,8 @@ def _replace_consistently(index_dir: Path, name: str, write) -> Path:
     ("bitmaps.msgpack", lambda p: p.write_bytes(b"\x93\x01\x02"), "cannot decode bitmaps"),
     ("ids_off.npy", lambda p: np.save(p, np.load(p)[:-2].copy()), "shape"),
     ("time.npy", lambda p: p.write_bytes(b"not an npy file at all"), "unreadable"),
+    ("time.npy", lambda p: p.write_bytes(_unparsable_header(p.read_bytes())), "unreadable"),
+    ("ids_off.npy", lambda p: p.write_bytes(_unparsable_header(p.read_bytes())), "unreadable"),
 ])
 def test_structurally_broken_file_fails_open_naming_it(fresh_index, name, write, pattern):
     path = fresh_index.path
