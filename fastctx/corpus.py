@@ -60,7 +60,9 @@ Queries
     the key is dropped), ``time_from <= time_to``. ``as_of``: integer in the time range or
     ``null``; required non-null for ``type == "as_of"``. ``direction`` in DIRECTIONS (missing or
     ``null`` -> ``"back"``). ``budget_tokens`` integer in ``[1, BUDGET_MAX]``. ``text`` string,
-    ``null`` or missing (-> ``None``). Unknown top-level query fields are kept verbatim.
+    ``null`` or missing (-> ``None``). ``scope`` (optional) is checked as ``filters`` are and
+    kept as given (an empty list in it is refused: a scope must not read "any of none" as no
+    bound). Unknown top-level query fields are kept verbatim.
 Progress and cost
     ``read_events(..., progress=f)`` calls ``f(n_lines_done)`` every `PROGRESS_EVERY` lines and
     once at the end of the file. Parsing stops at line ``n_events + 1`` if the file is longer.
@@ -930,6 +932,30 @@ def _str_list(v, *, allow_empty: bool) -> bool:
             and all(type(x) is str and x for x in v))
 
 
+def _check_filter_map(name: str, flt: Any, fail: Callable[[str | None, str], None]) -> dict:
+    """A query's `filters` or `scope` object: known keys, times in range and in order, non-empty
+    lists (an empty list would match nothing, and a scope must never read it as no bound)."""
+    out: dict = {}
+    if flt is None:
+        return out
+    if type(flt) is not dict:
+        fail(name, f"expected an object, {_got(flt)}")
+    for key, v in flt.items():
+        if key not in FILTER_KEYS:
+            fail(f"{name}.{key}", f"unknown filter (expected one of {', '.join(FILTER_KEYS)})")
+        if key in ("time_from", "time_to"):
+            if v is None:
+                continue
+            if type(v) is not int or v < TIME_MIN or v > TIME_MAX:
+                fail(f"{name}.{key}", f"expected an integer Unix time in [{TIME_MIN}, {TIME_MAX}], {_got(v)}")
+        elif not _str_list(v, allow_empty=False):
+            fail(f"{name}.{key}", f"expected a non-empty list of non-empty strings, {_got(v)}")
+        out[key] = list(v) if isinstance(v, list) else v
+    if "time_from" in out and "time_to" in out and out["time_from"] > out["time_to"]:
+        fail(f"{name}.time_to", f"expected time_to >= time_from ({out['time_from']}), got {out['time_to']}")
+    return out
+
+
 def _check_query(q: Any, fail: Callable[[str | None, str], None]) -> dict:
     if type(q) is not dict:
         fail(None, f"expected a JSON object (a query), {_got(q)}")
@@ -940,24 +966,8 @@ def _check_query(q: Any, fail: Callable[[str | None, str], None]) -> dict:
     typ = q.get("type")
     if typ not in QUERY_TYPES or type(typ) is not str:
         fail("type", f"expected one of {', '.join(QUERY_TYPES)}, got {_show(typ)}")
-    flt = q.get("filters")
-    out_f: dict = {}
-    if flt is not None:
-        if type(flt) is not dict:
-            fail("filters", f"expected an object, {_got(flt)}")
-        for key, v in flt.items():
-            if key not in FILTER_KEYS:
-                fail(f"filters.{key}", f"unknown filter (expected one of {', '.join(FILTER_KEYS)})")
-            if key in ("time_from", "time_to"):
-                if v is None:
-                    continue
-                if type(v) is not int or v < TIME_MIN or v > TIME_MAX:
-                    fail(f"filters.{key}", f"expected an integer Unix time in [{TIME_MIN}, {TIME_MAX}], {_got(v)}")
-            elif not _str_list(v, allow_empty=False):
-                fail(f"filters.{key}", f"expected a non-empty list of non-empty strings, {_got(v)}")
-            out_f[key] = list(v) if isinstance(v, list) else v
-        if "time_from" in out_f and "time_to" in out_f and out_f["time_from"] > out_f["time_to"]:
-            fail("filters.time_to", f"expected time_to >= time_from ({out_f['time_from']}), got {out_f['time_to']}")
+    out_f = _check_filter_map("filters", q.get("filters"), fail)
+    _check_filter_map("scope", q.get("scope"), fail)     # same keys; passed on as given
     as_of = q.get("as_of")
     if as_of is not None and (type(as_of) is not int or as_of < TIME_MIN or as_of > TIME_MAX):
         fail("as_of", f"expected an integer Unix time in [{TIME_MIN}, {TIME_MAX}] or null, {_got(as_of)}")

@@ -49,8 +49,8 @@ class View:
                 raise InvalidQueryError(f"scope {empty[0]!r} is an empty list; a scope bounds every event, "
                                         "so name at least one value (leave scope out for no bound)")
             scope = Filters.from_dict(scope)
-        if scope is not None and scope == Filters():
-            raise InvalidQueryError("scope names no bound (an empty mapping); leave it out, or null, for no scope")
+        if scope is not None and scope == Filters():   # {} names no key: no scope, as absent or null
+            scope = None
         return cls(scope, _principals(principals))
 
     @property

@@ -298,12 +298,14 @@ def test_eval_names_the_failing_query_and_keeps_the_earlier_results(runner, buil
     shutil.copytree(SAMPLE, corpus)
     lines = (corpus / "queries.jsonl").read_text().splitlines()
     bad = json.loads(lines[2])
-    lines[2] = json.dumps({**bad, "scope": "conv:1"})
+    lines[2] = json.dumps({**bad, "principals": [1]})       # checked when the question is asked
     (corpus / "queries.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "r.jsonl"
     out.write_text("earlier results\n")
     r = runner.invoke(main, ["eval", str(built), str(corpus), "--out", str(out), "--quiet"])
-    assert r.exit_code == 1 and repr(bad["qid"]) in r.output and "scope must be a mapping" in r.output, r.output
+    assert "queries.jsonl" in r.output
+    assert r.exit_code == 1 and repr(bad["qid"]) in r.output and "principals" in r.output, r.output
+    assert "Traceback" not in r.output
     assert out.read_text() == "earlier results\n" and not (tmp_path / "r.jsonl.tmp").exists()
 
 

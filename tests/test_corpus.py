@@ -462,6 +462,10 @@ BAD_QUERIES = [
     ("budget_tokens", {"budget_tokens": 0}, "got integer 0"),
     ("budget_tokens", {"budget_tokens": ...}, "missing"),
     ("text", {"text": ["x"]}, "string or null"),
+    ("scope", {"scope": "conv:1"}, "expected an object, got string"),
+    ("scope.entities_any", {"scope": {"entities_any": []}}, "non-empty list"),
+    ("scope.tenant", {"scope": {"tenant": ["x"]}}, "unknown filter"),
+    ("scope.time_to", {"scope": {"time_from": 10, "time_to": 5}}, "time_to >= time_from"),
 ]
 
 

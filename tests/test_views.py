@@ -169,10 +169,10 @@ def test_bad_principals_and_scope_are_refused(world):
 
 
 @pytest.mark.parametrize("scope, says", [({"entities_any": []}, "empty list"), ({"kinds": ()}, "empty list"),
-                                         ({}, "no bound"), ({"entities_any": None}, "no bound")])
-def test_a_scope_that_bounds_nothing_is_refused_not_ignored(world, scope, says):
-    """An empty list or mapping read as "no scope" would return every event: it is refused, in
-    `query`, `search` and a queries.jsonl spec alike."""
+                                         ({"entities_any": ["service:x"], "sources": []}, "empty list")])
+def test_a_scope_with_an_empty_list_is_refused_not_ignored(world, scope, says):
+    """"Any of none" read as "no scope" would return every event: it is refused, in `query`,
+    `search` and a queries.jsonl spec alike. A scope naming no key ({}) is no scope, as null is."""
     q, v = world["queries"][0], world["qvecs"][0]
     with pytest.raises(InvalidQueryError, match=says):
         world["one"].query(v, scope=scope, unrestricted=True)
@@ -180,7 +180,8 @@ def test_a_scope_that_bounds_nothing_is_refused_not_ignored(world, scope, says):
         world["one"].search(v, k=3, scope=scope, unrestricted=True)
     with pytest.raises(InvalidQueryError, match=says):
         world["one"].query_spec({**q, "scope": scope}, v, unrestricted=True)
-    assert world["one"].query_spec({**q, "scope": None}, v, unrestricted=True).events   # absent: no bound
+    for none in (None, {}):
+        assert world["one"].query_spec({**q, "scope": none}, v, unrestricted=True).events   # no bound
 
 
 def test_query_specs_of_the_wrong_shape_are_query_errors(world):
