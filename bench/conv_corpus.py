@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from git_corpus import _recorded, write_orgmem   # bench/: the same orgmem folder writer
+from git_corpus import write_orgmem   # bench/: the same orgmem folder writer
 
 _SESSION = re.compile(r"^session_(\d+)$")
 _FORMATS = ("%d.%m.%Y, %H:%M:%S", "%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y", "%Y-%m-%d %H:%M:%S",
@@ -102,7 +102,7 @@ def questions(qa: list, ids: dict[str, str], c: int, budget: int) -> list[tuple[
 
 def write_corpus(files: list[Path], out: Path, *, encoder: str = "hashing", budget: int = 1000, log=print,
                  sessions_as_entities: bool = True, replies: bool = True) -> dict:
-    from fastctx.encoder import from_spec
+    from fastctx.encoder import from_spec, spec_of
     events, pairs = [], []
     for c, path in enumerate(files, 1):
         conv = json.loads(Path(path).read_text())
@@ -116,7 +116,7 @@ def write_corpus(files: list[Path], out: Path, *, encoder: str = "hashing", budg
     qvecs = enc.encode([q["text"] for q, _ in pairs]).astype(np.float32)
     log(f"encoded {len(events)} turns and {len(pairs)} questions with {encoder} in {time.perf_counter() - t0:.1f}s")
     meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["chat"], params={
-        "encoder_spec": _recorded(enc, encoder), "conversations": [Path(p).name for p in files],
+        "encoder_spec": spec_of(enc), "conversations": [Path(p).name for p in files],
         "budget_tokens": budget, "session_entities": sessions_as_entities, "reply_links": replies})
     log(f"wrote {out}: {len(events)} turns in {len(files)} conversations, {len(pairs)} questions")
     return meta

@@ -29,40 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fastctx.ingest_git import _embed, _encoder_from_spec, read_git, strip_tickets, tickets
+from fastctx.encoder import from_spec, spec_of
+from fastctx.ingest_git import _embed, read_git, strip_tickets, tickets
 
 CHAIN_MIN, CHAIN_MAX = 3, 12
 BUDGET = 2000
 _SHA = re.compile(r"\b[0-9a-f]{7,40}\b")
 _WORDS = re.compile(r"[A-Za-z]{2,}")
-
-
-class _SentenceModel:
-    """sentence-transformers model as an encoder, for fastctx versions without `from_spec`."""
-
-    def __init__(self, path: str):
-        from sentence_transformers import SentenceTransformer
-        self.model = SentenceTransformer(path, device="cpu")
-        self.dim = int(self.model.get_sentence_embedding_dimension())
-        self.name = f"sentence-transformers:{path}"
-
-    def encode(self, texts):
-        return self.model.encode(list(texts), batch_size=64, normalize_embeddings=True,
-                                 convert_to_numpy=True).astype(np.float32)
-
-
-def encoder_from_spec(spec: str):
-    import fastctx.encoder as encmod
-    if spec.startswith("sentence-transformers:") and not hasattr(encmod, "from_spec"):
-        return _SentenceModel(spec.split(":", 1)[1])
-    return _encoder_from_spec(spec)
-
-
-def _recorded(enc, spec: str):
-    """What meta.json records of the encoder: its full spec (every setting its vectors depend on)
-    where this fastctx can say it, else the spec string."""
-    import fastctx.encoder as encmod
-    return encmod.spec_of(enc) if hasattr(encmod, "spec_of") else spec
 
 
 def subject(text: str) -> str:
@@ -196,13 +169,13 @@ def write_corpus(repo, out: Path, *, strip: bool = False, encoder: str = "hashin
         for ev in events:
             ev["text"] = strip_tickets(ev["text"])
             ev["entities"] = [e for e in ev["entities"] if not e.startswith("ticket:")]
-    enc = encoder_from_spec(encoder)
+    enc = from_spec(encoder)
     t1 = time.perf_counter()
     vecs = np.concatenate([_embed(enc, events[lo:lo + 2048]) for lo in range(0, len(events), 2048)])
     qvecs = enc.encode([q["text"] for q, _ in pairs]).astype(np.float32)
     log(f"encoded {len(events)} events and {len(pairs)} queries with {encoder} in {time.perf_counter() - t1:.1f}s")
     meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["git"], params={
-        "encoder": getattr(enc, "name", encoder), "encoder_spec": _recorded(enc, encoder), "repo": str(repo),
+        "encoder": getattr(enc, "name", encoder), "encoder_spec": spec_of(enc), "repo": str(repo),
         "strip_tickets": strip, "max_commits": max_commits, "home": home,
         "chain_group_size": [CHAIN_MIN, CHAIN_MAX], "budget_tokens": BUDGET})
     n_chain = sum(q["type"] == "chain" for q, _ in pairs)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import CorruptIndexError, npy_load_errors
+from .errors import NPY_LOAD_ERRORS, CorruptIndexError
 
 
 def key64(s: str) -> int:
@@ -38,7 +38,7 @@ class StringColumn:
     def __init__(self, directory: Path, stem: str, n: int):
         try:
             self._off = np.asarray(np.load(directory / f"{stem}_off.npy", mmap_mode="r", allow_pickle=False))
-        except npy_load_errors() as e:
+        except NPY_LOAD_ERRORS as e:
             raise CorruptIndexError(f"{directory / (stem + '_off.npy')}: unreadable .npy file ({e})") from None
         if self._off.shape != (n + 1,):
             raise CorruptIndexError(f"{directory / (stem + '_off.npy')}: shape {self._off.shape}, expected ({n + 1},)")

@@ -83,7 +83,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .encoder import EncoderError, HashingEncoder, from_spec, record_problem
-from .errors import CorpusError, npy_load_errors
+from .errors import NPY_LOAD_ERRORS, CorpusError
 
 __all__ = [
     "LINK_TYPES", "QUERY_TYPES", "DIRECTIONS", "FILTER_KEYS", "TIME_MIN", "TIME_MAX", "TOKENS_MAX",
@@ -745,7 +745,6 @@ def _as_array(v, *, file: str) -> np.ndarray:
         raise CorpusError(f"expected an array of floats: {e}", file=file) from None
 
 
-_NPY_ERRORS = npy_load_errors()
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -764,12 +763,12 @@ def _load_npy(path: Path) -> np.ndarray:
         raise CorpusError(f"not a readable .npy array ({what})", file=fname)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except _NPY_ERRORS as e:
+    except NPY_LOAD_ERRORS as e:
         first = _npy_why(e)
     try:   # e.g. an empty array, which older NumPy cannot memory-map
         _check_npy_size(path)
         return np.load(path, allow_pickle=False)
-    except _NPY_ERRORS as e:
+    except NPY_LOAD_ERRORS as e:
         why = _npy_why(e)
         raise CorpusError(f"not a readable .npy array ({first}{'; ' + why if why != first else ''})",
                           file=fname) from None

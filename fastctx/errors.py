@@ -1,6 +1,8 @@
 """The few exceptions fastctx raises. Each subclasses a builtin so callers can catch broadly."""
 from __future__ import annotations
 
+import tokenize
+
 
 class FastctxError(Exception):
     """Base of every fastctx error."""
@@ -49,9 +51,7 @@ class AccessDeniedError(FastctxError, PermissionError):
     principals (pass the asker's principals, or unrestricted access explicitly)."""
 
 
-def npy_load_errors() -> tuple:
-    """What NumPy's .npy reader raises on a damaged file: its header is a Python literal parsed
-    with ast (SyntaxError) and, in some versions, tokenize (TokenError, not a ValueError); a huge
-    shape overflows; a short file gives EOFError or ValueError."""
-    import tokenize
-    return (ValueError, OSError, EOFError, OverflowError, SyntaxError, tokenize.TokenError)
+# What NumPy's .npy reader raises on a damaged file: its header is a Python literal parsed with
+# ast (SyntaxError) and, in some versions, tokenize (TokenError, not a ValueError); a huge shape
+# overflows; a short file gives EOFError or ValueError.
+NPY_LOAD_ERRORS = (ValueError, OSError, EOFError, OverflowError, SyntaxError, tokenize.TokenError)

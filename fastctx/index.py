@@ -1053,14 +1053,17 @@ def _segment_rows(v: Any) -> int:
     return int(v)
 
 
-def verify(path: Union[str, Path]) -> list[str]:
+def verify(path: Union[str, Path], notes: Optional[list] = None) -> list[str]:
     """Every problem found in an index directory (empty list: it is sound). Checks every file's
     size and checksum (those opening defers included), loads every HNSW graph, then checks every
-    structural invariant the reader relies on."""
+    structural invariant the reader relies on. `notes`, when given, receives what is not a
+    problem but worth saying: each torn log tail a crash mid-write left (the next writer drops it)."""
     from .errors import FastctxError
     try:
         idx = Index(path, verify=True)
         for shard in idx.shards:
+            if notes is not None:
+                notes.extend(shard.wal_notes)
             # a torn log tail is normal after a crash (it was never acknowledged) but a *whole*
             # last record failing its checksum is damage (or power loss): report it
             bad = [n for n in shard.wal_notes if "whole last record" in n]

@@ -37,6 +37,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
+from .encoder import check_match, from_spec, spec_of
 from .errors import CorpusError, FastctxError
 
 MAX_FILES = 256          # file entities per commit: a tree-wide reformat should not name every file
@@ -306,24 +307,6 @@ def read_git(repo: Union[str, Path], branch: Optional[str] = None, **kw) -> list
 
 
 # ----------------------------------------------------------------------------- into an index
-def _encoder_from_spec(spec: str):
-    """The shared `fastctx.encoder.from_spec` when available; else the built-in hashing one."""
-    from . import encoder as encmod
-    if hasattr(encmod, "from_spec"):
-        return encmod.from_spec(spec)
-    name, _, arg = spec.partition(":")
-    if name != "hashing":
-        raise FastctxError(f"encoder {spec!r}: only 'hashing' or 'hashing:DIM' is available in this version")
-    return encmod.HashingEncoder(dim=int(arg) if arg else 256)
-
-
-def _marker_spec(enc) -> dict:
-    spec = getattr(enc, "spec", None)
-    if callable(spec):
-        return spec()
-    return {"name": enc.name, "dim": enc.dim}
-
-
 def _embed(enc, records: list[dict]):
     """Vectors of the messages; a message with no words ("." or empty) is embedded from its
     entities and id instead, so that every event has a non-zero vector."""
@@ -382,13 +365,7 @@ def _open_existing(index_dir: Path, encoder: Optional[str]):
     idx = Index(index_dir, writable=True)
     try:
         if encoder is not None:
-            from . import encoder as encmod
-            have, given = idx.marker.get("encoder"), _encoder_from_spec(encoder)
-            if hasattr(encmod, "check_match"):
-                encmod.check_match(have, given, where=str(index_dir))
-            elif have != _marker_spec(given):
-                raise FastctxError(f"{index_dir}: the index records encoder {have}, not "
-                                   f"{_marker_spec(given)} (leave --encoder out to use the recorded one)")
+            check_match(idx.marker.get("encoder"), from_spec(encoder), where=str(index_dir))
         if idx.encoder is None:
             raise FastctxError(f"{index_dir}: the index records no text encoder, so commit messages "
                                f"cannot be embedded; ingest into a new index")
@@ -457,11 +434,11 @@ def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: 
                 raise
     if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())):
         raise FastctxError(f"{index_dir}: exists and is neither empty nor a fastctx index")
-    enc = _encoder_from_spec(encoder or "hashing")
+    enc = from_spec(encoder or "hashing")
     left_out = _check_commits(repo, head, max_commits, skip_invalid)
     top = _first_missing(index_dir.absolute())
     try:
-        with Index.create(index_dir, enc.dim, encoder=_marker_spec(enc), writable=True) as idx:
+        with Index.create(index_dir, enc.dim, encoder=spec_of(enc), writable=True) as idx:
             idx.encoder = enc      # the same one the marker records, without loading a model twice
             return _append(idx, left_out=left_out, **run)
     except IndexExistsError:       # another process filled the directory meanwhile: not ours to remove

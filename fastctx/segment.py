@@ -16,7 +16,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .columns import KeyLookup, StringColumn
-from .errors import CorruptIndexError, npy_load_errors
+from .errors import NPY_LOAD_ERRORS, CorruptIndexError
 from .format import check_checksum, verify_files
 
 
@@ -103,7 +103,7 @@ class Segment(SegmentBase):
         path = self.dir / name
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except npy_load_errors() as e:
+        except NPY_LOAD_ERRORS as e:
             raise CorruptIndexError(f"{path}: unreadable .npy file ({e})") from None
         if arr.dtype != np.dtype(dtype) or (shape is not None and arr.shape != shape):
             raise CorruptIndexError(

@@ -32,7 +32,7 @@ from .build import BuildReport, Progress, ShardContext, compute_segment, content
 from .columns import KeyLookup, keys64
 from .corpus import EventBatch
 from .derive import with_links
-from .errors import CorpusError, CorruptIndexError, npy_load_errors
+from .errors import NPY_LOAD_ERRORS, CorpusError, CorruptIndexError
 from .format import crc32_file, fsync_dir, read_manifest, write_manifest, write_new_dir
 from .params import BuildParams
 from .supersession import supersession_overlay
@@ -110,7 +110,7 @@ def read_overlay(shard_dir: Path, entry: Optional[dict], verify: bool = True) ->
         raise CorruptIndexError(f"{path}: size or checksum mismatch; the deletion overlay is corrupted")
     try:
         arr = np.load(path, allow_pickle=False)
-    except npy_load_errors() as e:
+    except NPY_LOAD_ERRORS as e:
         raise CorruptIndexError(f"{path}: unreadable .npy file ({e})") from None
     if arr.dtype != np.uint64 or arr.ndim != 2 or arr.shape[1] != 2:
         raise CorruptIndexError(f"{path}: expected uint64 [m, 2], got {arr.dtype} {arr.shape}")
