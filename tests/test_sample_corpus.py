@@ -35,8 +35,13 @@ def test_shipped_files_are_what_the_script_writes(tmp_path):
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == sorted(FILES)
     for name in FILES:
-        assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), (
-            f"fastctx/sample_corpus/{name} is stale: rerun `python examples/make_sample_corpus.py`")
+        stale = f"fastctx/sample_corpus/{name} is stale: rerun `python examples/make_sample_corpus.py`"
+        if name.endswith(".npy"):   # vectors: numpy releases may round sums differently in the last bit
+            got, shipped = np.load(tmp_path / name), np.load(SHIPPED / name)
+            assert got.dtype == shipped.dtype and got.shape == shipped.shape, stale
+            assert np.allclose(got, shipped, rtol=0, atol=1e-6), stale
+        else:
+            assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), stale
 
 
 def test_no_truth_and_small():
