@@ -51,6 +51,10 @@ from .replica import GraphReplica
 from .stores import NeighbourStore, Owners, ReachStore, Vectors, cat_ptr
 from .transport import CallStats, Cluster
 
+# payloads each shard sends with a current / as_of question's hits: the fact's versions and the
+# events that mention it are among the first hits, so the answer usually needs no Fetch round
+HIT_PAYLOADS = 16
+
 log = logging.getLogger("fastctx.coordinator")
 
 
@@ -90,6 +94,10 @@ class DistributedGraph:
         self._lex: Optional[tuple] = None  # lexical seeds answered by the seed round
         self.states: dict[int, str] = {}   # the state each shard served this query's seeds from
         self.on_replica = False            # whether the expansion ran on the coordinator's replica
+        # a chain query's graph replica, when every shard served its seeds from the replica's state:
+        # the rows' vectors, times, tokens, kinds, ids and entity names are then read from it
+        self.rep: Optional[GraphReplica] = None
+        self._rep_checked = False
 
     def for_view(self, view: View) -> "DistributedGraph":
         """One graph per query: the view travels with every shard request; shards never send
@@ -253,11 +261,18 @@ class DistributedGraph:
         n_sh = len(self.cluster.shards)
         # each shard's share of the merged top k plus a margin (the rest is fetched when read)
         req["hit_rows"] = min(int(k), -(-5 * int(k) // (4 * n_sh)) + 16) if n_sh > 1 else int(k)
+        # a chain on a graph replica reads its hits' attributes from the replica: none ride along
+        # (should a shard serve another state, they are fetched when read)
+        on_rep = self.qtype == "chain" and self.c.replica is not None
         # what the query type reads of every hit next: a chain query its head choice (vectors,
         # times) and budget (tokens); current/as_of its grouping (slot entity, supersession) and
         # the versions a winner replaced (rev), which would otherwise take a round of their own
         req["hit_fields"] = self._row_fields() if self.qtype == "chain" else ["slot", "sup", "tokens", "rev"]
-        if self.qtype == "chain":
+        if self.qtype != "chain":   # a fact's versions are among its first hits: their payloads come along
+            req["hit_payloads"] = min(HIT_PAYLOADS, req["hit_rows"])
+        if on_rep:
+            del req["hit_rows"], req["hit_fields"]
+        elif self.qtype == "chain":
             if self.reach:   # the candidates' entities: their first wave asks owners and holders at once
                 p = self.params
                 req["reach"] = req["hit_rows"]
@@ -266,6 +281,8 @@ class DistributedGraph:
                                         "term_weight": float(p.term_weight), "max_per_entity": int(p.max_per_entity)}
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
         self.states = {s: out.get("state") for s, out in res.items()}
+        if self.qtype == "chain":
+            self._replica()
         self._learn_reach(res)
         # the merged top k: best score first, then lower row, then lower shard
         parts = [(s, int(out["counts"][0]), out) for s, out in res.items()]
@@ -282,12 +299,12 @@ class DistributedGraph:
         kept[top] = True
         pos = 0
         for s, c, out in parts:
-            m = min(int(req["hit_rows"]), c)
+            m = min(int(req.get("hit_rows", 0)), c)
             hit = out["rows"][0, :m]
             mine = kept[pos:pos + m]
             pos += c
             rows_m = hit[mine].tolist()
-            for f in req["hit_fields"]:
+            for f in req.get("hit_fields", ()):
                 if f == "rev" and "hit_rev_ptr" in out:
                     self._store_rev(hit.tolist(), out, "hit_", mine)
                 elif f == "vector" and "hit_vector" in out:
@@ -302,12 +319,27 @@ class DistributedGraph:
                             self.owner[b] = k2
                 elif "hit_" + f in out:
                     self.cache[f].update(zip(rows_m, out["hit_" + f][mine].tolist()))
+            if "hit_payload" in out:
+                self._store_payloads(hit, mine, out["hit_payload_at"], out["hit_payload"])
         if names:
             self._lex = (list(names), self.params.lexical_k, filters,
                          self._merge_lexical({s: {"rows": out["lex_rows"], "scores": out["lex_scores"]}
                                               for s, out in res.items() if "lex_rows" in out},
                                              self.params.lexical_k))
         return rows, sims
+
+    def _store_payloads(self, hit: np.ndarray, kept: np.ndarray, at, payloads) -> None:
+        """Keep the payloads a Search reply sent for hits (positions `at` among them) of the
+        merged top k, as `events` would have fetched them: with their superseder (`hit_sup_*`)."""
+        at = np.asarray(at, np.int64)
+        if len(at) != len(payloads) or (len(at) and (at.min() < 0 or at.max() >= len(hit))):
+            raise ShardUnavailableError("a shard's hit payloads do not match its hits")
+        sup = self.cache["sup"]
+        for r, keep, pl in zip(hit[at].tolist(), kept[at].tolist(), payloads):
+            if keep and pl is not None and r in sup:
+                self._payloads[r] = (pl, *sup[r])
+                self.cache["id"][r] = pl["id"]
+                self.cache["visible"][r] = 1
 
     def _lexical_req(self, names, k) -> dict:
         st = self.c.shard_stats()
@@ -336,17 +368,25 @@ class DistributedGraph:
         return self._merge_lexical(self._scatter("Search", {s: req for s in self.cluster.shards}), int(k))
 
     def times(self, rows):
+        if self.rep is not None:
+            return self.rep.times[np.asarray(rows, np.int64)]
         return np.asarray(self._get("time", rows, 0), np.int64)
 
     def kinds(self, rows):
+        if self.rep is not None:
+            return self.rep.kinds(rows)
         return np.asarray(self._get("kind", rows, ""), object)
 
     def tokens(self, rows):
+        if self.rep is not None:
+            return self.rep.tokens(rows)
         # rows of a missing shard never fit a budget
         return np.asarray(self._get("tokens", rows, np.iinfo(np.int64).max // 4), np.int64)
 
     def vectors(self, rows):
         rows = np.asarray(rows, np.int64)
+        if self.rep is not None:
+            return self.rep.vectors(rows)
         self._fetch(rows.tolist(), self._row_fields())   # with what the answer reads of them next
         return self.vecs.get(rows)   # zeros for rows of a missing shard
 
@@ -367,9 +407,13 @@ class DistributedGraph:
         return np.asarray(self._get("slot", rows, -1), np.int64)
 
     def ids(self, rows):
+        if self.rep is not None:
+            return self.rep.ids(rows)
         return self._get("id", rows, "?")
 
     def entity_names(self, pairs):
+        if self.rep is not None:
+            return [self.rep.entity_name(r, e) for r, e in pairs]
         groups: dict[int, list[tuple[int, int]]] = {}
         for r, e in pairs:
             if (r, e) not in self.names:
@@ -655,7 +699,7 @@ class DistributedGraph:
         """One best-first search per seed: on the coordinator's graph replica when every shard
         serves the state it was read from (one kernel call), else all advancing together in
         the kernels of kernels/frontier.py, a wave fetching what the blocked searches need next."""
-        rep = None if self.missing else self.c.replica_for(self.states)
+        rep = self._replica()
         if rep is not None:
             return self._expand_on(rep, seeds, seed_scores, direction, t_lo, t_hi, as_of)
         p = self.params
@@ -701,6 +745,14 @@ class DistributedGraph:
             self.owner.set_many(rows, rep.owner[rows])
             self._hint_paths(*(np.concatenate([g[j] for g in groups]) for j in (2, 3, 4)))
         return groups
+
+    def _replica(self) -> Optional[GraphReplica]:
+        """The coordinator's graph replica if every shard answered this query's seeds from the
+        state it was read from (asked once per query); else None."""
+        if not self._rep_checked:
+            self._rep_checked = True
+            self.rep = None if self.missing else self.c.replica_for(self.states)
+        return self.rep
 
     def _hint_paths(self, par, kind, via) -> None:
         """What the why-paths of an expansion's events will ask (see `_riders`)."""

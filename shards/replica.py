@@ -4,9 +4,10 @@ Without it, a chain query's expansion walks the graph through the shards: about 
 `Expand` rounds (docs/SHARDED.md, "Numbers"), each a round trip to several shard servers. With
 it, the coordinator holds the arrays of the expansion kernel's contract (kernels/expand.py) for
 every global row and runs the embedded engine's own expansion on them (`graph.expand_groups`):
-one kernel call, no round. Seeds, vectors, attributes and payloads still come from the shards,
-so a chain query takes three rounds (Search, the reached rows' vectors, the payloads) instead of
-about eleven, and ships what it did before minus the `Expand` traffic.
+one kernel call, no round. What the question reads of its hits and reached rows (vectors, times,
+token counts, kinds, ids, entity names) it reads from the shards' files here too, as their
+servers do; only seeds and payloads come from the shards: two rounds instead of about eleven,
+and no vectors on the wire.
 
 The arrays are assembled from the shard directories, read-only: each shard's graph (times, the
 entities of each row, entity postings) mapped to global rows and global entity ids through its
@@ -109,6 +110,8 @@ class GraphReplica:
         self.ent_weight = entity_weights(np.diff(self.ent_ptr), n, params, flags)
         # what a view's hidden rows are computed from (each shard's access lists and scope entities)
         self._shards = [(sh, np.asarray(sc.grow, np.int64)) for sh, sc, _ in parts]
+        self._gent = [(g, np.argsort(g, kind="stable")) for g in (np.asarray(sc.gent, np.int64) for _, sc, _ in parts)]
+        self.dim = int(parts[0][0].dim)
         self._views: dict = {}
         self._lock = threading.Lock()
         self.read_s = time.perf_counter() - t0
@@ -150,6 +153,54 @@ class GraphReplica:
                             self.in_ptr, self.in_src, self.in_type, self.link_weight, self.ev_ptr, self.ev_ent,
                             self.ent_ptr, self.ent_rows, self.ent_weight)
         return expand_groups(graph, self.params, seeds, seed_scores, direction, t_lo, t_hi)
+
+    # -- per-row attributes, read from the shards' files as their servers read them ------------
+    def _by_shard(self, rows) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(shard, positions in `rows`, shard-local rows) for each shard owning some of `rows`."""
+        rows = np.asarray(rows, np.int64)
+        own = self.owner[rows]
+        out = []
+        for k in np.unique(own).tolist():
+            at = np.flatnonzero(own == k)
+            out.append((k, at, np.searchsorted(self._shards[k][1], rows[at])))
+        return out
+
+    def vectors(self, rows) -> np.ndarray:
+        out = np.zeros((len(rows), self.dim), np.float32)
+        for k, at, loc in self._by_shard(rows):
+            out[at] = self._shards[k][0].vectors(loc)
+        return out
+
+    def tokens(self, rows) -> np.ndarray:
+        out = np.zeros(len(rows), np.int64)
+        for k, at, loc in self._by_shard(rows):
+            out[at] = np.asarray(self._shards[k][0].tokens)[loc]
+        return out
+
+    def kinds(self, rows) -> np.ndarray:
+        out = np.empty(len(rows), object)
+        for k, at, loc in self._by_shard(rows):
+            sh = self._shards[k][0]
+            out[at] = [sh.kinds[int(c)] for c in np.asarray(sh.kind_codes)[loc].tolist()]
+        return out
+
+    def ids(self, rows) -> list[str]:
+        out = [""] * len(rows)
+        for k, at, loc in self._by_shard(rows):
+            sh = self._shards[k][0]
+            for i, r in zip(at.tolist(), loc.tolist()):
+                seg, local = sh.locate(r)
+                out[i] = seg.ids[local]
+        return out
+
+    def entity_name(self, row: int, gid: int) -> str:
+        """The name of global entity `gid`, as the shard owning `row` (which mentions it) says."""
+        k = int(self.owner[row])
+        gent, order = self._gent[k]
+        i = int(np.searchsorted(gent, gid, sorter=order))
+        if i == len(gent) or gent[order[i]] != gid:
+            return f"entity#{gid}"
+        return self._shards[k][0].entity_name(int(order[i]))
 
     def warm_up(self) -> None:
         """Compile (or load) the kernel for the replica's array types before the first query."""

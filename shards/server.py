@@ -277,9 +277,11 @@ class ShardCost:
                           for f in req.get("hit_fields") or ())
             lex = int(req.get("lex_k") or req["k"]) if v is not None and req.get("words") else 0
             reach = 3 * self.top_mentions(min(int(req.get("reach") or 0), req["k"])) if v is not None else 0
-            return {"cells": nq * req["k"] + hv * (int(svc.index.dim) + 4) + lex + reach,
-                    "nbytes": nq * req["k"] * 28 + hv * per_row + lex * 16 + 5 * reach,
-                    "loop": hv if "slot" in (req.get("hit_fields") or ()) else 0}
+            hp = (min(max(int(req.get("hit_payloads") or 0), int(req.get("hit_rows") or 0)), req["k"])
+                  if v is not None and req.get("hit_payloads") else 0)    # the first hits and their facts' others
+            return {"cells": nq * req["k"] + hv * (int(svc.index.dim) + 4) + lex + reach + hp,
+                    "nbytes": nq * req["k"] * 28 + hv * per_row + lex * 16 + 5 * reach + hp * self.FETCH_BYTES["payload"],
+                    "loop": (hv if "slot" in (req.get("hit_fields") or ()) else 0) + hp, "payload_rows": hp}
         if method == "Fetch":
             loc = svc.local_rows(req["rows"])
             n, fields = len(loc), req["fields"]

@@ -259,6 +259,12 @@ class ShardService:
             loc = hits.rows[0, :min(int(hits.counts[0]), int(req["hit_rows"]))].astype(np.int64)
             got = self.Fetch({"rows": self.grow[loc], "fields": req["hit_fields"]})
             out.update({"hit_" + k: v for k, v in got.items()})
+        if len(q) == 1 and req.get("hit_payloads"):
+            at = self._payload_hits(hits.rows[0, :int(hits.counts[0])].astype(np.int64), int(req["hit_payloads"]),
+                                    int(req.get("hit_rows") or 0))
+            out["hit_payload_at"] = at     # through the view, as Fetch sends them
+            out["hit_payload"] = self.Fetch({"rows": self.grow[hits.rows[0, at]], "fields": ["payload"],
+                                             "view": req.get("view")})["payload"]
         if len(q) == 1 and req.get("reach"):   # the first hits' walkable entities, for the first wave
             loc = np.sort(hits.rows[0, :min(int(hits.counts[0]), int(req["reach"]))].astype(np.int64))
             d = AnswerParams()
@@ -420,6 +426,19 @@ class ShardService:
         return {"ptr": ptr, "rows": rows, "time": times, "elig": elig, "side": side}
 
     # -- fetch helpers -------------------------------------------------------------------------
+    def _payload_hits(self, loc: np.ndarray, first: int, upto: int) -> np.ndarray:
+        """Positions of the hits whose payloads a Search sends: the first `first`, and those of
+        the first `upto` that name a fact (slot entity) one of the first names: its other versions
+        and the events that mention it, what a current / as_of answer shows beside its winner."""
+        n = min(first, len(loc))
+        at = np.arange(n, dtype=np.int64)
+        later = loc[n:upto]
+        if len(later):
+            slots = self._slots(loc[:n + len(later)])
+            named = slots[:n][slots[:n] >= 0]
+            at = np.concatenate([at, n + np.flatnonzero(np.isin(slots[n:], named))])
+        return at
+
     def _slots(self, loc: np.ndarray) -> np.ndarray:
         """Per row, the smallest global id of its slot entities (-1: none)."""
         return min_marked(self.ev_ptr, self.ev_ent, loc, self.slot, self.gent)

@@ -18,6 +18,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20        # gRPC receive/send limit of servers and clients
 MAX_K = 10_000                      # seeds per search
+MAX_HIT_PAYLOADS = 256              # payloads sent with a Search's first hits
 MAX_ROWS = 200_000                  # rows in one fetch / expand request
 MAX_WALKS = 200_000                 # entity walks in one expand request
 MAX_BUDGET = 10_000_000             # token budget of one answer
@@ -268,6 +269,9 @@ SHARD_SCHEMAS = {
                 # with `vectors`: per-row attributes (`hit_fields`) of the first `hit_rows` hits (one
                 # round trip less); `words` beside `vectors`: the lexical hits too (`lex_k` of them)
                 "hit_rows": _int(0, MAX_K), "hit_fields": lambda n, v: _fields(n, v, HIT_FIELDS),
+                # with `vectors`: the payloads of the first `hit_payloads` hits (a current question's
+                # winners are among the first hits: its answer then needs no Fetch round)
+                "hit_payloads": _int(0, MAX_HIT_PAYLOADS),
                 "lex_k": _int(1, MAX_K),
                 # with `vectors`: the walkable entities of the first `reach` hits (as Expand's `reach`)
                 "reach": _int(0, MAX_K), "entity_params": lambda n, v: check_fields(v, ENTITY_PARAMS, (), n + ".")},

@@ -156,6 +156,16 @@ def test_oversized_search_refused(shard):
     assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "Search" in ei.value.details()
 
 
+def test_search_sends_its_first_hits_payloads_as_fetch_would(shard, world):
+    q = world["queries"][:1]
+    got = _call(shard.address, "Search", {"vectors": q, "k": 40, "hit_payloads": 5})
+    want = _call(shard.address, "Fetch", {"rows": got["rows"][0, :5], "fields": ["payload"]})["payload"]
+    assert len(want) == 5 and got["hit_payload"] == want and got["hit_payload_at"].tolist() == list(range(5))
+    with pytest.raises(grpc.RpcError) as ei:
+        _call(shard.address, "Search", {"vectors": q, "k": 40, "hit_payloads": wire.MAX_HIT_PAYLOADS + 1})
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hit_payloads" in ei.value.details()
+
+
 def test_limits_are_configurable_and_a_refusal_is_not_retried_on_replicas(world):
     tight = wire.Limits(max_cells=50)
     shards = {k: [ShardServer(world["dir"], k, limits=tight).start() for _ in range(2)] for k in range(2)}

@@ -48,7 +48,7 @@ def test_replica_arrays_equal_a_one_shard_build(world):
     assert rep.nbytes == held and rep.describe().startswith("1500 events, ")
 
 
-def test_coordinator_with_replica_answers_like_embedded_without_expand_rounds(world):
+def test_coordinator_with_replica_answers_like_embedded_in_two_rounds(world):
     rep = open_local(world["four_dir"], replica=True)
     plain = open_local(world["four_dir"])
     chains = 0
@@ -59,7 +59,9 @@ def test_coordinator_with_replica_answers_like_embedded_without_expand_rounds(wo
         if kw["type"] == "chain":
             chains += 1
             assert got.timings["on_replica"] and got.timings["expand_rounds"] == 0
-            assert got.timings["rpcs"] < plain.query(q, **kw).timings["rpcs"]
+            # rows' vectors, times, tokens, kinds, ids and entity names come from the replica:
+            # the Search round and the payloads' are all (one call per shard each, at most)
+            assert got.timings["rpcs"] <= 2 * 4 < plain.query(q, **kw).timings["rpcs"]
         else:
             assert not got.timings["on_replica"]
     assert chains == 24

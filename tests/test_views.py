@@ -101,6 +101,19 @@ def test_no_leak_embedded_and_sharded_identical(world, qi, who, scoped, si, text
     assert c.timings["on_replica"] == (q["type"] == "chain" and bool(c.events))
 
 
+def test_payloads_sent_with_hits_are_only_what_the_asker_sees(world):
+    from fastctx.shards.service import ShardService
+    from fastctx.view import View
+    who = ["group:g1"]
+    for shard in range(4):
+        svc = ShardService(world["four_dir"], shard)
+        for v in world["qvecs"][:10]:
+            out = svc.Search({"vectors": v[None, :].astype(np.float32), "k": 300, "hit_payloads": 256,
+                              "view": View.make(principals=who).to_msg()})
+            ids = [pl["id"] for pl in out["hit_payload"]]
+            assert len(ids) == min(256, int(out["counts"][0])) and all(_visible(world, i, who) for i in ids)
+
+
 def test_index_with_acl_refuses_anonymous_questions(world):
     q, v = world["queries"][0], world["qvecs"][0]
     with pytest.raises(AccessDeniedError):
