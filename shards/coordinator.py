@@ -94,8 +94,8 @@ class DistributedGraph:
         self._lex: Optional[tuple] = None  # lexical seeds answered by the seed round
         self.states: dict[int, str] = {}   # the state each shard served this query's seeds from
         self.on_replica = False            # whether the expansion ran on the coordinator's replica
-        # a chain query's graph replica, when every shard served its seeds from the replica's state:
-        # the rows' vectors, times, tokens, kinds, ids and entity names are then read from it
+        # the graph replica, when every shard served this query's seeds from the replica's state:
+        # the rows' vectors and attributes, ids, names and payloads are then read from its files
         self.rep: Optional[GraphReplica] = None
         self._rep_checked = False
 
@@ -122,7 +122,11 @@ class DistributedGraph:
         reqs = {k: r for k, r in reqs.items() if k not in self.missing}
         if not reqs:
             return {}
-        res, failed = self.cluster.scatter(method, reqs, self.deadline, self.stats)
+        # on a replica of the state every shard serves, what is fetched after the seeds is read
+        # from the same files in this process (no round trip); seeds stay the shards' work
+        local = method == "Fetch" and self.rep is not None
+        cluster = self.rep.local() if local else self.cluster
+        res, failed = cluster.scatter(method, reqs, self.deadline, CallStats() if local else self.stats)
         if failed:
             self.missing |= failed
             if self.require_all:
@@ -261,28 +265,25 @@ class DistributedGraph:
         n_sh = len(self.cluster.shards)
         # each shard's share of the merged top k plus a margin (the rest is fetched when read)
         req["hit_rows"] = min(int(k), -(-5 * int(k) // (4 * n_sh)) + 16) if n_sh > 1 else int(k)
-        # a chain on a graph replica reads its hits' attributes from the replica: none ride along
-        # (should a shard serve another state, they are fetched when read)
-        on_rep = self.qtype == "chain" and self.c.replica is not None
         # what the query type reads of every hit next: a chain query its head choice (vectors,
         # times) and budget (tokens); current/as_of its grouping (slot entity, supersession) and
         # the versions a winner replaced (rev), which would otherwise take a round of their own
         req["hit_fields"] = self._row_fields() if self.qtype == "chain" else ["slot", "sup", "tokens", "rev"]
-        if self.qtype != "chain":   # a fact's versions are among its first hits: their payloads come along
-            req["hit_payloads"] = min(HIT_PAYLOADS, req["hit_rows"])
-        if on_rep:
+        if self.c.replica is not None:
+            # a coordinator with a graph replica reads all that from the shards' files itself:
+            # nothing rides along (should a shard serve another state, it is fetched when read)
             del req["hit_rows"], req["hit_fields"]
-        elif self.qtype == "chain":
-            if self.reach:   # the candidates' entities: their first wave asks owners and holders at once
-                p = self.params
-                req["reach"] = req["hit_rows"]
-                req["entity_params"] = {"entity_weight": float(p.entity_weight), "entity_max_df": int(p.entity_max_df),
-                                        "entity_max_share": float(p.entity_max_share),
-                                        "term_weight": float(p.term_weight), "max_per_entity": int(p.max_per_entity)}
+        elif self.qtype != "chain":   # a fact's versions are among its first hits: their payloads come along
+            req["hit_payloads"] = min(HIT_PAYLOADS, req["hit_rows"])
+        elif self.reach:   # the candidates' entities: their first wave asks owners and holders at once
+            p = self.params
+            req["reach"] = req["hit_rows"]
+            req["entity_params"] = {"entity_weight": float(p.entity_weight), "entity_max_df": int(p.entity_max_df),
+                                    "entity_max_share": float(p.entity_max_share),
+                                    "term_weight": float(p.term_weight), "max_per_entity": int(p.max_per_entity)}
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
         self.states = {s: out.get("state") for s, out in res.items()}
-        if self.qtype == "chain":
-            self._replica()
+        self._replica()
         self._learn_reach(res)
         # the merged top k: best score first, then lower row, then lower shard
         parts = [(s, int(out["counts"][0]), out) for s, out in res.items()]

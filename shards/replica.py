@@ -4,10 +4,10 @@ Without it, a chain query's expansion walks the graph through the shards: about 
 `Expand` rounds (docs/SHARDED.md, "Numbers"), each a round trip to several shard servers. With
 it, the coordinator holds the arrays of the expansion kernel's contract (kernels/expand.py) for
 every global row and runs the embedded engine's own expansion on them (`graph.expand_groups`):
-one kernel call, no round. What the question reads of its hits and reached rows (vectors, times,
-token counts, kinds, ids, entity names) it reads from the shards' files here too, as their
-servers do; only seeds and payloads come from the shards: two rounds instead of about eleven,
-and no vectors on the wire.
+one kernel call, no round. What a question reads after its seeds (vectors, times, token counts,
+kinds, ids, entity names, payloads) is read from the shards' files here too, as their servers
+read it; only the seeds come from the shards: one round instead of about eleven, and no vectors
+on the wire.
 
 The arrays are assembled from the shard directories, read-only: each shard's graph (times, the
 entities of each row, entity postings) mapped to global rows and global entity ids through its
@@ -39,7 +39,7 @@ from fastctx.kernels.expand import ExpandGraph
 from fastctx.params import AnswerParams
 from fastctx.view import View
 
-from .service import ShardIndex, Sidecar, shard_state
+from .service import ShardIndex, ShardService, Sidecar, shard_state
 
 
 class GraphReplica:
@@ -114,6 +114,7 @@ class GraphReplica:
         self.dim = int(parts[0][0].dim)
         self._views: dict = {}
         self._lock = threading.Lock()
+        self._local = None
         self.read_s = time.perf_counter() - t0
 
     @property
@@ -201,6 +202,17 @@ class GraphReplica:
         if i == len(gent) or gent[order[i]] != gid:
             return f"entity#{gid}"
         return self._shards[k][0].entity_name(int(order[i]))
+
+    def local(self):
+        """In-process shard services over the replica's directories (made at first use), for the
+        `Fetch`es of a query the replica serves: payloads, supersession, visibility, ids. They
+        answer what the shard servers would, from the same files and state."""
+        with self._lock:
+            if self._local is None:
+                from .transport import Cluster, LocalReplica
+                self._local = Cluster({k: [LocalReplica(ShardService(self.path, k), f"replica-{k}")]
+                                       for k in range(len(self._shards))})
+        return self._local
 
     def warm_up(self) -> None:
         """Compile (or load) the kernel for the replica's array types before the first query."""
