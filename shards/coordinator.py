@@ -269,12 +269,15 @@ class DistributedGraph:
         # times) and budget (tokens); current/as_of its grouping (slot entity, supersession) and
         # the versions a winner replaced (rev), which would otherwise take a round of their own
         req["hit_fields"] = self._row_fields() if self.qtype == "chain" else ["slot", "sup", "tokens", "rev"]
-        if self.c.replica is not None:
-            # a coordinator with a graph replica reads all that from the shards' files itself:
-            # nothing rides along (should a shard serve another state, it is fetched when read)
+        if self.c.replica is not None and self.qtype == "chain":
+            # a coordinator with a graph replica reads a chain's rows from the shards' files itself:
+            # no vectors ride along (should a shard serve another state, they are fetched when read)
             del req["hit_rows"], req["hit_fields"]
-        elif self.qtype != "chain":   # a fact's versions are among its first hits: their payloads come along
-            req["hit_payloads"] = min(HIT_PAYLOADS, req["hit_rows"])
+        elif self.qtype != "chain":
+            # the grouping's attributes are the shards' work, in parallel; payloads come from the
+            # replica's files when it serves, else along with the first hits (the fact's versions)
+            if self.c.replica is None:
+                req["hit_payloads"] = min(HIT_PAYLOADS, req["hit_rows"])
         elif self.reach:   # the candidates' entities: their first wave asks owners and holders at once
             p = self.params
             req["reach"] = req["hit_rows"]
