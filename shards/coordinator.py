@@ -125,7 +125,7 @@ class DistributedGraph:
         # on a replica of the state every shard serves, what is fetched after the seeds is read
         # from the same files in this process (no round trip); seeds stay the shards' work
         local = method == "Fetch" and self.rep is not None
-        cluster = self.rep.local() if local else self.cluster
+        cluster = self.rep.local if local else self.cluster
         res, failed = cluster.scatter(method, reqs, self.deadline, CallStats() if local else self.stats)
         if failed:
             self.missing |= failed

@@ -39,7 +39,8 @@ from fastctx.kernels.expand import ExpandGraph
 from fastctx.params import AnswerParams
 from fastctx.view import View
 
-from .service import ShardIndex, ShardService, Sidecar, shard_state
+from .service import ShardService, shard_state
+from .transport import Cluster, LocalReplica
 
 
 class GraphReplica:
@@ -53,13 +54,12 @@ class GraphReplica:
         if len(names) < 2:
             raise InvalidQueryError(f"{self.path}: a graph replica is for a partitioned index (fastctx build --shards N)")
         self.params = params
-        parts = []   # (shard, sidecar arrays, sidecar meta) in shard order
-        self._indexes = []   # the read-only handles the shards' mapped files stay open through
-        for k in range(len(names)):
-            name = f"shard-{k:03d}"
-            sc, meta = Sidecar.load(self.path / name)
-            self._indexes.append(ShardIndex(self.path, name, installed=True))
-            parts.append((self._indexes[-1].shards[0], sc, meta))
+        # one in-process shard service per shard directory, read-only: its mapped files are what
+        # the replica is read from, and it answers what a query the replica serves fetches after
+        # its seeds (payloads, supersession, visibility, ids) as the shard's server would
+        services = [ShardService(self.path, k) for k in range(len(names))]
+        parts = [(svc.sh, svc.sc, svc.meta) for svc in services]   # (shard, sidecar arrays, meta)
+        self.local = Cluster({k: [LocalReplica(svc, f"replica-{k}")] for k, svc in enumerate(services)})
         self.states = {k: shard_state(sh, meta) for k, (sh, _, meta) in enumerate(parts)}
         n = int(parts[0][2]["n_global"])
         n_ent = int(parts[0][2]["n_entities_global"])
@@ -114,7 +114,6 @@ class GraphReplica:
         self.dim = int(parts[0][0].dim)
         self._views: dict = {}
         self._lock = threading.Lock()
-        self._local = None
         self.read_s = time.perf_counter() - t0
 
     @property
@@ -202,17 +201,6 @@ class GraphReplica:
         if i == len(gent) or gent[order[i]] != gid:
             return f"entity#{gid}"
         return self._shards[k][0].entity_name(int(order[i]))
-
-    def local(self):
-        """In-process shard services over the replica's directories (made at first use), for the
-        `Fetch`es of a query the replica serves: payloads, supersession, visibility, ids. They
-        answer what the shard servers would, from the same files and state."""
-        with self._lock:
-            if self._local is None:
-                from .transport import Cluster, LocalReplica
-                self._local = Cluster({k: [LocalReplica(ShardService(self.path, k), f"replica-{k}")]
-                                       for k in range(len(self._shards))})
-        return self._local
 
     def warm_up(self) -> None:
         """Compile (or load) the kernel for the replica's array types before the first query."""
