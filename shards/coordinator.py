@@ -252,9 +252,10 @@ class DistributedGraph:
     # -- GraphAccess ---------------------------------------------------------------------------
     def seeds(self, q, k, filters: Filters):
         """One Search round: the vector hits, the lexical hits of the query's words (asked by
-        `lexical` next) and, for a chain query (whose head choice reads every hit's vector and
-        time), the vectors and times of each shard's first hits: about its share of the global
-        top k plus a margin. Hits past that margin are fetched when read."""
+        `lexical` next) and what the query reads of each shard's first hits next (about its share
+        of the global top k plus a margin; hits past it are fetched when read): a chain's vectors
+        and times (none when a graph replica reads them), a current / as_of question's grouping
+        attributes (and, without a replica, its first hits' payloads)."""
         req = self._with_view({"vectors": np.asarray(q, np.float32)[None, :], "k": int(k), "filters": filters.to_dict(),
                                "as_of": filters.as_of})
         names = query_words(self.text)
