@@ -95,7 +95,8 @@ class DistributedGraph:
         self.states: dict[int, str] = {}   # the state each shard served this query's seeds from
         self.on_replica = False            # whether the expansion ran on the coordinator's replica
         # the graph replica, when every shard served this query's seeds from the replica's state:
-        # the rows' vectors and attributes, ids, names and payloads are then read from its files
+        # the rows' vectors and attributes are then read from its files, every Fetch through its
+        # in-process shard services (`_scatter`)
         self.rep: Optional[GraphReplica] = None
         self._rep_checked = False
 
@@ -412,13 +413,9 @@ class DistributedGraph:
         return np.asarray(self._get("slot", rows, -1), np.int64)
 
     def ids(self, rows):
-        if self.rep is not None:
-            return self.rep.ids(rows)
         return self._get("id", rows, "?")
 
     def entity_names(self, pairs):
-        if self.rep is not None:
-            return [self.rep.entity_name(r, e) for r, e in pairs]
         groups: dict[int, list[tuple[int, int]]] = {}
         for r, e in pairs:
             if (r, e) not in self.names:
