@@ -138,7 +138,7 @@ class DistributedGraph:
     def _by_owner(self, rows) -> dict[int, np.ndarray]:
         """Rows grouped by owner shard, each group in the order given."""
         rows = np.asarray(rows, np.int64)
-        own = self.owner.a[rows] - 1
+        own = self.owner.of(rows)
         if len(rows) and own.min() < 0:
             raise KeyError(int(rows[np.argmin(own)]))
         return {int(k): rows[own == k] for k in np.unique(own).tolist()}
@@ -233,7 +233,7 @@ class DistributedGraph:
         par = np.array([r for r in par.tolist() if r not in self.cache["id"]], np.int64)
         new = [(r, e) for r, e in zip(pr.tolist(), pe.tolist()) if (r, e) not in self.names]
         pr, pe = np.array([r for r, _ in new], np.int64), np.array([e for _, e in new], np.int64)
-        o_par, o_pr = self.owner.a[par] - 1, self.owner.a[pr] - 1
+        o_par, o_pr = self.owner.of(par), self.owner.of(pr)
         riders = {}
         for k in np.unique(np.concatenate([o_par, o_pr])).tolist():
             if k < 0 or k in self.missing:
@@ -255,8 +255,8 @@ class DistributedGraph:
         """One Search round: the vector hits, the lexical hits of the query's words (asked by
         `lexical` next) and what the query reads of each shard's first hits next (about its share
         of the global top k plus a margin; hits past it are fetched when read): a chain's vectors
-        and times (none when a graph replica reads them), a current / as_of question's grouping
-        attributes (and, without a replica, its first hits' payloads)."""
+        and times, a current / as_of question's grouping attributes and its first hits' payloads;
+        none of these when a graph replica reads them."""
         req = self._with_view({"vectors": np.asarray(q, np.float32)[None, :], "k": int(k), "filters": filters.to_dict(),
                                "as_of": filters.as_of})
         names = query_words(self.text)
@@ -271,9 +271,9 @@ class DistributedGraph:
         # times) and budget (tokens); current/as_of its grouping (slot entity, supersession) and
         # the versions a winner replaced (rev), which would otherwise take a round of their own
         req["hit_fields"] = self._row_fields() if self.qtype == "chain" else ["slot", "sup", "tokens", "rev"]
-        if self.c.replica is not None and self.qtype == "chain":
-            # a coordinator with a graph replica reads a chain's rows from the shards' files itself:
-            # no vectors ride along (should a shard serve another state, they are fetched when read)
+        if self.c.replica is not None:
+            # a coordinator with a graph replica reads what follows the seeds from the shards' files
+            # itself: nothing rides along (should a shard serve another state, it is fetched when read)
             del req["hit_rows"], req["hit_fields"]
         elif self.qtype != "chain":
             # the grouping's attributes are the shards' work, in parallel; payloads come from the
@@ -397,11 +397,15 @@ class DistributedGraph:
         return self.vecs.get(rows)   # zeros for rows of a missing shard
 
     def supersession(self, rows):
+        if self.rep is not None:
+            return self.rep.supersession(rows)
         got = self._get("sup", rows, (-1, -1))
         by = np.array([b if b < 0 or self.owner.get(b) not in self.missing else -1 for b, _ in got], np.int64)
         return by, np.array([a for _, a in got], np.int64)
 
     def superseded(self, rows):
+        if self.rep is not None:
+            return self.rep.superseded(rows, self.view)
         out = [[x for x in lst if self.owner.get(x) not in self.missing] for lst in self._get("rev", rows, [])]
         if self.vmsg is not None:
             flat = sorted({x for lst in out for x in lst})
@@ -410,6 +414,8 @@ class DistributedGraph:
         return out
 
     def slot_entity(self, rows):
+        if self.rep is not None:
+            return self.rep.slot_entity(rows)
         return np.asarray(self._get("slot", rows, -1), np.int64)
 
     def ids(self, rows):
@@ -739,13 +745,10 @@ class DistributedGraph:
 
     def _expand_on(self, rep, seeds, seed_scores, direction, t_lo, t_hi, as_of):
         """The expansion on a graph replica (shards/replica.py): the embedded kernel over the
-        whole index's arrays; the owners of the rows it reached are the replica's."""
+        whole index's arrays; the owners of the rows it reached are the replica's. No why-path
+        hints: the replica's fetches are local, nothing rides along."""
         groups = rep.expand(seeds, seed_scores, direction, t_lo, t_hi, as_of, self.view)
         self.on_replica = True
-        if groups:
-            rows = np.concatenate([g[0] for g in groups])
-            self.owner.set_many(rows, rep.owner[rows])
-            self._hint_paths(*(np.concatenate([g[j] for g in groups]) for j in (2, 3, 4)))
         return groups
 
     def _replica(self) -> Optional[GraphReplica]:
@@ -754,6 +757,8 @@ class DistributedGraph:
         if not self._rep_checked:
             self._rep_checked = True
             self.rep = None if self.missing else self.c.replica_for(self.states)
+            if self.rep is not None:
+                self.owner.adopt(self.rep.owner)
         return self.rep
 
     def _hint_paths(self, par, kind, via) -> None:

@@ -18,7 +18,7 @@ corpus array for array (tests/test_replica.py), so the kernel gives the one-shar
 A replica is one state of the cluster. Each shard stamps its `Search` replies with the state it
 serves (`state`: its disk state key and partition checksum); a query whose stamps differ from
 the replica's (a sync installed new data), or that lacks a shard, expands through the shards as
-before, and the coordinator reloads the replica in the background. Memory: about 41 bytes per
+before, and the coordinator reloads the replica in the background. Memory: about 77 bytes per
 event, 16 per (event, entity) mention and 18 per link, held by the coordinator process.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from fastctx.corpus import LINK_TYPES
-from fastctx.csr import ranges
+from fastctx.csr import min_marked, ranges
 from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.format import read_marker
 from fastctx.graph import entity_weights, expand_groups, link_weights
@@ -68,6 +68,12 @@ class GraphReplica:
         self.n = n
         self.times = np.zeros(n, np.int64)
         self.owner = np.full(n, -1, np.int64)
+        self.local_of = np.zeros(n, np.int64)        # a global row's row on its owner shard
+        self.token_count = np.zeros(n, np.int64)
+        self.kind_code = np.zeros(n, np.int32)       # one code per kind name across the shards
+        kind_names: dict[str, int] = {}
+        self.sup_by = np.full(n, -1, np.int64)       # the supersession overlay, from the sidecars
+        self.sup_at = np.zeros(n, np.int64)
         live = np.zeros(n, np.uint8)
         ev_cnt, out_cnt, in_cnt = (np.zeros(n, np.int64) for _ in range(3))
         for k, (sh, sc, _) in enumerate(parts):
@@ -75,7 +81,11 @@ class GraphReplica:
             g = np.asarray(sc.grow, np.int64)
             if (self.owner[g] >= 0).any():
                 raise CorruptIndexError(f"{self.path / names[k]}: its global rows overlap another shard's")
-            self.times[g], self.owner[g] = sh.graph.times, k
+            self.times[g], self.owner[g], self.local_of[g] = sh.graph.times, k, np.arange(len(g))
+            self.token_count[g] = np.asarray(sh.tokens)
+            codes = np.array([kind_names.setdefault(nm, len(kind_names)) for nm in sh.kinds] or [0], np.int32)
+            self.kind_code[g] = codes[np.asarray(sh.kind_codes, np.int64)]
+            self.sup_by[g], self.sup_at[g] = sc.sup_by, sc.sup_at
             live[g] = np.asarray(sh.deleted_mask) == 0
             ev_cnt[g], out_cnt[g], in_cnt[g] = np.diff(sh.graph.ev_ptr), np.diff(sc.out_ptr), np.diff(sc.in_ptr)
         if (self.owner < 0).any():
@@ -108,6 +118,11 @@ class GraphReplica:
         self.ent_ptr = _ptr(np.bincount(pe, minlength=n_ent))
         self.link_weight = link_weights(params)
         self.ent_weight = entity_weights(np.diff(self.ent_ptr), n, params, flags)
+        self.slot = (flags & 1).astype(bool)         # slot entities (implicit supersession)
+        # rows by the row that superseded them, ascending within one superseder
+        self._sup_rows = np.flatnonzero(self.sup_by >= 0)
+        self._sup_rows = self._sup_rows[np.argsort(self.sup_by[self._sup_rows], kind="stable")]
+        self._sup_key = self.sup_by[self._sup_rows]
         # what a view's hidden rows are computed from (each shard's access lists and scope entities)
         self._shards = [(sh, np.asarray(sc.grow, np.int64)) for sh, sc, _ in parts]
         self.dim = int(parts[0][0].dim)
@@ -153,38 +168,45 @@ class GraphReplica:
                             self.ent_ptr, self.ent_rows, self.ent_weight)
         return expand_groups(graph, self.params, seeds, seed_scores, direction, t_lo, t_hi)
 
-    # -- per-row attributes, read from the shards' files as their servers read them ------------
-    # A chain reads these for ~1,300 hits and every reached row: straight from the shards' arrays,
-    # not through the local services' Fetch (validation and per-row caches cost ~6 ms a chain
-    # question at 1e5, measured); everything else goes through `local`.
-    def _by_shard(self, rows) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """(shard, positions in `rows`, shard-local rows) for each shard owning some of `rows`."""
-        rows = np.asarray(rows, np.int64)
-        own = self.owner[rows]
-        out = []
-        for k in np.unique(own).tolist():
-            at = np.flatnonzero(own == k)
-            out.append((k, at, np.searchsorted(self._shards[k][1], rows[at])))
-        return out
-
-    def vectors(self, rows) -> np.ndarray:
-        out = np.zeros((len(rows), self.dim), np.float32)
-        for k, at, loc in self._by_shard(rows):
-            out[at] = self._shards[k][0].vectors(loc)
-        return out
-
+    # -- per-row attributes ---------------------------------------------------------------------
+    # A chain reads these for ~1,300 hits and every reached row: from arrays in global rows, and
+    # vectors straight from the shards' files, not through the local services' Fetch (validation
+    # and per-row caches cost ~6 ms a chain question at 1e5, measured); the rest goes through
+    # `local`.
     def tokens(self, rows) -> np.ndarray:
-        out = np.zeros(len(rows), np.int64)
-        for k, at, loc in self._by_shard(rows):
-            out[at] = np.asarray(self._shards[k][0].tokens)[loc]
-        return out
+        return self.token_count[np.asarray(rows, np.int64)]
 
     def kinds(self, rows) -> np.ndarray:
-        out = np.empty(len(rows), object)
-        for k, at, loc in self._by_shard(rows):
-            sh = self._shards[k][0]
-            out[at] = [sh.kinds[int(c)] for c in np.asarray(sh.kind_codes)[loc].tolist()]
+        """A code per row, equal for rows of one kind (what the engine groups by)."""
+        return self.kind_code[np.asarray(rows, np.int64)]
+
+    def vectors(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        own = self.owner[rows]
+        out = np.empty((len(rows), self.dim), np.float32)
+        for k in np.unique(own).tolist():
+            at = np.flatnonzero(own == k)
+            out[at] = self._shards[k][0].vectors(self.local_of[rows[at]])
         return out
+
+    def supersession(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, np.int64)
+        return self.sup_by[rows], self.sup_at[rows]
+
+    def superseded(self, rows, view: View) -> list[list[int]]:
+        """Per row, the rows it superseded that the view lets the asker see, ascending."""
+        allowed = self.allowed(view, None)
+        rows = np.asarray(rows, np.int64)
+        lo, hi = np.searchsorted(self._sup_key, rows), np.searchsorted(self._sup_key, rows, "right")
+        out = []
+        for a, b in zip(lo.tolist(), hi.tolist()):
+            prev = self._sup_rows[a:b]
+            out.append(prev[allowed[prev] == 1].tolist())
+        return out
+
+    def slot_entity(self, rows) -> np.ndarray:
+        """Per row, the smallest global id of its slot entities (-1: none), as a shard's Fetch."""
+        return min_marked(self.ev_ptr, self.ev_ent, np.asarray(rows, np.int64), self.slot)
 
     def warm_up(self) -> None:
         """Compile (or load) the kernel for the replica's array types before the first query."""

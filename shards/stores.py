@@ -23,10 +23,20 @@ def cat_ptr(ptrs: list) -> np.ndarray:
 
 class Owners:
     """The shard of each global row a query has learned, dense (shard + 1; 0 = unknown).
-    np.zeros is calloc: only the pages of rows touched cost anything."""
+    np.zeros is calloc: only the pages of rows touched cost anything. On a graph replica every
+    row's shard is known (`adopt`), and what replies teach is not needed."""
 
     def __init__(self, n: int):
         self.a = np.zeros(max(int(n), 1), np.int64)
+        self.known: np.ndarray | None = None
+
+    def adopt(self, owner: np.ndarray) -> None:
+        """Read every row's shard from `owner` (a graph replica's, shared: never written)."""
+        self.known = owner
+
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        """Shard per row of `rows` (in range), -1 where unknown."""
+        return self.known[rows] if self.known is not None else self.a[rows] - 1
 
     def __setitem__(self, r, s) -> None:
         if not 0 <= r < len(self.a):
@@ -39,13 +49,15 @@ class Owners:
         self.a[np.asarray(rows, np.int64)] = np.asarray(shards, np.int64) + 1
 
     def __getitem__(self, r) -> int:
-        s = int(self.a[r]) - 1 if 0 <= r < len(self.a) else -1
+        s = self.get(r, -1)
         if s < 0:
             raise KeyError(r)
         return s
 
     def get(self, r, default=None):
-        s = int(self.a[r]) - 1 if 0 <= r < len(self.a) else -1
+        if not 0 <= r < len(self.a):
+            return default
+        s = int(self.known[r]) if self.known is not None else int(self.a[r]) - 1
         return default if s < 0 else s
 
 

@@ -20,6 +20,7 @@ from fastctx.index import build
 from fastctx.shards import open_local
 from fastctx.shards.replica import GraphReplica
 from fastctx.shards.writes import ClusterWriter
+from fastctx.view import View
 
 GRAPH_ARRAYS = ("times", "out_ptr", "out_dst", "out_type", "in_ptr", "in_src", "in_type", "ev_ptr", "ev_ent",
                 "ent_ptr", "ent_rows")
@@ -44,7 +45,21 @@ def test_replica_arrays_equal_a_one_shard_build(world):
     assert np.array_equal(rep.ent_weight, local.ent_weight)
     assert np.array_equal(rep.live, local.allowed)
     assert sorted(np.unique(rep.owner).tolist()) == [0, 1, 2, 3]
-    held = sum(getattr(rep, a).nbytes for a in GRAPH_ARRAYS + ("owner", "live", "ent_weight", "link_weight"))
+    # what a question reads per row after its seeds: the one-shard build's values
+    rows = np.arange(rep.n)
+    assert np.array_equal(rep.tokens(rows), local.tokens(rows))
+    by, at = rep.supersession(rows)
+    assert (by >= 0).any() and np.array_equal(by, local.superseded_by) and np.array_equal(at, local.superseded_at)
+    assert rep.superseded(rows, View()) == local.superseded(rows)
+    names = np.array(local.shard.kinds, object)[local.kinds(rows)]
+    assert len(np.unique(rep.kinds(rows))) == len(set(names))
+    assert all(len(set(names[rep.kinds(rows) == c])) == 1 for c in np.unique(rep.kinds(rows)))
+    slots, want = rep.slot_entity(rows), local.slot_entity(rows)
+    assert (slots >= 0).any() and np.array_equal(slots >= 0, want >= 0)
+    assert all(len(set(want[slots == s])) == 1 for s in np.unique(slots[slots >= 0]))
+    held = sum(getattr(rep, a).nbytes for a in GRAPH_ARRAYS + (
+        "owner", "live", "ent_weight", "link_weight", "local_of", "token_count", "kind_code", "sup_by", "sup_at",
+        "slot", "_sup_rows", "_sup_key"))
     assert rep.nbytes == held and rep.describe().startswith("1500 events, ")
 
 
