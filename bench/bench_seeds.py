@@ -394,7 +394,10 @@ def run_fastctx(index, flt, q, truth, a, force_hnsw: bool = False, beam_below: f
 
     from fastctx import seeds
     from fastctx.params import SearchParams
+    # one thread, as every peer is timed (exact scans may run in SearchParams().scan_threads)
     base = SearchParams(walk_beam_below=beam_below)
+    if "scan_threads" in {f.name for f in fields(SearchParams)}:
+        base = replace(base, scan_threads=1)
     if force_hnsw:
         names = {f.name for f in fields(SearchParams)}
         base = replace(base, **{f: 0 for f in ("exact_max_rows", "hnsw_min_fraction", "hnsw_candidate_cost")

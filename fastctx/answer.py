@@ -51,6 +51,7 @@ from .derive import query_words
 from .errors import InvalidQueryError
 from .filters import Filters
 from .graph import DAY, LocalGraph
+from .parallel import cuts, run_parts
 from .params import AnswerParams
 from .results import Answer  # noqa: F401 - re-exported (shards import it from here)
 from .timeexpr import date_intervals
@@ -58,6 +59,7 @@ from .view import View
 
 DIRECTIONS = {"back": 1, "forward": 2, "both": 3}
 QUERY_TYPES = ("chain", "current", "as_of")
+LATER_COS_MIN_PART = 32   # pool rows per part of the older-version test (each scans the later hits)
 
 
 # links that say what came next in a conversation or a person's sitting, or what else touched
@@ -302,14 +304,17 @@ class Engine:
         return Engine._specific_similarity(vecs, q, mean)
 
     @staticmethod
-    def _later_cos(vecs: np.ndarray, times: np.ndarray, pool: np.ndarray) -> np.ndarray:
-        """Per hit of `pool`, its highest cosine to a later hit (-1 if none is later), in one
-        thread over the vectors in place (`kernels.scan.later_max_dot`). Single precision: it is a
-        threshold test (`older_version_cos`)."""
+    def _later_cos(vecs: np.ndarray, times: np.ndarray, pool: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Per hit of `pool`, its highest cosine to a later hit (-1 if none is later), over the
+        vectors in place (`kernels.scan.later_max_dot`), the pool cut into up to `threads` parts
+        run at once. Single precision: it is a threshold test (`older_version_cos`)."""
         from .kernels.scan import later_max_dot
         times = np.ascontiguousarray(times, np.int64)
-        return later_max_dot(np.ascontiguousarray(vecs, np.float32), times,
-                             np.argsort(times, kind="stable"), np.ascontiguousarray(pool, np.int64))
+        vecs, by_time = np.ascontiguousarray(vecs, np.float32), np.argsort(times, kind="stable")
+        pool = np.ascontiguousarray(pool, np.int64)
+        out = run_parts([(later_max_dot, (vecs, times, by_time, pool[a:b]))
+                         for a, b in cuts(len(pool), threads, LATER_COS_MIN_PART)])
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
     @staticmethod
     def _chain_relevance(g, q: np.ndarray, expansions, mass_cap: float = 1.0) -> np.ndarray:
@@ -364,7 +369,7 @@ class Engine:
         # lowers a score, so it is computed for a pool of twice the candidates, not all hits.
         base = specific + p.recency * recency + p.lexical * lex + p.date_weight * named
         pool = np.lexsort((np.arange(len(rows)), -base))[:2 * p.candidates]
-        later_cos = self._later_cos(v32, times, pool)
+        later_cos = self._later_cos(v32, times, pool, p.threads)
         prior = base[pool] - p.older_version_penalty * np.maximum(later_cos - p.older_version_cos, 0.0)
         top = np.lexsort((pool, -prior))[:p.candidates]
         chosen = pool[top]

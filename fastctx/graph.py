@@ -24,11 +24,13 @@ from .csr import min_marked
 from .derive import FLAG_LEXICAL, FLAG_NO_WALK, bm25
 from .filters import Filters
 from .kernels.expand import ExpandGraph, ExpandLimits, expand_batch
+from .parallel import cuts, run_parts
 from .params import AnswerParams
 from .types import Event
 from .view import View
 
 DAY = 86_400
+EXPAND_MIN_PART = 8     # seeds per part of a batch of expansions (fastctx.parallel)
 
 
 # ------------------------------------------------------------------------------------ weights
@@ -82,24 +84,32 @@ def expand_groups(graph: ExpandGraph, p: AnswerParams, seeds, seed_scores, direc
                   t_hi: int) -> list[tuple[np.ndarray, ...]]:
     """One independent expansion per seed over `graph` (the kernel contract of kernels/expand.py,
     `graph.allowed` already limited to what the asker sees at as_of): a list of (rows, scores,
-    parent, via_kind, via_id, hops) per seed, each best first, from one kernel call. The one
+    parent, via_kind, via_id, hops) per seed, each best first, from one kernel call per part. The one
     place an engine's expansion is run: embedded (`LocalGraph`) and a coordinator's graph
     replica (shards/replica.py) alike."""
     seeds = np.asarray(seeds, np.int64)
     limits = ExpandLimits(direction, t_lo, t_hi, p.max_hops, p.max_results, p.max_edge_visits,
                           p.hub_postings, int(p.hub_window_days * DAY), p.max_per_entity, p.min_score,
                           float(p.time_scale_days * DAY))
-    seed_ptr = np.arange(len(seeds) + 1, dtype=np.int64)
     scores = np.asarray(seed_scores, np.float32)
-    if p.expansion == "best_first":
-        res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits)
+    ppr = None if p.expansion == "best_first" else (p.ppr_alpha, p.ppr_epsilon)
+    if ppr is not None:
+        limits = limits._replace(min_score=0.0)
+
+    def batch(lo: int, hi: int) -> list[tuple[np.ndarray, ...]]:
+        res_ptr, *out = expand_batch(np.arange(hi - lo + 1, dtype=np.int64), seeds[lo:hi], scores[lo:hi], graph,
+                                     limits, ppr=ppr)
         bounds = res_ptr.tolist()
-        return [tuple([a[lo:hi] for a in out]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    res_ptr, *out = expand_batch(seed_ptr, seeds, scores, graph, limits._replace(min_score=0.0),
-                                 ppr=(p.ppr_alpha, p.ppr_epsilon))
+        return [tuple([a[a0:a1] for a in out]) for a0, a1 in zip(bounds[:-1], bounds[1:])]
+
+    # the seeds' expansions are independent: a few groups of seeds run at once (fastctx.parallel)
+    got = [g for part in run_parts([(batch, ab) for ab in cuts(len(seeds), p.threads, EXPAND_MIN_PART)])
+           for g in part]
+    if ppr is None:
+        return got
     groups = []
-    for i in range(len(seeds)):  # best first, scores relative to the group's best (the seed: 1)
-        part = [a[res_ptr[i]:res_ptr[i + 1]] for a in out]
+    for part in got:  # best first, scores relative to the group's best (the seed: 1)
+        part = list(part)
         order = np.lexsort((part[0], -part[1]))
         part = [a[order] for a in part]
         if len(part[1]):

@@ -94,6 +94,8 @@ class SearchParams:
     walk_beam_below: float = 0.0      # filtered walks below this allowed fraction run the beam walk
                                       # (unfiltered, keeping the allowed rows it meets; needs a wider
                                       # ef_search for the same recall); 0: never (see planner.py)
+    scan_threads: int = 2             # an exact scan of many rows runs in this many threads (the
+                                      # kernel releases the GIL; same scores); 1: the calling thread only
 
     def __post_init__(self):
         _check_positive(self)
@@ -121,6 +123,8 @@ class AnswerParams:
     ppr_alpha: float = 0.3           # PPR teleport probability
     ppr_epsilon: float = 1e-3        # PPR push threshold
     candidates: int = 64             # hits expanded as possible chain heads
+    threads: int = 2                 # threads one answer's expansions and older-version test run
+                                     # in (independent parts, identical results; fastctx.parallel)
     # a reply is conversation structure (what came next), not a cause: it weighs what the other
     # non-causal adjacencies (similar, same_actor) weigh, well below a reference; a co-mention
     # (same files, same weeks) weighs least: it fills what explicit evidence leaves (at 0.05 and

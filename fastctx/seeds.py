@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
 from .filters import Allowed
 from .kernels.scan import dot_range, dot_rows
+from .parallel import cuts, run_parts
 from .params import SearchParams
 from .planner import SegmentPlan
 
@@ -22,16 +24,28 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
-def exact_search(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, k: int):
+# A scan of fewer rows than this stays in one thread (fastctx.parallel).
+SPLIT_MIN_ROWS = 2048
+
+
+def scan_scores(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, rows: Optional[np.ndarray],
+                threads: int = 1) -> np.ndarray:
+    """float32 scores of the allowed rows (`rows`, or the range `allowed.lo:hi` when None):
+    `dot_rows` / `dot_range`, a large scan cut into up to `threads` parts run at once
+    (fastctx.parallel; the same scores)."""
     q = np.ascontiguousarray(q, dtype=np.float32)
-    if allowed.is_range:
-        scores = dot_range(vectors, allowed.lo, allowed.hi, q)
-        best = top_k(scores, k)
-        return best + allowed.lo, scores[best]
-    rows = allowed.rows()
-    scores = dot_rows(vectors, rows, q)
+    n = allowed.hi - allowed.lo if rows is None else len(rows)
+    parts = [(dot_range, (vectors, allowed.lo + a, allowed.lo + b, q)) if rows is None
+             else (dot_rows, (vectors, rows[a:b], q)) for a, b in cuts(n, threads, SPLIT_MIN_ROWS)]
+    out = run_parts(parts)
+    return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def exact_search(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, k: int, threads: int = 1):
+    rows = None if allowed.is_range else allowed.rows()
+    scores = scan_scores(vectors, q, allowed, rows, threads)
     best = top_k(scores, k)
-    return rows[best], scores[best]
+    return (best + allowed.lo if rows is None else rows[best]), scores[best]
 
 
 def _hnsw_query(index, q: np.ndarray, k: int, ef: int):
@@ -60,7 +74,7 @@ def hnsw_search(index, n: int, q: np.ndarray, allowed: Allowed, k: int, params: 
             order = np.lexsort((rows, -scores))[:k]
             return rows[order], scores[order]
         fetch = min(n, fetch * 2)
-    return exact_search(vectors, q, allowed, k)  # the filter defeats the graph: scan instead
+    return exact_search(vectors, q, allowed, k, params.scan_threads)  # the filter defeats the graph: scan
 
 
 def search_segment(seg, plan: SegmentPlan, allowed: Allowed, q: np.ndarray, k: int, params: SearchParams):
@@ -68,7 +82,7 @@ def search_segment(seg, plan: SegmentPlan, allowed: Allowed, q: np.ndarray, k: i
     if plan.strategy == "skip" or k <= 0:
         return EMPTY
     if plan.strategy.startswith("exact"):
-        return exact_search(seg.vectors, q, allowed, k)
+        return exact_search(seg.vectors, q, allowed, k, params.scan_threads)
     return hnsw_search(seg.hnsw, seg.n, q, allowed, k, params, seg.vectors)
 
 
@@ -98,7 +112,7 @@ def search_segment_batch(seg, plan: SegmentPlan, allowed: Allowed, qs: np.ndarra
         return rows, scores
     if plan.strategy.startswith("exact"):
         for i in range(nq):
-            r, s = exact_search(seg.vectors, qs[i], allowed, k)
+            r, s = exact_search(seg.vectors, qs[i], allowed, k, params.scan_threads)
             rows[i, :len(r)], scores[i, :len(s)] = r, s
         return rows, scores
     index, n = seg.hnsw, seg.n
@@ -123,6 +137,6 @@ def search_segment_batch(seg, plan: SegmentPlan, allowed: Allowed, qs: np.ndarra
             return rows, scores
         fetch = min(n, fetch * 2)
     for i in pending.tolist():   # the filter defeats the graph: scan instead
-        r, s = exact_search(seg.vectors, qs[i], allowed, k)
+        r, s = exact_search(seg.vectors, qs[i], allowed, k, params.scan_threads)
         rows[i, :len(r)], scores[i, :len(s)] = r, s
     return rows, scores
