@@ -5,10 +5,11 @@ per-seed expansions cut into groups, runs on several cores at once; each part co
 what the whole call would have for its rows or groups, so the results are identical. One pool of
 worker threads serves the process. A part that finds no idle worker runs in the calling thread:
 under load (a server answering several queries at once) queries do not queue behind each other's
-parts, they run as they would in one thread.
+parts, they run as they would in one thread. A forked child starts without the parent's workers.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
@@ -26,6 +27,16 @@ def _workers(n: int) -> tuple[ThreadPoolExecutor, threading.Semaphore]:
             _pool = ThreadPoolExecutor(n, thread_name_prefix="fastctx-part")
             _idle = threading.Semaphore(n)
         return _pool, _idle
+
+
+def _forget_workers() -> None:
+    """In a forked child: the parent's worker threads do not exist there; start afresh."""
+    global _pool, _idle, _lock
+    _pool, _idle, _lock = None, None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _run(fn: Callable, args: tuple, idle: threading.Semaphore):

@@ -1,7 +1,9 @@
 """One query's independent parts on several threads (fastctx.parallel): the same results as one
 thread, for the exact scan, the older-version test and a batch of expansions, also while other
 threads hold every worker."""
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -48,6 +50,25 @@ def test_run_parts_keeps_order_and_runs_in_the_caller_when_no_worker_is_idle():
     release.set()
     other.join(10)
     assert not other.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_parts_without_the_parents_workers():
+    run_parts([(time.sleep, (0.05,))] * 3)       # two workers at once in the parent, idle now
+    pid = os.fork()
+    if pid == 0:   # the child: its parts must not wait on threads that were not copied
+        ok = run_parts([(pow, (5, i)) for i in range(3)]) == [1, 5, 25]
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("a forked child hung running parts")
 
 
 def test_split_exact_scan_equals_one_thread():
