@@ -103,6 +103,8 @@ class SearchParams:
             raise ValueError(f"SearchParams.hnsw_min_fraction must be in [0, 1], got {self.hnsw_min_fraction}")
         if not 0 <= self.walk_beam_below <= 1:
             raise ValueError(f"SearchParams.walk_beam_below must be in [0, 1], got {self.walk_beam_below}")
+        if self.scan_threads < 1:
+            raise ValueError(f"SearchParams.scan_threads must be >= 1, got {self.scan_threads}")
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ class AnswerParams:
             _check_positive(self)
         except ValueError as e:
             raise InvalidQueryError(str(e)) from None
-        for name in ("seed_k", "current_seed_k", "candidates"):    # each answer needs a hit and a head
+        for name in ("seed_k", "current_seed_k", "candidates", "threads"):   # a hit, a head, a thread
             if getattr(self, name) < 1:
                 raise InvalidQueryError(f"AnswerParams.{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 < self.ppr_alpha <= 1:
