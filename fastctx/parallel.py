@@ -16,23 +16,24 @@ from typing import Callable, Optional, Sequence
 
 _pool: Optional[ThreadPoolExecutor] = None
 _idle: Optional[threading.Semaphore] = None     # workers free right now
+_size = 0
 _lock = threading.Lock()
 
 
 def _workers(n: int) -> tuple[ThreadPoolExecutor, threading.Semaphore]:
-    """The process's workers, at least `n` of them."""
-    global _pool, _idle
+    """The process's workers, at least `n` of them (a bigger pool replaces a smaller one; parts
+    running on the old one finish there)."""
+    global _pool, _idle, _size
     with _lock:
-        if _pool is None or _pool._max_workers < n:
-            _pool = ThreadPoolExecutor(n, thread_name_prefix="fastctx-part")
-            _idle = threading.Semaphore(n)
+        if _pool is None or _size < n:
+            _pool, _idle, _size = ThreadPoolExecutor(n, thread_name_prefix="fastctx-part"), threading.Semaphore(n), n
         return _pool, _idle
 
 
 def _forget_workers() -> None:
     """In a forked child: the parent's worker threads do not exist there; start afresh."""
-    global _pool, _idle, _lock
-    _pool, _idle, _lock = None, None, threading.Lock()
+    global _pool, _idle, _size, _lock
+    _pool, _idle, _size, _lock = None, None, 0, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
