@@ -4,6 +4,7 @@ threads hold every worker."""
 import os
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from fastctx.filters import Allowed
 from fastctx.graph import LocalGraph
 from fastctx.index import Index, build
 from fastctx.parallel import cuts, run_parts
-from fastctx.params import AnswerParams
+from fastctx.params import AnswerParams, SearchParams
 from fastctx.seeds import SPLIT_MIN_ROWS, exact_search
 
 
@@ -116,3 +117,31 @@ def test_split_expansions_equal_one_thread(tmp_path, expansion):
     for q in query_vectors_near(c.centers, 5, seed=6):
         a, b = idx1.query(q), idx4.query(q)
         assert a.events and [(e.id, e.why) for e in a.events] == [(e.id, e.why) for e in b.events]
+
+
+def test_many_questions_at_once_split_or_not_give_the_one_thread_answers(tmp_path):
+    """Eight threads asking at once: each question's parts find idle workers or run in its own
+    thread, and every answer is the one-thread answer."""
+    c = make_corpus(tmp_path / "c", 6000, seed=8, dim=16, n_buckets=150)
+    build(c.dir, tmp_path / "idx")
+    scan_all = SearchParams(exact_max_rows=10**6)               # 6,000-row exact scans: split in two
+    one = Index(tmp_path / "idx", search_params=replace(scan_all, scan_threads=1),
+                answer_params=AnswerParams(threads=1))
+    many = Index(tmp_path / "idx", search_params=scan_all)
+    qs = query_vectors_near(c.centers, 24, seed=9)
+    kinds = [("chain", {}), ("current", {}), ("chain", {"direction": "both"})]
+    want = [[(e.id, e.why) for e in one.query(q, type=t, **kw).events] for q in qs for t, kw in kinds]
+    assert any(want)
+    got: dict[int, list] = {}
+
+    def ask(j: int) -> None:
+        for i in range(j, len(qs), 8):
+            for m, (t, kw) in enumerate(kinds):
+                got[i * len(kinds) + m] = [(e.id, e.why) for e in many.query(qs[i], type=t, **kw).events]
+
+    threads = [threading.Thread(target=ask, args=(j,)) for j in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [got[i] for i in range(len(want))] == want
