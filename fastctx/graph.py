@@ -118,6 +118,33 @@ def expand_groups(graph: ExpandGraph, p: AnswerParams, seeds, seed_scores, direc
     return groups
 
 
+class Superseded:
+    """The supersession overlay reversed: for a row, the rows it superseded (sorted once, then a
+    binary search per row). One implementation for the embedded graph and a coordinator's graph
+    replica."""
+
+    def __init__(self, superseded_by: np.ndarray):
+        by = np.asarray(superseded_by)
+        rows = np.flatnonzero(by >= 0)                       # only superseded rows are kept
+        self.rows = rows[np.argsort(by[rows], kind="stable")]
+        self.by = by[self.rows]
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.by.nbytes
+
+    def lists(self, rows, allowed: np.ndarray) -> list[list[int]]:
+        """Per row of `rows`, the rows it superseded that `allowed` (uint8 per row) lets through,
+        ascending."""
+        rows = np.asarray(rows, np.int64)
+        lo, hi = np.searchsorted(self.by, rows), np.searchsorted(self.by, rows, "right")
+        out = []
+        for a, b in zip(lo.tolist(), hi.tolist()):
+            prev = self.rows[a:b]
+            out.append(prev[allowed[prev] == 1].tolist())
+        return out
+
+
 # ------------------------------------------------------------------------------------ protocol
 class GraphAccess(Protocol):
     """What the engine needs from the event graph. Rows are this graph's row ids (global rows
@@ -170,8 +197,7 @@ class LocalGraph:
         self.link_weight = link_weights(params)
         self.ent_weight = entity_weights(g.entity_df, g.n, params, np.asarray(self.shard.entity_flags))
         self.superseded_by, self.superseded_at = self.shard.supersession
-        self._sup_rows = np.argsort(self.superseded_by, kind="stable")  # reverse overlay: who did r supersede
-        self._sup_by = self.superseded_by[self._sup_rows]
+        self._superseded = Superseded(self.superseded_by)
         # deleted rows are never walked through or returned (the graph already drops their edges;
         # the mask keeps that true even for a seed or a window edge case)
         self.allowed = (self.shard.deleted_mask == 0).astype(np.uint8)
@@ -247,11 +273,7 @@ class LocalGraph:
         return self.superseded_by[rows], self.superseded_at[rows]
 
     def superseded(self, rows):
-        out = []
-        for f in rows:
-            prev = self._sup_rows[np.searchsorted(self._sup_by, f):np.searchsorted(self._sup_by, f, "right")]
-            out.append(prev[self.allowed[prev] == 1].tolist())
-        return out
+        return self._superseded.lists(rows, self.allowed)
 
     def slot_entity(self, rows):
         return min_marked(self.graph.ev_ptr, self.graph.ev_ent, rows, self.slot)

@@ -276,10 +276,9 @@ class DistributedGraph:
             # itself: nothing rides along (should a shard serve another state, it is fetched when read)
             del req["hit_rows"], req["hit_fields"]
         elif self.qtype != "chain":
-            # the grouping's attributes are the shards' work, in parallel; payloads come from the
-            # replica's files when it serves, else along with the first hits (the fact's versions)
-            if self.c.replica is None:
-                req["hit_payloads"] = min(HIT_PAYLOADS, req["hit_rows"])
+            # the grouping's attributes are the shards' work, in parallel, and the first hits'
+            # payloads (the fact's versions) ride along
+            req["hit_payloads"] = min(HIT_PAYLOADS, req["hit_rows"])
         elif self.reach:   # the candidates' entities: their first wave asks owners and holders at once
             p = self.params
             req["reach"] = req["hit_rows"]

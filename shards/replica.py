@@ -34,7 +34,7 @@ from fastctx.corpus import LINK_TYPES
 from fastctx.csr import min_marked, ranges
 from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.format import read_marker
-from fastctx.graph import entity_weights, expand_groups, link_weights
+from fastctx.graph import Superseded, entity_weights, expand_groups, link_weights
 from fastctx.kernels.expand import ExpandGraph
 from fastctx.params import AnswerParams
 from fastctx.view import View
@@ -119,10 +119,7 @@ class GraphReplica:
         self.link_weight = link_weights(params)
         self.ent_weight = entity_weights(np.diff(self.ent_ptr), n, params, flags)
         self.slot = (flags & 1).astype(bool)         # slot entities (implicit supersession)
-        # rows by the row that superseded them, ascending within one superseder
-        self._sup_rows = np.flatnonzero(self.sup_by >= 0)
-        self._sup_rows = self._sup_rows[np.argsort(self.sup_by[self._sup_rows], kind="stable")]
-        self._sup_key = self.sup_by[self._sup_rows]
+        self._superseded = Superseded(self.sup_by)
         # what a view's hidden rows are computed from (each shard's access lists and scope entities)
         self._shards = [(sh, np.asarray(sc.grow, np.int64)) for sh, sc, _ in parts]
         self.dim = int(parts[0][0].dim)
@@ -133,7 +130,7 @@ class GraphReplica:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays the replica holds (the shards' mapped files not counted)."""
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray)) + self._superseded.nbytes
 
     def describe(self) -> str:
         return f"{self.n} events, {self.nbytes / 2**20:.0f} MiB, read in {self.read_s:.1f} s"
@@ -195,14 +192,7 @@ class GraphReplica:
 
     def superseded(self, rows, view: View) -> list[list[int]]:
         """Per row, the rows it superseded that the view lets the asker see, ascending."""
-        allowed = self.allowed(view, None)
-        rows = np.asarray(rows, np.int64)
-        lo, hi = np.searchsorted(self._sup_key, rows), np.searchsorted(self._sup_key, rows, "right")
-        out = []
-        for a, b in zip(lo.tolist(), hi.tolist()):
-            prev = self._sup_rows[a:b]
-            out.append(prev[allowed[prev] == 1].tolist())
-        return out
+        return self._superseded.lists(rows, self.allowed(view, None))
 
     def slot_entity(self, rows) -> np.ndarray:
         """Per row, the smallest global id of its slot entities (-1: none), as a shard's Fetch."""

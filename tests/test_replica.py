@@ -59,7 +59,7 @@ def test_replica_arrays_equal_a_one_shard_build(world):
     assert all(len(set(want[slots == s])) == 1 for s in np.unique(slots[slots >= 0]))
     held = sum(getattr(rep, a).nbytes for a in GRAPH_ARRAYS + (
         "owner", "live", "ent_weight", "link_weight", "local_of", "token_count", "kind_code", "sup_by", "sup_at",
-        "slot", "_sup_rows", "_sup_key"))
+        "slot")) + rep._superseded.nbytes
     assert rep.nbytes == held and rep.describe().startswith("1500 events, ")
 
 
