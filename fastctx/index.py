@@ -593,7 +593,8 @@ class Index:
     def _resolve(self, shard: Shard, f: Filters):
         if not f.has_bitmap_filters:
             return [], [], [], []
-        return (shard.entity_ids(f.entities_any), shard.entity_ids(f.entities_all),
+        return (shard.entity_ids(f.entities_any) if f.entities_any else [],
+                shard.entity_ids(f.entities_all) if f.entities_all else [],
                 shard.codes(f.sources, shard.sources), shard.codes(f.kinds, shard.kinds))
 
     def plans(self, filters: Filters, k: int = 10, view: Optional[View] = None) -> list[tuple[int, Any, Any, SegmentPlan]]:
@@ -705,6 +706,13 @@ class Index:
                  for si, seg, allowed, plan in live]
         if len(parts) == 1:      # one segment to merge (the common case): no concatenation
             si, base, (rw, sc) = parts[0]
+            if live[0][3].strategy.startswith("exact"):
+                # an exact scan answers in the merge's order already (score desc, then ascending
+                # row: `top_k` breaks ties by position in the ascending allowed rows)
+                counts = np.count_nonzero(sc > -np.inf, axis=1).astype(np.int64)
+                filled = np.arange(sc.shape[1]) < counts[:, None]
+                return self._hits(np.where(filled, np.int32(si), np.int32(-1)), np.where(filled, rw + base, -1),
+                                  np.where(filled, sc, np.float32(np.nan)), counts, nq, ts, enc_s, plan_s)
             order = np.lexsort((rw, -sc), axis=1)     # unfilled slots (score -inf) sort last
             rw, sc = np.take_along_axis(rw, order, 1), np.take_along_axis(sc, order, 1)
             filled = sc > -np.inf
