@@ -9,7 +9,8 @@ p50 / p99 latency, queries/s (one client, sequential), bytes on the wire per que
 coordinator and coordinator <-> shards), the coordinator's own overhead (distributed minus
 embedded latency, and the time the coordinator spends outside shard calls is not separated:
 see docs/SHARDED.md), and p99 while a replica of shard 0 is killed mid-run. Also checks how
-many answers equal the embedded ones (ids and order).
+many answers equal the embedded ones (ids and order), and times the transport's floor: a Stats
+call (no work) to every shard at once and to one. Shard servers log to WORK_DIR/logs.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,18 +30,35 @@ from fastctx.shards.server import CoordinatorServer, connect
 from fastctx.shards.transport import remote_cluster
 
 
-def _start_shard(exe, index, k):
-    p = subprocess.Popen([str(exe), "serve", "shard", "--index", str(index), "--shard", str(k), "--port", "0"],
-                         stderr=subprocess.PIPE, text=True)
+def _start_shard(exe, index, k, log_dir):
+    """A shard server process; its log (an access line per call) goes to a file in `log_dir`, not
+    to a pipe this process drains, which would take the benchmarked coordinator's CPU."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"shard-{k}-{time.monotonic_ns()}.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen([str(exe), "serve", "shard", "--index", str(index), "--shard", str(k), "--port", "0"],
+                             stderr=f, text=True)
     while True:
-        line = p.stderr.readline()
-        if not line and p.poll() is not None:
-            raise RuntimeError(f"shard {k} exited")
-        if "serving on" in line:
-            # keep reading: a server writes an access-log line per call, and a full pipe would
-            # block it mid-run (every later call then times out)
-            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-            return p, line.strip().rsplit(" ", 1)[-1]
+        for line in log.read_text().splitlines():
+            if "serving on" in line:
+                return p, line.strip().rsplit(" ", 1)[-1]
+        if p.poll() is not None:
+            raise RuntimeError(f"shard {k} exited: see {log}")
+        time.sleep(0.05)
+
+
+def _scatter_floor(cluster, shards, n=300) -> dict:
+    """Median ms of a Stats call (no work) to every shard at once and to one: the transport's
+    floor under every question's Search round on this machine."""
+    out = {}
+    for name, ks in (("all_shards", shards), ("one_shard", shards[:1])):
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            cluster.scatter("Stats", {k: {} for k in ks}, time.monotonic() + 5)
+            ts.append(1e3 * (time.perf_counter() - t0))
+        out[f"{name}_p50_ms"] = round(float(np.median(ts)), 2)
+    return out
 
 
 def _pct(xs, types=None):
@@ -91,13 +108,14 @@ def main() -> None:
     procs, addrs = [], {}
     try:
         for k in range(a.shards):
-            p, addr = _start_shard(exe, a.work / "sharded", k)
+            p, addr = _start_shard(exe, a.work / "sharded", k, a.work / "logs")
             procs.append(p)
             addrs[k] = [addr]
-        p, addr = _start_shard(exe, a.work / "sharded", 0)   # a second replica of shard 0
+        p, addr = _start_shard(exe, a.work / "sharded", 0, a.work / "logs")   # a second replica of shard 0
         procs.append(p)
         addrs[0].append(addr)
-        coords = {"": Coordinator(remote_cluster(addrs, call_timeout_s=2.0, hedge_s=0.25))}
+        cluster = remote_cluster(addrs, call_timeout_s=2.0, hedge_s=0.25)
+        coords = {"": Coordinator(cluster)}
         if a.replica:
             coords["_graph_replica"] = Coordinator(remote_cluster(addrs, call_timeout_s=2.0, hedge_s=0.25),
                                                    replica=a.work / "sharded")
@@ -131,6 +149,7 @@ def main() -> None:
         for rnd in range(2 if a.replica else 1):   # alternate the coordinators: the VM's load drifts
             for k, client in clients.items():
                 res[f"grpc_{a.shards}_shards{k}" + (f"_run{rnd + 1}" if a.replica else "")] = run(client)
+        res["stats_scatter_floor"] = _scatter_floor(cluster, list(range(a.shards)))
         first = res[f"grpc_{a.shards}_shards" + ("_run1" if a.replica else "")]
         res["coordinator_overhead_p50_ms"] = round(first["p50_ms"] - res["embedded_1_shard"]["p50_ms"], 2)
         for k, client in clients.items():   # last: it kills a replica
