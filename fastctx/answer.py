@@ -28,7 +28,10 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
 current : the top hits are grouped by their slot entity (e.g. `decision:...`) or, lacking
 as_of     one, by their explicit supersession chain; the best group (sum of its two best
           similarities) is followed along the supersession overlay to the version that is
-          current now, or at `as_of` (events and supersessions after as_of are invisible).
+          current now, or at `as_of` (events and supersessions after as_of are invisible):
+          current.py.
+budget  : both kinds of answer take their ranked events in order while they fit the token
+          budget (packing.py).
 view    : every stage sees the graph as the asker does (view.py): rows outside the query's
           scope or the asker's access are never seeds, never walked through, never returned,
           never current (the walk along supersessions may pass a hidden version but lands only
@@ -51,6 +54,8 @@ from .derive import query_words
 from .errors import InvalidQueryError
 from .filters import Filters
 from .graph import DAY, LocalGraph
+from .current import answer_current
+from .packing import pack
 from .parallel import cuts, run_parts
 from .params import AnswerParams
 from .results import Answer  # noqa: F401 - re-exported (shards import it from here)
@@ -120,7 +125,7 @@ class Engine:
             picked, current = self._chain(g, q, rows, sims, lex, filters, DIRECTIONS[direction], budget, fill,
                                           date_intervals(text))
         else:
-            picked, current = self._current(g, rows, sims, lex, filters, budget, fill)
+            picked, current = answer_current(g, rows, sims, lex, filters, budget, fill, self.params.lexical)
         t2 = time.perf_counter()
         picked = self._explain(g, picked)
         got = g.events([r for r, _, _ in picked], [s for _, s, _ in picked], filters.as_of)
@@ -433,7 +438,7 @@ class Engine:
             by_fused = np.lexsort((np.arange(len(rows)), -fused))
             hits = [(int(rows[x]), float(fused[x]), "direct hit") for x in by_fused.tolist()]
         first = p.hits_first * (1.0 - confidence)
-        return self._pack(g, ranked, budget, hits, share, first), None
+        return pack(g, ranked, budget, hits, share, first), None
 
     def _context_reached(self, g, expansion) -> np.ndarray:
         """Which events an expansion reached (its head excluded) through a shared context entity
@@ -503,145 +508,6 @@ class Engine:
         hit = (cand_rows[sorter[pos]] == flat) & (sc >= min_path)
         np.maximum.at(out, owner[hit], w_in[sorter[pos[hit]]] * sc[hit])
         return out.tolist()
-
-    @staticmethod
-    def _pack(g, order, budget: int, pad=(), pad_share: float = 0.0, pad_first: float = 0.0):
-        """First the events of `pad` (best first) that fit in `pad_first` of the budget; then those
-        of `order` that fit the budget, each once; then those of `pad` that fit in `pad_share` of
-        the budget left. Token counts of `pad` are asked in growing chunks, once: a remote graph
-        fetches only what the budget can take."""
-        picked, seen = [], set()
-        pad_tokens: list = []
-
-        def take_pad(limit: int, used: int) -> int:
-            lo, step = 0, 64
-            while lo < len(pad) and used < limit:
-                if len(pad_tokens) < min(len(pad), lo + step):
-                    more = pad[len(pad_tokens):lo + step]
-                    pad_tokens.extend(np.asarray(g.tokens([r for r, _, _ in more]), np.int64).tolist())
-                used = Engine._take(g, pad[lo:lo + step], limit, used, picked, seen, pad_tokens[lo:lo + step])
-                lo, step = lo + step, 2 * step
-            return used
-
-        used = take_pad(int(pad_first * budget), 0) if pad_first > 0 and pad else 0
-        used = Engine._take(g, order, budget, used, picked, seen)
-        if pad_share > 0 and pad:
-            used = take_pad(used + int(pad_share * (budget - used)), used)
-        return picked
-
-    @staticmethod
-    def _take(g, items, limit: int, used: int, picked: list, seen: set, tokens=None) -> int:
-        """Append the items that fit under `limit` tokens to `picked`; the tokens now used.
-        `tokens`: the items' token counts where the caller has them."""
-        if tokens is None:
-            tokens = np.asarray(g.tokens([r for r, _, _ in items]), np.int64).tolist() if items else []
-        for (r, v, reason), tok in zip(items, tokens):
-            if r in seen or used + tok > limit:
-                continue
-            seen.add(r)
-            used += tok
-            picked.append((r, v, reason))
-        return used
-
-    # -- current / as_of -----------------------------------------------------------------------
-    def _current(self, g, rows, sims, lex, filters: Filters, budget: int, fill: bool):
-        if len(rows) == 0:
-            return [], None
-        as_of = filters.as_of
-        sims = sims + self.params.lexical * lex
-        rows = np.asarray(rows, np.int64)
-        slots = np.asarray(g.slot_entity(rows.tolist()), np.int64)
-        # one group per slot entity, and per latest version for hits without one (key -2 - row)
-        key = slots.copy()
-        loose = slots < 0
-        key[loose] = -2 - np.asarray(self._latest(g, rows[loose].tolist(), as_of), np.int64)
-        uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        inv = inv.ravel()
-        # a group's score: the sum of its two best similarities; ties to the lowest first row
-        by_group = np.lexsort((-sims, inv))
-        starts = np.flatnonzero(np.r_[True, np.diff(inv[by_group]) != 0])
-        rank = np.arange(len(by_group)) - np.repeat(starts, np.diff(np.r_[starts, len(by_group)]))
-        top2 = by_group[rank < 2]
-        score = np.bincount(inv[top2], weights=sims[top2], minlength=len(uniq))
-        b = int(np.lexsort((rows[first], -score))[0])
-        best = ("slot", int(uniq[b])) if uniq[b] >= 0 else ("version", int(-2 - uniq[b]))
-        first_row = int(rows[first[b]])
-        row_list = rows.tolist()
-        current = self._latest(g, [self._start(g, rows, slots, best, first_row)], as_of)[0]
-        # the answer: the current fact first, then its earlier versions (flagged), then context
-        chain = self._versions(g, current, as_of)
-        # the answer: the current fact, its earlier versions (flagged), and what else mentions
-        # its slot among the hits; further look-alikes only with `fill`
-        mine = int(slots[first[b]])
-        related = rows[slots == mine].tolist() if mine >= 0 else []
-        order = ([(current, 1.0, "current version")] + [(r, 0.5, "earlier version") for r in chain]
-                 + [(r, 0.5, "mentions the same fact") for r in related])
-        if fill:
-            order += [(r, 0.25, "vector similarity") for r in row_list]
-        return self._pack(g, order, budget), current
-
-    @staticmethod
-    def _start(g, rows: np.ndarray, slots: np.ndarray, key: tuple, first: int) -> int:
-        """Where to follow the winning group to its current version. For a slot group, its best
-        hit that is a version of the fact (superseded, or superseding another): a hit that only
-        mentions the fact (a discussion) is never its current version. Else the group's best hit."""
-        if key[0] != "slot":
-            return first
-        members = rows[slots == key[1]].tolist()
-        by = np.asarray(g.supersession(members)[0]).tolist()
-        earlier = g.superseded(members)
-        for r, b, e in zip(members, by, earlier):
-            if b >= 0 or e:
-                return r
-        return first
-
-    @staticmethod
-    def _latest(g, rows: list[int], as_of: Optional[int]) -> list[int]:
-        """Follow superseded_by from each row to the version current now (or at as_of); all rows
-        advance together, one batched lookup per step."""
-        cur = list(rows)
-        if not cur:
-            return cur
-        walk = list(rows)   # may pass through versions the asker cannot see; lands only on visible ones
-        # the first step for every row at once: most hits were never superseded
-        by, at = (np.asarray(x, np.int64) for x in g.supersession(cur))
-        moves = (by >= 0) & (by != np.asarray(cur, np.int64))
-        if as_of is not None:
-            moves &= at <= as_of
-        active = np.flatnonzero(moves).tolist()
-        seen = {i: {cur[i], int(by[i])} for i in active}
-        for i in active:
-            walk[i] = int(by[i])
-        while active:
-            vis = np.asarray(g.visible([walk[i] for i in active])).tolist()
-            for i, v in zip(active, vis):
-                if v:
-                    cur[i] = walk[i]
-            by, at = g.supersession([walk[i] for i in active])
-            nxt = []
-            for i, b, a in zip(active, np.asarray(by).tolist(), np.asarray(at).tolist()):
-                if b < 0 or (as_of is not None and a > as_of) or b in seen[i]:
-                    continue
-                seen[i].add(b)
-                walk[i] = b
-                nxt.append(i)
-            active = nxt
-        return cur
-
-    @staticmethod
-    def _versions(g, current: int, as_of: Optional[int]) -> list[int]:
-        """Earlier versions that `current` (transitively) superseded, latest first."""
-        out, frontier = [], [current]
-        while frontier:
-            prev = [int(r) for lst in g.superseded(frontier) for r in lst]
-            at = np.asarray(g.supersession(prev)[1]).tolist() if prev else []
-            prev = [r for r, a in zip(prev, at) if (as_of is None or a <= as_of) and r not in out and r != current]
-            out += prev
-            frontier = prev
-        if not out:
-            return out
-        t = dict(zip(out, np.asarray(g.times(out)).tolist()))
-        return sorted(out, key=lambda r: -int(t[r]))
 
     # -- why-paths -----------------------------------------------------------------------------
     def _explain(self, g, picked):
