@@ -36,6 +36,7 @@ from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.format import read_marker
 from fastctx.graph import Superseded, entity_weights, expand_groups, link_weights
 from fastctx.kernels.expand import ExpandGraph
+from fastctx.kernels.scan import gather_parts
 from fastctx.params import AnswerParams
 from fastctx.view import View
 
@@ -59,7 +60,9 @@ class GraphReplica:
         # its seeds (payloads, supersession, visibility, ids) as the shard's server would
         services = [ShardService(self.path, k) for k in range(len(names))]
         parts = [(svc.sh, svc.sc, svc.meta) for svc in services]   # (shard, sidecar arrays, meta)
-        self.local = Cluster({k: [LocalReplica(svc, f"replica-{k}")] for k, svc in enumerate(services)})
+        # the coordinator's own requests to its own in-process services: not validated again (a
+        # shard server validates every request it is sent)
+        self.local = Cluster({k: [LocalReplica(svc, f"replica-{k}", check=False)] for k, svc in enumerate(services)})
         self.states = {k: shard_state(sh, meta) for k, (sh, _, meta) in enumerate(parts)}
         n = int(parts[0][2]["n_global"])
         n_ent = int(parts[0][2]["n_entities_global"])
@@ -123,6 +126,7 @@ class GraphReplica:
         # what a view's hidden rows are computed from (each shard's access lists and scope entities)
         self._shards = [(sh, np.asarray(sc.grow, np.int64)) for sh, sc, _ in parts]
         self.dim = int(parts[0][0].dim)
+        self._vec_parts, self._vec_part, self._vec_row = _vector_sources([(sh, g) for sh, g in self._shards], n)
         self._views: dict = {}
         self._lock = threading.Lock()
         self.read_s = time.perf_counter() - t0
@@ -179,6 +183,10 @@ class GraphReplica:
 
     def vectors(self, rows) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
+        if self._vec_parts is not None:    # one pass over the rows, whatever shard holds them
+            out = np.empty((len(rows), self.dim), np.float32)
+            gather_parts(self._vec_parts, self._vec_part[rows], self._vec_row[rows], out)
+            return out
         own = self.owner[rows]
         out = np.empty((len(rows), self.dim), np.float32)
         for k in np.unique(own).tolist():
@@ -202,6 +210,27 @@ class GraphReplica:
         """Compile (or load) the kernel for the replica's array types before the first query."""
         one = np.zeros(1, np.int64)
         self.expand(one, np.ones(1, np.float32), 1, 0, 0, None)
+        if self.n:
+            self.vectors(one)
+
+
+def _vector_sources(shards, n: int):
+    """(matrices, part, row): every global row's vector as row `row[g]` of `matrices[part[g]]`,
+    the segments (and memtable) of every shard as read-only float32 arrays of one type, for
+    `gather_parts`; (None, None, None) where they are not all such arrays (the per-shard gather
+    serves then)."""
+    mats, part, row = [], np.zeros(n, np.int32), np.zeros(n, np.int64)
+    for sh, grow in shards:
+        for seg in sh.segments:
+            v = np.asarray(seg.vectors)
+            if v.dtype != np.float32 or v.ndim != 2 or not v.flags.c_contiguous:
+                return None, None, None
+            v = v.view()
+            v.flags.writeable = False
+            g = grow[seg.row_base:seg.row_base + seg.n]
+            part[g], row[g] = len(mats), np.arange(seg.n)
+            mats.append(v)
+    return tuple(mats), part, row
 
 
 def _check_sidecar(where: Path, sh, sc, n: int, n_ent: int) -> None:

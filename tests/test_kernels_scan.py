@@ -3,7 +3,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastctx.kernels.scan import dot_range, dot_rows, later_max_dot
+from fastctx.kernels.scan import dot_range, dot_rows, gather_parts, later_max_dot
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -58,3 +58,22 @@ def test_later_max_dot_matches_the_plain_definition(n, dim, span, seed, data):
     got = later_max_dot(v, times, np.argsort(times, kind="stable"), pool)
     assert got.dtype == np.float64 and got.shape == pool.shape
     np.testing.assert_allclose(got, _later_max_dot_reference(v, times, pool), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(sizes=st.lists(st.integers(1, 30), min_size=1, max_size=5), dim=st.integers(1, 40),
+       seed=st.integers(0, 2**31 - 1), n=st.integers(0, 60))
+def test_gather_parts_matches_numpy(sizes, dim, seed, n):
+    """Rows of several read-only matrices, copied in the asked order, equal numpy's selections."""
+    rng = np.random.default_rng(seed)
+    mats = []
+    for m in sizes:
+        a = rng.standard_normal((m, dim)).astype(np.float32)
+        a.flags.writeable = False
+        mats.append(a)
+    part = rng.integers(0, len(mats), n).astype(np.int32)
+    row = np.array([rng.integers(0, sizes[p]) for p in part], np.int64)
+    out = np.empty((n, dim), np.float32)
+    gather_parts(tuple(mats), part, row, out)
+    want = np.array([mats[p][r] for p, r in zip(part, row)], np.float32).reshape(n, dim)
+    np.testing.assert_array_equal(out, want)

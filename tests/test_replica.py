@@ -57,9 +57,13 @@ def test_replica_arrays_equal_a_one_shard_build(world):
     slots, want = rep.slot_entity(rows), local.slot_entity(rows)
     assert (slots >= 0).any() and np.array_equal(slots >= 0, want >= 0)
     assert all(len(set(want[slots == s])) == 1 for s in np.unique(slots[slots >= 0]))
+    # vectors: gathered in one pass over the four shards' files, the one-shard build's values
+    picked = np.random.default_rng(0).permutation(rep.n)[:300]
+    assert rep._vec_parts is not None and len(rep._vec_parts) == 4
+    assert np.array_equal(rep.vectors(picked), local.vectors(picked))
     held = sum(getattr(rep, a).nbytes for a in GRAPH_ARRAYS + (
         "owner", "live", "ent_weight", "link_weight", "local_of", "token_count", "kind_code", "sup_by", "sup_at",
-        "slot")) + rep._superseded.nbytes
+        "slot", "_vec_part", "_vec_row")) + rep._superseded.nbytes
     assert rep.nbytes == held and rep.describe().startswith("1500 events, ")
 
 
