@@ -106,7 +106,7 @@ class Index(IndexWriter):
         self._verify = verify
         self._parts = [load_parts(self.path / name, verify=verify, cache=self._seg_cache if i == 0 else None)
                        for i, name in enumerate(self.marker["shards"])]
-        self.dim = self._parts[0]["manifest"]["dim"]
+        self.dim = self._parts[0].manifest["dim"]
         recorded_dim = (self.marker.get("encoder") or {}).get("dim")   # read_marker checked its type
         if recorded_dim is not None and recorded_dim != self.dim:      # text queries would embed at that dim
             raise CorruptIndexError(f"{self.path / INDEX_MARKER}: field 'encoder.dim' is {recorded_dim}, but the "

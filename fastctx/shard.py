@@ -19,10 +19,10 @@ import logging
 import os
 import shutil
 import time as _time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from pyroaring import BitMap
@@ -326,29 +326,53 @@ def _lookup_entities(segments, keys: np.ndarray) -> np.ndarray:
     return out
 
 
+# `ShardParts.graph_file` of parts made without opening the graph file: opened from the manifest
+UNREAD = object()
+
+
+@dataclass
+class ShardParts:
+    """What a pinned version of a shard is opened from (`load_parts`): the manifest, its open
+    segments and deletion overlay, the replayed write-ahead log (its `MemLog`, the next sequence
+    number, notes on what the replay repaired) and the shard graph file; a writer updates them
+    as it logs, flushes and compacts."""
+    manifest: dict
+    segments: list
+    overlay: dict
+    log: "MemLog"
+    next_seq: int = 0
+    notes: list = field(default_factory=list)
+    graph_file: Any = UNREAD      # a GraphFile, None (none is fresh) or UNREAD
+
+    @property
+    def graph_file_read(self) -> Optional["GraphFile"]:
+        """The graph file these parts opened (None: none, or not read)."""
+        return None if self.graph_file is UNREAD else self.graph_file
+
+
 class Shard:
     """A pinned version of one shard (see the module doc)."""
 
-    def __init__(self, shard_dir: Path, *, verify: bool = False, parts: Optional[dict] = None,
+    def __init__(self, shard_dir: Path, *, verify: bool = False, parts: Optional[ShardParts] = None,
                  params: BuildParams = BuildParams()):
         self.dir = Path(shard_dir)
         if parts is None:
             parts = load_parts(self.dir, verify=verify)
-        self.manifest: dict = parts["manifest"]
+        self.manifest: dict = parts.manifest
         self.dim: int = self.manifest["dim"]
-        disk: list[Segment] = parts["segments"]
+        disk: list[Segment] = parts.segments
         if sum(s.n for s in disk) != self.manifest["n_rows"]:
             raise CorruptIndexError(f"{self.dir / 'MANIFEST.json'}: n_rows does not match its segments")
         self.disk_segments = disk
         # the persisted graph of the disk segments, when the manifest names a fresh one (mapped when
         # the version was pinned; a writer's own parts may lack it: the writer holds the lock)
-        gf = parts.get("graph_file")
-        self.graph_file: Optional[GraphFile] = (gf if "graph_file" in parts and matches(gf, self.manifest)
+        gf = parts.graph_file
+        self.graph_file: Optional[GraphFile] = (gf if gf is not UNREAD and matches(gf, self.manifest)
                                                 else open_graph(self.dir, self.manifest, verify=verify))
-        self.log: MemLog = parts["log"]
-        self.wal_notes: list[str] = parts.get("notes", [])
-        self.disk_overlay: dict = parts["overlay"]      # the manifest's deletion file alone
-        overlay = dict(parts["overlay"])
+        self.log: MemLog = parts.log
+        self.wal_notes: list[str] = parts.notes
+        self.disk_overlay: dict = parts.overlay      # the manifest's deletion file alone
+        overlay = dict(parts.overlay)
         for k, s in self.log.overlay_add.items():
             overlay[k] = max(overlay.get(k, 0), s)
         self.overlay = overlay
@@ -583,8 +607,8 @@ class Shard:
         gf = self.graph_file
         if gf is None:
             return None
-        disk = Shard(self.dir, parts={"manifest": self.manifest, "segments": self.disk_segments,
-                                      "overlay": self.disk_overlay, "log": MemLog(), "graph_file": None})
+        disk = Shard(self.dir, parts=ShardParts(self.manifest, self.disk_segments, self.disk_overlay, MemLog(),
+                                                graph_file=None))
         want = graph_arrays(disk)
         for stem, arr in want.items():
             got = gf[stem]
@@ -679,15 +703,14 @@ def attach_graph(shard_dir: Path, manifest: dict, segments: Sequence[Segment],
         return
     if overlay is None:
         overlay = read_overlay(shard_dir, manifest.get("deletes"))
-    sh = Shard(shard_dir, parts={"manifest": manifest, "segments": list(segments), "overlay": overlay,
-                                 "log": MemLog(), "graph_file": None})
+    sh = Shard(shard_dir, parts=ShardParts(manifest, list(segments), overlay, MemLog(), graph_file=None))
     entry = write_graph_dir(shard_dir, f"{GRAPH_PREFIX}{manifest['version']:06d}", graph_arrays(sh))
     entry.update(key=state_key(manifest), n_rows=manifest["n_rows"], n_entities=manifest["n_entities"])
     manifest["graph"] = entry
 
 
 def load_parts(shard_dir: Path, *, verify: bool = False, cache: Optional[dict] = None, repair: bool = False,
-               attempts: int = 50) -> dict:
+               attempts: int = 50) -> ShardParts:
     """Read the manifest and open everything it names (segments, overlay, log). Retries when a
     writer replaced the manifest and removed files in between."""
     for attempt in range(attempts):
@@ -697,8 +720,7 @@ def load_parts(shard_dir: Path, *, verify: bool = False, cache: Optional[dict] =
             overlay = read_overlay(shard_dir, manifest.get("deletes"))
             graph_file = open_graph(shard_dir, manifest, verify=verify)
             log, next_seq, notes = replay_log(shard_dir, manifest, segments, repair=repair, graph_file=graph_file)
-            return {"manifest": manifest, "segments": segments, "overlay": overlay, "log": log,
-                    "next_seq": next_seq, "notes": notes, "graph_file": graph_file}
+            return ShardParts(manifest, segments, overlay, log, next_seq, notes, graph_file)
         except (CorruptIndexError, FileNotFoundError):
             try:
                 changed = read_manifest(shard_dir)["version"] != manifest["version"]

@@ -6,6 +6,7 @@ Writes go to shard-000 only; readers never take the lock (docs/FORMAT.md)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -23,7 +24,7 @@ from .derive_add import links_at_add
 from .errors import CorpusError, IndexLockedError, InvalidQueryError
 from .format import crashpoint, fsync_dir
 from .params import BuildParams
-from .shard import (MemLog, attach_graph, collect_garbage, disk_key_test, load_parts, merge_segments, open_segments,
+from .shard import (MemLog, ShardParts, attach_graph, collect_garbage, disk_key_test, load_parts, merge_segments, open_segments,
                     prune_overlay, write_overlay, write_segment_dir)
 from .wal import WalWriter
 
@@ -68,7 +69,7 @@ class IndexWriter:
             # the latest committed state, with a torn log tail cut off and orphans removed
             shard_dir = self.path / self.marker["shards"][0]
             self._parts[0] = load_parts(shard_dir, cache=self._seg_cache, repair=True)
-            collect_garbage(shard_dir, self._parts[0]["manifest"])
+            collect_garbage(shard_dir, self._parts[0].manifest)
             self._changed()
         except BaseException:
             self.close()
@@ -85,7 +86,7 @@ class IndexWriter:
     def _commit(self, manifest: dict) -> None:
         # never publish over a manifest this writer did not read: the lock makes that impossible
         # between fastctx writers, so a difference means the directory was replaced or edited
-        base = self._parts[0]["manifest"]
+        base = self._parts[0].manifest
         on_disk = shardmod.read_manifest(self._shard_dir)
         if _manifest_body(on_disk) != _manifest_body(base):
             raise IndexLockedError(
@@ -99,7 +100,7 @@ class IndexWriter:
         if self._wal is not None:
             return self._wal
         parts = self._parts[0]
-        m = parts["manifest"]
+        m = parts.manifest
         if m.get("wal"):
             self._wal = WalWriter(self._shard_dir / m["wal"][-1])
             return self._wal
@@ -113,7 +114,7 @@ class IndexWriter:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        parts["manifest"] = new
+        parts.manifest = new
         self._changed()
         self._wal = WalWriter(path)
         return self._wal
@@ -121,15 +122,15 @@ class IndexWriter:
     def _existing(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(live event with this id exists, its content hash) per id key."""
         parts = self._parts[0]
-        log: MemLog = parts["log"]
+        log: MemLog = parts.log
         exists = np.zeros(len(keys), bool)
         chash = np.zeros(len(keys), np.uint64)
-        for seg in parts["segments"]:
+        for seg in parts.segments:
             hit = seg.id_lookup.get(keys)
             for j in np.flatnonzero(hit >= 0).tolist():
                 k, local = int(keys[j]), int(hit[j]) - seg.row_base
                 s = int(seg.seq[local])
-                dead = max(parts["overlay"].get(k, -1), log.overlay_add.get(k, -1))
+                dead = max(parts.overlay.get(k, -1), log.overlay_add.get(k, -1))
                 if s > dead:
                     exists[j], chash[j] = True, seg.chash[local]
         for j, k in enumerate(keys.tolist()):
@@ -190,7 +191,7 @@ class IndexWriter:
         for j in np.flatnonzero(~ok)[:5]:
             report.dangling_examples.append((batch.ids[int(batch.link_src[j])], batch.link_to[int(j)]))
         parts = self._parts[0]
-        seq0 = int(parts["next_seq"])
+        seq0 = int(parts.next_seq)
         # derived links (same actor, re-lands) toward what is indexed now: logged beside the
         # events, which keep only their own links
         derived = links_at_add(self.shards[0], batch, self.build_params)
@@ -204,10 +205,10 @@ class IndexWriter:
         crashpoint("add:before-write")
         w.append([rec])
         crashpoint("add:after-write")
-        parts["log"].apply_add(batch, seq0, disk_key_test(parts["segments"], parts.get("graph_file")), chash)
-        parts["next_seq"] = seq0 + len(batch)
+        parts.log.apply_add(batch, seq0, disk_key_test(parts.segments, parts.graph_file_read), chash)
+        parts.next_seq = seq0 + len(batch)
         self._changed()
-        if parts["log"].n_added >= self.memtable_max_rows:  # logged rows, live or replaced
+        if parts.log.n_added >= self.memtable_max_rows:  # logged rows, live or replaced
             self.flush()
         return report
 
@@ -249,11 +250,11 @@ class IndexWriter:
         if not exists.any():
             return 0
         parts = self._parts[0]
-        seq = int(parts["next_seq"])
+        seq = int(parts.next_seq)
         rec = walmod.encode({"t": "del", "seq": seq, "ids": [i for i, e in zip(ids, exists) if e]})
         self._ensure_wal().append([rec])
-        parts["log"].apply_delete(keys[exists], seq, disk_key_test(parts["segments"], parts.get("graph_file")))
-        parts["next_seq"] = seq + 1
+        parts.log.apply_delete(keys[exists], seq, disk_key_test(parts.segments, parts.graph_file_read))
+        parts.next_seq = seq + 1
         self._changed()
         return int(exists.sum())
 
@@ -263,11 +264,11 @@ class IndexWriter:
         (None when there was nothing to flush)."""
         self._take_lock()
         parts = self._parts[0]
-        log: MemLog = parts["log"]
+        log: MemLog = parts.log
         if not log.batches and not log.overlay_add:
             return None
         sh = self.shards[0]
-        m = parts["manifest"]
+        m = parts.manifest
         d = self._shard_dir
         new_wal = f"wal-{m.get('next_wal', 1):06d}.log"
         WalWriter(d / new_wal).close()
@@ -287,7 +288,7 @@ class IndexWriter:
             deletes = write_overlay(d, f"del-{m['version'] + 1:06d}.npy", overlay)
         fsync_dir(d)
         new.update(version=m["version"] + 1, segments=entries, wal=[new_wal], next_wal=m.get("next_wal", 1) + 1,
-                   next_seq=int(parts["next_seq"]), flushed_seq=int(parts["next_seq"]), deletes=deletes)
+                   next_seq=int(parts.next_seq), flushed_seq=int(parts.next_seq), deletes=deletes)
         new.setdefault("params", {"slot_prefixes": list(self.build_params.slot_prefixes),
                                   "slot_kinds": list(self.build_params.slot_kinds)})
         crashpoint("flush:before-commit")
@@ -295,8 +296,8 @@ class IndexWriter:
         if self._wal is not None:
             self._wal.close()
         self._wal = None
-        self._parts[0] = {"manifest": new, "segments": open_segments(d, new, cache=self._seg_cache),
-                          "overlay": overlay, "log": MemLog(), "next_seq": parts["next_seq"], "notes": []}
+        self._parts[0] = ShardParts(new, open_segments(d, new, cache=self._seg_cache), overlay, MemLog(),
+                                    parts.next_seq)
         self._changed()
         collect_garbage(d, new)
         return entry
@@ -315,7 +316,7 @@ class IndexWriter:
         if not runs:
             return []
         parts = self._parts[0]
-        m, d = parts["manifest"], self._shard_dir
+        m, d = parts.manifest, self._shard_dir
         entries = list(m["segments"])
         next_segment = m["next_segment"]
         for i, j in sorted(runs, reverse=True):
@@ -341,9 +342,9 @@ class IndexWriter:
             base += e["n"]
         entries = rebased
         new_segments = open_segments(d, {**m, "segments": entries}, cache=self._seg_cache)
-        overlay = prune_overlay(parts["overlay"], new_segments, sh)
+        overlay = prune_overlay(parts.overlay, new_segments, sh)
         deletes = m.get("deletes")
-        if overlay != parts["overlay"]:
+        if overlay != parts.overlay:
             deletes = write_overlay(d, f"del-{m['version'] + 1:06d}.npy", overlay)
         fsync_dir(d)
         new = {**m, "version": m["version"] + 1, "segments": entries, "n_rows": base,
@@ -352,8 +353,8 @@ class IndexWriter:
         crashpoint("compact:before-commit")
         self._commit(new)
         from .shardgraph import open_graph
-        self._parts[0] = {**parts, "manifest": new, "segments": new_segments, "overlay": overlay,
-                          "graph_file": open_graph(d, new)}     # not the replaced version's
+        self._parts[0] = replace(parts, manifest=new, segments=new_segments, overlay=overlay,
+                                 graph_file=open_graph(d, new))     # not the replaced version's
         self._changed()
         collect_garbage(d, new)
         return runs
@@ -368,14 +369,14 @@ class IndexWriter:
         from .shardgraph import is_fresh, open_graph
         self._take_lock()
         parts = self._parts[0]
-        m, d = parts["manifest"], self._shard_dir
+        m, d = parts.manifest, self._shard_dir
         if len(m["segments"]) < 2 or (is_fresh(m) and not force):
             return False
         new = {**m, "version": m["version"] + 1}
-        attach_graph(d, new, parts["segments"], parts["overlay"])
+        attach_graph(d, new, parts.segments, parts.overlay)
         crashpoint("graph:before-commit")
         self._commit(new)
-        self._parts[0] = {**parts, "manifest": new, "graph_file": open_graph(d, new)}
+        self._parts[0] = replace(parts, manifest=new, graph_file=open_graph(d, new))
         self._changed()
         collect_garbage(d, new)
         return True

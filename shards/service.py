@@ -50,7 +50,7 @@ class ShardIndex(Index):
         super().__init__(path, **kw)
         if installed:   # serve the installed state: logged writes become visible at the next sync
             from fastctx.shard import MemLog
-            self._parts[0]["log"] = MemLog()
+            self._parts[0].log = MemLog()
             self._changed()
 
     @property

@@ -145,7 +145,7 @@ class ShardWriter:
                 recs.extend(_record(sh, seg, r) for r in live.tolist())
                 vecs.append(np.asarray(seg.vectors[live], np.float32))
             vec = np.concatenate(vecs) if vecs else np.zeros((0, idx.dim), np.float32)
-            log = idx._parts[0]["log"]      # logged since the last install (adds and deletes)
+            log = idx._parts[0].log      # logged since the last install (adds and deletes)
             return {"events": recs, "vectors": np.ascontiguousarray(vec), "gen": self.gen,
                     "pending": int(log.n_added + len(log.overlay_add))}
 
