@@ -2,7 +2,7 @@
 flush, compaction and the shard graph file. A mixin, so one handle reads and writes as before;
 the read path (pinned versions, search, answers) stays in `index.py`.
 
-Writes go to shard-000 only; readers never take the lock (docs/FORMAT.md)."""
+Writes go to shard-000 only; readers never take the lock (docs/FORMAT.md, "Writers")."""
 from __future__ import annotations
 
 import json
