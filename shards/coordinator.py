@@ -418,9 +418,13 @@ class DistributedGraph:
         return np.asarray(self._get("slot", rows, -1), np.int64)
 
     def ids(self, rows):
+        if self.rep is not None:    # read from the shards' files in this process, no Fetch round
+            return self.rep.ids(rows)
         return self._get("id", rows, "?")
 
     def entity_names(self, pairs):
+        if self.rep is not None:
+            return [nm if nm is not None else f"entity#{e}" for nm, (_, e) in zip(self.rep.entity_names(pairs), pairs)]
         groups: dict[int, list[tuple[int, int]]] = {}
         for r, e in pairs:
             if (r, e) not in self.names:

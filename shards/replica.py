@@ -58,7 +58,7 @@ class GraphReplica:
         # one in-process shard service per shard directory, read-only: its mapped files are what
         # the replica is read from, and it answers what a query the replica serves fetches after
         # its seeds (payloads, supersession, visibility, ids) as the shard's server would
-        services = [ShardService(self.path, k) for k in range(len(names))]
+        services = self._services = [ShardService(self.path, k) for k in range(len(names))]
         parts = [(svc.sh, svc.sc, svc.meta) for svc in services]   # (shard, sidecar arrays, meta)
         # the coordinator's own requests to its own in-process services: not validated again (a
         # shard server validates every request it is sent)
@@ -193,6 +193,15 @@ class GraphReplica:
             at = np.flatnonzero(own == k)
             out[at] = self._shards[k][0].vectors(self.local_of[rows[at]])
         return out
+
+    def ids(self, rows) -> list[str]:
+        """Event ids of global rows, from their owners' files (what a shard's Fetch of "id" sends)."""
+        rows = np.asarray(rows, np.int64)
+        return [self._services[k]._id(r) for k, r in zip(self.owner[rows].tolist(), self.local_of[rows].tolist())]
+
+    def entity_names(self, pairs) -> list[Optional[str]]:
+        """Names of (global row, global entity id) pairs, from the row's owner (None: unknown)."""
+        return [self._services[int(self.owner[r])]._entity_name(int(e)) for r, e in pairs]
 
     def supersession(self, rows) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(rows, np.int64)
