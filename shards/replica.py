@@ -232,8 +232,8 @@ def _vector_sources(shards, n: int):
     for sh, grow in shards:
         for seg in sh.segments:
             v = np.asarray(seg.vectors)
-            if v.dtype != np.float32 or v.ndim != 2 or not v.flags.c_contiguous:
-                return None, None, None
+            if v.dtype != np.float32 or v.ndim != 2 or not (v.flags.c_contiguous and v.flags.aligned):
+                return None, None, None     # one array type for the kernel's tuple, or none
             v = v.view()
             v.flags.writeable = False
             g = grow[seg.row_base:seg.row_base + seg.n]
