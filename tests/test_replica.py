@@ -61,6 +61,9 @@ def test_replica_arrays_equal_a_one_shard_build(world):
     picked = np.random.default_rng(0).permutation(rep.n)[:300]
     assert rep._vec_parts is not None and len(rep._vec_parts) == 4
     assert np.array_equal(rep.vectors(picked), local.vectors(picked))
+    one_pass, rep._vec_parts = rep._vec_parts, None      # the per-shard gather (arrays of mixed types)
+    assert np.array_equal(rep.vectors(picked), local.vectors(picked))
+    rep._vec_parts = one_pass
     held = sum(getattr(rep, a).nbytes for a in GRAPH_ARRAYS + (
         "owner", "live", "ent_weight", "link_weight", "local_of", "token_count", "kind_code", "sup_by", "sup_at",
         "slot", "_vec_part", "_vec_row")) + rep._superseded.nbytes
