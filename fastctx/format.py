@@ -363,6 +363,28 @@ def publish_dir(tmp: Path, target: Path, lock_name: str = "LOCK") -> None:
         fsync_dir(target.parent)
 
 
+def os_file_lock(path: Path, held: str):
+    """An exclusive OS file lock on `path`, taken without waiting (filelock: flock on POSIX,
+    LockFileEx on Windows; a bare fcntl import would stop the package importing off POSIX); one
+    lock object per holder, released from any thread. IndexLockedError naming `path` and `held`
+    when another holder has it, or where the platform has no OS file lock at all (a soft lock
+    file a crash leaves behind would block every later holder)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # filelock warns at import where only soft locks exist
+        from filelock import FileLock, SoftFileLock, Timeout
+    from .errors import IndexLockedError
+    if FileLock is SoftFileLock:
+        raise IndexLockedError(f"{path}: this platform has no OS file lock (fcntl or Windows locking), "
+                               "so fastctx cannot write here; reading works")
+    lock = FileLock(str(path), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except (Timeout, BlockingIOError, PermissionError):
+        raise IndexLockedError(f"{path}: {held}") from None
+    return lock
+
+
 class _target_lock:
     """Hold an existing index's writer lock (if it has a lock file) for the time of a swap."""
 
@@ -372,18 +394,8 @@ class _target_lock:
     def __enter__(self):
         if not self.path.is_file():
             return self
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from filelock import FileLock, Timeout
-        from .errors import IndexLockedError
-        lock = FileLock(str(self.path), timeout=0, thread_local=False)
-        try:
-            lock.acquire()
-        except (Timeout, BlockingIOError, PermissionError):
-            raise IndexLockedError(f"{self.path}: a writer holds this index's lock; refusing to "
-                                   "overwrite it (close the writer first)") from None
-        self.lock = lock
+        self.lock = os_file_lock(self.path, "a writer holds this index's lock; refusing to overwrite it "
+                                             "(close the writer first)")
         return self
 
     def __exit__(self, *exc):

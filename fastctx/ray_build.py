@@ -304,17 +304,8 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
 
 def _stage_lock(stage: Path):
     """Hold ``.NAME.raystage.lock``: two builds of one target must not share a staging directory."""
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # filelock warns where only soft locks exist
-        from filelock import FileLock, Timeout
-    from .errors import IndexLockedError
-    lock = FileLock(str(stage) + ".lock", timeout=0, thread_local=False)
-    try:
-        lock.acquire()
-    except (Timeout, BlockingIOError, PermissionError):
-        raise IndexLockedError(f"{stage}.lock: another Ray build of this index is running") from None
-    return lock
+    from .format import os_file_lock
+    return os_file_lock(Path(str(stage) + ".lock"), "another Ray build of this index is running")
 
 
 def _stage_matches(stage: Path, digest: str) -> bool:

@@ -22,7 +22,7 @@ from .corpus import EventBatch
 from .derive import with_links
 from .derive_add import links_at_add
 from .errors import CorpusError, IndexLockedError, InvalidQueryError
-from .format import crashpoint, fsync_dir
+from .format import crashpoint, fsync_dir, os_file_lock
 from .params import BuildParams
 from .shard import (MemLog, ShardParts, attach_graph, collect_garbage, disk_key_test, load_parts, merge_segments, open_segments,
                     prune_overlay, write_overlay, write_segment_dir)
@@ -49,22 +49,9 @@ class IndexWriter:
             return
         if len(self.marker["shards"]) != 1:
             raise InvalidQueryError("writing goes through shard-000 only; this index has several shards")
-        # filelock: flock on POSIX, LockFileEx on Windows (a bare fcntl import stops the package
-        # importing off POSIX); one lock object per handle, released by close() from any thread
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")      # filelock warns at import where only soft locks exist
-            from filelock import FileLock, SoftFileLock, Timeout
-        if FileLock is SoftFileLock:   # no OS lock here: a lock file a crash leaves behind would block forever
-            raise IndexLockedError(f"{self.path}: this platform has no OS file lock (fcntl or Windows locking), "
-                                   "so the index cannot be opened for writing here; reading works")
-        f = FileLock(str(self._lock_path), timeout=0, thread_local=False)
-        try:
-            f.acquire()
-        except (Timeout, BlockingIOError, PermissionError):
-            raise IndexLockedError(f"{self._lock_path}: another writer holds this index's lock "
-                                   "(one writer at a time; readers need no lock)") from None
-        self._lockf = f
+        # released by close() from any thread
+        self._lockf = os_file_lock(self._lock_path, "another writer holds this index's lock "
+                                                    "(one writer at a time; readers need no lock)")
         try:
             # the latest committed state, with a torn log tail cut off and orphans removed
             shard_dir = self.path / self.marker["shards"][0]
