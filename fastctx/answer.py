@@ -24,6 +24,10 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           whose evidence is several unrelated hits (a fact asked of a conversation) pools
           candidates more widely and lets direct hits, by fused relevance, take the
           unexplained share of the budget.
+          The best chain's people (its actors: `person:`, `author:`, ...) bring their other events
+          that are most like the chain, on the asked side of its head, as weak evidence after
+          every stronger event: a story's steps are often worked by the same few people with no
+          written link and no rare name in common (`team_k`).
           `fill` pads the whole budget with direct hits.
 current : the top hits are grouped by their slot entity (e.g. `decision:...`) or, lacking
 as_of     one, by their explicit supersession chain; the best group (sum of its two best
@@ -43,6 +47,7 @@ shard servers; the engine code is the same for both, so both give one answer.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Optional, Sequence
@@ -427,6 +432,8 @@ class Engine:
         order = self._focus(g, q, uniq, value, confidence, mean, dates) if p.question_focus > 0 else value
         best_first = np.lexsort((uniq, -self._tie_break(g, q, uniq, order, mean), -order))
         ranked = [(int(uniq[x]), float(value[x]), (par[x], vk[x], vid[x], rank[x])) for x in best_first.tolist()]
+        if p.team_k > 0 and mean is not None and confidence > 0:
+            ranked = self._add_team(g, mean, cands[0][2], ranked, filters, direction, confidence)
         # the evidence ends with the chains, unless they explain little of the question: direct
         # hits (fused relevance order) then take the unexplained share of the budget left (all of
         # it with `fill`)
@@ -439,6 +446,58 @@ class Engine:
             hits = [(int(rows[x]), float(fused[x]), "direct hit") for x in by_fused.tolist()]
         first = p.hits_first * (1.0 - confidence)
         return pack(g, ranked, budget, hits, share, first), None
+
+    def _add_team(self, g, mean, best, ranked, filters: Filters, direction: int, confidence: float):
+        """The best chain's people's other events that are most like the chain, added as weak
+        evidence (`team_weight` times the confidence, below every stronger event): a story's
+        steps are often worked by the same few people with no written link and no rare name in
+        common. Like the chain means its evidence-weighted centroid (its first `team_members`
+        events) relative to the hits' `mean`; a hit must be more like it than the mean is, not a
+        near-copy of a chain event (`older_version_cos`: an older version), and on the asked
+        side of the head. One search per person (the query's filters and the view, plus that
+        person), the most frequent of the chain's people first, at most `team_people`."""
+        p = self.params
+        members = np.asarray(best[0][:p.team_members], np.int64)
+        w = np.asarray(best[1][:p.team_members], np.float64)
+        mv = np.asarray(g.vectors(members), np.float64)
+        c = (w @ mv) / w.sum() - mean
+        norm = float(np.linalg.norm(c))
+        if norm <= 1e-9:
+            return ranked
+        c /= norm
+        prefixes, weight = tuple(p.team_prefixes), {}
+        for e, we in zip(g.events(members.tolist(), w.tolist(), filters.as_of), w.tolist()):
+            for name in (e.entities if e is not None else ()):
+                if name.startswith(prefixes):
+                    weight[name] = weight.get(name, 0.0) + we
+        people = sorted(weight, key=lambda nm: (-weight[nm], nm))[:p.team_people]
+        found: dict[int, float] = {}
+        for person in people:
+            f = dataclasses.replace(filters, entities_all=filters.entities_all + (person,))
+            rows, _ = g.seeds(c.astype(np.float32), 4 * p.team_k, f)
+            found.update((int(r), 0.0) for r in np.asarray(rows).tolist())
+        inside = set(np.asarray(best[0]).tolist())
+        rows = np.array(sorted(r for r in found if r not in inside), np.int64)
+        if not len(rows):
+            return ranked
+        t_head = int(g.times([int(members[0])])[0])
+        t = np.asarray(g.times(rows), np.int64)
+        rv = np.asarray(g.vectors(rows), np.float64)
+        like = rv @ c - float(mean @ c)
+        near_copy = (rv @ mv.T > p.older_version_cos).any(axis=1)
+        side = (t < t_head if direction == DIRECTIONS["back"] else
+                t > t_head if direction == DIRECTIONS["forward"] else t != t_head)
+        ok = np.flatnonzero(~near_copy & side & (like > 0))
+        pick = rows[ok[np.lexsort((rows[ok], -like[ok]))][:p.team_k]].tolist()
+        v = p.team_weight * confidence
+        value = {r: val for r, val, _ in ranked}
+        add = [(r, v, "same people, like the chain") for r in pick if value.get(r, 0.0) < v]
+        if not add:
+            return ranked
+        added = {r for r, _, _ in add}
+        rest = [x for x in ranked if x[0] not in added]
+        at = next((j for j, x in enumerate(rest) if x[1] < v), len(rest))
+        return rest[:at] + add + rest[at:]
 
     def _context_reached(self, g, expansion) -> np.ndarray:
         """Which events an expansion reached (its head excluded) through a shared context entity

@@ -147,6 +147,9 @@ class _OneHopGraph:
     def tokens(self, rows):
         return np.ones(len(rows), np.int64)
 
+    def events(self, rows, scores, as_of):   # no payloads: the chain has no people to ask about
+        return [None for _ in rows]
+
     def expand(self, seeds, scores, direction, t_lo, t_hi, as_of):
         return [(np.array([s, s + 100], np.int64), np.array([1.0, 0.9], np.float32), np.array([-1, s], np.int64),
                  np.array([0, 2 if self.entity else 1], np.int8), np.array([0, self.link], np.int64),
@@ -561,3 +564,58 @@ def test_equal_evidence_is_ordered_by_the_question():
     assert np.lexsort((rows, -tie, -order)).tolist() == [0, 3, 2, 1]
     g.asked = []
     assert not Engine._tie_break(g, q, rows, np.array([1.0, 0.9, 0.8, 0.7]), None).any() and g.asked == []
+
+
+def _team_world(tmp_path, story_acl=None):
+    """A linked chain (A -> H, both by ann) with the query about H; S is an unlinked step by ann
+    like the chain; N a near-copy of A by ann (an older version); L like the chain but after H;
+    O like the chain by bob; U by ann but unlike the chain; twelve unrelated hits by carol."""
+    from conftest import event, write_corpus
+    from fastctx.index import Index, build
+
+    dim, day = 24, 86400
+    topic, story, detail = np.eye(dim)[0], np.eye(dim)[1], np.eye(dim)[2]
+    axis = lambda i: np.eye(dim)[i]   # noqa: E731
+    t0 = 1_700_000_000
+    spec = [  # (time in days, person, vector, links)
+        (10, "ann", topic + story + 1.5 * detail, [("e000001", "references")]),    # 0 H, the head
+        (5, "ann", topic + story + 1.5 * axis(3), []),                        # 1 A
+        (2, "ann", topic + story + 1.5 * axis(4), []),                        # 2 S
+        (1, "ann", topic + story + 1.5 * axis(3) + 0.2 * axis(5), []),       # 3 N, a near-copy of A
+        (12, "ann", topic + story + 1.5 * axis(6), []),                       # 4 L, after H
+        (3, "bob", topic + story + 1.5 * axis(7), []),                        # 5 O
+        (4, "ann", topic - story + axis(8), []),                              # 6 U
+    ] + [(3 + 0.1 * i, "carol", topic + axis(10 + i), []) for i in range(12)]
+    recs = []
+    for i, (d, who, _, links) in enumerate(spec):
+        extra = {"acl": story_acl} if story_acl is not None and i == 2 else {}
+        recs.append(event(i, time=t0 + int(d * day), tokens=10, entities=[f"person:{who}"], links=links, **extra))
+    vecs = np.array([_unit(v) for _, _, v, _ in spec], np.float32)
+    build(write_corpus(tmp_path / "c", recs, vecs), tmp_path / "i")
+    return Index(tmp_path / "i"), _unit(topic + 0.3 * story + detail).astype(np.float32)
+
+
+def test_the_chain_s_people_add_their_events_most_like_the_chain(tmp_path):
+    from dataclasses import replace
+
+    idx, q = _team_world(tmp_path)
+
+    def answer(direction="back", **kw):
+        a = Engine(idx, params=replace(AnswerParams(), **kw)).run(q, "chain", Filters(), direction, 1000)
+        return {e.id: e.why for e in a.events}
+    got = answer()
+    assert {"e000000", "e000001"} <= set(got)                           # the linked chain
+    assert got.get("e000002") == "same people, like the chain"          # S, ann's unlinked step
+    for other in ("e000003", "e000004", "e000005", "e000006"):         # N, L, O, U
+        assert other not in got
+    assert "e000002" not in answer(team_k=0)
+    assert "e000003" in answer(older_version_cos=0.999)                # N is excluded as a near-copy
+    assert "e000004" in answer("both")                                  # L is on the other side
+    assert "e000002" not in answer(team_prefixes=("user:",))           # no person of the chain
+
+
+def test_the_chain_s_people_never_bring_an_event_outside_the_view(tmp_path):
+    idx, q = _team_world(tmp_path, story_acl=["group:x"])
+    seen = {e.id for e in idx.query(q, type="chain", budget_tokens=1000, principals=["group:x"]).events}
+    hidden = {e.id for e in idx.query(q, type="chain", budget_tokens=1000, principals=["group:y"]).events}
+    assert "e000002" in seen and "e000002" not in hidden and "e000001" in hidden
