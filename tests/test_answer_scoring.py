@@ -600,8 +600,8 @@ def test_the_chain_s_people_add_their_events_most_like_the_chain(tmp_path):
 
     idx, q = _team_world(tmp_path)
 
-    def answer(direction="back", **kw):
-        a = Engine(idx, params=replace(AnswerParams(), **kw)).run(q, "chain", Filters(), direction, 1000)
+    def answer(direction="back", filters=Filters(), **kw):
+        a = Engine(idx, params=replace(AnswerParams(), **kw)).run(q, "chain", filters, direction, 1000)
         return {e.id: e.why for e in a.events}
     got = answer()
     assert {"e000000", "e000001"} <= set(got)                           # the linked chain
@@ -612,6 +612,10 @@ def test_the_chain_s_people_add_their_events_most_like_the_chain(tmp_path):
     assert "e000003" in answer(older_version_cos=0.999)                # N is excluded as a near-copy
     assert "e000004" in answer("both")                                  # L is on the other side
     assert "e000002" not in answer(team_prefixes=("user:",))           # no person of the chain
+    # the query's own filters bound the search: an any-of filter stays,
+    # a time window excludes S (day 2)
+    assert answer(filters=Filters(entities_any=("person:ann", "person:carol"))).get("e000002")
+    assert "e000002" not in answer(filters=Filters(time_from=1_700_000_000 + 3 * 86400))
 
 
 def test_the_chain_s_people_never_bring_an_event_outside_the_view(tmp_path):

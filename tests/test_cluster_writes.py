@@ -153,8 +153,8 @@ def test_upsert_delete_and_refusals_through_coordinator(corpora, tmp_path):
         assert client.upsert([{**first, "tokens": first["tokens"] + 1}], vec) == 1
         assert client.stats()["n_global"] == 1500
 
-        def found():     # its own vector: the best direct hit (fill pads with them) while it is there
-            got = client.query(vec[0], type="chain", fill=True)
+        def found():     # its own vector: the best direct hit, which fill pads with once the chains are in
+            got = client.query(vec[0], type="chain", fill=True, budget_tokens=100_000)
             assert not got.partial
             return {e["id"] if isinstance(e, dict) else e.id: e for e in got.events}.get(first["id"])
         ev = found()
