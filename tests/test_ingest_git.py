@@ -362,18 +362,20 @@ def test_a_failed_write_removes_the_index_this_command_created(tmp_path):
     """A write that fails after the index was created (here: the file-size limit, below one batch's
     log record) removes the half-made index; an index that was there before stays, with what it
     held."""
-    import resource
     import sys
 
     r = Repo(tmp_path / "repo")
     first = r.commit("one", {"a": "1"})
     r.commit("a long message " * 7_000, {"b": "2"})     # ~100 kB, over the limit below
 
+    # the limit is set by the child itself: a preexec_fn would run this process's fork handlers
+    # (gRPC's, once an earlier test loaded it), which can abort the child before it starts
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10)); "
+
     def cli(target: Path) -> subprocess.CompletedProcess:
-        limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))  # noqa: E731
-        return subprocess.run([sys.executable, "-c", "from fastctx.cli import main; main()", "ingest", "git",
+        return subprocess.run([sys.executable, "-c", limit + "from fastctx.cli import main; main()", "ingest", "git",
                                str(r.path), str(target), "--batch", "1"],
-                              preexec_fn=limit, capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300)
 
     out = cli(tmp_path / "idx")
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
