@@ -471,13 +471,11 @@ class Engine:
                 if name.startswith(prefixes):
                     weight[name] = weight.get(name, 0.0) + we
         people = sorted(weight, key=lambda nm: (-weight[nm], nm))[:p.team_people]
-        found: dict[int, float] = {}
+        found: set[int] = set()
         for person in people:
             f = dataclasses.replace(filters, entities_all=filters.entities_all + (person,))
-            rows, _ = g.seeds(c.astype(np.float32), 4 * p.team_k, f)
-            found.update((int(r), 0.0) for r in np.asarray(rows).tolist())
-        inside = set(np.asarray(best[0]).tolist())
-        rows = np.array(sorted(r for r in found if r not in inside), np.int64)
+            found.update(np.asarray(g.seeds(c.astype(np.float32), 4 * p.team_k, f)[0]).tolist())
+        rows = np.array(sorted(found - set(np.asarray(best[0]).tolist())), np.int64)
         if not len(rows):
             return ranked
         t_head = int(g.times([int(members[0])])[0])

@@ -7,6 +7,11 @@ from dataclasses import dataclass, fields
 from .errors import InvalidQueryError
 
 
+# the entity types that name who did something: the build's same-actor links and the answer's
+# "chain's people" read the same ones
+ACTOR_PREFIXES = ("person:", "user:", "author:", "speaker:")
+
+
 def _check_positive(obj) -> None:
     for f in fields(obj):
         v = getattr(obj, f.name)
@@ -41,7 +46,7 @@ class BuildParams:
     # never counted as causal evidence (see AnswerParams.chain_evidence).
     actor_k: int = 2
     actor_window_days: float = 1.0 / 24
-    actor_prefixes: tuple[str, ...] = ("person:", "user:", "author:", "speaker:")
+    actor_prefixes: tuple[str, ...] = ACTOR_PREFIXES
     # Derived `relands` links: a later event whose title repeats that of a reverted event
     # re-lands the change and supersedes the revert (derive.reland_links). False disables.
     relands: bool = True
@@ -223,18 +228,19 @@ class AnswerParams:
     kind_weight: float = 0.25
     kind_prior_hits: int = 8
     kind_history: float = 0.3
-    # The best chain's people (entities starting with `team_prefixes`, of its first
-    # `team_members` events, at most `team_people` of them): their `team_k` other events most
-    # like the chain (Engine._add_team) join the answer as weak evidence, `team_weight` times the
-    # chain's confidence, ranked below every stronger event. 0: off. Yardstick, 8 corpora of
-    # 3 knob files and 5 seeds: chain recall +0.007..+0.058 (1e5 knobs A 0.832 -> 0.857, 1e6
-    # knobs A 0.656 -> 0.691); git without ids +0.000..+0.029, with ids unchanged; conversations
-    # unchanged (bench/README.md, "The chain's people")
+    # The best chain's people (entities starting with `team_prefixes`, the build's actors by
+    # default, of its first `team_members` events, at most `team_people` of them): their
+    # `team_k` other events most like the chain (Engine._add_team) join the answer as weak
+    # evidence, `team_weight` times the chain's confidence, ranked below every stronger event.
+    # 0: off. Yardstick, 14 corpora of 4 knob settings and 11 seeds: chain recall +0.007..+0.056
+    # (1e5 knobs A 0.832 -> 0.857, 1e6 knobs A 0.656 -> 0.691), precision -0.02..-0.14; git
+    # without ids +0.000..+0.029, with ids unchanged, precision lower; conversations unchanged
+    # (bench/README.md, "The chain's people")
     team_k: int = 3
     team_members: int = 8
     team_people: int = 8
     team_weight: float = 0.01
-    team_prefixes: tuple[str, ...] = ("person:", "user:", "author:", "speaker:")
+    team_prefixes: tuple[str, ...] = ACTOR_PREFIXES
 
     def __post_init__(self):
         if self.expansion not in ("best_first", "ppr"):
@@ -243,7 +249,8 @@ class AnswerParams:
             _check_positive(self)
         except ValueError as e:
             raise InvalidQueryError(str(e)) from None
-        for name in ("seed_k", "current_seed_k", "candidates", "threads"):   # a hit, a head, a thread
+        # a hit, a head, a thread, a member of the chain
+        for name in ("seed_k", "current_seed_k", "candidates", "threads", "team_members"):
             if getattr(self, name) < 1:
                 raise InvalidQueryError(f"AnswerParams.{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 < self.ppr_alpha <= 1:

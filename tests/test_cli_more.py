@@ -265,6 +265,7 @@ def test_param_sets_engine_knobs_for_query_and_eval(runner, built, tmp_path):
                                        ("pool_min_weight=2", "pool_min_weight"),
                                        ("candidates=0", "candidates must be >= 1"), ("seed_k=0", "seed_k must be >= 1"),
                                        ("threads=0", "threads must be >= 1"),
+                                       ("team_members=0", "team_members must be >= 1"),
                                        ("window_slack_days=inf", "must be a finite number"),
                                        ("relevance=nan", "must be a finite number"), ("ppr_alpha=5", "ppr_alpha")])
 def test_param_errors_name_the_knob(runner, built, arg, says):
