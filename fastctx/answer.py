@@ -154,7 +154,8 @@ class Engine:
     def _seeds(self, g, q, k: int, filters: Filters, text: Optional[str]):
         """Vector seeds, plus the rows the query's own words match best (BM25 over the derived
         word and term entities). Returns rows, their vector similarities, and their lexical
-        match in [0, 1] relative to the best lexical score (0 without text)."""
+        match in [0, 1] relative to the best lexical score (0 without text), scaled down when
+        more than `lexical_max_matches` rows match at least half as well as the best."""
         rows, sims = g.seeds(q, k, filters)
         rows, sims = np.asarray(rows, np.int64), np.asarray(sims, np.float64)
         lex = np.zeros(len(rows))
@@ -169,7 +170,11 @@ class Engine:
         if len(new):
             vsim = np.asarray(g.vectors(new), np.float64) @ np.asarray(q, np.float64)
             rows, sims = np.concatenate([rows, new]), np.concatenate([sims, vsim])
-        pos = dict(zip(lrows.tolist(), (lscores / lscores.max()).tolist()))
+        rel = lscores / lscores.max()
+        matches = int(np.count_nonzero(rel >= 0.5))
+        if 0 < self.params.lexical_max_matches < matches:
+            rel = rel * (self.params.lexical_max_matches / matches)
+        pos = dict(zip(lrows.tolist(), rel.tolist()))
         lex = np.array([pos.get(r, 0.0) for r in rows.tolist()])
         order = np.lexsort((rows, -(sims + self.params.lexical * lex)))
         return rows[order], sims[order], lex[order]

@@ -623,3 +623,44 @@ def test_the_chain_s_people_never_bring_an_event_outside_the_view(tmp_path):
     seen = {e.id for e in idx.query(q, type="chain", budget_tokens=1000, principals=["group:x"]).events}
     hidden = {e.id for e in idx.query(q, type="chain", budget_tokens=1000, principals=["group:y"]).events}
     assert "e000002" in seen and "e000002" not in hidden and "e000001" in hidden
+
+
+def _topic_world(tmp_path, params=AnswerParams()):
+    """300 events of equal length: 100 share the words "ledger retry", one also names
+    settle_ledger_fast, the rest talk about other things."""
+    import fastctx
+    rng = np.random.default_rng(4)
+    recs = []
+    for i in range(300):
+        words = "ledger retry" if i < 100 else f"other{i % 7} thing{i % 5}"
+        recs.append({"id": f"e{i}", "time": 1_700_000_000 + 60 * i, "source": "git", "kind": "commit",
+                     "tokens": 20, "text": f"{words} step{i}"})
+    recs[7]["text"] = "ledger retry settle_ledger_fast"
+    vecs = rng.normal(size=(300, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    idx = fastctx.Index.create(tmp_path / "idx", 16, answer_params=params)
+    idx.add(recs, vecs)
+    idx.flush()
+    return idx, rng.normal(size=16).astype(np.float32)
+
+
+@pytest.mark.parametrize("cap", [0, 8, 32, 150])
+def test_lexical_match_many_rows_share_weighs_cap_over_their_count(tmp_path, cap):
+    """A row's lexical match is its BM25 score over the best one's, times cap / n when n > cap
+    rows score at least half the best: a plain reading of the lexical hits."""
+    from fastctx.derive import query_words
+    idx, q = _topic_world(tmp_path, AnswerParams(lexical_max_matches=cap))
+    eng = idx.engine()
+    for text in ("what about the ledger retry?", "who wrote settle_ledger_fast?"):
+        rows, _, lex = eng._seeds(eng.g, q, 64, Filters(), text)
+        lrows, lscores = eng.g.lexical(query_words(text), eng.params.lexical_k, Filters())
+        rel = np.asarray(lscores) / max(lscores)
+        n = int((rel >= 0.5).sum())
+        want = dict(zip(np.asarray(lrows).tolist(), (rel * (cap / n if 0 < cap < n else 1.0)).tolist()))
+        got = dict(zip(rows.tolist(), lex.tolist()))
+        assert all(got[r] == pytest.approx(w) for r, w in want.items())
+        assert all(got[r] == 0.0 for r in got if r not in want)
+        if "settle" in text:       # one row singles itself out: full weight whatever the cap
+            assert max(got.values()) == 1.0 and n < 8
+        else:                      # about 100 rows match the topic's words equally
+            assert n >= 100 and max(got.values()) == pytest.approx(cap / n if 0 < cap < n else 1.0)
