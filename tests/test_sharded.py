@@ -295,6 +295,27 @@ def test_text_queries_seed_round_carries_lexical_hits_and_vectors(text_corpus, t
                 assert methods == ["Search"], rounds.log
 
 
+def test_lexical_matches_many_rows_share_weigh_the_same_through_the_coordinator(tmp_path):
+    """When more than `lexical_max_matches` rows match a question's words about equally, the
+    coordinator scales their lexical match as the embedded engine does: the same answers."""
+    from conftest import event, write_corpus
+    rng = np.random.default_rng(11)
+    events = [event(i, kind="commit", tokens=40, entities=[f"person:p{i % 9}"],
+                    text=("ledger retry" if i < 120 else f"other{i % 7} thing{i % 5}") + f" step{i}")
+              for i in range(400)]
+    events[9]["text"] = "ledger retry settle_ledger_fast"
+    vecs = rng.normal(size=(400, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    corpus = write_corpus(tmp_path / "c", events, vecs)
+    one, _ = build(corpus, tmp_path / "one")
+    build(corpus, tmp_path / "four", shards=N_SHARDS)
+    co = open_local(tmp_path / "four")
+    for text in ("what about the ledger retry?", "who wrote settle_ledger_fast?", "thing3 other2"):
+        for qv in rng.normal(size=(3, 16)).astype(np.float32):
+            spec = {"qid": "q", "type": "chain", "text": text, "direction": "back", "budget_tokens": 600}
+            _same(one.query_spec(spec, qv), co.query_spec(spec, qv), text)
+
+
 # ------------------------------------------------------------------------------------ failures
 def test_killed_replica_mid_run_every_query_answered(world):
     c = Cluster(world["four_dir"], replicas=(2, 2, 1, 1), hedge_s=None)
