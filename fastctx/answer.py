@@ -203,6 +203,11 @@ class Engine:
         away = np.min([np.maximum(np.maximum(lo - t, t - hi), 0.0) for lo, hi in dates], axis=0)
         return 1.0 / (1.0 + away / (scale_days * DAY))
 
+    def _many_allowed(self, g, filters: Filters) -> bool:
+        p = self.params
+        n = g.allowed_count(p.seed_k, filters) if hasattr(g, "allowed_count") else None
+        return n is None or n >= p.specific_allowed_ratio * p.seed_k
+
     def _specific_seeds(self, g, q, mean, rows, sims, lex, vecs, filters: Filters):
         """Add the hits of a second search with the query less what the first hits share (their
         mean): among many look-alikes the asked event may rank low by plain similarity, yet high
@@ -371,8 +376,9 @@ class Engine:
         v32 = np.asarray(g.vectors(rows), np.float32)
         vecs = v32.astype(np.float64)
         mean = vecs.mean(axis=0) if len(rows) >= 8 else None
-        # a second search only when the first may have missed rows (it returned all it was asked)
-        if mean is not None and p.specific_seeds > 0 and len(rows) >= p.seed_k:
+        # a second search only when the first may have missed many rows: it returned all it was
+        # asked, out of several times as many allowed rows (or an unknown number)
+        if mean is not None and p.specific_seeds > 0 and len(rows) >= p.seed_k and self._many_allowed(g, filters):
             rows, sims, lex, vecs = self._specific_seeds(g, q, mean, rows, sims, lex, vecs, filters)
             v32 = vecs.astype(np.float32)
         times = np.asarray(g.times(rows), np.int64)

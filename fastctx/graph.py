@@ -154,6 +154,10 @@ class GraphAccess(Protocol):
     def seeds(self, q: np.ndarray, k: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64, similarities float64) best first, ties by row."""
 
+    def allowed_count(self, k: int, filters: Filters) -> Optional[int]:
+        """How many rows the last `seeds(..., k, filters)` could choose from (the planner's
+        count under the filters and the view), or None when not known."""
+
     def times(self, rows: Sequence[int]) -> np.ndarray: ...
 
     def tokens(self, rows: Sequence[int]) -> np.ndarray: ...
@@ -238,6 +242,9 @@ class LocalGraph:
         n_hits = int(hits.counts[0])
         mine = hits.shards[0, :n_hits] == self.shard_no
         return hits.rows[0, :n_hits][mine], hits.scores[0, :n_hits][mine].astype(np.float64)
+
+    def allowed_count(self, k, filters):
+        return self.index.allowed_count(filters, k, self.view, self.shard_no)
 
     def lexical(self, names, k, filters):
         """(rows, BM25 scores) of the best `k` rows matching the query's words and terms (derived

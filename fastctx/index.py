@@ -263,6 +263,12 @@ class Index(IndexWriter):
                                                            allowed, self.search_params, k)))
         return out
 
+    def allowed_count(self, filters: Filters, k: int, view: View, shard_no: Optional[int] = None) -> int:
+        """Rows a `search(..., k, filters=filters, view=view)` chooses from (of one shard when
+        `shard_no` is given): the planner's counts, cached with the plans of that search."""
+        return sum(p.allowed for si, _, _, p in self._search_plans(filters, k, view)
+                   if shard_no is None or si == shard_no)
+
     def explain(self, filters: Optional[Filters] = None, k: int = 10, **filter_kw) -> list[SegmentPlan]:
         """The plan each segment would run for these filters (no vector needed)."""
         return [p for *_, p in self.plans(filters or _filters(filter_kw), k)]

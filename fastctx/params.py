@@ -117,13 +117,14 @@ class AnswerParams:
     """Knobs of the causal engine. Defaults are measured on the orgmem yardstick (see docs)."""
     seed_k: int = 1024               # seed hits considered (their mean is what "specific" is relative
                                      # to; a fact's versions and mentions group together among them)
-    specific_seeds: int = 0          # hits of a second chain search with the query less the first
-                                     # hits' mean (when those filled seed_k). Today's engine, 512:
-                                     # chain recall 3.4M 0.552 -> 0.615, 1e6 +0.010..+0.013 (three
-                                     # knob settings) for +3 ms chain p50 there; nothing at 1e5 and
-                                     # below, where a third of chain questions still pay the search
-                                     # (a cluster round each): off by default until it is asked
-                                     # only where the allowed rows far outnumber seed_k
+    # hits of a second chain search with the query less the first hits' mean, asked when the first
+    # search filled seed_k out of at least specific_allowed_ratio times as many allowed rows: among
+    # tens of thousands of look-alikes the asked event may rank low by plain similarity. 512:
+    # chain recall 3.4M events 0.552 -> 0.615, 1e6 +0.010..+0.013 on three knob settings for
+    # about +3 ms chain p50 there; at 1e5 (at most ~3,700 allowed rows) it is not asked
+    # (bench/README.md, "specific_seeds re-measured")
+    specific_seeds: int = 512
+    specific_allowed_ratio: float = 4.0
     current_seed_k: int = 1024       # ... for `current` / `as_of`: a fact's versions must be among
                                      # the hits to group. At 3.4M events 4096 lifts current from
                                      # 0.84 to 0.93 at twice the latency; no change at 1e6 or below

@@ -287,6 +287,7 @@ class DistributedGraph:
                                     "term_weight": float(p.term_weight), "max_per_entity": int(p.max_per_entity)}
         res = self._scatter("Search", {s: req for s in self.cluster.shards})
         self.states = {s: out.get("state") for s, out in res.items()}
+        self._allowed = (int(k), filters, sum(int(out.get("n_allowed", 0)) for out in res.values()))
         self._replica()
         self._learn_reach(res)
         # the merged top k: best score first, then lower row, then lower shard
@@ -332,6 +333,11 @@ class DistributedGraph:
                                               for s, out in res.items() if "lex_rows" in out},
                                              self.params.lexical_k))
         return rows, sims
+
+    def allowed_count(self, k, filters: Filters):
+        """From the last Search round with these filters (its shards' planner counts)."""
+        last = getattr(self, "_allowed", None)
+        return last[2] if last is not None and last[0] == int(k) and last[1] is filters else None
 
     def _store_payloads(self, hit: np.ndarray, kept: np.ndarray, at, payloads) -> None:
         """Keep the payloads a Search reply sent for hits (positions `at` among them) of the

@@ -254,7 +254,8 @@ class ShardService:
             raise wire.WireError(str(e)) from None
         rows = np.where(hits.rows >= 0, self.grow[np.maximum(hits.rows, 0)] if len(self.grow) else -1, -1)
         out.update({"rows": rows.astype(np.int64), "scores": hits.scores.astype(np.float32),
-                    "counts": hits.counts.astype(np.int64), "state": self.state})
+                    "counts": hits.counts.astype(np.int64), "state": self.state,
+                    "n_allowed": int(self.index.allowed_count(f, req["k"], view))})
         if len(q) == 1 and req.get("hit_rows") and req.get("hit_fields"):   # the first hits' attributes
             loc = hits.rows[0, :min(int(hits.counts[0]), int(req["hit_rows"]))].astype(np.int64)
             got = self.Fetch({"rows": self.grow[loc], "fields": req["hit_fields"]})

@@ -256,7 +256,8 @@ def test_current_follows_a_version_of_the_fact_not_a_discussion_that_mentions_it
 def test_specific_seeds_find_the_asked_event_that_plain_similarity_ranks_below_the_look_alikes(tmp_path):
     """Three hundred look-alikes share the query's common words; the asked event shares fewer of
     them and the query's specific ones. Plain similarity ranks it below the first seed_k hits; a
-    second search with the query less those hits' mean (`specific_seeds`) brings it in."""
+    second search with the query less those hits' mean (`specific_seeds`) brings it in, when the
+    allowed rows outnumber seed_k enough (`specific_allowed_ratio`)."""
     from dataclasses import replace
 
     from conftest import event, write_corpus
@@ -279,8 +280,12 @@ def test_specific_seeds_find_the_asked_event_that_plain_similarity_ranks_below_t
         params = replace(AnswerParams(), seed_k=8, candidates=8, **kw)
         a = Engine(idx, params=params).run(q, "chain", Filters(), "back", 10)
         return [e.id for e in a.events]
-    assert asked_id not in answer()
+    assert asked_id not in answer(specific_seeds=0)
     assert answer(specific_seeds=8) == [asked_id]
+    # asked only when the allowed rows (301) are at least specific_allowed_ratio x seed_k
+    assert answer(specific_seeds=8, specific_allowed_ratio=301 / 8) == [asked_id]
+    assert asked_id not in answer(specific_seeds=8, specific_allowed_ratio=302 / 8)
+    assert idx.allowed_count(Filters(), 8, idx.view()) == 301
 
 
 def test_index_answer_params_reach_the_engine(tmp_path):
