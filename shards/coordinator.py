@@ -99,6 +99,7 @@ class DistributedGraph:
         # in-process shard services (`_scatter`)
         self.rep: Optional[GraphReplica] = None
         self._rep_checked = False
+        self._allowed: Optional[tuple] = None   # (k, filters, rows allowed) of the last Search round
 
     def for_view(self, view: View) -> "DistributedGraph":
         """One graph per query: the view travels with every shard request; shards never send
@@ -336,7 +337,7 @@ class DistributedGraph:
 
     def allowed_count(self, k, filters: Filters):
         """From the last Search round with these filters (its shards' planner counts)."""
-        last = getattr(self, "_allowed", None)
+        last = self._allowed
         return last[2] if last is not None and last[0] == int(k) and last[1] is filters else None
 
     def _store_payloads(self, hit: np.ndarray, kept: np.ndarray, at, payloads) -> None:
