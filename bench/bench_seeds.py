@@ -656,8 +656,14 @@ def main(argv=None) -> int:
     methods = a.methods.split(",")
     REPEATS = max(1, a.repeats)
 
-    import faiss
     import hnswlib
+    try:
+        import faiss
+    except ImportError:
+        if "faiss" in methods:
+            ap.error("faiss is not installed: pip install 'fastctx[bench]' (faiss-cpu), "
+                     "or leave faiss out of --methods")
+        faiss = None
 
     search_sha = source_fingerprint()
     from dataclasses import asdict
@@ -761,7 +767,7 @@ def main(argv=None) -> int:
         "fastctx_source_sha1_at_search": search_sha,
         "fastctx_search_params_default": search_defaults,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "numpy": np.__version__, "faiss": faiss.__version__,
+                    "cpus": os.cpu_count(), "numpy": np.__version__, "faiss": getattr(faiss, "__version__", None),
                     "hnswlib": getattr(hnswlib, "__version__", "0.8.x"),
                     "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
         "fastctx_build": fc_build, "faiss_build": fa_build, "fastctx_open": open_stats,
