@@ -47,7 +47,6 @@ shard servers; the engine code is the same for both, so both give one answer.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Optional, Sequence
@@ -466,7 +465,8 @@ class Engine:
         events) relative to the hits' `mean`; a hit must be more like it than the mean is, not a
         near-copy of a chain event (`older_version_cos`: an older version), and on the asked
         side of the head. One search per person (the query's filters and the view, plus that
-        person), the most frequent of the chain's people first, at most `team_people`."""
+        person; all in one round on a cluster), the chain's most frequent people, at most
+        `team_people`."""
         p = self.params
         members = np.asarray(best[0][:p.team_members], np.int64)
         w = np.asarray(best[1][:p.team_members], np.float64)
@@ -482,10 +482,11 @@ class Engine:
                 if name.startswith(prefixes):
                     weight[name] = weight.get(name, 0.0) + we
         people = sorted(weight, key=lambda nm: (-weight[nm], nm))[:p.team_people]
+        if not people:
+            return ranked
         found: set[int] = set()
-        for person in people:
-            f = dataclasses.replace(filters, entities_all=filters.entities_all + (person,))
-            found.update(np.asarray(g.seeds(c.astype(np.float32), 4 * p.team_k, f)[0]).tolist())
+        for rows_p, _ in g.seeds_per_entity(c.astype(np.float32), 4 * p.team_k, filters, people):
+            found.update(np.asarray(rows_p).tolist())
         rows = np.array(sorted(found - set(np.asarray(best[0]).tolist())), np.int64)
         if not len(rows):
             return ranked

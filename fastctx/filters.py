@@ -7,7 +7,7 @@ range (no bitmap needed: the fast path) or a range-clamped bitmap, always with a
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -86,6 +86,10 @@ class Filters:
         `as_of` travels separately)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k in FILTER_KEYS
                 if (v := getattr(self, k)) not in (None, ())}
+
+    def narrowed_to(self, entity: str) -> "Filters":
+        """These filters, and rows must also mention `entity`."""
+        return replace(self, entities_all=self.entities_all + (entity,))
 
     def time_bounds(self) -> tuple[int, int]:
         lo = self.time_from if self.time_from is not None else np.iinfo(np.int64).min

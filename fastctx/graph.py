@@ -158,6 +158,11 @@ class GraphAccess(Protocol):
         """How many rows the last `seeds(..., k, filters)` could choose from (the planner's
         count under the filters and the view), or None when not known."""
 
+    def seeds_per_entity(self, q: np.ndarray, k: int, filters: Filters,
+                         names: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per entity name, `seeds(q, k, filters narrowed to rows that also mention it)`: many
+        searches, one round where the graph is remote."""
+
     def times(self, rows: Sequence[int]) -> np.ndarray: ...
 
     def tokens(self, rows: Sequence[int]) -> np.ndarray: ...
@@ -245,6 +250,9 @@ class LocalGraph:
 
     def allowed_count(self, k, filters):
         return self.index.allowed_count(filters, k, self.view, self.shard_no)
+
+    def seeds_per_entity(self, q, k, filters, names):
+        return [self.seeds(q, k, filters.narrowed_to(name)) for name in names]
 
     def lexical(self, names, k, filters):
         """(rows, BM25 scores) of the best `k` rows matching the query's words and terms (derived

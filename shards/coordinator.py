@@ -335,6 +335,34 @@ class DistributedGraph:
                                              self.params.lexical_k))
         return rows, sims
 
+    def seeds_per_entity(self, q, k, filters: Filters, names):
+        """One Search round: each shard searches once per name (its filters narrowed to rows that
+        also mention it); each name's hits merged as `seeds` merges them."""
+        names = list(names)
+        if not names:
+            return []
+        req = self._with_view({"vectors": np.asarray(q, np.float32)[None, :], "k": int(k),
+                               "filters": filters.to_dict(), "as_of": filters.as_of, "per_entity": names})
+        res = self._scatter("Search", {s: req for s in self.cluster.shards})
+        for s, r in res.items():
+            rows, scores, counts = (np.asarray(r.get(f, ())) for f in ("rows", "scores", "counts"))
+            if rows.ndim != 2 or rows.shape != scores.shape or len(rows) != len(names) \
+                    or counts.shape != (len(names),) or (counts < 0).any() or (counts > rows.shape[1]).any():
+                raise ShardUnavailableError(f"shard {s}'s per-entity Search reply does not match its request")
+        out = []
+        for i in range(len(names)):
+            parts = [(s, int(r["counts"][i]), r) for s, r in res.items()]
+            c_rows = np.concatenate([np.asarray(r["rows"][i, :c], np.int64) for s, c, r in parts]
+                                    or [np.zeros(0, np.int64)])
+            c_scores = np.concatenate([np.asarray(r["scores"][i, :c], np.float32) for s, c, r in parts]
+                                      or [np.zeros(0, np.float32)])
+            c_shards = np.concatenate([np.full(c, s, np.int64) for s, c, r in parts] or [np.zeros(0, np.int64)])
+            self._in_range(c_rows)
+            top = np.lexsort((c_shards, c_rows, -c_scores.astype(np.float64)))[:k]
+            self.owner.set_many(c_rows[top], c_shards[top])
+            out.append((c_rows[top], c_scores[top].astype(np.float64)))
+        return out
+
     def allowed_count(self, k, filters: Filters):
         """From the last Search round with these filters (its shards' planner counts)."""
         last = self._allowed

@@ -271,7 +271,7 @@ class ShardCost:
         svc = self.svc
         if method == "Search":
             v = req.get("vectors")
-            nq = len(v) if v is not None else 1
+            nq = (len(v) if v is not None else 1) * max(len(req.get("per_entity") or ()), 1)
             hv = min(int(req.get("hit_rows") or 0), req["k"]) if v is not None and req.get("hit_fields") else 0
             per_row = sum(4 * int(svc.index.dim) if f == "vector" else self.FETCH_BYTES.get(f, 8)
                           for f in req.get("hit_fields") or ())

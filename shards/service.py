@@ -244,6 +244,8 @@ class ShardService:
             q = np.asarray(req["vectors"], np.float32)
             if q.shape[1] != self.index.dim:
                 raise wire.WireError(f"field 'vectors' has dim {q.shape[1]}, the index has dim {self.index.dim}")
+            if req.get("per_entity"):
+                return self._per_entity(q, req, f, view)
             hits = self.index.search(q, k=req["k"], filters=f, view=view)
             out: dict = {}
             if words:   # the lexical seeds of the same query, in the same round trip
@@ -276,6 +278,27 @@ class ShardService:
             out.update({"r_rows": self.grow[loc], "r_ptr": ents["ptr"], "r_gid": ents["gid"],
                         "r_hold_ptr": ents["hold_ptr"], "r_hold": ents["hold"]})
         return out
+
+    _PER_ENTITY_ALONE = ("words", "lex_k", "hit_rows", "hit_fields", "hit_payloads", "reach", "entity_params")
+
+    def _per_entity(self, q, req: dict, f: Filters, view) -> dict:
+        """One search per name of `per_entity`, the filters narrowed to rows that also mention
+        it: `rows`, `scores` [names, k] and `counts` [names], as for that many query vectors."""
+        extra = [x for x in self._PER_ENTITY_ALONE if req.get(x)]
+        if len(q) != 1 or extra:
+            raise wire.WireError("'per_entity' takes one query vector and no other request "
+                                 f"(got {len(q)} vector(s){', and ' + ', '.join(extra) if extra else ''})")
+        k, names = req["k"], req["per_entity"]
+        rows = np.full((len(names), k), -1, np.int64)
+        scores = np.full((len(names), k), np.nan, np.float32)
+        counts = np.zeros(len(names), np.int64)
+        for i, name in enumerate(names):
+            hits = self.index.search(q, k=k, filters=f.narrowed_to(name), view=view)
+            c = int(hits.counts[0])
+            counts[i] = c
+            rows[i, :c] = self.grow[hits.rows[0, :c]]
+            scores[i, :c] = hits.scores[0, :c]
+        return {"rows": rows, "scores": scores, "counts": counts, "state": self.state}
 
     def _lexical(self, words, k, f, view, avg_len, bm) -> dict:
         k1, b = ((float(bm[0]), float(bm[1])) if bm is not None and len(bm) == 2

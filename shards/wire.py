@@ -25,6 +25,7 @@ MAX_BUDGET = 10_000_000             # token budget of one answer
 MAX_DIM = 65_536
 MAX_NQ = 1_024                      # query vectors in one search request
 MAX_LIST = 1_024                    # filter lists (entities, sources, kinds)
+MAX_PER_ENTITY = 64                 # narrowed searches in one Search request (`per_entity`)
 MAX_STR = 4_096                     # any string
 MAX_DEADLINE_MS = 600_000
 _DTYPES = {"<i8", "<i4", "<i2", "|i1", "<u8", "<u4", "<u2", "|u1", "<f4", "<f8", "|b1"}
@@ -186,6 +187,15 @@ def _filters(name, v):
     return check_fields(v, spec, where=f"{name}.")
 
 
+def _per_entity(name, v):
+    if v is None:
+        return []
+    if not isinstance(v, list) or len(v) > MAX_PER_ENTITY or not all(isinstance(x, str) and 0 < len(x) <= MAX_STR
+                                                                    for x in v):
+        raise WireError(f"field '{name}' must be a list of <= {MAX_PER_ENTITY} non-empty entity names, got {_show(v)}")
+    return v
+
+
 def _view(name, v):
     """Who asks: {"scope": filters or None, "principals": [str] or None} (see fastctx/view.py)."""
     if v is None:
@@ -274,7 +284,10 @@ SHARD_SCHEMAS = {
                 "hit_payloads": _int(0, MAX_HIT_PAYLOADS),
                 "lex_k": _int(1, MAX_K),
                 # with `vectors`: the walkable entities of the first `reach` hits (as Expand's `reach`)
-                "reach": _int(0, MAX_K), "entity_params": lambda n, v: check_fields(v, ENTITY_PARAMS, (), n + ".")},
+                "reach": _int(0, MAX_K), "entity_params": lambda n, v: check_fields(v, ENTITY_PARAMS, (), n + "."),
+                # with one query vector and nothing else: one search per entity name, the filters
+                # narrowed to rows that also mention it (a chain's people, in one round)
+                "per_entity": _per_entity},
                ("k",)),
     "Expand": ({"rows": _nd("i", (1,), MAX_ROWS, True), "walk_u": _nd("i", (1,), MAX_WALKS, True),
                 "walk_t": _nd("i", (1,), MAX_WALKS, True), "walk_e": _nd("i", (1,), MAX_WALKS, True),

@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from conftest import T0, HOUR, make_corpus, query_vectors_near, server_address
+from conftest import T0, HOUR, make_corpus, make_records, query_vectors_near, server_address, write_corpus
 
 from fastctx.answer import AnswerParams
 from fastctx.errors import InvalidQueryError, ShardUnavailableError
@@ -317,6 +317,48 @@ def test_lexical_matches_many_rows_share_weigh_the_same_through_the_coordinator(
 
 
 # ------------------------------------------------------------------------------------ failures
+@pytest.fixture(scope="module")
+def people_world(tmp_path_factory):
+    """The `world` corpus with people: each event names one of 13 people (`person:`), so chain
+    answers bring the chain's people's other events (`AnswerParams.team_k`)."""
+    root = tmp_path_factory.mktemp("sharded-people")
+    recs, vecs, _, centers = make_records(1500, seed=3, dim=16, n_buckets=120)
+    for r in recs:
+        r["entities"] = r["entities"] + [f"person:p{int(r['id'][1:]) % 13}"]
+    write_corpus(root / "corpus", recs, vecs)
+    one, _ = build(root / "corpus", root / "one")
+    build(root / "corpus", root / "four", shards=N_SHARDS)
+    return one, root / "four", query_vectors_near(centers, 8, seed=4)
+
+
+def test_chain_people_searched_in_one_round_same_answers(people_world):
+    """A chain answer's people are searched once each (the query's filters narrowed to the
+    person), all in one Search round of the coordinator; answers equal the embedded ones, in
+    process and over gRPC."""
+    one, four, queries = people_world
+    co = open_local(four)
+    rounds = _Rounds(co)
+    # a large budget lets the people's events (ranked after every stronger one) into answers
+    cases = [(q, {**kw, "budget_tokens": kw["budget_tokens"] * (1 + 9 * (i % 2))})
+             for i, (q, kw) in enumerate(_cases(queries)) if kw["type"] == "chain"]
+    people_rounds = with_people = 0
+    for i, (q, kw) in enumerate(cases):
+        rounds.log.clear()
+        want, got = one.query(q, **kw), co.query(q, **kw)
+        _same(want, got, f"case {i}")
+        searches = [r for r in rounds.log if r[0] == "Search"]
+        assert 1 <= len(searches) <= 2, rounds.log      # the seeds; the people's searches
+        people_rounds += len(searches) == 2
+        with_people += any(e.why == "same people, like the chain" for e in got.events)
+    assert people_rounds >= len(cases) // 2 and with_people >= 2, (people_rounds, with_people, len(cases))
+    c = Cluster(four)
+    try:
+        for i, (q, kw) in enumerate(cases[::3]):
+            _same(one.query(q, **kw), c.client.query(q, **kw), f"grpc case {i}")
+    finally:
+        c.stop()
+
+
 def test_killed_replica_mid_run_every_query_answered(world):
     c = Cluster(world["four_dir"], replicas=(2, 2, 1, 1), hedge_s=None)
     try:
@@ -417,6 +459,11 @@ def test_malformed_and_hostile_requests_refused_cleanly(world, cluster):
     _refused(shard, "fastctx.Shard", "Search", msgpack.packb({"v": 1, "vectors": bad_arr, "k": 5}), "bytes")
     obj_arr = {"__nd__": 1, "dtype": "|O", "shape": [1], "data": b"\0" * 8}
     _refused(shard, "fastctx.Shard", "Search", msgpack.packb({"v": 1, "vectors": obj_arr, "k": 5}), "dtype")
+    _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": 5, "per_entity": ["p:x"] * 65}), "per_entity")
+    _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": 5, "per_entity": ["p:x"], "words": ["a"]}),
+             "per_entity")
+    _refused(shard, "fastctx.Shard", "Search", enc({"vectors": np.ones((2, 16), np.float32), "k": 5,
+                                                    "per_entity": ["p:x"]}), "one query vector")
     _refused(shard, "fastctx.Shard", "Fetch", enc({"rows": np.array([10 ** 12]), "fields": ["id"]}), "not on shard")
     _refused(shard, "fastctx.Shard", "Fetch", enc({"rows": np.array([0]), "fields": ["password"]}), "fields")
     _refused(shard, "fastctx.Shard", "Expand", enc({"rows": np.array([0]), "params": {"direction": 1}}), "params")
