@@ -7,7 +7,7 @@ range (no bitmap needed: the fast path) or a range-clamped bitmap, always with a
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -87,10 +87,6 @@ class Filters:
         return {k: (list(v) if isinstance(v, tuple) else v) for k in FILTER_KEYS
                 if (v := getattr(self, k)) not in (None, ())}
 
-    def narrowed_to(self, entity: str) -> "Filters":
-        """These filters, and rows must also mention `entity`."""
-        return replace(self, entities_all=self.entities_all + (entity,))
-
     def time_bounds(self) -> tuple[int, int]:
         lo = self.time_from if self.time_from is not None else np.iinfo(np.int64).min
         hi = self.time_to if self.time_to is not None else np.iinfo(np.int64).max
@@ -142,6 +138,22 @@ class Allowed:
             return inside
         hit = BitMap(rows[inside].astype(np.uint32)) & self.bitmap
         return inside & np.isin(rows, np.asarray(hit.to_array(), dtype=np.int64))
+
+
+def allowed_mentioning(seg, allowed: Allowed, entity_ids: Sequence[int]) -> Allowed:
+    """`allowed` narrowed to the rows that also mention the entity (`entity_ids`: its resolved
+    id, or none when the name is unknown): what `segment_allowed` gives for the same filters with
+    the entity added to `entities_all`, without evaluating them again."""
+    if allowed.count == 0 or allowed.hi <= allowed.lo:
+        return allowed
+    if not entity_ids:
+        return Allowed(allowed.lo, allowed.hi, BitMap(), 0)
+    bm = seg.entity_rows(entity_ids[0])
+    if allowed.bitmap is not None:
+        bm = bm & allowed.bitmap
+    elif allowed.lo > 0 or allowed.hi < seg.n:
+        bm = bm & BitMap(range(allowed.lo, allowed.hi))
+    return Allowed(allowed.lo, allowed.hi, bm, len(bm))
 
 
 def segment_allowed(seg, filters: Filters, entity_ids_any: Sequence[int], entity_ids_all: Sequence[int],

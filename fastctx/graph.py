@@ -252,7 +252,12 @@ class LocalGraph:
         return self.index.allowed_count(filters, k, self.view, self.shard_no)
 
     def seeds_per_entity(self, q, k, filters, names):
-        return [self.seeds(q, k, filters.narrowed_to(name)) for name in names]
+        out = []
+        for hits in self.index.search_per_entity(q, k, names, filters=filters, view=self.view):
+            n_hits = int(hits.counts[0])
+            mine = hits.shards[0, :n_hits] == self.shard_no
+            out.append((hits.rows[0, :n_hits][mine], hits.scores[0, :n_hits][mine].astype(np.float64)))
+        return out
 
     def lexical(self, names, k, filters):
         """(rows, BM25 scores) of the best `k` rows matching the query's words and terms (derived

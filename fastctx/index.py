@@ -26,7 +26,7 @@ from .encoder import (Encoder, EncoderError, HashingEncoder, check_match, from_r
                       spec_of)
 from .errors import (AccessDeniedError, CorpusError, CorruptIndexError, FormatError, IndexExistsError,
                      InvalidQueryError)
-from .filters import Filters, segment_allowed, spec_query
+from .filters import Filters, allowed_mentioning, segment_allowed, spec_query
 from .format import INDEX_MARKER, fsync_dir, publish_dir, read_marker, write_marker
 from .params import AnswerParams, BuildParams, SearchParams
 from .planner import SegmentPlan, plan_segment, walk_hits, walk_search
@@ -307,6 +307,29 @@ class Index(IndexWriter):
         what `search(vectors[i], k, ...)` returns."""
         return self.search(vectors, k, filters=filters, scope=scope, principals=principals,
                            unrestricted=unrestricted, view=view, **filter_kw)
+
+    def search_per_entity(self, query: QueryInput, k: int, names: Sequence[str], *, filters: Filters,
+                          view: Optional[View] = None) -> list[Hits]:
+        """For each entity name, what `search(query, k, filters=<filters, and rows must also
+        mention the name>, view=view)` returns: planned from the filters' own (cached) plans,
+        each segment's allowed rows narrowed to the name's rows, not evaluated again per name."""
+        view = view if view is not None else self.view()
+        qs, _ = self._vectors(query)
+        base = self._search_plans(filters, k, view)
+        ids = [{si: sh.entity_ids([name]) for si, sh in enumerate(self.shards)} for name in names]
+        out = []
+        for per_shard in ids:
+            ts = time.perf_counter()
+            plans = []
+            for si, seg, allowed, _ in base:
+                narrowed = allowed_mentioning(seg, allowed, per_shard[si])
+                plans.append((si, seg, narrowed, plan_segment(seg.name, seg.n, seg.has_hnsw, narrowed,
+                                                              self.search_params, k)))
+            hits = self._search_planned(qs, k, plans, 0.0, time.perf_counter() - ts)
+            if view.restricts:
+                hits._fetch = functools.partial(self._event_seen, view)
+            out.append(hits)
+        return out
 
     _PLAN_CACHE_MAX = 16
 

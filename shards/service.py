@@ -292,8 +292,7 @@ class ShardService:
         rows = np.full((len(names), k), -1, np.int64)
         scores = np.full((len(names), k), np.nan, np.float32)
         counts = np.zeros(len(names), np.int64)
-        for i, name in enumerate(names):
-            hits = self.index.search(q, k=k, filters=f.narrowed_to(name), view=view)
+        for i, hits in enumerate(self.index.search_per_entity(q, k, names, filters=f, view=view)):
             c = int(hits.counts[0])
             counts[i] = c
             rows[i, :c] = self.grow[hits.rows[0, :c]]

@@ -319,3 +319,26 @@ def test_query_answers_respect_as_of_budget_and_seed_filters(model, data, seed, 
     for e in ans.events:
         if e.why in ("seed: similar to the question", "seed (alternative head)", "vector similarity"):
             assert e.id in expected, (e, f)
+
+
+@SETTINGS
+@given(data=st.data(), seed=st.integers(0, 10_000), k=st.integers(1, 12))
+def test_search_per_entity_equals_one_narrowed_search_per_name(model, data, seed, k):
+    """`search_per_entity` plans each name from the filters' own plans (their allowed rows
+    narrowed to the name's); the hits are those of a search whose filters add the name to
+    `entities_all`, on exact and on graph plans alike, unknown names included."""
+    m = model
+    f = data.draw(filters_st(m["times"]))
+    names = data.draw(st.lists(st.sampled_from(ALL_ENTS), min_size=1, max_size=4))
+    q = query_vec(seed)
+    for idx in (m["idx"], m["idx_h"]):
+        got = idx.search_per_entity(q, k, names, filters=f)
+        assert len(got) == len(names)
+        for name, hits in zip(names, got):
+            narrowed = Filters(time_from=f.time_from, time_to=f.time_to, as_of=f.as_of, entities_any=f.entities_any,
+                               entities_all=f.entities_all + (name,), sources=f.sources, kinds=f.kinds)
+            want = idx.search(q, k=k, filters=narrowed)
+            for a in ("shards", "rows", "counts"):
+                np.testing.assert_array_equal(getattr(hits, a), getattr(want, a), err_msg=f"{a} {name} {f}")
+            np.testing.assert_array_equal(hits.scores, want.scores, err_msg=f"scores {name} {f}")
+            check_hits(narrowed, hits)

@@ -101,6 +101,27 @@ def test_no_leak_embedded_and_sharded_identical(world, qi, who, scoped, si, text
     assert c.timings["on_replica"] == (q["type"] == "chain" and bool(c.events))
 
 
+def test_searches_per_entity_see_what_the_asker_sees(world):
+    """The people searches of a chain answer (`search_per_entity`) equal plain searches under
+    the same view, the filters narrowed to each person: nothing hidden comes back."""
+    from fastctx.filters import Filters
+    idx, v = world["one"], world["qvecs"][0]
+    people = sorted({e for es in world["ents"].values() if world["services"][0] in es
+                     for e in es if e.startswith("person:")})[:6] + ["person:nobody"]
+    found = 0
+    for who in (["group:g0"], ["user:ana", "group:g2"]):
+        view = idx.view({"entities_any": world["services"][:2]}, who)
+        base = Filters(entities_any=(world["services"][0],))
+        got = idx.search_per_entity(v, 20, people, filters=base, view=view)
+        for name, hits in zip(people, got):
+            want = idx.search(v, 20, filters=Filters(entities_any=base.entities_any, entities_all=(name,)), view=view)
+            assert hits.ids(0) == want.ids(0) and np.array_equal(hits.scores, want.scores, equal_nan=True)
+            for e in hits.events(0):
+                assert _visible(world, e.id, who) and name in e.entities
+            found += int(hits.counts[0])
+    assert found > 5
+
+
 def test_payloads_sent_with_hits_are_only_what_the_asker_sees(world):
     from fastctx.shards.service import ShardService
     from fastctx.view import View
