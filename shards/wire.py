@@ -252,7 +252,8 @@ _VERSIONED: dict = {}   # id(spec) -> (spec, the spec with "v"): built once per 
 
 
 def check_request(msg: Any, spec: dict, required: tuple = ()) -> dict:
-    if isinstance(msg, dict) and msg.get("v") != SCHEMA_VERSION:
+    # `type is int`: an array or a float in `v` must be refused, not compared element-wise
+    if isinstance(msg, dict) and not (type(msg.get("v")) is int and msg.get("v") == SCHEMA_VERSION):
         raise WireError(f"field 'v' (schema version) must be {SCHEMA_VERSION}, got {_show(msg.get('v'))}")
     got = _VERSIONED.get(id(spec))
     if got is None or got[0] is not spec:

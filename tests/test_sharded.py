@@ -450,6 +450,8 @@ def test_malformed_and_hostile_requests_refused_cleanly(world, cluster):
     _refused(shard, "fastctx.Shard", "Search", b"")
     _refused(shard, "fastctx.Shard", "Search", msgpack.packb([1, 2, 3]))
     _refused(shard, "fastctx.Shard", "Search", wire.encode({"v": 99, "vectors": vec, "k": 5}), "'v'")
+    _refused(shard, "fastctx.Shard", "Search", wire.encode({"v": np.ones((1, 3)), "vectors": vec, "k": 5}), "'v'")
+    _refused(coord, "fastctx.Coordinator", "Query", wire.encode({"v": np.ones(2), "vector": vec[0]}), "'v'")
     _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": 10 ** 9}), "'k'")
     _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": "5"}), "'k'")
     _refused(shard, "fastctx.Shard", "Search", enc({"vectors": vec, "k": 5, "evil": 1}), "evil")
