@@ -79,6 +79,27 @@ def _encoder_from_marker(marker: dict) -> Optional[Encoder]:
     return from_record(marker.get("encoder"))
 
 
+def unit_query_rows(q: np.ndarray) -> np.ndarray:
+    """Float32 query rows `q` [nq, dim] scaled to unit length: NaN, inf and all-zero rows are
+    refused; a row whose float32 sum of squares overflows or underflows (values near 1e20 or
+    1e-20) is scaled in float64, as the corpus reader does, never silently zeroed."""
+    if not np.isfinite(q).all():
+        raise InvalidQueryError("query vector contains NaN or inf")
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+    odd = ~((norms > 0) & (norms < np.inf))[:, 0]
+    if not odd.any():
+        return np.ascontiguousarray(q / norms)
+    q64 = q[odd].astype(np.float64)
+    scale = np.abs(q64).max(axis=1, keepdims=True)
+    if (scale == 0).any():
+        raise InvalidQueryError("query vector is all zeros")
+    s = q64 / scale
+    out = np.ascontiguousarray(q / np.where(odd[:, None], 1.0, norms), dtype=np.float32)
+    out[odd] = (s / np.linalg.norm(s, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
 class Index(IndexWriter):
     """An open index directory: a pinned version of each shard plus, once this handle writes,
     the writer state (lock, write-ahead log). Readers need no lock and may be many; one writer
@@ -213,7 +234,8 @@ class Index(IndexWriter):
             # one float32 vector (the common call): the norm as np.linalg.norm computes it (the same
             # bits), and its being finite and non-zero stands for every check below; anything
             # else takes the full path and its messages
-            ss = np.add.reduce(query * query)
+            with np.errstate(over="ignore", under="ignore"):    # huge / tiny values: the full path
+                ss = np.add.reduce(query * query)
             if 0.0 < ss < np.inf:
                 return (query / np.sqrt(ss)).reshape(1, -1), False
         if isinstance(query, str) or (isinstance(query, Sequence) and query and isinstance(query[0], str)):
@@ -235,12 +257,7 @@ class Index(IndexWriter):
         q = q.reshape(-1, q.shape[-1]) if q.ndim in (1, 2) else q
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise InvalidQueryError(f"query vector shape {np.shape(query)}: expected ({self.dim},) or (nq, {self.dim})")
-        if not np.isfinite(q).all():
-            raise InvalidQueryError("query vector contains NaN or inf")
-        norms = np.linalg.norm(q, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise InvalidQueryError("query vector is all zeros")
-        return np.ascontiguousarray(q / norms), batch
+        return unit_query_rows(q), batch
 
     def _resolve(self, shard: Shard, f: Filters):
         if not f.has_bitmap_filters:

@@ -43,6 +43,7 @@ from fastctx.encoder import from_record
 from fastctx.errors import AccessDeniedError, InvalidQueryError, ShardUnavailableError
 from fastctx.filters import Filters, spec_query
 from fastctx.graph import DAY, link_weights
+from fastctx.index import unit_query_rows
 from fastctx.types import Event
 from fastctx.kernels.frontier import merge_wave, searches_results, searches_run, searches_start
 from fastctx.view import View
@@ -955,12 +956,7 @@ class Coordinator:
             raise InvalidQueryError(f"query must be text or a float vector: {e}") from None
         if q.ndim != 1 or q.shape[0] != self.dim:
             raise InvalidQueryError(f"query vector shape {q.shape}: expected ({self.dim},)")
-        if not np.isfinite(q).all():
-            raise InvalidQueryError("query vector contains NaN or inf")
-        norm = float(np.linalg.norm(q))
-        if norm == 0:
-            raise InvalidQueryError("query vector is all zeros")
-        return np.ascontiguousarray(q / norm, np.float32)
+        return unit_query_rows(q[None, :])[0]
 
     # -- queries -------------------------------------------------------------------------------
     def query(self, query: Union[str, np.ndarray], *, type: str = "chain", filters: Optional[Filters] = None,
