@@ -1,5 +1,5 @@
-"""Fuzz the gRPC services: mutated shard requests (Search, Fetch, Expand) and coordinator queries
-sent as bytes to real servers on loopback. Every reply must be a result or a refusal that names
+"""Fuzz the gRPC services: mutated shard requests (Search, Fetch, Expand, Write, Export) and
+coordinator requests (Query, Write, Sync) sent as bytes to real servers on loopback. Every reply must be a result or a refusal that names
 the problem (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, PERMISSION_DENIED, FAILED_PRECONDITION), never
 INTERNAL / UNKNOWN (an unexpected exception inside the server) and never a hang.
 
@@ -90,6 +90,14 @@ class RpcFuzzer:
         v = np.random.default_rng(self.rng.randrange(1 << 30)).standard_normal((nq, DIM)).astype(np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
+    def _event(self) -> dict:
+        """A valid new event (ids w0..w49 come back: adds, upserts and deletes of the same ids)."""
+        r = self.rng
+        i = r.randrange(50)
+        return {"id": f"w{i}", "time": T0 + 3600 * r.randrange(200), "source": "jira", "kind": "patch",
+                "tokens": 10, "entities": [f"service:s{i % 3}", f"person:p{i % 5}"],
+                "links": [{"to": "e3", "type": "references"}] if i % 2 else [], "text": f"write {i}"}
+
     def _base(self) -> tuple[str, str, dict]:
         r = self.rng
         v = self._vec()
@@ -111,6 +119,14 @@ class RpcFuzzer:
             ("coord", "Query", {"vector": v[0], "type": r.choice(["chain", "current", "as_of"]), "as_of": T0 + 3600 * 60,
                                 "budget_tokens": 500, "filters": {"entities_any": ["service:s0"]}, "direction": "back"}),
             ("coord", "Query", {"text": "fn_3 service s1", "type": "chain", "budget_tokens": 300}),
+            ("shard", "Write", {"op": r.choice(["add", "upsert"]), "events": [self._event()],
+                                "vectors": self._vec()}),
+            ("shard", "Write", {"op": "delete", "ids": [f"w{r.randrange(50)}", "e3"]}),
+            ("coord", "Write", {"op": r.choice(["add", "upsert"]), "events": [self._event(), self._event()],
+                                "vectors": self._vec(2)}),
+            ("coord", "Write", {"op": "delete", "ids": [f"w{r.randrange(50)}"]}),
+            ("coord", "Sync", {}),
+            ("shard", "Export", {}),
         ]
         target, method, req = r.choice(choices)
         return target, method, {"v": 1, **req}
@@ -119,7 +135,7 @@ class RpcFuzzer:
         r = self.rng
         for _ in range(r.choice([0, 1, 1, 2, 3])):
             key = r.choice(list(req) + ["per_entity", "filters", "view", "as_of", "k", "rows", "fields", "scope",
-                                         "principals", "deadline_ms", "also_ids", "entities", "x"])
+                                         "principals", "deadline_ms", "also_ids", "entities", "x", "op", "ids"])
             roll = r.random()
             if roll < 0.15:
                 req.pop(key, None)
@@ -127,6 +143,10 @@ class RpcFuzzer:
                 sub = dict(req[key])
                 sub[r.choice(list(sub) + ["entities_all", "time_from", "kinds", "principals", "x"])] = r.choice(HOSTILE)
                 req[key] = sub
+            elif key == "events" and isinstance(req.get(key), list) and req[key] and roll < 0.7:
+                ev = dict(req[key][0])
+                ev[r.choice(list(ev) + ["acl", "x"])] = r.choice(HOSTILE)
+                req[key] = [ev] + req[key][1:]
             elif key in ("rows", "also_ids", "entities") and roll < 0.6:
                 req[key] = np.array([r.choice(ROWS + self.owned) for _ in range(r.randint(0, 4))], np.int64)
             else:

@@ -272,6 +272,8 @@ EXPAND_PARAMS = {
 }
 ENTITY_PARAMS = {k: EXPAND_PARAMS[k] for k in ("entity_weight", "entity_max_df", "entity_max_share", "term_weight",
                                                "max_per_entity")}
+WRITE = {"op": _str({"add", "upsert", "delete"}), "events": _records, "ids": _ids,
+         "vectors": _nd("f", (2,), MAX_ROWS, True)}
 SHARD_SCHEMAS = {
     "Stats": ({}, ()),
     "Search": ({"vectors": _nd("f", (2,), MAX_NQ), "k": _int(1, MAX_K), "filters": _filters,
@@ -303,8 +305,8 @@ SHARD_SCHEMAS = {
                "entities": _nd("i", (1,), MAX_ROWS, True), "view": _view,
                "check_ids": _ids}, ("rows", "fields")),
     # writes (shards/writes.py): log a batch, export live events, install a re-partitioned shard
-    "Write": (WRITE := {"op": _str({"add", "upsert", "delete"}), "events": _records, "ids": _ids,
-                        "vectors": _nd("f", (2,), MAX_ROWS, True)}, ("op",)),
+    # `check`: validate an add (ownership, ids already there with other content) and write nothing
+    "Write": ({**WRITE, "check": _bool}, ("op",)),
     "Export": ({}, ()),
     "Install": ({"events": _records, "vectors": _nd("f", (2,), MAX_ROWS, True), "arrays": _map, "meta": _map,
                  "gen": _int(0, _I64.max), "derived": _map}, ("events", "vectors", "arrays", "meta", "gen")),

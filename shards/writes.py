@@ -126,6 +126,8 @@ class ShardWriter:
                 if differs.any():
                     raise CorpusError(f"id {batch.ids[int(np.flatnonzero(differs)[0])]!r} is already in "
                                       "the index with other content (use upsert)", field="id")
+            if req.get("check"):
+                return {"acked": 0, "checked": len(batch)}
             rep = w.add(batch, on_existing="upsert")
             self.gen += 1
             return {"acked": len(batch), "skipped": int(rep.skipped), "updated": int(rep.updated)}
@@ -208,6 +210,8 @@ def _call(cluster, k: int, method: str, req: dict, timeout_s: float) -> dict:
         code, details = e.code(), e.details()
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             raise InvalidQueryError(f"shard {k} at {name} refused {method}: {details}") from None
+        if code == grpc.StatusCode.FAILED_PRECONDITION:     # the data refuses it (an id with other content)
+            raise CorpusError(f"shard {k} at {name} refused {method}: {details}") from None
         raise ShardUnavailableError(f"shard {k} at {name} failed {method} ({code.name}: {details}); "
                                     "nothing of this batch beyond what was acked is promised: re-run it") from None
     except (ConnectionError, OSError) as e:
@@ -243,7 +247,14 @@ class ClusterWriter:
         from fastctx.partition import shard_of
         batch = msg_batch({"events": events, "vectors": vectors}, "write")
         own = shard_of(batch, part["n"], part["key"])
-        for k in np.unique(own).tolist():
+        owners = np.unique(own).tolist()
+        if op == "add" and len(owners) > 1:
+            # every owner checks its part first (an id already there with other content), so a
+            # refused batch is refused whole rather than logged on some shards only
+            for k in owners:
+                sub = batch.select(np.flatnonzero(own == k))
+                _call(self.cluster, int(k), "Write", {"op": op, "check": True, **batch_msg(sub)}, self.timeout_s)
+        for k in owners:
             sub = batch.select(np.flatnonzero(own == k))
             got = _call(self.cluster, int(k), "Write", {"op": op, **batch_msg(sub)}, self.timeout_s)
             acked += int(got["acked"])

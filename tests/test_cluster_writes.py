@@ -150,6 +150,16 @@ def test_upsert_delete_and_refusals_through_coordinator(corpora, tmp_path):
         assert client.stats()["build"] == build0
         with pytest.raises(FastctxError, match=first["id"]):
             client.add([{**first, "tokens": first["tokens"] + 1}], vec)
+        # a batch over two shards with one such id is refused whole: nothing of it is logged
+        from fastctx.corpus import EventBatch
+        from fastctx.partition import shard_of
+        home = int(shard_of(EventBatch.from_records([first], vec), 2, "id")[0])
+        new = next(e for e in ({**first, "id": f"fresh-{j}"} for j in range(50))
+                   if int(shard_of(EventBatch.from_records([e], vec), 2, "id")[0]) != home)
+        with pytest.raises(FastctxError, match=first["id"]) as ei:
+            client.add([new, {**first, "tokens": first["tokens"] + 1}], np.vstack([vec, vec]))
+        assert not isinstance(ei.value, ShardUnavailableError) and "re-run" not in str(ei.value)
+        assert client.sync()["synced"] is False
         assert client.upsert([{**first, "tokens": first["tokens"] + 1}], vec) == 1
         assert client.stats()["n_global"] == 1500
 
