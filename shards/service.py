@@ -232,7 +232,8 @@ class ShardService:
 
     def Search(self, req: dict) -> dict:
         """Vector seeds (`vectors`) or lexical seeds (`words`: the query's derived word/term
-        entity names, scored with the corpus-wide df the sidecar holds and `avg_len`)."""
+        entity names, scored with the corpus-wide df the sidecar holds and `avg_len`), or one
+        vector search per entity name (`per_entity`, the filters narrowed to each)."""
         try:
             f = Filters.from_dict(req.get("filters") or {}, as_of=req.get("as_of"))
             view = self._view(req.get("view"))[0]
