@@ -5,8 +5,8 @@ INTERNAL / UNKNOWN (an unexpected exception inside the server) and never a hang.
 
     python bench/fuzz_rpc.py --seconds 120 [--seed 1] [--work DIR]
 
-builds a small 2-shard index under WORK (a temporary folder by default), serves shard 0 and a
-coordinator over both shards, and prints "requests: N, unexpected: M" with the first unexpected
+builds a small 2-shard index under WORK (a temporary folder by default), serves both shards and
+a coordinator over them, plain and behind a bearer token (hostile `authorization` metadata), and prints "requests: N, unexpected: M" with the first unexpected
 replies and the requests that caused them. tests/test_fuzz_rpc.py runs it for a few seconds.
 """
 from __future__ import annotations
@@ -25,13 +25,16 @@ from fastctx.shards import wire
 
 DIM = 8
 T0 = 1_700_000_000
-EXPECTED = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "FAILED_PRECONDITION"}
+EXPECTED = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "UNAUTHENTICATED"}
 HOSTILE = [2**70, -2**70, 2**63, -1, 0, 1, 3, 1.5, float("nan"), float("inf"), True, None, "", "x", "\ud800",
            [], {}, ["a"] * 70, "person:p1", ["person:p1", "person:p2"], [1, 2], {"a": 1}, [[[[]]]],
            np.zeros(3, np.float32), np.zeros((2, DIM), np.float32), np.full((1, DIM), np.nan, np.float32),
            np.zeros((1, DIM + 1), np.float32), np.full((1, DIM), 1e30, np.float32), np.array([-1, 2**40]),
            np.zeros((0, DIM), np.float32), np.ones(2, "<f8")]
 ROWS = [-1, 0, 5, 59, 60, 119, 120, 2**40]
+TOKEN = "fuzz-token-0123456789abcdef"
+AUTH = [None, "", "Bearer", "Bearer ", f"Bearer {TOKEN}", f"bearer   {TOKEN}  ", f"Basic {TOKEN}", TOKEN,
+        "Bearer " + TOKEN[:-1], "Bearer " + "x" * 5000, f"Bearer {TOKEN} extra"]
 
 
 def corpus_events(n: int = 120) -> tuple[list[dict], np.ndarray]:
@@ -72,8 +75,12 @@ class RpcFuzzer:
         self.coord = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(self.shards)},
                                                 call_timeout_s=5.0), deadline_s=10.0)
         self.coord_server = CoordinatorServer(self.coord, port=0).start()
+        # the same coordinator behind bearer tokens: requests come with hostile authorization metadata
+        from fastctx.auth import TokenTable
+        self.auth_server = CoordinatorServer(self.coord, port=0, tokens=TokenTable({TOKEN: ["user:ana"]})).start()
         self.channels = {"shard": grpc.insecure_channel(self.shards[0].address),
-                         "coord": grpc.insecure_channel(self.coord_server.address)}
+                         "coord": grpc.insecure_channel(self.coord_server.address),
+                         "auth": grpc.insecure_channel(self.auth_server.address)}
         self.owned = [int(x) for x in np.asarray(self.shards[0].service.grow)[:8]]   # global rows shard 0 holds
         self.tried = 0
         self.unexpected: dict = {}
@@ -82,6 +89,7 @@ class RpcFuzzer:
         for ch in self.channels.values():
             ch.close()
         self.coord_server.stop(0)
+        self.auth_server.stop(0)
         self.coord.close()
         for s in self.shards:
             s.stop(0)
@@ -161,9 +169,13 @@ class RpcFuzzer:
         except Exception:       # not encodable: nothing a client could send
             return
         service = "fastctx.Shard" if target == "shard" else "fastctx.Coordinator"
+        metadata = None
+        if target == "coord" and self.rng.random() < 0.5:       # the token-guarded coordinator
+            target, auth = "auth", self.rng.choice(AUTH)
+            metadata = None if auth is None else (("authorization", auth),)
         self.tried += 1
         try:
-            self.channels[target].unary_unary(f"/{service}/{method}")(data, timeout=30)
+            self.channels[target].unary_unary(f"/{service}/{method}")(data, timeout=30, metadata=metadata)
         except self.grpc.RpcError as e:
             code = e.code().name
             if code not in EXPECTED:

@@ -416,11 +416,15 @@ class BuildWatch:
     """Asks every remote replica for its Stats every `every_s` seconds, so that a replica that
     was down at start-up, or restarts on another index, is checked too. One that serves another
     shard number or build than the cluster is set aside (`_RefusedReplica`) until it serves the
-    cluster's build again; each refusal is logged and counted."""
+    cluster's build again; each refusal is logged and counted. When every shard answers and all
+    their replicas serve one other build, the cluster has moved (a write sync through another
+    coordinator, every shard restarted on a new build): that build is taken over (`on_adopt`)."""
 
-    def __init__(self, cluster, build: Optional[str], every_s: float, timeout_s: float, on_refuse=None):
+    def __init__(self, cluster, build: Optional[str], every_s: float, timeout_s: float, on_refuse=None,
+                 on_adopt=None):
         self.cluster, self.build, self.every_s, self.timeout_s = cluster, build, every_s, timeout_s
         self.on_refuse = on_refuse or (lambda: None)
+        self.on_adopt = on_adopt or (lambda: None)
         self._stop = threading.Event()
         self.lock = threading.Lock()    # a write sync holds it while shards change build
         self._thread = threading.Thread(target=self._run, name="fastctx-build-watch", daemon=True)
@@ -455,11 +459,21 @@ class BuildWatch:
                 if not isinstance(r, LocalReplica):
                     real = r.replica if isinstance(r, _RefusedReplica) else r
                     calls.append((k, i, r, real, real.future("Stats", data, self.timeout_s)))
+        answers = []
         for k, i, r, real, fut in calls:
             try:
-                st = wire.decode(fut.result())
+                answers.append((k, i, r, real, wire.decode(fut.result())))
             except Exception:  # noqa: BLE001 - down: failover already handles it
                 continue
+        builds = {st.get("build") for k, _, _, _, st in answers if st.get("shard") == k}
+        if self.build is not None and len(builds) == 1 and self.build not in builds and \
+                {k for k, *_ in answers} == set(self.cluster.shards) and \
+                all(st.get("shard") == k for k, _, _, _, st in answers):
+            new = builds.pop()
+            log.warning("every shard now serves build %s (was %s): taking it over", new, self.build)
+            self.build = new
+            self.on_adopt()
+        for k, i, r, real, st in answers:
             why = None
             if st.get("shard") != k:
                 why = f"serves shard {st.get('shard')}, not shard {k}"
@@ -530,7 +544,17 @@ class CoordinatorServer(_Server):
                          port, host, workers, credentials=server_credentials(tls_cert, tls_key), insecure=insecure,
                          limits=limits, metrics_port=metrics_port, metrics_host=metrics_host)
         self.watch = BuildWatch(cluster, build, build_check_s, cluster.call_timeout_s,
-                                lambda: self.obs.refused("build")) if check and build_check_s else None
+                                lambda: self.obs.refused("build"), self._adopted) if check and build_check_s else None
+
+    def _adopted(self) -> None:
+        """The cluster serves a new build (synced through another coordinator): new global sizes,
+        and the graph replica of the new state."""
+        self.coordinator._stats = None
+        if getattr(self.coordinator, "replica", None) is not None:
+            try:
+                self.coordinator.refresh_replica()
+            except Exception as e:  # noqa: BLE001 - chains expand through the shards meanwhile
+                log.warning("graph replica reload after a new build failed: %s", e)
 
     def start(self):
         super().start()

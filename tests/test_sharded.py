@@ -568,3 +568,37 @@ def test_a_sidecar_lacking_an_array_is_refused_naming_it(world, tmp_path):
     write_sidecar(shard, arrays, {k: v for k, v in meta.items() if k not in ("version", "npz", "checksum")})
     with pytest.raises(CorruptIndexError, match="out_time"):
         ShardService(d, 1)
+
+
+def test_a_second_coordinator_takes_over_the_build_another_synced(tmp_path):
+    """Two coordinators over the same shard servers: events written and synced through one give
+    the shards a new build; the other's build watch finds every shard on it and takes it over
+    (new global sizes), rather than setting every shard aside as serving a foreign build."""
+    c = make_corpus(tmp_path / "c", 400, seed=5, dim=16)
+    build(c.dir, tmp_path / "four", shards=2)
+    shards = [ShardServer(tmp_path / "four", k, port=0).start() for k in range(2)]
+    coords, servers, clients = [], [], []
+    try:
+        for _ in range(2):      # separate clusters and watches, as two coordinator processes have
+            co = Coordinator(remote_cluster({k: [s.address] for k, s in enumerate(shards)}, call_timeout_s=10.0))
+            srv = CoordinatorServer(co, port=0, build_check_s=3600).start()
+            coords.append(co), servers.append(srv), clients.append(connect(srv.address))
+        a, b = clients
+        q = c.vectors[3]
+        assert len(b.query(q, type="chain").events) and b.stats()["n_global"] == 400
+        new = [{**c.records[3], "id": "added-1"}]
+        assert a.add(new, c.vectors[3:4]) == 1 and a.stats()["n_global"] == 401
+        servers[1].watch.check_once()
+        assert not servers[1].watch.refused()
+        assert b.stats()["n_global"] == 401
+        got = b.query(q, type="chain", fill=True, budget_tokens=100_000)
+        assert not got.partial and "added-1" in [e.id for e in got.events]
+    finally:
+        for cl in clients:
+            cl.close()
+        for srv in servers:
+            srv.stop(0)
+        for co in coords:
+            co.close()
+        for s in shards:
+            s.stop(0)
