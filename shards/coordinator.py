@@ -134,7 +134,7 @@ class DistributedGraph:
             self.missing |= failed
             if self.require_all:
                 raise ShardUnavailableError(f"shard(s) {sorted(self.missing)} did not answer "
-                                            f"(every replica failed or timed out)")
+                                            f"(every replica failed or timed out)" + set_aside(cluster, self.missing))
         return res
 
     def _by_owner(self, rows) -> dict[int, np.ndarray]:
@@ -808,6 +808,14 @@ class DistributedGraph:
         self._hint = (np.unique(par[par >= 0]), pairs[:, 0], pairs[:, 1])
 
 
+def set_aside(cluster, shards) -> str:
+    """What a build watch said of these shards' replicas it set aside (serving another build or
+    shard), as a clause to add to an error; empty when it set none aside."""
+    notes = [f"shard {k} replica {r.name} {r.why}" for k in sorted(shards) if k in cluster.groups
+             for r in cluster.groups[k].replicas if getattr(r, "why", None)]
+    return f" (set aside by the build check: {'; '.join(notes)})" if notes else ""
+
+
 _WARM = threading.Lock()
 _warm_done = False
 
@@ -917,7 +925,8 @@ class Coordinator:
             res, failed = self.cluster.scatter("Stats", {k: {} for k in self.cluster.shards},
                                                time.monotonic() + deadline_s)
             if not res:
-                raise ShardUnavailableError(f"no shard answered Stats (shards {sorted(failed)})")
+                raise ShardUnavailableError(f"no shard answered Stats (shards {sorted(failed)})"
+                                            + set_aside(self.cluster, failed))
             one = next(iter(res.values()))
             n_shards = int(one["n_shards"])
             if set(self.cluster.shards) != set(range(n_shards)):

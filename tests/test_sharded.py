@@ -602,3 +602,15 @@ def test_a_second_coordinator_takes_over_the_build_another_synced(tmp_path):
             co.close()
         for s in shards:
             s.stop(0)
+
+
+def test_errors_name_replicas_the_build_check_set_aside():
+    from types import SimpleNamespace
+    from fastctx.shards.coordinator import set_aside
+    from fastctx.shards.server import _RefusedReplica
+    ok = SimpleNamespace(name="10.0.0.1:7001")
+    refused = _RefusedReplica(SimpleNamespace(name="10.0.0.2:7001"), "serves build b2, the cluster serves build b1")
+    cluster = SimpleNamespace(groups={0: SimpleNamespace(replicas=[ok, refused]), 1: SimpleNamespace(replicas=[ok])})
+    assert set_aside(cluster, {1}) == ""
+    assert set_aside(cluster, {0, 1}) == (" (set aside by the build check: shard 0 replica 10.0.0.2:7001 serves "
+                                          "build b2, the cluster serves build b1)")
