@@ -15,6 +15,7 @@ replies and the requests that caused them. tests/test_fuzz_rpc.py runs it for a 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import tempfile
@@ -52,7 +53,6 @@ def corpus_events(n: int = 120) -> tuple[list[dict], np.ndarray]:
 
 
 def make_index(work: Path) -> Path:
-    import json
     c = work / "corpus"
     c.mkdir(parents=True, exist_ok=True)
     evs, vecs = corpus_events()
