@@ -36,7 +36,7 @@ from typing import Optional, Union
 import numpy as np
 
 from .columns import keys64
-from .corpus import EventBatch
+from .corpus import LINK_TYPES, EventBatch
 from .derive import with_derived, with_derived_links
 from .errors import CorruptIndexError, InvalidQueryError
 from .params import BuildParams
@@ -235,6 +235,64 @@ def read_sidecar(shard_dir: Path) -> tuple[dict, dict]:
     if missing:
         raise CorruptIndexError(f"{npath}: arrays missing: {sorted(missing)}")
     return arrays, meta
+
+
+def check_sidecar(arrays: dict, meta: dict, n_local: int, where) -> None:
+    """CorruptIndexError naming `where` unless a shard's sidecar arrays fit together: one-dimensional
+    integer arrays, one entry per local row where there should be (`grow`, `sup_*`), CSR pointers
+    rising from 0 to their columns' length, columns of one length, and every global row, entity
+    id and shard number inside the corpus the meta describes. A damaged file or a bad install is
+    refused here, before any kernel indexes with these numbers."""
+    def bad(what: str):
+        raise CorruptIndexError(f"{where}: partition sidecar {what}")
+    try:
+        n_global, n_shards = int(meta["n_global"]), int(meta["n_shards"])
+        n_ent = int(meta.get("n_entities_global", 0))
+    except (KeyError, TypeError, ValueError):
+        bad("meta lacks n_global / n_shards")
+    a = {}
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.ndim != 1 or v.dtype.kind not in "iu":
+            bad(f"array {k!r} is not a 1-D integer array ({v.dtype} {list(v.shape)})")
+        a[k] = v.astype(np.int64, copy=False)
+
+    def within(k: str, lo: int, hi: int) -> None:
+        v = a.get(k)
+        if v is not None and len(v) and (int(v.min()) < lo or int(v.max()) >= hi):
+            bad(f"array {k!r} holds values outside [{lo}, {hi})")
+
+    def csr(ptr: str, n: int, cols: tuple) -> None:
+        p = a.get(ptr)
+        if p is None:
+            return
+        m = len(a[cols[0]]) if cols[0] in a else None
+        if len(p) != n + 1 or p[0] != 0 or (np.diff(p) < 0).any() or (m is not None and p[-1] != m):
+            bad(f"array {ptr!r} is not a pointer array over {n} rows and {m} entries")
+        for c in cols:
+            if c in a and len(a[c]) != m:
+                bad(f"array {c!r} has {len(a[c])} entries, {cols[0]!r} {m}")
+    for k in ("grow", "sup_by", "sup_at", "sup_shard"):
+        if k in a and len(a[k]) != n_local:
+            bad(f"array {k!r} has {len(a[k])} entries for {n_local} rows")
+    if "gent" in a and (np.diff(a["gent"]) <= 0).any():
+        bad("array 'gent' is not ascending")
+    csr("hold_ptr", len(a.get("gent", ())), ("hold",))
+    csr("out_ptr", n_local, ("out_dst", "out_type", "out_time", "out_shard"))
+    csr("in_ptr", n_local, ("in_src", "in_type", "in_time", "in_shard"))
+    csr("rev_ptr", n_local, ("rev_rows", "rev_time", "rev_shard"))
+    if "ent_df" in a and len(a["ent_df"]) != len(a.get("gent", ())):
+        bad("arrays 'ent_df' and 'gent' differ in length")
+    for k in ("grow", "out_dst", "in_src", "rev_rows"):
+        within(k, 0, n_global)
+    within("sup_by", -1, n_global)
+    if n_ent:
+        within("gent", 0, n_ent)
+    for k in ("hold", "out_shard", "in_shard", "rev_shard"):
+        within(k, 0, n_shards)
+    within("sup_shard", -1, n_shards)
+    for k in ("out_type", "in_type"):
+        within(k, 0, len(LINK_TYPES))
 
 
 def write_partition_shard(shard_dir: Path, batch: EventBatch, g: dict, shard_no: np.ndarray, k: int,

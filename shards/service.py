@@ -34,7 +34,7 @@ from fastctx.graph import entity_weights, filter_rows
 from fastctx.index import Index
 from fastctx.kernels.walks import row_links, walk_parts, walkable_entities
 from fastctx.params import AnswerParams
-from fastctx.partition import read_sidecar
+from fastctx.partition import check_sidecar, read_sidecar
 from fastctx.view import View, holds_acl
 
 from . import wire
@@ -131,6 +131,7 @@ class ShardService:
         self.grow = np.asarray(self.sc.grow, np.int64)
         if len(self.grow) != sh.n:
             raise InvalidQueryError(f"{index_dir / name}: sidecar has {len(self.grow)} rows, shard has {sh.n}")
+        check_sidecar({f.name: getattr(self.sc, f.name) for f in fields(Sidecar)}, self.meta, sh.n, index_dir / name)
         self.times = np.asarray(g.times, np.int64)
         self.ev_ptr, self.ev_ent = np.asarray(g.ev_ptr), np.asarray(g.ev_ent)
         self.ent_ptr, self.ent_rows = np.asarray(g.ent_ptr), np.asarray(g.ent_rows)

@@ -180,8 +180,18 @@ class ShardWriter:
             os.rename(cur, old)
             os.rename(tmp, cur)
             fsync_dir(d)
+            try:
+                svc.reload()    # opens and checks the new state (sidecar included) before serving it
+            except Exception as e:  # noqa: BLE001 - any refusal: the previous state comes back
+                failed = d / f".{svc.name}.failed"
+                shutil.rmtree(failed, ignore_errors=True)
+                os.rename(cur, failed)
+                os.rename(old, cur)
+                fsync_dir(d)
+                shutil.rmtree(failed, ignore_errors=True)
+                raise InvalidQueryError(f"install for shard {svc.shard_no} refused, the previous state kept: "
+                                        f"{type(e).__name__}: {str(e)[:500]}") from None
             shutil.rmtree(old, ignore_errors=True)
-            svc.reload()
             from .server import build_identity
             return {"installed": True, "gen": self.gen, "n_local": int(len(batch)),
                     "build": build_identity(svc.index_dir, svc.meta)}

@@ -614,3 +614,46 @@ def test_errors_name_replicas_the_build_check_set_aside():
     assert set_aside(cluster, {1}) == ""
     assert set_aside(cluster, {0, 1}) == (" (set aside by the build check: shard 0 replica 10.0.0.2:7001 serves "
                                           "build b2, the cluster serves build b1)")
+
+
+def test_sidecar_checks_refuse_arrays_that_do_not_fit(world):
+    """Every sidecar of a real partitioned build passes; a dropped entry, an out-of-range row,
+    entity, shard or link type, or a broken pointer array is refused naming the array."""
+    from fastctx.errors import CorruptIndexError
+    from fastctx.partition import check_sidecar, read_sidecar
+    for k in range(N_SHARDS):
+        arrays, meta = read_sidecar(world["four_dir"] / f"shard-{k:03d}")
+        n = len(arrays["grow"])
+        check_sidecar(arrays, meta, n, f"shard {k}")
+    bad = {"grow": arrays["grow"][:-1], "out_dst": np.full_like(arrays["out_dst"], meta["n_global"]),
+           "hold": np.full_like(arrays["hold"], N_SHARDS), "out_ptr": arrays["out_ptr"][::-1].copy(),
+           "in_type": np.full_like(arrays["in_type"], 120), "gent": arrays["gent"][::-1].copy(),
+           "sup_by": np.full_like(arrays["sup_by"], -2), "rev_ptr": arrays["rev_ptr"][:-1]}
+    for name, value in bad.items():
+        with pytest.raises(CorruptIndexError, match=name):
+            check_sidecar({**arrays, name: value}, meta, n, "shard 3")
+
+
+def test_an_install_that_does_not_open_keeps_the_previous_state(tmp_path):
+    """An Install whose sidecar does not fit its events is refused, and the shard keeps serving,
+    and reopening, the state it had."""
+    c = make_corpus(tmp_path / "c", 300, seed=6, dim=16)
+    build(c.dir, tmp_path / "two", shards=2)
+    srv = ShardServer(tmp_path / "two", 0, port=0).start()
+    try:
+        svc = srv.service
+        exp = svc.Export({})
+        from fastctx.partition import read_sidecar
+        arrays, meta = read_sidecar(tmp_path / "two" / "shard-000")
+        req = {"v": 1, "gen": exp["gen"], "events": exp["events"], "vectors": exp["vectors"], "meta": meta,
+               "arrays": {**arrays, "grow": arrays["grow"][:-1]}}
+        call = grpc.insecure_channel(srv.address).unary_unary("/fastctx.Shard/Install")
+        with pytest.raises(grpc.RpcError) as ei:
+            call(wire.encode(req), timeout=30)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "previous state kept" in ei.value.details()
+        q = np.asarray(c.vectors[:1], np.float32)
+        assert len(svc.Search({"vectors": q, "k": 3})["rows"][0]) == 3
+        from fastctx.shards.service import ShardService
+        assert ShardService(tmp_path / "two", 0).sh.n == svc.sh.n          # the directory still opens
+    finally:
+        srv.stop(0)
