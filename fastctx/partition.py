@@ -237,12 +237,13 @@ def read_sidecar(shard_dir: Path) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def check_sidecar(arrays: dict, meta: dict, n_local: int, where) -> None:
+def check_sidecar(arrays: dict, meta: dict, n_local: int, where, n_entities_local: Optional[int] = None) -> None:
     """CorruptIndexError naming `where` unless a shard's sidecar arrays fit together: one-dimensional
-    integer arrays, one entry per local row where there should be (`grow`, `sup_*`), CSR pointers
-    rising from 0 to their columns' length, columns of one length, and every global row, entity
-    id and shard number inside the corpus the meta describes. A damaged file or a bad install is
-    refused here, before any kernel indexes with these numbers."""
+    integer arrays, one entry per local row where there should be (`grow`, `sup_*`; one per local
+    entity in `gent` when `n_entities_local` is given), CSR pointers rising from 0 to their
+    columns' length, columns of one length, and every global row, entity id, shard number and link
+    type inside the corpus the meta describes. A damaged file or a bad install is refused here,
+    before any kernel (which does not bounds-check) indexes with these numbers."""
     def bad(what: str):
         raise CorruptIndexError(f"{where}: partition sidecar {what}")
     try:
@@ -275,6 +276,8 @@ def check_sidecar(arrays: dict, meta: dict, n_local: int, where) -> None:
     for k in ("grow", "sup_by", "sup_at", "sup_shard"):
         if k in a and len(a[k]) != n_local:
             bad(f"array {k!r} has {len(a[k])} entries for {n_local} rows")
+    if n_entities_local is not None and len(a.get("gent", ())) != n_entities_local:
+        bad(f"array 'gent' has {len(a.get('gent', ()))} entries for {n_entities_local} entities")
     if "gent" in a and (np.diff(a["gent"]) <= 0).any():
         bad("array 'gent' is not ascending")
     csr("hold_ptr", len(a.get("gent", ())), ("hold",))

@@ -292,18 +292,8 @@ class DistributedGraph:
         self._allowed = (int(k), filters, sum(int(out.get("n_allowed", 0)) for out in res.values()))
         self._replica()
         self._learn_reach(res)
-        # the merged top k: best score first, then lower row, then lower shard
-        parts = [(s, int(out["counts"][0]), out) for s, out in res.items()]
-        c_rows = np.concatenate([np.asarray(out["rows"][0, :c], np.int64) for s, c, out in parts]
-                                or [np.zeros(0, np.int64)])
-        c_scores = np.concatenate([np.asarray(out["scores"][0, :c], np.float32) for s, c, out in parts]
-                                  or [np.zeros(0, np.float32)])
-        c_shards = np.concatenate([np.full(c, s, np.int64) for s, c, out in parts] or [np.zeros(0, np.int64)])
-        self._in_range(c_rows)
-        top = np.lexsort((c_shards, c_rows, -c_scores.astype(np.float64)))[:k]
-        rows, sims = c_rows[top], c_scores[top].astype(np.float64)
-        self.owner.set_many(rows, c_shards[top])
-        kept = np.zeros(len(c_rows), bool)
+        parts, top, rows, sims = self._merge_top(res, 0, k)
+        kept = np.zeros(sum(c for _, c, _ in parts), bool)
         kept[top] = True
         pos = 0
         for s, c, out in parts:
@@ -350,19 +340,22 @@ class DistributedGraph:
             if rows.ndim != 2 or rows.shape != scores.shape or len(rows) != len(names) \
                     or counts.shape != (len(names),) or (counts < 0).any() or (counts > rows.shape[1]).any():
                 raise ShardUnavailableError(f"shard {s}'s per-entity Search reply does not match its request")
-        out = []
-        for i in range(len(names)):
-            parts = [(s, int(r["counts"][i]), r) for s, r in res.items()]
-            c_rows = np.concatenate([np.asarray(r["rows"][i, :c], np.int64) for s, c, r in parts]
-                                    or [np.zeros(0, np.int64)])
-            c_scores = np.concatenate([np.asarray(r["scores"][i, :c], np.float32) for s, c, r in parts]
-                                      or [np.zeros(0, np.float32)])
-            c_shards = np.concatenate([np.full(c, s, np.int64) for s, c, r in parts] or [np.zeros(0, np.int64)])
-            self._in_range(c_rows)
-            top = np.lexsort((c_shards, c_rows, -c_scores.astype(np.float64)))[:k]
-            self.owner.set_many(c_rows[top], c_shards[top])
-            out.append((c_rows[top], c_scores[top].astype(np.float64)))
-        return out
+        return [self._merge_top(res, i, k)[2:] for i in range(len(names))]
+
+    def _merge_top(self, res: dict, i: int, k: int):
+        """Query `i` of every shard's Search reply merged into the top k: best score first, then
+        lower row, then lower shard. Returns (parts (shard, count, reply) in concatenation order,
+        the chosen positions among the concatenated hits, rows, similarities); owners recorded."""
+        parts = [(s, int(out["counts"][i]), out) for s, out in res.items()]
+        c_rows = np.concatenate([np.asarray(out["rows"][i, :c], np.int64) for s, c, out in parts]
+                                or [np.zeros(0, np.int64)])
+        c_scores = np.concatenate([np.asarray(out["scores"][i, :c], np.float32) for s, c, out in parts]
+                                  or [np.zeros(0, np.float32)])
+        c_shards = np.concatenate([np.full(c, s, np.int64) for s, c, out in parts] or [np.zeros(0, np.int64)])
+        self._in_range(c_rows)
+        top = np.lexsort((c_shards, c_rows, -c_scores.astype(np.float64)))[:k]
+        self.owner.set_many(c_rows[top], c_shards[top])
+        return parts, top, c_rows[top], c_scores[top].astype(np.float64)
 
     def allowed_count(self, k, filters: Filters):
         """From the last Search round with these filters (its shards' planner counts)."""

@@ -30,7 +30,6 @@ from typing import Optional
 
 import numpy as np
 
-from fastctx.corpus import LINK_TYPES
 from fastctx.csr import min_marked, ranges
 from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.format import read_marker
@@ -38,6 +37,7 @@ from fastctx.graph import Superseded, entity_weights, expand_groups, link_weight
 from fastctx.kernels.expand import ExpandGraph
 from fastctx.kernels.scan import gather_parts
 from fastctx.params import AnswerParams
+from fastctx.partition import check_sidecar
 from fastctx.view import View
 
 from .service import ShardService, shard_state
@@ -79,8 +79,8 @@ class GraphReplica:
         self.sup_at = np.zeros(n, np.int64)
         live = np.zeros(n, np.uint8)
         ev_cnt, out_cnt, in_cnt = (np.zeros(n, np.int64) for _ in range(3))
-        for k, (sh, sc, _) in enumerate(parts):
-            _check_sidecar(self.path / names[k], sh, sc, n, n_ent)
+        for k, (sh, sc, meta) in enumerate(parts):
+            check_sidecar(sc.arrays(), meta, sh.n, self.path / names[k], sh.n_entities)
             g = np.asarray(sc.grow, np.int64)
             if (self.owner[g] >= 0).any():
                 raise CorruptIndexError(f"{self.path / names[k]}: its global rows overlap another shard's")
@@ -240,26 +240,6 @@ def _vector_sources(shards, n: int):
             part[g], row[g] = len(mats), np.arange(seg.n)
             mats.append(v)
     return tuple(mats), part, row
-
-
-def _check_sidecar(where: Path, sh, sc, n: int, n_ent: int) -> None:
-    """The sidecar arrays the replica hands the kernel (which does not bounds-check) are in range
-    and agree with the shard: a checksummed but inconsistent sidecar is refused naming it."""
-    def bad(what: str):
-        return CorruptIndexError(f"{where}: partition sidecar {what}")
-    if len(sc.grow) != sh.n or len(sc.gent) != sh.n_entities:
-        raise bad(f"has {len(sc.grow)} rows and {len(sc.gent)} entities, the shard {sh.n} and {sh.n_entities}")
-    for what, ids, limit in (("global rows", sc.grow, n), ("global entity ids", sc.gent, n_ent)):
-        if len(ids) and (int(np.min(ids)) < 0 or int(np.max(ids)) >= limit):
-            raise bad(f"has {what} outside 0..{limit - 1}")
-    for side, ptr, rows, types in (("out", sc.out_ptr, sc.out_dst, sc.out_type), ("in", sc.in_ptr, sc.in_src, sc.in_type)):
-        ptr = np.asarray(ptr, np.int64)
-        if len(ptr) != sh.n + 1 or ptr[0] != 0 or (np.diff(ptr) < 0).any() or ptr[-1] != len(rows) or len(types) != len(rows):
-            raise bad(f"{side}-link offsets do not match its {sh.n} rows and {len(rows)} links")
-        if len(rows) and (int(np.min(rows)) < 0 or int(np.max(rows)) >= n):
-            raise bad(f"{side}-links name rows outside 0..{n - 1}")
-        if len(types) and (int(np.min(types)) < 0 or int(np.max(types)) >= len(LINK_TYPES)):
-            raise bad(f"{side}-links have link types outside 0..{len(LINK_TYPES) - 1}")
 
 
 def _ptr(counts: np.ndarray) -> np.ndarray:

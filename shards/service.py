@@ -95,6 +95,9 @@ class Sidecar:
     rev_time: np.ndarray
     rev_shard: np.ndarray
 
+    def arrays(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     @classmethod
     def load(cls, shard_dir: Path) -> tuple["Sidecar", dict]:
         arrays, meta = read_sidecar(shard_dir)
@@ -128,10 +131,8 @@ class ShardService:
         sh = self.index.shards[0]
         self.sh = sh
         g = sh.graph
+        check_sidecar(self.sc.arrays(), self.meta, sh.n, index_dir / name, sh.n_entities)
         self.grow = np.asarray(self.sc.grow, np.int64)
-        if len(self.grow) != sh.n:
-            raise InvalidQueryError(f"{index_dir / name}: sidecar has {len(self.grow)} rows, shard has {sh.n}")
-        check_sidecar({f.name: getattr(self.sc, f.name) for f in fields(Sidecar)}, self.meta, sh.n, index_dir / name)
         self.times = np.asarray(g.times, np.int64)
         self.ev_ptr, self.ev_ent = np.asarray(g.ev_ptr), np.asarray(g.ev_ent)
         self.ent_ptr, self.ent_rows = np.asarray(g.ent_ptr), np.asarray(g.ent_rows)
