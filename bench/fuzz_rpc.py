@@ -160,7 +160,8 @@ class RpcFuzzer:
                 sub = dict(req[key])
                 sub[r.choice(list(sub) + ["entities_all", "time_from", "kinds", "principals", "x"])] = r.choice(HOSTILE)
                 req[key] = sub
-            elif key == "events" and isinstance(req.get(key), list) and req[key] and roll < 0.7:
+            elif key == "events" and isinstance(req.get(key), list) and req[key] and isinstance(req[key][0], dict) \
+                    and roll < 0.7:
                 ev = dict(req[key][0])
                 ev[r.choice(list(ev) + ["acl", "x"])] = r.choice(HOSTILE)
                 req[key] = [ev] + req[key][1:]
