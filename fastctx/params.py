@@ -198,7 +198,7 @@ class AnswerParams:
     # git histories and the yardstick -0.017..+0.005 (bench/README.md, "Question focus")
     question_focus: float = 5.0
     # Below full confidence, each candidate's pooling weight is also scaled towards its support
-    # in time relative to the best candidate's (Engine._time_coherence: pooled weight within about
+    # in time relative to the best candidate's (pooling.time_coherence: pooled weight within about
     # this many days), by the share 1 - c: candidates that agree in time with the best one
     # outweigh a lone look-alike from another year. Direct hits are ranked the same way: fused
     # relevance plus the pooling temperature times the log of that factor. 0: off.
@@ -230,7 +230,7 @@ class AnswerParams:
     date_scale_days: float = 3.0
     # The kind of event a question asks about ("what led to the current incident"): each kind's
     # mean query-specific similarity among the hits (over its count plus `kind_prior_hits`, in
-    # standard deviations; Engine._kind_affinity) below the best kind's, times `kind_weight` and
+    # standard deviations; heads.kind_affinity) below the best kind's, times `kind_weight` and
     # the best chain's confidence, is added to the candidates' scores. Candidates on the asked
     # side of the new head keep `kind_history` of their kind-free pooling weight (the head's own
     # history may be of other kinds). Inert when all hits are one kind or no chain is causal.
@@ -241,7 +241,7 @@ class AnswerParams:
     kind_history: float = 0.3
     # The best chain's people (entities starting with `team_prefixes`, the build's actors by
     # default, of its first `team_members` events, at most `team_people` of them): their
-    # `team_k` other events most like the chain (Engine._add_team) join the answer as weak
+    # `team_k` other events most like the chain (pooling.add_team) join the answer as weak
     # evidence, `team_weight` times the chain's confidence, ranked below every stronger event.
     # 0: off. Yardstick, 14 corpora of 4 knob settings and 11 seeds: chain recall +0.007..+0.056
     # (1e5 knobs A 0.832 -> 0.857, 1e6 knobs A 0.656 -> 0.691), precision -0.02..-0.14; git

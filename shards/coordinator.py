@@ -225,7 +225,7 @@ class DistributedGraph:
         return ["vector", "time", "tokens"] + (["kind"] if self.params.kind_weight > 0 else [])
 
     def _riders(self, reqs: dict, fields: list) -> dict:
-        """Add to a chain's vector fetch (`_chain_relevance`, right after the expansion) the ids
+        """Add to a chain's vector fetch (`heads.chain_relevance`, right after the expansion) the ids
         of the expansion's parents and the names of the entities its paths went through: the
         why-paths ask for them next, so they ride along instead of taking two rounds."""
         hint, self._hint = self._hint, None

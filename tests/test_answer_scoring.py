@@ -7,6 +7,7 @@ import pytest
 
 from fastctx.corpus import LINK_TYPES
 
+from fastctx import heads, pooling
 from fastctx.answer import DIRECTIONS, AnswerParams, Engine
 from fastctx.filters import Filters
 
@@ -20,7 +21,7 @@ def test_specific_similarity_is_centred_cosine():
     rng = np.random.default_rng(0)
     vecs = np.array([_unit(x) for x in rng.normal(size=(20, 8))])
     q = _unit(rng.normal(size=8))
-    got = Engine._specific_similarity(vecs, q)
+    got = heads.specific_similarity(vecs, q)
     mean = vecs.mean(axis=0)
     want = [float(np.dot(v - mean, q - mean) / (np.linalg.norm(v - mean) * np.linalg.norm(q - mean))) for v in vecs]
     assert np.allclose(got, want)
@@ -35,13 +36,13 @@ def test_specific_similarity_prefers_what_only_the_query_and_one_hit_share():
     vecs = np.array(generic + [specific])
     q = _unit(topic + 0.5 * detail)
     assert np.argmax(vecs @ q) != len(vecs) - 1                                  # plain: a look-alike
-    assert np.argmax(Engine._specific_similarity(vecs, q)) == len(vecs) - 1     # centred: the one
+    assert np.argmax(heads.specific_similarity(vecs, q)) == len(vecs) - 1     # centred: the one
 
 
 def test_specific_similarity_falls_back_to_plain_with_few_hits():
     vecs = np.array([_unit([1, 0, 0]), _unit([1, 1, 0])])
     q = _unit([1, 0.2, 0])
-    assert np.allclose(Engine._specific_similarity(vecs, q), vecs @ q)
+    assert np.allclose(heads.specific_similarity(vecs, q), vecs @ q)
 
 
 class _Vectors:
@@ -59,7 +60,7 @@ def test_chain_relevance_is_evidence_weighted_query_similarity_capped_at_one_uni
     alone = (np.array([9]), np.array([1.0], np.float32))
     small = (np.array([9, 1]), np.array([1.0, 0.5], np.float32))                 # mass 0.5
     big = (np.array([9, 1, 2, 3]), np.array([1.0, 0.8, 0.8, 0.4], np.float32))  # mass 2.0
-    got = Engine._chain_relevance(g, q, [alone, small, big])
+    got = heads.chain_relevance(g, q, [alone, small, big])
     s1 = float(table[1] @ q)
     assert got[0] == 0.0                                   # nothing reached: no evidence
     assert np.isclose(got[1], s1 * 0.5)                    # mean similarity x mass (< 1)
@@ -78,19 +79,19 @@ def test_chain_relevance_counts_causal_evidence_past_the_first_unit_up_to_the_ca
     reply = np.full(3, LINK_TYPES.index("reply"))
     linked, chatted = (rows, scores, rows, kind, ref), (rows, scores, rows, kind, reply)
     mean = (float(g.table[1] @ q) + float(g.table[2] @ q)) / 2.0
-    got = Engine._chain_relevance(g, q, [linked, chatted], 1.5)
+    got = heads.chain_relevance(g, q, [linked, chatted], 1.5)
     assert np.isclose(got[0], mean * 1.5)                      # 1 + min(2 - 1, 0.5)
     assert np.isclose(got[1], mean * 1.0)                      # replies add nothing past one unit
-    assert np.allclose(Engine._chain_relevance(g, q, [linked, chatted], 1.0), mean)
+    assert np.allclose(heads.chain_relevance(g, q, [linked, chatted], 1.0), mean)
 
 
 def test_recency_inside_the_window_by_direction():
     times = np.array([100, 150, 200])
     f = Filters(time_from=100, time_to=200)
-    assert np.allclose(Engine._recency(times, f, DIRECTIONS["back"]), [0, 0.5, 1])
-    assert np.allclose(Engine._recency(times, f, DIRECTIONS["forward"]), [1, 0.5, 0])
-    assert np.allclose(Engine._recency(times, f, DIRECTIONS["both"]), 0)
-    assert np.allclose(Engine._recency(times, Filters(), DIRECTIONS["back"]), 0)   # no window, no prior
+    assert np.allclose(heads.recency(times, f, DIRECTIONS["back"]), [0, 0.5, 1])
+    assert np.allclose(heads.recency(times, f, DIRECTIONS["forward"]), [1, 0.5, 0])
+    assert np.allclose(heads.recency(times, f, DIRECTIONS["both"]), 0)
+    assert np.allclose(heads.recency(times, Filters(), DIRECTIONS["back"]), 0)   # no window, no prior
 
 
 def test_chain_answer_is_empty_not_an_error_when_every_expansion_came_back_empty():
@@ -204,14 +205,14 @@ def test_the_answer_is_the_chains_of_candidates_weighted_at_least_pool_min_weigh
     the chains of the candidates weighted at least `pool_min_weight`; the default is 0.001."""
     from dataclasses import replace
     seen = {}
-    inherit = Engine._inherit
+    inherit = pooling.inherit
 
     def spy(rows, cands, weights, min_path=0.0):
         out = inherit(rows, cands, weights, min_path)
         seen["weights"] = {int(rows[i]): w for (_, i, _), w in zip(cands, out)}
         return out
 
-    monkeypatch.setattr(Engine, "_inherit", staticmethod(spy))
+    monkeypatch.setattr(pooling, "inherit", spy)
     base = replace(AnswerParams(), pool_temperature=temperature)
     everything = _hop_answer("references", params=replace(base, pool_min_weight=0.0))
     weights = seen["weights"]
@@ -316,21 +317,21 @@ def test_time_coherence_matches_a_plain_reading_and_favours_candidates_that_agre
     rng = np.random.default_rng(7)
     times = rng.integers(0, 400 * 86_400, 40)
     weights = rng.random(40)
-    got = Engine._time_coherence(times, times, weights.tolist(), 30 * 86_400)
+    got = pooling.time_coherence(times, times, weights.tolist(), 30 * 86_400)
     want = [sum(w / (1 + abs(int(t) - int(u)) / (30 * 86_400)) for u, w in zip(times, weights)) for t in times]
     assert np.allclose(got, np.minimum(np.array(want) / want[0], 1.0))
     # the best candidate and a runner-up share one week; a look-alike stands alone two years off,
     # another shares the best one's week: the lone one loses most of its weight, the others little
     day = 86_400
     at = np.array([0, 2 * day, 730 * day, 5 * day])
-    support = Engine._time_coherence(at, at, [1.0, 0.6, 0.6, 0.3], 30 * day)
+    support = pooling.time_coherence(at, at, [1.0, 0.6, 0.6, 0.3], 30 * day)
     assert support[0] == 1.0 and min(support[1], support[3]) > 0.9 and support[2] < 0.5
     # a best candidate standing alone takes nothing from a cluster of weaker ones
     at = np.array([0, 730 * day, 731 * day])
-    alone = Engine._time_coherence(at, at, [1.0, 0.6, 0.6], 30 * day)
+    alone = pooling.time_coherence(at, at, [1.0, 0.6, 0.6], 30 * day)
     assert np.all(alone == 1.0)
     # any time can be asked, not only the candidates': between them, support falls with distance
-    mid = Engine._time_coherence(np.array([0, 30 * day, 365 * day]), at, [1.0, 0.6, 0.6], 30 * day)
+    mid = pooling.time_coherence(np.array([0, 30 * day, 365 * day]), at, [1.0, 0.6, 0.6], 30 * day)
     assert mid[0] == 1.0 and 1.0 >= mid[1] > mid[2]
 
 
@@ -365,7 +366,7 @@ def test_later_cos_is_the_best_cosine_to_a_later_hit():
         pool = rng.permutation(n)[:n_pool]
         full = (vecs[pool] @ vecs.T).astype(np.float64)
         want = np.where(times[None, :] > times[pool][:, None], full, -1.0).max(axis=1)
-        assert np.allclose(Engine._later_cos(vecs, times, pool), want, atol=1e-6)
+        assert np.allclose(heads.later_cos(vecs, times, pool), want, atol=1e-6)
 
 
 class _TimedVectors(_Vectors):
@@ -385,15 +386,14 @@ def test_question_focus_orders_the_events_of_unsure_chains_by_the_question():
     g = _TimedVectors(table, {r: 86400 * r for r in table})
     rows = np.array([0, 1, 2, 3])
     value = np.array([1.0, 0.4, 0.1, 0.1])
-    eng = Engine(params=p, graph=g)
-    assert eng._focus(g, q, rows, value, 1.0, None, ()) is value     # a confident chain: untouched
+    assert pooling.focus(g, q, rows, value, 1.0, None, (), p) is value     # a confident chain: untouched
     for confidence in (0.8, 0.2, 0.0):
         want = value * np.exp(p.question_focus * (1.0 - confidence) * np.array([table[r] @ q for r in rows]))
-        assert np.allclose(eng._focus(g, q, rows, value, confidence, None, ()), want)
-    got = eng._focus(g, q, rows, value, 0.0, None, ())
+        assert np.allclose(pooling.focus(g, q, rows, value, confidence, None, (), p), want)
+    got = pooling.focus(g, q, rows, value, 0.0, None, (), p)
     assert got[2] > got[3]                   # equally weak: the one about the question first
     day3 = [(86400 * 3, 86400 * 4 - 1)]      # a day the question names counts as being about it
-    assert eng._focus(g, q, rows, value, 0.0, None, day3)[3] > got[3]
+    assert pooling.focus(g, q, rows, value, 0.0, None, day3, p)[3] > got[3]
 
 
 class _TwoWayGraph(_OneHopGraph):
@@ -442,7 +442,7 @@ def test_kind_affinity_equals_a_plain_per_kind_loop():
     for n_kinds, n, prior_hits in ((1, 50, 8), (3, 40, 8), (6, 300, 0), (4, 9, 20)):
         specific = rng.normal(0.1, 0.2, n)
         kinds = rng.integers(0, n_kinds, n)
-        got = Engine._kind_affinity(specific, kinds, prior_hits)
+        got = heads.kind_affinity(specific, kinds, prior_hits)
         if len(set(kinds.tolist())) < 2:
             assert not got.any()
             continue
@@ -481,7 +481,7 @@ def test_the_asked_kind_decides_the_head_when_a_chain_is_causal():
     out, free = eng._asked_kind(g, np.arange(40), specific, cands, 1.0)
     assert out[0][1] == 5 and free == {20: 1.00, 5: 0.95, 21: 0.90, 22: 0.85}
     # the shift is kind_weight x confidence x the kind's distance below the asked kind
-    gap = -Engine._kind_affinity(specific, np.array(g.k), AnswerParams().kind_prior_hits)[20]
+    gap = -heads.kind_affinity(specific, np.array(g.k), AnswerParams().kind_prior_hits)[20]
     assert np.isclose(dict((i, s) for s, i, _ in out)[20], 1.00 - AnswerParams().kind_weight * gap)
     # no causal chain (replies, sessions): the kinds are not read; one kind: nothing changes
     assert eng._asked_kind(g, np.arange(40), specific, cands, 0.0) == (cands, None)
@@ -496,14 +496,14 @@ def test_the_head_keeps_its_history_of_other_kinds():
     out, free = eng._asked_kind(g, np.arange(40), specific, cands, 1.0)
     t = 0.03
     weights = [np.exp((s - out[0][0]) / t) for s, _, _ in out]
-    back = dict(zip([c[1] for c in out], eng._kind_history(weights, out, free, times, 1, t)))
+    back = dict(zip([c[1] for c in out], pooling.kind_history(weights, out, free, times, 1, t, p.kind_history)))
     kept = dict(zip([c[1] for c in out], weights))
     # the earlier discussion (row 21) may be the incident's history: it keeps kind_history of
     # its kind-free weight against the head; the later one (row 22) and the look-alike the
     # incident displaced (row 20, later too) keep the kind-weighted one
     assert np.isclose(back[21], p.kind_history * np.exp((0.90 - 0.95) / t))
     assert back[22] == kept[22] and back[20] == kept[20] and back[5] == 1.0
-    fwd = dict(zip([c[1] for c in out], eng._kind_history(weights, out, free, times, 2, t)))
+    fwd = dict(zip([c[1] for c in out], pooling.kind_history(weights, out, free, times, 2, t, p.kind_history)))
     assert np.isclose(fwd[22], p.kind_history * np.exp((0.85 - 0.95) / t)) and fwd[21] == kept[21]
     assert np.isclose(fwd[20], p.kind_history * 1.0)    # later than the head, scored above it: capped at 1
 
@@ -531,7 +531,7 @@ def test_inherit_equals_a_plain_loop_and_ignores_paths_below_the_floor(seed, min
         scores = rng.choice([0.03, 0.09, 0.3, 0.9, 0.5], size=len(reached)).astype(np.float32)
         cands.append((0.0, i, (np.r_[rows[i], reached].astype(np.int64), np.r_[1.0, scores].astype(np.float32))))
     weights = rng.random(12).tolist()
-    got = Engine._inherit(rows, cands, weights, min_path)
+    got = pooling.inherit(rows, cands, weights, min_path)
     assert np.allclose(got, _plain_inherit(rows, cands, weights, min_path))
 
 
@@ -542,8 +542,8 @@ def test_a_weak_path_passes_no_weight_when_the_chain_is_causal():
     cands = [(1.0, 0, (np.array([10]), np.array([1.0], np.float32))),
              (0.5, 1, (np.array([11, 10]), np.array([1.0, 0.03], np.float32)))]
     floor = AnswerParams().inherit_min_path
-    assert Engine._inherit(rows, cands, [1.0, 0.0], floor * 1.0) == [1.0, 0.0]
-    assert np.isclose(Engine._inherit(rows, cands, [1.0, 0.0], floor * 0.0)[1], 0.03)
+    assert pooling.inherit(rows, cands, [1.0, 0.0], floor * 1.0) == [1.0, 0.0]
+    assert np.isclose(pooling.inherit(rows, cands, [1.0, 0.0], floor * 0.0)[1], 0.03)
 
 
 def test_equal_evidence_is_ordered_by_the_question():
@@ -564,11 +564,11 @@ def test_equal_evidence_is_ordered_by_the_question():
     g = _Counting(table)
     rows = np.array([0, 1, 2, 3])
     order = np.array([1.0, 0.9, 0.9, 0.9])
-    tie = Engine._tie_break(g, q, rows, order, None)
+    tie = pooling.tie_break(g, q, rows, order, None)
     assert tie[0] == 0.0 and sorted(g.asked) == [1, 2, 3]
     assert np.lexsort((rows, -tie, -order)).tolist() == [0, 3, 2, 1]
     g.asked = []
-    assert not Engine._tie_break(g, q, rows, np.array([1.0, 0.9, 0.8, 0.7]), None).any() and g.asked == []
+    assert not pooling.tie_break(g, q, rows, np.array([1.0, 0.9, 0.8, 0.7]), None).any() and g.asked == []
 
 
 def _team_world(tmp_path, story_acl=None):

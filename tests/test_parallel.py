@@ -12,7 +12,7 @@ from pyroaring import BitMap
 
 from conftest import make_corpus, query_vectors_near
 
-from fastctx.answer import Engine
+from fastctx import heads
 from fastctx.filters import Allowed
 from fastctx.graph import LocalGraph
 from fastctx.index import Index, build
@@ -91,9 +91,9 @@ def test_split_older_version_test_equals_one_thread():
     v = rng.standard_normal((600, 16)).astype(np.float32)
     times = rng.integers(0, 50, 600).astype(np.int64)
     pool = rng.choice(600, 200, replace=False).astype(np.int64)
-    want = Engine._later_cos(v, times, pool, threads=1)
+    want = heads.later_cos(v, times, pool, threads=1)
     for threads in (2, 4):
-        np.testing.assert_array_equal(Engine._later_cos(v, times, pool, threads=threads), want)
+        np.testing.assert_array_equal(heads.later_cos(v, times, pool, threads=threads), want)
 
 
 @pytest.mark.parametrize("expansion", ["best_first", "ppr"])

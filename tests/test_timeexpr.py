@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from fastctx.answer import Engine
+from fastctx import heads
 from fastctx.timeexpr import DAY, date_intervals
 
 
@@ -57,10 +57,10 @@ def test_a_day_inside_a_month_phrase_is_read_once_and_an_impossible_day_leaves_t
 def test_the_engine_prior_is_one_on_the_named_day_and_halves_a_scale_away():
     lo, hi = _day(2024, 1, 5)
     times = np.array([lo + 3600, hi + 3 * DAY, lo - 6 * DAY, lo + 40 * DAY])
-    got = Engine._named_dates(times, [(lo, hi)], 3.0)
+    got = heads.named_dates(times, [(lo, hi)], 3.0)
     assert np.allclose(got[:3], [1.0, 0.5, 1 / 3])
     assert got[3] < got[2]
-    assert not Engine._named_dates(times, [], 3.0).any()
+    assert not heads.named_dates(times, [], 3.0).any()
 
 
 def test_a_question_naming_a_day_gets_that_days_event_among_look_alikes(tmp_path):
