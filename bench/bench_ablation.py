@@ -9,7 +9,8 @@ the default engine and with each engine variant (`ENGINES`: lexical weight 0 and
 inheritance, inheritance through any path, fixed breadth, replies at 0.5, entity decay over 120
 days, named dates ignored, one unit of chain relevance, time coherence off, direct hits only
 after the chains, textbook BM25 length normalisation, question focus off, the asked kind off or
-without history, the chain's people off, lexical matches many rows share not capped, `fill`),
+without history, the chain's people off, a chain's own people not weighed in the head choice,
+lexical matches many rows share not capped, `fill`),
 scores each with the yardstick's scorer and prints one markdown row
 per variant: chain recall / precision and current accuracy, with plain RAG (the yardstick's
 `rag_baseline.py`, k=100) in the first row. Never reads truth.jsonl itself: only the scorer does.
@@ -49,6 +50,7 @@ ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit
            "asked kind without history (kind_history 0)": dict(kind_history=0.0),
            "inheritance through any path (inherit_min_path 0)": dict(inherit_min_path=0.0),
            "the chain's people off (team_k 0)": dict(team_k=0),
+           "a chain's own people not weighed in the head choice (actor_coherence 0)": dict(actor_coherence=0.0),
            "lexical matches many rows share not capped (lexical_max_matches 0)": dict(lexical_max_matches=0),
            "fill": "fill"}
 

@@ -12,7 +12,9 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           `candidates` are expanded over the event graph (explicit links, rare shared entities
           and identifier terms) in the asked direction and gain the
           relevance of their chain (how much the events they reach are about the query: a
-          look-alike usually stands alone or sits among unrelated events). Each candidate's
+          look-alike usually stands alone or sits among unrelated events) and how much of that
+          chain their own people worked (events sharing a person, user, author or speaker
+          with them: a look-alike's neighbourhood is other people's work). Each candidate's
           chain counts with a softmax weight of its score; a candidate whose chain reaches
           another inherits that one's weight times the path between them (a later event that
           explains the best match continues its story), if that path is not too weak for the
@@ -202,7 +204,7 @@ class Engine:
         # what a hit is worth as a head before its chain is seen, and as a direct hit
         base = (specific + p.recency * heads.recency(times, filters, direction) + p.lexical * lex
                 + p.date_weight * heads.named_dates(times, dates, p.date_scale_days))
-        cands = self._candidates(g, q, rows, vecs, times, base, direction, t_lo, t_hi, filters.as_of)
+        cands, people = self._candidates(g, q, rows, vecs, times, base, direction, t_lo, t_hi, filters.as_of)
         confidence = self._confidence(g, cands[0][2])
         free = None
         if p.kind_weight > 0 and mean is not None:
@@ -211,7 +213,7 @@ class Engine:
             if cands[0][1] != head:
                 confidence = self._confidence(g, cands[0][2])
         temperature = p.pool_temperature + (p.wide_temperature - p.pool_temperature) * (1.0 - confidence)
-        weights, in_time = self._pool_weights(rows, times, cands, free, confidence, temperature, direction)
+        weights, in_time = self._pool_weights(rows, times, cands, free, people, confidence, temperature, direction)
         uniq, value, why = pooling.pooled_evidence(cands, weights, p.pool_min_weight)
         # below full confidence the order, not the reported evidence, also follows the question
         order = pooling.focus(g, q, uniq, value, confidence, mean, dates, p) if p.question_focus > 0 else value
@@ -235,8 +237,9 @@ class Engine:
         """The possible chain heads, best first, as (score, hit, expansion): the `candidates` hits
         with the best prior, `base` less a penalty growing with how close a later hit is (an
         older version of it), each expanded over the event graph in the asked direction and
-        scored with its chain's relevance. The penalty only lowers a score, so it is computed
-        for a pool of twice the candidates, not all hits."""
+        scored with its chain's relevance and how much of it the candidate's own people worked
+        (also returned: that part of each score, by hit). The penalty only lowers a score, so it
+        is computed for a pool of twice the candidates, not all hits."""
         p = self.params
         pool = np.lexsort((np.arange(len(rows)), -base))[:2 * p.candidates]
         later = heads.later_cos(vecs.astype(np.float32), times, pool, p.threads)
@@ -245,10 +248,14 @@ class Engine:
         chosen = pool[top]
         expansions = g.expand(rows[chosen], np.ones(len(chosen), np.float32), direction, t_lo, t_hi, as_of)
         relevance = heads.chain_relevance(g, q, expansions, p.relevance_mass)
-        cands = [(float(pr + p.relevance * rel), i, res)
-                 for i, pr, rel, res in zip(chosen.tolist(), prior[top].tolist(), relevance.tolist(), expansions)]
+        # read after the relevance: a coordinator fetches the reached rows' actors with their vectors
+        weigh = p.actor_coherence > 0 and hasattr(g, "actors")
+        people = heads.actor_coherence(g, expansions) if weigh else np.zeros(len(chosen))
+        cands = [(float(pr + p.relevance * rel + p.actor_coherence * own), i, res)
+                 for i, pr, rel, own, res in zip(chosen.tolist(), prior[top].tolist(), relevance.tolist(),
+                                                 people.tolist(), expansions)]
         cands.sort(key=lambda c: (-c[0], c[1]))
-        return cands
+        return cands, {i: p.actor_coherence * own for i, own in zip(chosen.tolist(), people.tolist())}
 
     def _confidence(self, g, expansion) -> float:
         """How much causal structure a chain has (`heads.confidence`), events reached through a
@@ -272,11 +279,14 @@ class Engine:
         free = {i: s for s, i, _ in cands}
         return sorted(((s + shift * float(prior[i]), i, res) for s, i, res in cands), key=lambda c: (-c[0], c[1])), free
 
-    def _pool_weights(self, rows, times, cands, free, confidence: float, temperature: float, direction: int):
+    def _pool_weights(self, rows, times, cands, free, people, confidence: float, temperature: float,
+                      direction: int):
         """Each candidate's pooling weight (pooling.py), and each hit's support in time (1 for
         all at full confidence), which also ranks the direct hits."""
         p = self.params
         weights = pooling.softmax_weights(cands, temperature)
+        if temperature > 0 and any(people.values()):
+            weights = pooling.same_story(weights, cands, rows, people, temperature)
         if free is not None and temperature > 0:
             weights = pooling.kind_history(weights, cands, free, times, direction, temperature, p.kind_history)
         # below full confidence, candidates and direct hits alike count towards their support in

@@ -187,7 +187,7 @@ def compute_segment(batch: EventBatch, ctx: ShardContext, params: BuildParams, s
     else:
         gid[new] = ctx.entity_base + np.arange(int(new.sum()))
         ent_keys = name_keys[new]
-        ent_flags = entity_flags(names[new], params.slot_prefixes)
+        ent_flags = entity_flags(names[new], params.slot_prefixes, params.actor_prefixes)
         ent_names = list(names[new])
     report.new_entities = len(ent_keys)
     cols["ent_keys.npy"] = np.asarray(ent_keys, np.uint64)
@@ -392,8 +392,7 @@ def append_time_cut(shard_dir: Path, manifest: dict, batch: EventBatch, params: 
     from .shard import append_segment, attach_graph, open_segments, write_segment_dir
     if len(batch) < 2 * max(segment_rows, 1) or not segment_rows:
         return append_segment(shard_dir, manifest, batch, params, progress)
-    manifest.setdefault("params", {"slot_prefixes": list(params.slot_prefixes),
-                                   "slot_kinds": list(params.slot_kinds)})
+    manifest.setdefault("params", params.manifest_params())
     ctx = ShardContext(row_base=manifest["n_rows"], entity_base=manifest["n_entities"],
                        sources=list(manifest["sources"]), kinds=list(manifest["kinds"]))
     seq0 = int(manifest.get("next_seq", 0))

@@ -54,6 +54,19 @@ class StringColumn:
     def __getitem__(self, i: int) -> str:
         return bytes(self._blob[int(self._off[i]):int(self._off[i + 1])]).decode()
 
+    def startswith(self, prefixes) -> np.ndarray:
+        """Per string, whether it starts with one of `prefixes`: compared as UTF-8 bytes in the
+        map, one byte position at a time over the strings still matching (nothing decoded)."""
+        starts, lens = np.asarray(self._off[:-1], np.int64), np.diff(self._off)
+        out = np.zeros(len(lens), bool)
+        for prefix in prefixes:
+            want = np.frombuffer(str(prefix).encode(), np.uint8)
+            cand = np.flatnonzero(~out & (lens >= len(want)))
+            for j, byte in enumerate(want.tolist()):
+                cand = cand[self._blob[starts[cand] + j] == byte]
+            out[cand] = True
+        return out
+
 
 class KeyLookup:
     """Sorted 64-bit keys -> values, for id and entity maps without a Python dict."""

@@ -29,3 +29,17 @@ def min_marked(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray, marked: np
     best = np.full(len(rows), np.iinfo(np.int64).max, np.int64)
     np.minimum.at(best, np.repeat(np.arange(len(rows)), counts)[hit], vals)
     return np.where(best == np.iinfo(np.int64).max, -1, best)
+
+
+def marked_lists(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray, marked: np.ndarray,
+                 key: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `rows`, its values that `marked` flags (as ``key[value]`` with a `key`), as a
+    CSR pair (pointer over `rows`, the values in each row's stored order)."""
+    rows = np.asarray(rows, np.int64)
+    counts = ptr[rows + 1] - ptr[rows]
+    vals = np.asarray(values[ranges(ptr[rows], counts)], np.int64)
+    hit = np.asarray(marked[vals], bool)
+    out_ptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(np.bincount(np.repeat(np.arange(len(rows)), counts)[hit], minlength=len(rows)), out=out_ptr[1:])
+    vals = vals[hit]
+    return out_ptr, (vals if key is None else np.asarray(key[vals], np.int64))

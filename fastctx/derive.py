@@ -33,6 +33,7 @@ if TYPE_CHECKING:   # corpus imports this module
 FLAG_SLOT = 1        # implicit supersession slot (e.g. decision:...)
 FLAG_NO_WALK = 2     # never followed by expansion (words, access lists)
 FLAG_LEXICAL = 4     # matched against the query's words
+FLAG_ACTOR = 8       # a person, user, author or speaker (BuildParams.actor_prefixes)
 
 TERM, WORD, ACL = "~t:", "~w:", "~acl:"
 ACL_ANY = ACL + "*"          # on every event with a non-empty access list
@@ -145,13 +146,15 @@ def event_derived(text: Optional[str], entities: Sequence[str], acl: Optional[Se
     return list(dict.fromkeys(out))
 
 
-def entity_flags(names: Iterable[str], slot_prefixes: Sequence[str]) -> np.ndarray:
+def entity_flags(names: Iterable[str], slot_prefixes: Sequence[str], actor_prefixes: Sequence[str] = ()) -> np.ndarray:
     """uint8 FLAG_* bits per entity name."""
-    slot = tuple(slot_prefixes)
+    slot, actor = tuple(slot_prefixes), tuple(actor_prefixes)
     out = []
     for nm in names:
         nm = str(nm)
         f = FLAG_SLOT if slot and nm.startswith(slot) else 0
+        if actor and nm.startswith(actor):
+            f |= FLAG_ACTOR
         if nm.startswith(WORD):
             f |= FLAG_NO_WALK | FLAG_LEXICAL
         elif nm.startswith(TERM):

@@ -265,7 +265,7 @@ def _check_manifest_fields(path: Path, obj: dict) -> None:
             raise CorruptIndexError(f"{path}: field {field!r} must be an integer in [0, 2**62)")
     params = obj.get("params")
     if params is not None and not (isinstance(params, dict) and all(
-            _str_list(params.get(k, [])) for k in ("slot_kinds", "slot_prefixes"))):
+            _str_list(params.get(k, [])) for k in ("slot_kinds", "slot_prefixes", "actor_prefixes"))):
         raise CorruptIndexError(f"{path}: field 'params' must hold lists of strings")
     for i, e in enumerate(obj["segments"]):
         if not isinstance(e, dict) or not isinstance(e.get("files"), dict):

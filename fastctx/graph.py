@@ -20,8 +20,8 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from .corpus import LINK_TYPES
-from .csr import min_marked
-from .derive import FLAG_LEXICAL, FLAG_NO_WALK, bm25
+from .csr import marked_lists, min_marked
+from .derive import FLAG_ACTOR, FLAG_LEXICAL, FLAG_NO_WALK, bm25
 from .filters import Filters
 from .kernels.expand import ExpandGraph, ExpandLimits, expand_batch
 from .parallel import cuts, run_parts
@@ -181,6 +181,12 @@ class GraphAccess(Protocol):
     def slot_entity(self, rows: Sequence[int]) -> np.ndarray:
         """Per row, the smallest id of a slot entity it mentions, or -1."""
 
+    def actors(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The actors (entities flagged derive.FLAG_ACTOR: people, users, authors, speakers) each
+        row mentions, in CSR form: (pointer over `rows`, their global entity ids, the share of
+        all events that mention each). Optional, as `lexical` is: a graph without it gives no
+        chain a bonus for its own people."""
+
     def expand(self, seeds: np.ndarray, seed_scores: np.ndarray, direction: int, t_lo: int, t_hi: int,
                as_of: Optional[int]) -> list[tuple[np.ndarray, ...]]:
         """One independent best-first expansion per seed (the kernel contract of
@@ -211,6 +217,7 @@ class LocalGraph:
         # the mask keeps that true even for a seed or a window edge case)
         self.allowed = (self.shard.deleted_mask == 0).astype(np.uint8)
         self.slot = (self.shard.entity_flags & 1).astype(bool)
+        self.actor = (self.shard.entity_flags & FLAG_ACTOR) != 0
         self.missing: list[int] = []
         self.view = View()
         self.doc_len = np.diff(g.ev_ptr)   # entities per row (BM25 document length)
@@ -297,6 +304,11 @@ class LocalGraph:
 
     def slot_entity(self, rows):
         return min_marked(self.graph.ev_ptr, self.graph.ev_ent, rows, self.slot)
+
+    def actors(self, rows):
+        g = self.graph
+        ptr, ids = marked_lists(g.ev_ptr, g.ev_ent, rows, self.actor)
+        return ptr, ids, (g.ent_ptr[ids + 1] - g.ent_ptr[ids]) / max(g.n, 1)
 
     def expand(self, seeds, seed_scores, direction, t_lo, t_hi, as_of):
         """One independent expansion per seed; a list of (rows, scores, parent, via_kind, via_id,

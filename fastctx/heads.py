@@ -8,7 +8,8 @@ The signals a possible chain head is scored by (answer.py puts them together):
   matching situation), and `named_dates`: its closeness to a date the question names;
 * `later_cos`: its highest cosine to a later hit, the mark of an older version of the same thing;
 * `kind_affinity`: how far its kind lies below the kind the question is most about;
-* `chain_relevance`: how much the events its expansion reaches are about the query, and
+* `chain_relevance`: how much the events its expansion reaches are about the query,
+  `actor_coherence`: how much of that chain its own people worked, and
   `confidence`: how much causal structure that chain has (replies, same-actor links and shared
   sessions say what came next or where it was said, not why).
 
@@ -22,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .corpus import LINK_TYPES
+from .csr import ranges
 from .filters import Filters
 from .graph import DAY
 from .parallel import cuts, run_parts
@@ -153,6 +155,43 @@ def chain_relevance(g, q: np.ndarray, expansions, mass_cap: float = 1.0) -> np.n
         units += np.clip(causal_mass - 1.0, 0.0, mass_cap - 1.0)
     weighted = np.bincount(owner, weights=ev * qsim, minlength=n)
     return np.where(mass > 0, weighted / np.maximum(mass, 1e-300) * units, 0.0)
+
+
+def actor_coherence(g, expansions) -> np.ndarray:
+    """Per candidate, how much of its chain its own people worked: the path scores of the events
+    its expansion reaches (the candidate excluded) that share an actor (derive.FLAG_ACTOR: a
+    person, user, author or speaker) with the candidate, each times how rarely that actor
+    appears (1 - the share of all events that mention it; the rarest actor shared counts), up
+    to one unit. A story's steps are mostly worked by the same few people; a look-alike by
+    someone else reaches events of other people; sharing an actor on half of all events (a
+    history's main author, a bot) is weak evidence. Actors are read once per row, through the
+    graph (`GraphAccess.actors`)."""
+    n = len(expansions)
+    out = np.zeros(n)
+    lens = [max(len(res[0]) - 1, 0) for res in expansions]
+    if not n or not sum(lens):
+        return out
+    heads = np.array([int(res[0][0]) for res in expansions], np.int64)
+    reached = np.concatenate([res[0][1:] for res in expansions]).astype(np.int64)
+    scores = np.concatenate([res[1][1:] for res in expansions]).astype(np.float64)
+    owner = np.repeat(np.arange(n), lens)
+    uniq, inv = np.unique(np.concatenate([heads, reached]), return_inverse=True)
+    inv = inv.ravel()
+    ptr, ids, share = g.actors(uniq)
+    ptr, ids, share = np.asarray(ptr, np.int64), np.asarray(ids, np.int64), np.asarray(share, np.float64)
+    if not len(ids):
+        return out
+    # (candidate, actor) keys of each candidate's own actors, and of each reached event's
+    h_cnt = ptr[inv[:n] + 1] - ptr[inv[:n]]
+    r_cnt = ptr[inv[n:] + 1] - ptr[inv[n:]]
+    base = int(ids.max()) + 1
+    own = np.repeat(np.arange(n), h_cnt) * base + ids[ranges(ptr[inv[:n]], h_cnt)]
+    entry = np.repeat(np.arange(len(reached)), r_cnt)
+    at = ranges(ptr[inv[n:]], r_cnt)
+    hit = np.isin(owner[entry] * base + ids[at], own)
+    rarity = np.zeros(len(reached))
+    np.maximum.at(rarity, entry[hit], 1.0 - np.clip(share[at[hit]], 0.0, 1.0))
+    return np.minimum(np.bincount(owner, weights=rarity * scores, minlength=n), 1.0)
 
 
 def context_reached(g, expansion, prefixes: tuple, unit: float) -> np.ndarray:

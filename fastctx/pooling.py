@@ -1,7 +1,8 @@
 """How the chains of a chain question's candidate heads become one ranked list of evidence.
 
 Each candidate's chain counts with a pooling weight: a softmax of its score (`softmax_weights`),
-kept for the head's own history of another kind (`kind_history`), scaled by its support in time
+kept for a chain that reaches the head whoever worked it (`same_story`), kept for the head's own
+history of another kind (`kind_history`), scaled by its support in time
 below full confidence (`time_coherence`), and raised to what a candidate whose chain reaches it
 passes on (`inherit`). `pooled_evidence` sums the weighted path scores per event and keeps the
 first largest contribution as its why-path; `order_key` orders them, by the question too below
@@ -26,6 +27,20 @@ def softmax_weights(cands, temperature: float) -> list[float]:
     best = cands[0][0]
     return [math.exp((c[0] - best) / temperature) if temperature > 0 else float(rank == 0)
             for rank, c in enumerate(cands)]
+
+
+def same_story(weights, cands, rows, people, temperature: float) -> list[float]:
+    """Who worked a chain tells stories apart (heads.actor_coherence), not the steps of one: a
+    candidate whose chain reaches the head is the head's own story, and keeps at least the
+    pooling weight its score without that term (`people`, by hit) gives it against the head's
+    (at most 1). A later step by other people (the incident after a discussion) stays pooled."""
+    head = cands[0][1]
+    head_row, best = int(rows[head]), cands[0][0] - people.get(head, 0.0)
+    out = list(weights)
+    for j, (s, i, res) in enumerate(cands[1:], 1):
+        if np.any(np.asarray(res[0][1:]) == head_row):
+            out[j] = max(out[j], min(1.0, math.exp((s - people.get(i, 0.0) - best) / temperature)))
+    return out
 
 
 def kind_history(weights, cands, free, times, direction: int, temperature: float, keep: float) -> list[float]:

@@ -31,7 +31,7 @@ from . import wal as walmod
 from .build import BuildReport, Progress, ShardContext, compute_segment, content_hashes, save_segment
 from .columns import KeyLookup, keys64
 from .corpus import EventBatch
-from .derive import with_links
+from .derive import FLAG_ACTOR, with_links
 from .errors import NPY_LOAD_ERRORS, CorpusError, CorruptIndexError
 from .format import crc32_file, fsync_dir, read_manifest, write_manifest, write_new_dir
 from .params import BuildParams
@@ -618,7 +618,14 @@ class Shard:
 
     @cached_property
     def entity_flags(self) -> np.ndarray:
-        return self._cat("ent_flags", np.uint8)
+        """derive.FLAG_* bits per entity. An index built before actors were flagged (no
+        `actor_prefixes` in its manifest's params) has them flagged here from their names, by
+        the default `BuildParams.actor_prefixes`, as a build now would."""
+        flags = self._cat("ent_flags", np.uint8)
+        if "actor_prefixes" not in (self.manifest.get("params") or {}) and self.segments:
+            actor = np.concatenate([_starts_with(s.entity_names, BuildParams().actor_prefixes) for s in self.segments])
+            flags = flags | np.where(actor, FLAG_ACTOR, 0).astype(np.uint8)
+        return flags
 
     @cached_property
     def supersession(self) -> tuple[np.ndarray, np.ndarray]:
@@ -753,13 +760,21 @@ def write_segment_dir(shard_dir: Path, name: str, arrays, ctx: ShardContext, par
     return write_new_dir(shard_dir, name, fill)
 
 
+def _starts_with(names, prefixes) -> np.ndarray:
+    """Per name of a segment's entity names (a mapped column, or a list in a memtable), whether
+    it starts with one of `prefixes`."""
+    if hasattr(names, "startswith"):
+        return names.startswith(prefixes)
+    prefixes = tuple(prefixes)
+    return np.fromiter((str(nm).startswith(prefixes) for nm in names), bool, len(names))
+
+
 def append_segment(shard_dir: Path, manifest: dict, batch: EventBatch, params: BuildParams,
                    progress: Progress = None, lookup_ids=None, lookup_entities=None) -> BuildReport:
     """Write `batch` as one new segment and commit (used by `build`: an index born whole)."""
     if len(batch) == 0:
         raise CorpusError("no events to add", field="events")
-    manifest.setdefault("params", {"slot_prefixes": list(params.slot_prefixes),
-                                   "slot_kinds": list(params.slot_kinds)})
+    manifest.setdefault("params", params.manifest_params())
     ctx = ShardContext(row_base=manifest["n_rows"], entity_base=manifest["n_entities"],
                        sources=list(manifest["sources"]), kinds=list(manifest["kinds"]))
     if lookup_ids is not None:

@@ -276,8 +276,7 @@ class IndexWriter:
         fsync_dir(d)
         new.update(version=m["version"] + 1, segments=entries, wal=[new_wal], next_wal=m.get("next_wal", 1) + 1,
                    next_seq=int(parts.next_seq), flushed_seq=int(parts.next_seq), deletes=deletes)
-        new.setdefault("params", {"slot_prefixes": list(self.build_params.slot_prefixes),
-                                  "slot_kinds": list(self.build_params.slot_kinds)})
+        new.setdefault("params", self.build_params.manifest_params())
         crashpoint("flush:before-commit")
         self._commit(new)
         if self._wal is not None:

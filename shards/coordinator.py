@@ -71,7 +71,7 @@ class DistributedGraph:
         self.owner = Owners(self.n)
         self.vecs = Vectors(self.n, coord.dim)
         self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "kind", "sup", "slot", "id", "rev",
-                                                         "visible")}
+                                                         "visible", "actors")}
         self.nbs: Optional[NeighbourStore] = None   # neighbour lists fetched (created by expand)
         self.rk: Optional[ReachStore] = None         # entity lists of reached rows
         self.names: dict[tuple[int, int], str] = {}   # (row, entity id) -> entity name
@@ -183,6 +183,8 @@ class DistributedGraph:
                     self.vecs.put(np.asarray(v, np.int64), out["vector"])
                 elif f == "kind":
                     self._store_kinds(v, out["kind"], out["kind_names"])
+                elif f == "actors":
+                    self._store_actors(v, out["actors_ptr"], out["actors"], out["actors_df"])
                 else:
                     vals = out[f]
                     vals = vals.tolist() if isinstance(vals, np.ndarray) else vals
@@ -212,6 +214,16 @@ class DistributedGraph:
                 self.cache["sup"][rr[x]] = (r, ra[x])
             rev[r] = lst
 
+    def _store_actors(self, rows: list, ptr, ids, df, keep=None) -> None:
+        """Cache each row's actor entities and their document frequencies (a reply's CSR
+        `actors_ptr` / `actors` / `actors_df`); `keep`: which of `rows`."""
+        ptr, ids, df = np.asarray(ptr, np.int64), np.asarray(ids, np.int64), np.asarray(df, np.int64)
+        if (len(ptr) != len(rows) + 1 or (len(ptr) and (ptr[0] != 0 or int(ptr[-1]) != len(ids)))
+                or len(df) != len(ids) or (np.diff(ptr) < 0).any()):
+            raise ShardUnavailableError(f"a shard answered malformed actor lists for {len(rows)} rows")
+        sel = range(len(rows)) if keep is None else np.flatnonzero(keep).tolist()
+        self.cache["actors"].update((int(rows[j]), (ids[ptr[j]:ptr[j + 1]], df[ptr[j]:ptr[j + 1]])) for j in sel)
+
     def _store_kinds(self, rows: list, codes, names: list) -> None:
         """Cache kind names from a shard's reply: an index per row into the names it sent."""
         codes = np.asarray(codes, np.int64)
@@ -220,9 +232,12 @@ class DistributedGraph:
         self.cache["kind"].update(zip(rows, [names[c] for c in codes.tolist()]))
 
     def _row_fields(self) -> list[str]:
-        """What a chain question reads of a hit or a reached row: its vector, time and budget, and
-        its kind when the engine weighs the asked kind (one fetch for all of them)."""
-        return ["vector", "time", "tokens"] + (["kind"] if self.params.kind_weight > 0 else [])
+        """What a chain question reads of a hit or a reached row: its vector, time and budget, its
+        kind when the engine weighs the asked kind, its actors when it weighs a chain's own people
+        (one fetch for all of them)."""
+        p = self.params
+        return (["vector", "time", "tokens"] + (["kind"] if p.kind_weight > 0 else [])
+                + (["actors"] if p.actor_coherence > 0 else []))
 
     def _riders(self, reqs: dict, fields: list) -> dict:
         """Add to a chain's vector fetch (`heads.chain_relevance`, right after the expansion) the ids
@@ -309,6 +324,8 @@ class DistributedGraph:
                     self.vecs.put(hit[mine], out["hit_vector"][mine])
                 elif f == "kind" and "hit_kind" in out:
                     self._store_kinds(rows_m, out["hit_kind"][mine], out["hit_kind_names"])
+                elif f == "actors" and "hit_actors_ptr" in out:
+                    self._store_actors(hit.tolist(), out["hit_actors_ptr"], out["hit_actors"], out["hit_actors_df"], mine)
                 elif f == "sup" and "hit_sup_by" in out:
                     by, at, sh = (out[x][mine].tolist() for x in ("hit_sup_by", "hit_sup_at", "hit_sup_shard"))
                     self.cache["sup"].update(zip(rows_m, zip(by, at)))
@@ -445,6 +462,17 @@ class DistributedGraph:
         if self.rep is not None:
             return self.rep.slot_entity(rows)
         return np.asarray(self._get("slot", rows, -1), np.int64)
+
+    def actors(self, rows):
+        if self.rep is not None:
+            return self.rep.actors(rows)
+        none = (np.zeros(0, np.int64), np.zeros(0, np.int64))      # rows of a missing shard
+        lists = self._get("actors", rows, none)
+        ptr = np.zeros(len(lists) + 1, np.int64)
+        np.cumsum([len(ids) for ids, _ in lists], out=ptr[1:])
+        ids = np.concatenate([ids for ids, _ in lists] + [none[0]]).astype(np.int64)
+        df = np.concatenate([df for _, df in lists] + [none[1]]).astype(np.int64)
+        return ptr, ids, df / max(self.n, 1)
 
     def ids(self, rows):
         if self.rep is not None:    # read from the shards' files in this process, no Fetch round

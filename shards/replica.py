@@ -30,7 +30,8 @@ from typing import Optional
 
 import numpy as np
 
-from fastctx.csr import min_marked, ranges
+from fastctx.csr import marked_lists, min_marked, ranges
+from fastctx.derive import FLAG_ACTOR
 from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.format import read_marker
 from fastctx.graph import Superseded, entity_weights, expand_groups, link_weights
@@ -122,6 +123,7 @@ class GraphReplica:
         self.link_weight = link_weights(params)
         self.ent_weight = entity_weights(np.diff(self.ent_ptr), n, params, flags)
         self.slot = (flags & 1).astype(bool)         # slot entities (implicit supersession)
+        self.actor = (flags & FLAG_ACTOR) != 0       # people, users, authors, speakers
         self._superseded = Superseded(self.sup_by)
         # what a view's hidden rows are computed from (each shard's access lists and scope entities)
         self._shards = [(sh, np.asarray(sc.grow, np.int64)) for sh, sc, _ in parts]
@@ -214,6 +216,12 @@ class GraphReplica:
     def slot_entity(self, rows) -> np.ndarray:
         """Per row, the smallest global id of its slot entities (-1: none), as a shard's Fetch."""
         return min_marked(self.ev_ptr, self.ev_ent, np.asarray(rows, np.int64), self.slot)
+
+    def actors(self, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row, the global ids of its actor entities and the share of all events that mention
+        each (CSR), as a shard's Fetch gives them."""
+        ptr, ids = marked_lists(self.ev_ptr, self.ev_ent, np.asarray(rows, np.int64), self.actor)
+        return ptr, ids, (self.ent_ptr[ids + 1] - self.ent_ptr[ids]) / max(self.n, 1)
 
     def warm_up(self) -> None:
         """Compile (or load) the kernel for the replica's array types before the first query."""

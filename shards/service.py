@@ -26,8 +26,8 @@ from typing import Optional
 import numpy as np
 
 from fastctx.columns import keys64
-from fastctx.csr import min_marked, ranges
-from fastctx.derive import bm25
+from fastctx.csr import marked_lists, min_marked, ranges
+from fastctx.derive import FLAG_ACTOR, bm25
 from fastctx.errors import CorruptIndexError, InvalidQueryError
 from fastctx.filters import Filters
 from fastctx.graph import entity_weights, filter_rows
@@ -140,6 +140,7 @@ class ShardService:
         self.ent_df = np.asarray(self.sc.ent_df, np.int64)
         self.local_ent = {int(e): i for i, e in enumerate(self.gent.tolist())}
         self.slot = (sh.entity_flags & 1).astype(bool) if sh.n_entities else np.zeros(0, bool)
+        self.actor = (sh.entity_flags & FLAG_ACTOR) != 0 if sh.n_entities else np.zeros(0, bool)
         self.hold_ptr = np.ascontiguousarray(self.sc.hold_ptr, np.int64)
         self.hold = np.ascontiguousarray(self.sc.hold, np.int32)
         # postings keys in (time, global row) order, per entity slice
@@ -335,6 +336,9 @@ class ShardService:
                 out["sup_shard"] = self.sc.sup_shard[loc]
             elif f == "slot":
                 out[f] = self._slots(loc)
+            elif f == "actors":   # CSR: each row's actor entities, global ids and document frequencies
+                out["actors_ptr"], le = marked_lists(self.ev_ptr, self.ev_ent, loc, self.actor)
+                out["actors"], out["actors_df"] = self.gent[le], self.ent_df[le]
             elif f == "rev":
                 lo, hi = self.sc.rev_ptr[loc], self.sc.rev_ptr[loc + 1]
                 ptr = np.zeros(len(loc) + 1, np.int64)

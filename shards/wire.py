@@ -312,10 +312,10 @@ SHARD_SCHEMAS = {
                  "gen": _int(0, _I64.max), "derived": _map}, ("events", "vectors", "arrays", "meta", "gen")),
 }
 FETCH_FIELDS = frozenset({"time", "tokens", "kind", "vector", "sup", "slot", "rev", "id", "payload",
-                          "entity_names", "visible"})
+                          "entity_names", "visible", "actors"})
 
 
-HIT_FIELDS = frozenset({"vector", "time", "tokens", "kind", "slot", "sup", "rev"})
+HIT_FIELDS = frozenset({"vector", "time", "tokens", "kind", "slot", "sup", "rev", "actors"})
 
 
 def _fields(name, v, allowed=FETCH_FIELDS):

@@ -120,7 +120,7 @@ class Corpus:
 
 
 def make_records(n: int, *, seed: int = 0, dim: int = 16, n_clusters: int = 8, t0: int = T0,
-                 tie_every: int = 3, step: int = HOUR, n_buckets: int = 0):
+                 tie_every: int = 3, step: int = HOUR, n_buckets: int = 0, n_people: int = 0):
     """Fixed-seed synthetic events with known structure:
 
     - time: ``t0 + (i // tie_every) * step`` (groups of `tie_every` equal times), written with
@@ -128,13 +128,15 @@ def make_records(n: int, *, seed: int = 0, dim: int = 16, n_clusters: int = 8, t
     - source ``SOURCES[i % 4]``, kind ``KINDS[i % 5]``;
     - entities: ``service:s<cluster>`` (common), ``fn:f<i // 4>`` (rare: 4 consecutive events),
       ``customer:c<i % 7>`` on every 5th event, ``bucket:b<k>`` (k uniform in [0, n_buckets)) if
-      n_buckets, and ``decision:d<(i // 5) % 4>`` on kind=decision events (slot entities);
+      n_buckets, ``person:p<k>`` (k uniform in [0, n_people)) if n_people, and
+      ``decision:d<(i // 5) % 4>`` on kind=decision events (slot entities);
     - links: ``reply`` to the previous event when i % 3 == 1, ``supersedes`` to event i - 25 when
       i % 25 == 0 and i >= 25.
     Returns (records, vectors, labels, centers)."""
     rng = np.random.default_rng(seed + 17)
     vectors, labels, centers = clustered_vectors(n, dim, n_clusters, seed=seed)
     buckets = rng.integers(0, max(n_buckets, 1), n)
+    people = np.random.default_rng(seed + 29).integers(0, max(n_people, 1), n)
     recs = []
     for i in range(n):
         ents = [f"service:s{labels[i]}", f"fn:f{i // 4}"]
@@ -142,6 +144,8 @@ def make_records(n: int, *, seed: int = 0, dim: int = 16, n_clusters: int = 8, t
             ents.append(f"customer:c{i % 7}")
         if n_buckets:
             ents.append(f"bucket:b{buckets[i]}")
+        if n_people:
+            ents.append(f"person:p{people[i]}")
         kind = KINDS[i % 5]
         if kind == "decision":
             ents.append(f"decision:d{(i // 5) % 4}")

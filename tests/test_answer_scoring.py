@@ -669,3 +669,110 @@ def test_lexical_match_many_rows_share_weighs_cap_over_their_count(tmp_path, cap
             assert max(got.values()) == 1.0 and n < 8
         else:                      # about 100 rows match the topic's words equally
             assert n >= 100 and max(got.values()) == pytest.approx(cap / n if 0 < cap < n else 1.0)
+
+
+class _Actors:
+    """Each row's actors (`table`) and the share of all events that mention each (`share`)."""
+
+    def __init__(self, table, share=None):
+        self.table, self.share = table, share or {}
+
+    def actors(self, rows):
+        lists = [self.table.get(int(r), []) for r in rows]
+        ptr = np.zeros(len(lists) + 1, np.int64)
+        ptr[1:] = np.cumsum([len(x) for x in lists])
+        ids = np.array([a for x in lists for a in x], np.int64)
+        return ptr, ids, np.array([self.share.get(int(a), 0.0) for a in ids])
+
+
+def _plain_actor_coherence(table, share, expansions):
+    out = []
+    for res in expansions:
+        own = set(table.get(int(res[0][0]), []))
+        mass = 0.0
+        for r, s in zip(res[0][1:], res[1][1:]):
+            shared = own & set(table.get(int(r), []))
+            if shared:
+                mass += float(s) * max(1.0 - share.get(a, 0.0) for a in shared)
+        out.append(min(mass, 1.0))
+    return out
+
+
+def test_actor_coherence_matches_a_plain_reading():
+    rng = np.random.default_rng(5)
+    for trial in range(50):
+        table = {r: sorted(set(rng.integers(0, 6, rng.integers(0, 3)).tolist())) for r in range(40)}
+        share = {a: float(rng.uniform(0, 0.8)) for a in range(6)}
+        expansions = []
+        for _ in range(int(rng.integers(1, 6))):
+            rows = rng.permutation(40)[:int(rng.integers(1, 12))]
+            expansions.append((rows, np.r_[1.0, rng.uniform(0.02, 0.9, len(rows) - 1)].astype(np.float32)))
+        got = heads.actor_coherence(_Actors(table, share), expansions)
+        assert np.allclose(got, _plain_actor_coherence(table, share, expansions)), trial
+
+
+def test_a_chain_its_own_people_worked_outscores_a_look_alike_of_someone_else():
+    """Two candidates alike in every other way: the one whose chain was worked by its own person
+    (reached events sharing the actor) gains `actor_coherence` x their evidence, up to one
+    unit; no actors, or none shared, gains nothing; an actor on most events (a history's main
+    author, a bot) counts for what it rarely appears."""
+    table = {0: [7], 1: [7], 2: [7], 10: [8], 11: [9], 12: [3], 30: [5], 31: [5]}
+    own = (np.array([0, 1, 2]), np.array([1.0, 0.6, 0.7], np.float32))     # 1.3: capped at 1
+    other = (np.array([10, 11, 12]), np.array([1.0, 0.6, 0.7], np.float32))
+    alone = (np.array([20]), np.array([1.0], np.float32))
+    hub = (np.array([30, 31]), np.array([1.0, 0.5], np.float32))           # actor 5 on 60% of events
+    got = heads.actor_coherence(_Actors(table, {5: 0.6}), [own, other, alone, hub])
+    assert np.allclose(got, [1.0, 0.0, 0.0, 0.5 * 0.4])
+    assert heads.actor_coherence(_Actors({}), [own, other]).tolist() == [0.0, 0.0]
+    assert AnswerParams().actor_coherence > 0
+
+
+def test_an_index_built_before_actors_were_flagged_has_them_flagged_from_their_names(tmp_path):
+    """A build records which entities are actors (`actor_prefixes` in the manifest's params, the
+    actor bit of each entity's flags). An index built before has them flagged from their names on
+    open, as a build would: the same flags and the same answers; events added later too."""
+    import json
+    from conftest import event, make_corpus
+    from fastctx.derive import FLAG_ACTOR
+    from fastctx.format import write_manifest
+    from fastctx.index import Index, build
+    c = make_corpus(tmp_path / "c", 400, seed=2, dim=8, n_people=9)
+    fresh, _ = build(c.dir, tmp_path / "fresh")
+    build(c.dir, tmp_path / "legacy")
+    shard_dir = tmp_path / "legacy" / "shard-000"
+    man = json.loads((shard_dir / "MANIFEST.json").read_text())
+    assert man["params"].pop("actor_prefixes") == ["person:", "user:", "author:", "speaker:"]
+    flags = np.load(shard_dir / man["segments"][0]["name"] / "ent_flags.npy")
+    np.save(shard_dir / man["segments"][0]["name"] / "ent_flags.npy", flags & ~np.uint8(FLAG_ACTOR))
+    man["segments"][0]["files"]["ent_flags.npy"]["crc32"] = __import__("zlib").crc32(
+        (shard_dir / man["segments"][0]["name"] / "ent_flags.npy").read_bytes())
+    write_manifest(shard_dir, man)
+    legacy = Index(tmp_path / "legacy")
+    want = np.asarray(fresh.shards[0].entity_flags)
+    assert np.count_nonzero(want & FLAG_ACTOR) == 9 and np.array_equal(legacy.shards[0].entity_flags, want)
+    for q in c.vectors[:12:3]:
+        assert [e.id for e in legacy.query(q).events] == [e.id for e in fresh.query(q).events]
+    new = [event(1000 + i, time=int(c.records[-1]["time"]) + 60 * i, entities=["service:s1", f"person:new{i}"])
+           for i in range(3)]
+    for idx in (fresh, legacy):
+        idx.add(new, c.vectors[:3])
+    assert np.array_equal(legacy.shards[0].entity_flags, fresh.shards[0].entity_flags)
+    assert np.count_nonzero(legacy.shards[0].entity_flags & FLAG_ACTOR) == 12
+
+
+def test_a_chain_that_reaches_the_head_keeps_its_weight_whoever_worked_it():
+    """The people term tells stories apart, not the steps of one: a runner-up whose chain reaches
+    the head keeps at least the pooling weight its score without the term gives it (at most 1);
+    one that does not reach the head keeps the weight the term gave it."""
+    rows = np.array([10, 11, 12])
+    head = (np.array([10, 5]), np.ones(2, np.float32))
+    later = (np.array([11, 7, 10]), np.ones(3, np.float32))      # reaches the head: one story
+    other = (np.array([12, 8]), np.ones(2, np.float32))
+    cands = [(1.0, 0, head), (0.8, 1, later), (0.8, 2, other)]
+    people = {0: 0.2, 1: 0.0, 2: 0.0}
+    t = 0.1
+    weights = pooling.softmax_weights(cands, t)
+    got = pooling.same_story(weights, cands, rows, people, t)
+    assert np.isclose(got[1], np.exp((0.8 - 0.8) / t)) and got[1] == 1.0     # as without the term
+    assert got[2] == weights[2] and got[0] == 1.0
+    assert pooling.same_story(weights, cands, rows, {0: 0.0, 1: 0.0, 2: 0.0}, t) == weights

@@ -359,6 +359,36 @@ def test_chain_people_searched_in_one_round_same_answers(people_world):
         c.stop()
 
 
+def test_a_chains_own_people_weigh_alike_on_a_cluster_with_no_round_of_their_own(people_world):
+    """How much of a candidate's chain its own people worked (`AnswerParams.actor_coherence`)
+    changes answers in this world, and the coordinator gives the embedded answers either way:
+    the rows' actors ride with the hits and the reached rows' vectors, never in a Fetch round
+    of their own."""
+    from dataclasses import replace
+    one, four, queries = people_world
+    cases = [(q, kw) for q, kw in _cases(queries) if kw["type"] == "chain"]
+    fetches = {}
+    for w in (0.0, AnswerParams().actor_coherence):
+        params = replace(AnswerParams(), actor_coherence=w)
+        co = open_local(four, params=params)
+        rounds = _Rounds(co)
+        one.answer_params, one._engine = params, None
+        for i, (q, kw) in enumerate(cases):
+            _same(one.query(q, **kw), co.query(q, **kw), f"weight {w} case {i}")
+        fetches[w] = [r for r in rounds.log if r[0] == "Fetch"]
+        assert all("actors" in r[2] for r in fetches[w] if "vector" in r[2]) == (w > 0), fetches[w]
+        assert not [r for r in fetches[w] if r[2] == ["actors"]], fetches[w]     # never a round of their own
+    one.answer_params, one._engine = AnswerParams(), None
+    plain = replace(AnswerParams(), actor_coherence=0.0)
+    differ = 0
+    for q, kw in cases:
+        with_term = [e.id for e in one.query(q, **kw).events]
+        one.answer_params, one._engine = plain, None
+        differ += with_term != [e.id for e in one.query(q, **kw).events]
+        one.answer_params, one._engine = AnswerParams(), None
+    assert differ >= 1
+
+
 def test_killed_replica_mid_run_every_query_answered(world):
     c = Cluster(world["four_dir"], replicas=(2, 2, 1, 1), hedge_s=None)
     try:
