@@ -88,7 +88,8 @@ class BuildParams:
     def manifest_params(self) -> dict:
         """What a shard's manifest records of the build (`params`): which entities are slots and
         which are actors is fixed in its entity flags (derive.FLAG_*). A manifest without
-        `actor_prefixes` comes from a build that flagged no actors (Shard.entity_flags)."""
+        `actor_prefixes` comes from a build before actors were flagged; `Shard.entity_flags`
+        flags them from their names."""
         return {"slot_prefixes": list(self.slot_prefixes), "slot_kinds": list(self.slot_kinds),
                 "actor_prefixes": list(self.actor_prefixes)}
 
@@ -175,8 +176,8 @@ class AnswerParams:
     # evidence it reaches through events sharing a person, user, author or speaker with it, up to
     # one unit): a story's steps are mostly worked by the same few people, a look-alike's
     # neighbourhood by others. 0: off. Chain recall 1e5 knobs A 0.857 -> 0.893, 1e6 knobs A
-    # 0.701 -> 0.776, 3.4M 0.615 -> 0.673; git histories within +-0.004; conversations -0.002
-    # (bench/README.md, "A chain's own people")
+    # 0.701 -> 0.776, 3.4M 0.615 -> 0.673; git histories within +-0.004; conversations -0.003,
+    # 1e4 default knobs -0.009 (bench/README.md, "A chain's own people")
     actor_coherence: float = 0.2
     recency: float = 0.6             # weight of a candidate's place in the query's time window
     older_version_cos: float = 0.6   # a later hit more similar than this marks an older version ...
