@@ -125,11 +125,11 @@ class RpcFuzzer:
         choices = [
             ("shard", "Search", {"vectors": v, "k": r.choice([1, 5, 50]), "filters": {"entities_any": ["service:s1"]},
                                  "per_entity": ["person:p1", "person:p2", "fn:nope"]}),
-            ("shard", "Search", {"vectors": v, "k": 10, "hit_rows": 4, "hit_fields": ["vector", "time", "slot", "rev"],
+            ("shard", "Search", {"vectors": v, "k": 10, "hit_rows": 4, "hit_fields": ["vector", "time", "slot", "rev", "actors"],
                                  "hit_payloads": 2, "reach": 3, "words": ["~w:fn", "service:s1"]}),
             ("shard", "Search", {"words": ["~w:event", "~t:fn_3"], "k": 10, "avg_len": 4.0}),
             ("shard", "Fetch", {"rows": np.array(own[:3], np.int64), "fields": ["time", "vector", "id", "payload",
-                                                                             "sup", "rev", "slot"]}),
+                                                                             "sup", "rev", "slot", "actors"]}),
             ("shard", "Fetch", {"rows": np.array(own[:2], np.int64), "fields": ["entity_names"],
                                 "entities": np.array([0, 1], np.int64), "also_ids": np.array(own[4:5], np.int64)}),
             ("shard", "Expand", {"rows": np.array(own[:2], np.int64), "params": expand, "reach": 4}),

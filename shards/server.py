@@ -47,7 +47,7 @@ from fastctx.types import Event
 
 from . import wire
 from .metrics import Observer
-from .transport import GRPC_OPTIONS, SHARD_SERVICE
+from .transport import CHANNEL_OPTIONS, GRPC_OPTIONS, SHARD_SERVICE
 
 COORD_SERVICE = "fastctx.Coordinator"
 log = logging.getLogger("fastctx.server")
@@ -216,8 +216,8 @@ class ShardCost:
     bounded by the postings inside each walk's time window (and by ``2 * max_per_entity`` when
     nothing can make entries ineligible)."""
 
-    FETCH_BYTES = {"time": 8, "tokens": 8, "kind": 8, "sup": 24, "slot": 8, "id": 96, "entity_names": 96,
-                   "payload": 4096, "visible": 1, "rev": 8}
+    FETCH_BYTES = {"time": 8, "tokens": 8, "kind": 8, "sup": 24, "slot": 8, "actors": 32, "id": 96,
+                   "entity_names": 96, "payload": 4096, "visible": 1, "rev": 8}
     PY_LOOP_FIELDS = ("slot", "id", "payload", "entity_names", "rev")
 
     def __init__(self, svc):
@@ -662,8 +662,8 @@ class RemoteClient:
                                       "(TLS), or insecure=True")
         self._metadata = (("authorization", f"Bearer {token.strip()}"),) if token is not None else None
         self.channel = grpc.secure_channel(address, channel_credentials(ca, client_cert, client_key),
-                                           options=GRPC_OPTIONS) if secure \
-            else grpc.insecure_channel(address, options=GRPC_OPTIONS)
+                                           options=CHANNEL_OPTIONS) if secure \
+            else grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._query = self.channel.unary_unary(f"/{COORD_SERVICE}/Query")
         self._stats = self.channel.unary_unary(f"/{COORD_SERVICE}/Stats")
         self._write = self.channel.unary_unary(f"/{COORD_SERVICE}/Write")

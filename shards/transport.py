@@ -44,6 +44,12 @@ SHARD_SERVICE = "fastctx.Shard"
 GRPC_OPTIONS = [("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
                 ("grpc.enable_retries", 0)]
+# a channel to a shard server that went down tries to reconnect at most a second apart: gRPC's
+# default backoff grows to two minutes, so a shard restarted after a long outage stayed
+# unreachable (a write re-run right after the restart failed again) until the channel next tried
+CHANNEL_OPTIONS = GRPC_OPTIONS + [("grpc.initial_reconnect_backoff_ms", 200),
+                                  ("grpc.min_reconnect_backoff_ms", 200),
+                                  ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 class LocalReplica:
@@ -69,8 +75,8 @@ class RemoteReplica:
 
     def __init__(self, address: str, pool: ThreadPoolExecutor, credentials=None):
         self.name, self.pool = address, pool
-        self.channel = grpc.secure_channel(address, credentials, options=GRPC_OPTIONS) if credentials is not None \
-            else grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self.channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS) if credentials is not None \
+            else grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stubs = {m: self.channel.unary_unary(f"/{SHARD_SERVICE}/{m}") for m in wire.SHARD_SCHEMAS}
 
     def future(self, method: str, data: bytes, timeout: float):

@@ -97,7 +97,9 @@ def test_add_through_coordinator_with_a_shard_killed_mid_add(corpora, tmp_path):
             client.add(str(d / "b"), batch=200, progress=progress)
         port = addrs[2].rsplit(":", 1)[1]
         procs[2], addrs[2] = _shard(idx, 2, port)       # restarted on its address
-        time.sleep(1.0)
+        # the coordinator's channel retries at most a second apart (transport.CHANNEL_OPTIONS,
+        # +20% jitter): past that it has found the restarted shard
+        time.sleep(1.5)
         # re-run the same add through the CLI: completes it, every event exactly once
         r = subprocess.run([str(EXE), "add", "--remote", coord, str(d / "b"), "--batch", "200"],
                            capture_output=True, text=True, timeout=600)
