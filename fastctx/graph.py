@@ -181,7 +181,7 @@ class GraphAccess(Protocol):
     def slot_entity(self, rows: Sequence[int]) -> np.ndarray:
         """Per row, the smallest id of a slot entity it mentions, or -1."""
 
-    def actors(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def actors(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The actors (entities flagged derive.FLAG_ACTOR: people, users, authors, speakers) each
         row mentions, in CSR form: (pointer over `rows`, their global entity ids, the share of
         all events that mention each). Optional, as `lexical` is: a graph without it gives no

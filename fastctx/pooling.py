@@ -5,8 +5,9 @@ kept for a chain that reaches the head whoever worked it (`same_story`), kept fo
 history of another kind (`kind_history`), scaled by its support in time
 below full confidence (`time_coherence`), and raised to what a candidate whose chain reaches it
 passes on (`inherit`). `pooled_evidence` sums the weighted path scores per event and keeps the
-first largest contribution as its why-path; `order_key` orders them, by the question too below
-full confidence; `add_team` adds the best chain's people's other events as weak evidence.
+first largest contribution as its why-path; `focus` orders them, by the question too below full
+confidence, and `tie_break` among equal ones; `add_team` adds the best chain's people's other
+events as weak evidence.
 
 Reads the event graph only through `graph.GraphAccess` (one process and a coordinator alike).
 """
