@@ -20,7 +20,9 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           explains the best match continues its story), if that path is not too weak for the
           chain's confidence. The answer is the pooled chains, best evidence first (ties by
           similarity to the question): one scale for chain events and direct hits (a hit is its own
-          one-event chain). How broad it is follows how much causal structure the best chain
+          one-event chain). Weak pooled evidence (below `people_floor` of the best) stays only
+          where someone it names is named elsewhere in the pooled evidence. How broad the
+          answer is follows how much causal structure the best chain
           has (its evidence mass through anything but replies and same-actor links, relative
           to `chain_evidence`): a causal question gets its chain and ends there; a question
           whose evidence is several unrelated hits (a fact asked of a conversation) pools
@@ -215,6 +217,9 @@ class Engine:
         temperature = p.pool_temperature + (p.wide_temperature - p.pool_temperature) * (1.0 - confidence)
         weights, in_time = self._pool_weights(rows, times, cands, free, people, confidence, temperature, direction)
         uniq, value, why = pooling.pooled_evidence(cands, weights, p.pool_min_weight)
+        if p.people_floor > 0 and hasattr(g, "actors"):
+            keep = pooling.same_people(g, uniq, value, p.people_floor)
+            uniq, value, why = uniq[keep], value[keep], [w for w, k in zip(why, keep.tolist()) if k]
         # below full confidence the order, not the reported evidence, also follows the question
         order = pooling.focus(g, q, uniq, value, confidence, mean, dates, p) if p.question_focus > 0 else value
         best_first = np.lexsort((uniq, -pooling.tie_break(g, q, uniq, order, mean), -order))

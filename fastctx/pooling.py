@@ -5,9 +5,9 @@ kept for a chain that reaches the head whoever worked it (`same_story`), kept fo
 history of another kind (`kind_history`), scaled by its support in time
 below full confidence (`time_coherence`), and raised to what a candidate whose chain reaches it
 passes on (`inherit`). `pooled_evidence` sums the weighted path scores per event and keeps the
-first largest contribution as its why-path; `focus` orders them, by the question too below full
-confidence, and `tie_break` among equal ones; `add_team` adds the best chain's people's other
-events as weak evidence.
+first largest contribution as its why-path; `same_people` keeps the weak ones only where their
+people recur; `focus` orders them, by the question too below full confidence, and `tie_break`
+among equal ones; `add_team` adds the best chain's people's other events as weak evidence.
 
 Reads the event graph only through `graph.GraphAccess` (one process and a coordinator alike).
 """
@@ -113,6 +113,25 @@ def pooled_evidence(cands, weights, min_weight: float):
     vid = np.concatenate([res[4] for res in parts])[first].tolist()
     rank = np.repeat(np.asarray(keep), [len(res[0]) for res in parts])[first].tolist()
     return uniq, value, list(zip(par, vk, vid, rank))
+
+
+def same_people(g, rows, value, floor: float) -> np.ndarray:
+    """Which pooled events to keep: those with at least `floor` times the best evidence, and
+    weaker ones only where an actor they name (a person, user, author or speaker) is named by
+    another pooled event too. A story's weak steps are still the work of people seen elsewhere
+    in its evidence; a weak event by nobody else there is mostly a runner-up's look-alike
+    neighbourhood. Where the index names no actors, nothing is dropped."""
+    keep = value >= floor * float(value.max()) if len(value) else np.ones(0, bool)
+    if keep.all():
+        return keep
+    ptr, ids, _ = g.actors(rows)
+    ptr, ids = np.asarray(ptr, np.int64), np.asarray(ids, np.int64)
+    if not len(ids):
+        return np.ones(len(value), bool)
+    owner = np.repeat(np.arange(len(rows)), ptr[1:] - ptr[:-1])
+    _, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    keep[owner[counts[inv.ravel()] > 1]] = True
+    return keep
 
 
 def focus(g, q, rows, value, confidence: float, mean, dates, params) -> np.ndarray:

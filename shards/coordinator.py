@@ -234,10 +234,10 @@ class DistributedGraph:
     def _row_fields(self) -> list[str]:
         """What a chain question reads of a hit or a reached row: its vector, time and budget, its
         kind when the engine weighs the asked kind, its actors when it weighs a chain's own people
-        (one fetch for all of them)."""
+        or keeps weak evidence by them (one fetch for all of them)."""
         p = self.params
         return (["vector", "time", "tokens"] + (["kind"] if p.kind_weight > 0 else [])
-                + (["actors"] if p.actor_coherence > 0 else []))
+                + (["actors"] if p.actor_coherence > 0 or p.people_floor > 0 else []))
 
     def _riders(self, reqs: dict, fields: list) -> dict:
         """Add to a chain's vector fetch (`heads.chain_relevance`, right after the expansion) the ids

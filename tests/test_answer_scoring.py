@@ -776,3 +776,38 @@ def test_a_chain_that_reaches_the_head_keeps_its_weight_whoever_worked_it():
     assert np.isclose(got[1], np.exp((0.8 - 0.8) / t)) and got[1] == 1.0     # as without the term
     assert got[2] == weights[2] and got[0] == 1.0
     assert pooling.same_story(weights, cands, rows, {0: 0.0, 1: 0.0, 2: 0.0}, t) == weights
+
+
+def _plain_same_people(table, value, floor):
+    best = max(value)
+    named = {}
+    for r in range(len(value)):
+        for a in table.get(r, []):
+            named[a] = named.get(a, 0) + 1
+    return [v >= floor * best or any(named[a] > 1 for a in table.get(r, [])) for r, v in enumerate(value)]
+
+
+def test_same_people_matches_a_plain_reading():
+    rng = np.random.default_rng(11)
+    for trial in range(100):
+        n = int(rng.integers(1, 30))
+        table = {r: sorted(set(rng.integers(0, 12, rng.integers(0, 3)).tolist())) for r in range(n)}
+        value = rng.uniform(0.0, 1.0, n) ** 3
+        floor = float(rng.choice([0.0, 0.05, 0.1, 0.5, 1.0]))
+        got = pooling.same_people(_Actors(table), np.arange(n), value, floor)
+        assert got.tolist() == _plain_same_people(table, value.tolist(), floor), trial
+
+
+def test_weak_evidence_stays_only_by_people_named_elsewhere_in_it():
+    """Rows 0-1 are strong; 2 is weak by ann, whom 0 names; 3 weak by bob, who is named by
+    nobody else; 4 weak by carol and 5 weaker by carol (each other's peer); 6 weak, naming
+    nobody. Below `people_floor` of the best, only 2, 4 and 5 stay."""
+    table = {0: [1], 1: [2], 2: [1], 3: [3], 4: [4], 5: [4]}
+    value = np.array([1.0, 0.5, 0.05, 0.05, 0.04, 0.02, 0.03])
+    assert pooling.same_people(_Actors(table), np.arange(7), value, 0.1).tolist() == [
+        True, True, True, False, True, True, False]
+    assert pooling.same_people(_Actors(table), np.arange(7), value, 0.0).all()     # off
+    assert pooling.same_people(_Actors({}), np.arange(7), value, 0.1).all()       # no actors known
+    assert 0 < AnswerParams().people_floor <= 1
+    with pytest.raises(Exception, match="people_floor"):
+        AnswerParams(people_floor=1.5)

@@ -11,7 +11,7 @@ import pytest
 from conftest import built_and_added, derived_links
 from fastctx.derive import comention_links
 from fastctx.encoder import HashingEncoder
-from fastctx.index import build
+from fastctx.index import Index, build
 from fastctx.params import AnswerParams, BuildParams
 from fastctx.sources import read_source, to_batch
 
@@ -124,10 +124,16 @@ def test_a_co_mention_reaches_the_unlinked_predecessor_and_is_no_causal_evidence
     on, _ = build(events, tmp_path / "on", params=BuildParams(comention_k=1))
     off, _ = build(events, tmp_path / "off", params=BuildParams(comention_k=0))
     assert "orig" in _links(on, ["fix"])["fix"]
+    # ann wrote nothing else, so with the default people floor this weak step is cut as a
+    # stranger's (pooling.same_people): what the co-mention reaches is read with the cut off
+    loose = AnswerParams(people_floor=0.0)
+    on, off = (Index(tmp_path / name, answer_params=loose) for name in ("on", "off"))
     got_on = [e.id for e in on.query(q, budget_tokens=30).events]
     got_off = [e.id for e in off.query(q, budget_tokens=30).events]
     assert "fix" in got_on and "orig" in got_on
     assert "fix" in got_off and "orig" not in got_off
+    by_default = [e.id for e in Index(tmp_path / "on").query(q, budget_tokens=30).events]
+    assert "fix" in by_default and "orig" not in by_default
     assert dict(AnswerParams().link_weights)["co_mention"] < dict(AnswerParams().link_weights)["reply"]
 
 

@@ -361,7 +361,8 @@ def test_chain_people_searched_in_one_round_same_answers(people_world):
 
 def test_a_chains_own_people_weigh_alike_on_a_cluster_with_no_round_of_their_own(people_world):
     """How much of a candidate's chain its own people worked (`AnswerParams.actor_coherence`)
-    changes answers in this world, and the coordinator gives the embedded answers either way:
+    changes answers in this world, and the coordinator gives the embedded answers either way
+    (with the people floor on weak evidence too):
     the rows' actors ride with the hits and the reached rows' vectors, never in a Fetch round
     of their own."""
     from dataclasses import replace
@@ -369,7 +370,8 @@ def test_a_chains_own_people_weigh_alike_on_a_cluster_with_no_round_of_their_own
     cases = [(q, kw) for q, kw in _cases(queries) if kw["type"] == "chain"]
     fetches = {}
     for w in (0.0, AnswerParams().actor_coherence):
-        params = replace(AnswerParams(), actor_coherence=w)
+        # off: neither actor signal (the head choice's term, the people floor on weak evidence)
+        params = replace(AnswerParams(), actor_coherence=w, people_floor=AnswerParams().people_floor if w else 0.0)
         co = open_local(four, params=params)
         rounds = _Rounds(co)
         one.answer_params, one._engine = params, None
