@@ -22,12 +22,11 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           similarity to the question): one scale for chain events and direct hits (a hit is its own
           one-event chain). Weak pooled evidence (below `people_floor` of the best) stays only
           where someone it names is named elsewhere in the pooled evidence. How broad the
-          answer is follows how much causal structure the best chain
-          has (its evidence mass through anything but replies and same-actor links, relative
-          to `chain_evidence`): a causal question gets its chain and ends there; a question
-          whose evidence is several unrelated hits (a fact asked of a conversation) pools
-          candidates more widely and lets direct hits, by fused relevance, take the
-          unexplained share of the budget.
+          answer is follows how much causal structure the best chain has (its evidence mass
+          through anything but replies and same-actor links, relative to `chain_evidence`): a
+          causal question gets its chain and ends there; a question whose evidence is several
+          unrelated hits (a fact asked of a conversation) pools candidates more widely and lets
+          direct hits, by fused relevance, take the unexplained share of the budget.
           The best chain's people (its actors: `person:`, `author:`, ...) bring their other events
           that are most like the chain, on the asked side of its head, as weak evidence after
           every stronger event: a story's steps are often worked by the same few people with no
