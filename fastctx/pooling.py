@@ -120,7 +120,8 @@ def same_people(g, rows, value, floor: float) -> np.ndarray:
     weaker ones only where an actor they name (a person, user, author or speaker) is named by
     another pooled event too. A story's weak steps are still the work of people seen elsewhere
     in its evidence; a weak event by nobody else there is mostly a runner-up's look-alike
-    neighbourhood. Where the index names no actors, nothing is dropped."""
+    neighbourhood. Where no pooled event names an actor (an index without people), nothing
+    is dropped."""
     keep = value >= floor * float(value.max()) if len(value) else np.ones(0, bool)
     if keep.all():
         return keep
