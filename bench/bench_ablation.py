@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILDS = {"default": BuildParams(), "terms off": BuildParams(text_terms=False),
           "words off (no lexical seeds)": BuildParams(text_words=False),
           "similar links on (k=3)": BuildParams(similar_k=3), "same_actor links off": BuildParams(actor_k=0),
+          "same_actor links at any actor excess (actor_min_excess 0)": BuildParams(actor_min_excess=0),
           "relands off": BuildParams(relands=False), "co_mention links off": BuildParams(comention_k=0),
           "co_cited links off": BuildParams(cocite_k=0)}
 _REPLY_HALF = tuple((t, 0.5 if t == "reply" else w) for t, w in AnswerParams().link_weights)

@@ -59,6 +59,7 @@ class BuildReport:
     new_entities: int = 0
     skipped: int = 0          # Index.add(on_existing="upsert"): identical events already present
     updated: int = 0          # ... and events that replaced an older version of their id
+    actor_excess: Optional[float] = None   # a build's derive.actor_excess (None: not measured)
 
 
 @dataclass

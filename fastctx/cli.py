@@ -130,6 +130,10 @@ def build(corpus_dir, index_dir: Path, encoder_spec: Optional[str], overwrite: b
     if report.dangling_links:
         ex = ", ".join(f"{a} -> {b}" for a, b in report.dangling_examples)
         click.echo(f"note: dropped {report.dangling_links} link(s) to ids not in the corpus (e.g. {ex})")
+    if report.actor_excess is not None and report.actor_excess < BuildParams.actor_min_excess:
+        click.echo(f"note: no same-actor links: people's events fall within the hour of each other about "
+                   f"as often as chance has them ({report.actor_excess:.2f} beyond chance, below "
+                   f"{BuildParams.actor_min_excess})")
 
 
 @main.command()

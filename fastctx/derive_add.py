@@ -23,6 +23,13 @@ _RELANDS, _SAME_ACTOR = LINK_CODE["relands"], LINK_CODE["same_actor"]
 _CO_MENTION, _CO_CITED, _TITLE_REVERTS = LINK_CODE["co_mention"], LINK_CODE["co_cited"], LINK_CODE["title_reverts"]
 
 
+def built_actor_k(shard) -> int:
+    """The `actor_k` the shard's build applied: 0 where it found its actors' closeness in time
+    to be chance and derived no same-actor links (derive.corpus_params); 1 (no limit) for a
+    build that did not record it."""
+    return int(((shard.manifest or {}).get("params") or {}).get("actor_k", 1))
+
+
 def links_at_add(shard, batch: EventBatch, params) -> tuple[list[int], list[str], list[int]]:
     """(source rows in `batch`, target ids, link type codes) of the added events' derived links."""
     out: tuple[list[int], list[str], list[int]] = ([], [], [])
@@ -30,7 +37,7 @@ def links_at_add(shard, batch: EventBatch, params) -> tuple[list[int], list[str]
     if params.title_reverts:   # first: the re-lands below follow them
         _title_reverts(live, batch, params, out)
     title_reverts = [(s, to) for s, to, c in zip(*out) if c == _TITLE_REVERTS]
-    if params.actor_k > 0:
+    if params.actor_k > 0 and built_actor_k(shard) > 0:
         _actor(live, batch, params, out)
     if params.relands:
         _relands(live, batch, out, title_reverts)

@@ -33,7 +33,7 @@ from .planner import SegmentPlan, plan_segment, walk_hits, walk_search
 from .seeds import allowed_mask, search_segment_batch
 from .shard import Shard, create_shard, load_parts
 from .types import Event, Hits
-from .derive import with_derived_links
+from .derive import corpus_params, with_derived_links
 from .view import View, holds_acl
 from .wal import WalWriter
 from .writer import LOCK_FILE, IndexWriter
@@ -727,6 +727,7 @@ def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
         return build_partitioned(read, index_dir, shards=shards, key=shard_key, overwrite=overwrite,
                                  params=params, progress=progress)
     batch, encoder_spec = read_for_build(corpus, index_dir, overwrite, progress, encoder)
+    params, actor_excess = corpus_params(batch, params)
     batch = with_derived_links(batch, params)
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.build.", dir=index_dir.parent))
@@ -739,6 +740,7 @@ def build(corpus: Any, index_dir: Union[str, Path], *, overwrite: bool = False,
         from .shard import read_manifest
         rows = DEFAULT_SEGMENT_ROWS if segment_rows is None else _segment_rows(segment_rows)
         report = append_time_cut(shard_dir, read_manifest(shard_dir), batch, params, rows, progress)
+        report.actor_excess = actor_excess
         publish_dir(tmp, index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

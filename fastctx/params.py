@@ -44,9 +44,13 @@ class BuildParams:
     # its actors (entities starting with one of `actor_prefixes`) within `actor_window_days`:
     # one sitting (an hour) of one person is usually one piece of work. Walked at a weak weight;
     # never counted as causal evidence (see AnswerParams.chain_evidence).
+    # Derived only where people work in sittings: a build measures how much of the actors'
+    # closeness in time chance does not explain (derive.actor_excess) and, below
+    # `actor_min_excess`, derives none (and records actor_k 0 for later adds). 0: always.
     actor_k: int = 2
     actor_window_days: float = 1.0 / 24
     actor_prefixes: tuple[str, ...] = ACTOR_PREFIXES
+    actor_min_excess: float = 0.4
     # Derived `relands` links: a later event whose title repeats that of a reverted event
     # re-lands the change and supersedes the revert (derive.reland_links). False disables.
     relands: bool = True
@@ -84,14 +88,17 @@ class BuildParams:
         _check_positive(self)
         if self.hnsw_m < 2:
             raise ValueError(f"BuildParams.hnsw_m must be >= 2, got {self.hnsw_m}")
+        if self.actor_min_excess > 1:
+            raise ValueError(f"BuildParams.actor_min_excess must be in [0, 1], got {self.actor_min_excess}")
 
     def manifest_params(self) -> dict:
         """What a shard's manifest records of the build (`params`): which entities are slots and
         which are actors is fixed in its entity flags (derive.FLAG_*). A manifest without
         `actor_prefixes` comes from a build before actors were flagged; `Shard.entity_flags`
-        flags them from their names."""
+        flags them from their names. `actor_k` is what the build applied (derive.corpus_params):
+        0 where it derived no same-actor links, so adds derive none either."""
         return {"slot_prefixes": list(self.slot_prefixes), "slot_kinds": list(self.slot_kinds),
-                "actor_prefixes": list(self.actor_prefixes)}
+                "actor_prefixes": list(self.actor_prefixes), "actor_k": int(self.actor_k)}
 
 
 @dataclass(frozen=True)

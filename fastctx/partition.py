@@ -37,7 +37,7 @@ import numpy as np
 
 from .columns import keys64
 from .corpus import LINK_TYPES, EventBatch
-from .derive import with_derived, with_derived_links
+from .derive import corpus_params, with_derived, with_derived_links
 from .errors import CorruptIndexError, InvalidQueryError
 from .params import BuildParams
 from .supersession import supersession_overlay
@@ -335,6 +335,7 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
     index_dir = Path(index_dir)   # the corpus may be any source of fastctx/sources.py
     batch, encoder_spec = read_for_build(corpus_dir, index_dir, overwrite, progress)
+    params, actor_excess = corpus_params(batch, params)
     batch = with_derived_links(batch, params)
     g = global_graph(batch, params)
     shard_in = shard_of(batch, shards, key)          # by input row
@@ -345,7 +346,7 @@ def build_partitioned(corpus_dir: Union[str, Path], index_dir: Union[str, Path],
     # totals over the whole corpus: an entity held by several shards counts once, a cross-shard
     # link once (per-shard sums would count the first several times and drop the second)
     report = BuildReport(n_events=len(batch), n_links=g["n_links"], dangling_links=g["dangling"],
-                         new_entities=len(g["ent_names"]))
+                         new_entities=len(g["ent_names"]), actor_excess=actor_excess)
     try:
         (tmp / LOCK_FILE).touch()
         write_marker(tmp, names, partition={"key": key, "shards": shards, "hash": "blake2b-64 mod N"},

@@ -240,6 +240,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
     from .partition import MAX_SHARDS, shard_of
     from .ray_graph import ray_parts
     from .ray_order import ray_sidecars
+    from .derive import corpus_params
     from .ray_links import ray_derived_links
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidQueryError(f"shards must be an integer in [1, {MAX_SHARDS}], got {shards!r}")
@@ -259,6 +260,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
     try:
         batch, encoder_spec = read_with_ray(corpus, index_dir, overwrite, progress, encoder,
                                             actors=embed_actors, batch_size=embed_batch, gpus=embed_gpus)
+        params, actor_excess = corpus_params(batch, params)                # same-actor links or none
         batch = ray_derived_links(batch, params)                           # links by Ray tasks
         parts = ray_parts(batch, params)                                   # per-event work in Ray tasks
         # each event's shard; for the id key, the ids' hashes are already in `parts` (shard_of's hash)
@@ -285,7 +287,7 @@ def build_ray(corpus: Any, index_dir: Union[str, Path], *, shards: int, ray: str
             raym.wait(pending, num_returns=len(pending))   # let every shard finish before a failure surfaces
             raym.get(pending)
         report = BuildReport(n_events=len(batch), n_links=g["n_links"], dangling_links=g["dangling"],
-                             new_entities=g["n_entities"])
+                             new_entities=g["n_entities"], actor_excess=actor_excess)
         for name in names:
             (stage / name / DONE).unlink()
         (stage / "STAGE.json").unlink()

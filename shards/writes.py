@@ -155,7 +155,6 @@ class ShardWriter:
         """Rewrite the shard directory from `events` (global order) and `arrays`/`meta` (its new
         sidecar), swap it in and reload the serving state."""
         from fastctx.format import fsync_dir
-        from fastctx.params import BuildParams
         from fastctx.partition import write_sidecar
         from fastctx.shard import append_segment, create_shard, read_manifest
         svc = self.svc
@@ -166,12 +165,13 @@ class ShardWriter:
             meta = dict(req["meta"])
             if int(meta.get("shard", -1)) != svc.shard_no:
                 raise InvalidQueryError(f"install for shard {meta.get('shard')} sent to shard {svc.shard_no}")
+            params = _install_params(meta)
             d = svc.index_dir
             tmp, old, cur = d / f".{svc.name}.install", d / f".{svc.name}.old", d / svc.name
             shutil.rmtree(tmp, ignore_errors=True)
             create_shard(tmp, batch.dim)
-            if len(batch):
-                append_segment(tmp, read_manifest(tmp), batch, BuildParams())
+            if len(batch):   # the manifest records the actor_k the cluster's sync applied
+                append_segment(tmp, read_manifest(tmp), batch, params)
             write_sidecar(tmp, {k: np.asarray(v) for k, v in req["arrays"].items()}, meta)
             if self._w is not None:     # releases the shard's lock and log
                 self._w.close()
@@ -198,6 +198,15 @@ class ShardWriter:
 
 
 # ------------------------------------------------------------------------------------ coordinator side
+def _install_params(meta: dict):
+    """The build params a sync applied (`actor_k` in the install's meta; absent: the default)."""
+    from fastctx.params import BuildParams
+    k = meta.get("actor_k", BuildParams.actor_k)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InvalidQueryError(f"install meta: actor_k must be an integer >= 0, got {k!r}")
+    return BuildParams(actor_k=k)
+
+
 def _call(cluster, k: int, method: str, req: dict, timeout_s: float) -> dict:
     """One shard's write stage on its only replica; ShardUnavailableError names shard and address."""
     import grpc
@@ -283,7 +292,7 @@ class ClusterWriter:
 
     def _sync(self) -> dict:
         from fastctx.columns import keys64
-        from fastctx.derive import with_derived_links
+        from fastctx.derive import corpus_params, with_derived_links
         from fastctx.params import BuildParams
         from fastctx.partition import global_graph, shard_of, sidecar_arrays
         t0 = time.perf_counter()
@@ -299,7 +308,9 @@ class ClusterWriter:
         batch = msg_batch({"events": recs, "vectors": np.concatenate(vecs) if vecs else None}, "sync")
         # input order (time, id key): the same for any layout of the same events, so a re-run agrees
         batch = batch.select(np.lexsort((keys64(batch.ids), batch.times)))
-        params = BuildParams()
+        # the build's params as this corpus applies them: same-actor links only where people work
+        # in sittings, which each shard's manifest records for its later adds
+        params, _ = corpus_params(batch, BuildParams())
         batch = with_derived_links(batch, params) if len(batch) else batch
         g = global_graph(batch, params)
         shard_no = shard_of(batch, n, key)[g["order"]]
@@ -310,7 +321,7 @@ class ClusterWriter:
             arrays = sidecar_arrays(g, shard_no, k, n)
             meta = {"shard": k, "n_shards": n, "key": key, "n_global": g["n"],
                     "n_entities_global": len(g["ent_names"]), "dim": batch.dim,
-                    "slot_kinds": list(params.slot_kinds), "encoder": spec}
+                    "slot_kinds": list(params.slot_kinds), "encoder": spec, "actor_k": params.actor_k}
             got = _call(self.cluster, k, "Install", {"gen": int(exports[k]["gen"]), "arrays": arrays, "meta": meta,
                                                      **batch_msg(sub, derived=True)}, self.timeout_s)
             if not got.get("installed", True):

@@ -117,6 +117,11 @@ def test_add_through_coordinator_with_a_shard_killed_mid_add(corpora, tmp_path):
         assert not [g["qid"] for g in got if g.get("partial")]
         same = sum(g["events"] == w["events"] for g, w in zip(got, want))
         assert same == len(want), (same, len(want))
+        # the sync decided on same-actor links over the whole corpus, as the one-shot build did,
+        # and every shard records it for its later adds
+        def built_actor_k(path):
+            return [json.loads(m.read_text())["params"]["actor_k"] for m in sorted(path.glob("shard-*/MANIFEST.json"))]
+        assert built_actor_k(idx) == built_actor_k(one) * N_SHARDS
         client.close()
     finally:
         for p in [*procs.values(), coord_p]:

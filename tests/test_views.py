@@ -337,7 +337,8 @@ def test_derived_links_do_not_change_content_hashes(tmp_path):
     (corpus / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     np.save(corpus / "vectors.npy", enc.encode([r["text"] for r in recs]).astype(np.float32))
     (corpus / "meta.json").write_text(json.dumps({"format": "orgmem-v1", "name": "c", "dim": 32, "n_events": 60}))
-    idx, rep = fastctx.build(corpus, tmp_path / "i", params=BuildParams(actor_k=2, actor_window_days=14, similar_k=2, similar_z=0.5))
+    idx, rep = fastctx.build(corpus, tmp_path / "i", params=BuildParams(actor_k=2, actor_window_days=14, actor_min_excess=0,
+                                                                   similar_k=2, similar_z=0.5))
     assert any(l[1] == "same_actor" for e in idx.search(enc.encode(["retry"])[0], k=60, unrestricted=True).events(0)
                for l in e.links)
     w = fastctx.Index(tmp_path / "i", writable=True)
