@@ -251,6 +251,7 @@ class Engine:
         top = np.lexsort((pool, -prior))[:p.candidates]
         chosen = pool[top]
         expansions = g.expand(rows[chosen], np.ones(len(chosen), np.float32), direction, t_lo, t_hi, as_of)
+        expansions = heads.widen_thin(g, rows[chosen], expansions, direction, t_lo, t_hi, as_of, p.widen_below)
         relevance = heads.chain_relevance(g, q, expansions, p.relevance_mass)
         # read after the relevance: a coordinator fetches the reached rows' actors with their vectors
         weigh = p.actor_coherence > 0 and hasattr(g, "actors")

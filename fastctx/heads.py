@@ -214,6 +214,34 @@ def context_reached(g, expansion, prefixes: tuple, unit: float) -> np.ndarray:
     return out
 
 
+def widen_thin(g, seeds: np.ndarray, expansions: list, direction: int, t_lo: int, t_hi: int,
+               as_of: Optional[int], below: float) -> list:
+    """`expansions` (one per row of `seeds`, walked in one `direction`), those that gathered
+    less than `below` evidence (the path scores of what they reached) walked again both ways in
+    time within [t_lo, t_hi]: a chain's events lie before its head, but the relations between
+    them need not run backwards hop by hop (the first design note shares a name with a later
+    patch that the head never names). What the second walk reaches past its seed (later, for a
+    back question) is left out of the chain; it may have carried the walk. One more expansion
+    call for all thin seeds together, so a coordinator widens as one process does."""
+    if below <= 0 or direction == BOTH:
+        return expansions
+    thin = [j for j, ex in enumerate(expansions) if float(np.asarray(ex[1][1:], np.float64).sum()) < below]
+    if not thin:
+        return expansions
+    seeds = np.asarray(seeds, np.int64)[thin]
+    wide = g.expand(seeds, np.ones(len(thin), np.float32), BOTH, t_lo, t_hi, as_of)
+    t_seed = np.asarray(g.times(seeds.tolist()), np.int64)
+    out = list(expansions)
+    for j, ex, t0 in zip(thin, wide, t_seed.tolist()):
+        if not len(ex[0]):      # nothing came back (a shard down): the first walk stands
+            continue
+        t = np.asarray(g.times(np.asarray(ex[0], np.int64).tolist()), np.int64)
+        keep = (t <= t0) if direction == BACK else (t >= t0)
+        keep[0] = True      # the seed itself, first in its expansion
+        out[j] = tuple(np.asarray(a)[keep] for a in ex)
+    return out
+
+
 def confidence(expansion, unit: float, context: Optional[np.ndarray] = None) -> float:
     """How much causal structure a chain has, in [0, 1]: the path scores of the events its
     expansion reaches (the head excluded) through anything but a reply or same-actor link or

@@ -179,6 +179,10 @@ class AnswerParams:
     relevance_mass: float = 1.5      # ... counting up to this many units of evidence behind it, those
                                      # past the first only through causal links: a head with a
                                      # linked history beats a look-alike with one neighbour
+    # a candidate whose walk in the asked direction gathered less than this much evidence (one
+    # unit: what chain relevance counts in full) is walked again both ways in time, the events
+    # past it left out (heads.widen_thin); 0: never
+    widen_below: float = 1.0
     # weight of how much of a candidate's chain its own people worked (heads.actor_coherence: the
     # evidence it reaches through events sharing a person, user, author or speaker with it, up to
     # one unit): a story's steps are mostly worked by the same few people, a look-alike's

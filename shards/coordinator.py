@@ -72,7 +72,8 @@ class DistributedGraph:
         self.vecs = Vectors(self.n, coord.dim)
         self.cache: dict[str, dict] = {f: {} for f in ("time", "tokens", "kind", "sup", "slot", "id", "rev",
                                                          "visible", "actors")}
-        self.nbs: Optional[NeighbourStore] = None   # neighbour lists fetched (created by expand)
+        self.nbs: Optional[NeighbourStore] = None   # neighbour lists of the running expansion ...
+        self._nbs: dict[tuple, NeighbourStore] = {}  # ... one store per walk (direction, window)
         self.rk: Optional[ReachStore] = None         # entity lists of reached rows
         self.names: dict[tuple[int, int], str] = {}   # (row, entity id) -> entity name
         self._hint: Optional[tuple] = None             # what the why-paths will ask (see _riders)
@@ -774,8 +775,12 @@ class DistributedGraph:
         pmsg = self._params_msg(direction, t_lo, t_hi, as_of)
         seeds = np.asarray(seeds, np.int64)
         got = self.times(seeds.tolist())  # seed checks need their times
-        if self.nbs is None:
-            self.nbs = NeighbourStore(self.n)
+        # a row's neighbours depend on the walk's direction and window: a second walk of another
+        # kind in the same query (a thin chain widened, heads.widen_thin) has its own store
+        key = (int(direction), int(t_lo), int(t_hi), as_of)
+        if key not in self._nbs:
+            self._nbs[key] = NeighbourStore(self.n)
+        self.nbs = self._nbs[key]
         tc = self.cache["time"]
         ok = np.zeros(len(seeds), np.uint8)
         for i, r in enumerate(seeds.tolist()):
@@ -825,8 +830,13 @@ class DistributedGraph:
         """What the why-paths of an expansion's events will ask (see `_riders`)."""
         par, kind, via = np.asarray(par, np.int64), np.asarray(kind), np.asarray(via, np.int64)
         ent = (kind == 2) & (par >= 0)
-        pairs = np.unique(np.stack([par[ent], via[ent]], 1), axis=0) if ent.any() else np.zeros((0, 2), np.int64)
-        self._hint = (np.unique(par[par >= 0]), pairs[:, 0], pairs[:, 1])
+        pairs = np.stack([par[ent], via[ent]], 1)
+        parents = par[par >= 0]
+        if self._hint is not None:   # a second walk before the fetch (heads.widen_thin): both ride
+            parents = np.concatenate([self._hint[0], parents])
+            pairs = np.concatenate([np.stack(self._hint[1:], 1), pairs])
+        pairs = np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), np.int64)
+        self._hint = (np.unique(parents), pairs[:, 0], pairs[:, 1])
 
 
 def set_aside(cluster, shards) -> str:

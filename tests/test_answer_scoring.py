@@ -120,8 +120,8 @@ def test_chain_answer_is_empty_not_an_error_when_every_expansion_came_back_empty
 
 
 class _OneHopGraph:
-    """Every head reaches one later event (row + 100) through one link of type `link`; 20 hits
-    with falling similarity; every event costs one token."""
+    """Every head reaches one event (row + 100, just before it) through one link of type `link`;
+    20 hits with falling similarity; every event costs one token."""
 
     def __init__(self, link: str):
         # "entity:<name>": the hop goes through a shared entity of that name instead of a link
@@ -140,7 +140,8 @@ class _OneHopGraph:
         return v
 
     def times(self, rows):
-        return np.asarray(rows, np.int64) * 10
+        rows = np.asarray(rows, np.int64)
+        return np.where(rows >= 100, (rows - 100) * 10 - 5, rows * 10)
 
     def kinds(self, rows):   # one kind: the asked kind tells nothing
         return np.zeros(len(rows), np.int64)
@@ -811,3 +812,56 @@ def test_weak_evidence_stays_only_by_people_named_elsewhere_in_it():
     assert 0 < AnswerParams().people_floor <= 1
     with pytest.raises(Exception, match="people_floor"):
         AnswerParams(people_floor=1.5)
+
+
+def _thin_story(tmp_path, strong_links: bool):
+    """Filler commits, and a story whose head (`bug`) names a config only the design note
+    (`design`, earlier) names; the design note shares its ticket with a later patch (`patch`,
+    still before the head) and with an event after the head (`later`). With `strong_links` the
+    head also fixes two other commits: more than one unit of evidence behind it."""
+    import random
+    from fastctx.index import build
+    rng = random.Random(3)
+    words = ["queue", "retry", "cache", "parser", "index", "socket", "timer", "pool", "codec", "shard"]
+    t0, day = 1_704_067_200, 86_400
+    events = [{"id": f"f{i:03d}", "time": t0 + i * 3 * day, "source": "git", "kind": "commit",
+               "text": f"{rng.choice(words)} {rng.choice(words)} tweak {i}", "entities": [f"person:dev{i % 5}"]}
+              for i in range(100)]
+    story = [("design", 100, "design note for ledger reconciliation rounding", ["config:ledger.rounding", "ticket:LED-7"]),
+             ("patch", 150, "patch ledger totals computed per account", ["ticket:LED-7"]),
+             ("bug", 200, "ledger reconciliation drops cents when rounding", ["config:ledger.rounding"]),
+             ("later", 230, "monthly report follow-up", ["ticket:LED-7"])]
+    for eid, d, text, ents in story:   # the patch by someone else: not one of the chain's people
+        events.append({"id": eid, "time": t0 + d * day, "source": "git", "kind": "commit", "text": text,
+                       "entities": ents + ["person:bob" if eid == "patch" else "person:ann"]})
+    if strong_links:
+        events[-2]["links"] = [{"to": "f050", "type": "fixes"}, {"to": "f051", "type": "fixes"}]
+    idx, _ = build(events, tmp_path / f"thin{strong_links}")
+    return idx.path
+
+
+@pytest.mark.parametrize("strong_links", [False, True])
+def test_a_thin_chain_is_walked_both_ways_but_never_past_its_head(tmp_path, strong_links):
+    from fastctx.graph import LocalGraph
+    from fastctx.index import Index
+    path = _thin_story(tmp_path, strong_links)
+    q = "ledger reconciliation drops cents when rounding"
+    got = {e.id: e.why for e in Index(path).query(q, budget_tokens=400).events}
+    off = {e.id for e in Index(path, answer_params=AnswerParams(widen_below=0)).query(q, budget_tokens=400).events}
+    assert {"bug", "design"} <= set(got) and {"bug", "design"} <= off
+    assert "patch" not in off                        # later than the design note: a back walk stops there
+    if strong_links:                                 # more than one unit: not widened
+        assert "patch" not in got
+    else:
+        assert got["patch"] == "shares ticket:LED-7 with design"
+    # the widened walk itself: through the design note to the patch, never to what follows the head
+    idx = Index(path)
+    g, back = LocalGraph(idx), heads.DIRECTIONS["back"]
+    bug = idx.get(["bug"])[0].row
+    lo, hi = -(2 ** 62), 2 ** 62
+    walked = g.expand(np.array([bug]), np.ones(1, np.float32), back, lo, hi, None)
+    widened = heads.widen_thin(g, np.array([bug]), walked, back, lo, hi, None, AnswerParams().widen_below)
+    reached = set(g.ids(widened[0][0].tolist()))
+    assert "design" in reached and "later" not in reached
+    assert ("patch" in reached) == (not strong_links)
+    assert widened[0][0][0] == bug and (strong_links or len(widened[0][0]) > len(walked[0][0]))
