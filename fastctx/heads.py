@@ -228,17 +228,20 @@ def widen_thin(g, seeds: np.ndarray, expansions: list, direction: int, t_lo: int
     thin = [j for j, ex in enumerate(expansions) if float(np.asarray(ex[1][1:], np.float64).sum()) < below]
     if not thin:
         return expansions
-    seeds = np.asarray(seeds, np.int64)[thin]
-    wide = g.expand(seeds, np.ones(len(thin), np.float32), BOTH, t_lo, t_hi, as_of)
-    t_seed = np.asarray(g.times(seeds.tolist()), np.int64)
+    wide = g.expand(np.asarray(seeds, np.int64)[thin], np.ones(len(thin), np.float32), BOTH, t_lo, t_hi, as_of)
+    lens = [len(ex[0]) for ex in wide]
+    if not sum(lens):
+        return expansions
+    # every reached row's time in one read; each seed is first in its own expansion
+    t = np.asarray(g.times(np.concatenate([ex[0] for ex in wide]).astype(np.int64).tolist()), np.int64)
     out = list(expansions)
-    for j, ex, t0 in zip(thin, wide, t_seed.tolist()):
-        if not len(ex[0]):      # nothing came back (a shard down): the first walk stands
-            continue
-        t = np.asarray(g.times(np.asarray(ex[0], np.int64).tolist()), np.int64)
-        keep = (t <= t0) if direction == BACK else (t >= t0)
-        keep[0] = True      # the seed itself, first in its expansion
-        out[j] = tuple(np.asarray(a)[keep] for a in ex)
+    at = 0
+    for j, ex, n in zip(thin, wide, lens):
+        if n:       # nothing came back (a shard down): the first walk stands
+            tj = t[at:at + n]
+            keep = (tj <= tj[0]) if direction == BACK else (tj >= tj[0])
+            out[j] = tuple(np.asarray(a)[keep] for a in ex)
+        at += n
     return out
 
 
