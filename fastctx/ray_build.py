@@ -9,7 +9,9 @@ tasks that give the same arrays, so the index answers exactly as the in-process 
 * the derived links (`similar`, `same_actor`, `co_mention`, `relands`) are Ray tasks over
   blocks of events in time order, each with the earlier events its rules look back at, and the
   corpus-wide counts `co_mention` weighs by summed from per-block counts first
-  (fastctx/ray_links.py); the driver only concatenates the tasks' links;
+  (fastctx/ray_links.py); the driver only concatenates the tasks' links, after one pass over
+  the actors' mentions that decides whether same-actor links are derived at all
+  (`derive.corpus_params`, as every build path decides);
 * the whole-corpus pass gives `global_graph`'s arrays: its per-event inputs (derived entities,
   id and link keys, the entity vocabulary and frequencies) are partial aggregations over blocks
   of events in Ray tasks, merged exactly (fastctx/ray_graph.py); the global order, link
