@@ -228,18 +228,20 @@ def widen_thin(g, seeds: np.ndarray, expansions: list, direction: int, t_lo: int
     thin = [j for j, ex in enumerate(expansions) if float(np.asarray(ex[1][1:], np.float64).sum()) < below]
     if not thin:
         return expansions
-    wide = g.expand(np.asarray(seeds, np.int64)[thin], np.ones(len(thin), np.float32), BOTH, t_lo, t_hi, as_of)
+    seeds = np.asarray(seeds, np.int64)[thin]
+    wide = g.expand(seeds, np.ones(len(thin), np.float32), BOTH, t_lo, t_hi, as_of)
     lens = [len(ex[0]) for ex in wide]
     if not sum(lens):
         return expansions
-    # every reached row's time in one read; each seed is first in its own expansion
-    t = np.asarray(g.times(np.concatenate([ex[0] for ex in wide]).astype(np.int64).tolist()), np.int64)
+    # the seeds' and every reached row's times in one read
+    t = np.asarray(g.times(np.concatenate([seeds] + [np.asarray(ex[0], np.int64) for ex in wide]).tolist()),
+                   np.int64)
     out = list(expansions)
-    at = 0
-    for j, ex, n in zip(thin, wide, lens):
+    at = len(seeds)
+    for j, t_seed, ex, n in zip(thin, t[:len(seeds)].tolist(), wide, lens):
         if n:       # nothing came back (a shard down): the first walk stands
             tj = t[at:at + n]
-            keep = (tj <= tj[0]) if direction == BACK else (tj >= tj[0])
+            keep = (tj <= t_seed) if direction == BACK else (tj >= t_seed)
             out[j] = tuple(np.asarray(a)[keep] for a in ex)
         at += n
     return out
