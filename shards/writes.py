@@ -197,7 +197,6 @@ class ShardWriter:
                     "build": build_identity(svc.index_dir, svc.meta)}
 
 
-# ------------------------------------------------------------------------------------ coordinator side
 def _install_params(meta: dict):
     """The build params a sync applied (`actor_k` in the install's meta; absent: the default)."""
     from fastctx.params import BuildParams
@@ -207,6 +206,7 @@ def _install_params(meta: dict):
     return BuildParams(actor_k=k)
 
 
+# ------------------------------------------------------------------------------------ coordinator side
 def _call(cluster, k: int, method: str, req: dict, timeout_s: float) -> dict:
     """One shard's write stage on its only replica; ShardUnavailableError names shard and address."""
     import grpc
