@@ -54,6 +54,7 @@ ENGINES = {"lexical weight 0": dict(lexical=0.0), "no inheritance": dict(inherit
            "a chain's own people not weighed in the head choice (actor_coherence 0)": dict(actor_coherence=0.0),
            "weak evidence by strangers kept (people_floor 0)": dict(people_floor=0.0),
            "thin chains not widened (widen_below 0)": dict(widen_below=0.0),
+           "no wider candidate pool among many look-alikes (many_candidates 64)": dict(many_candidates=64),
            "lexical matches many rows share not capped (lexical_max_matches 0)": dict(lexical_max_matches=0),
            "fill": "fill"}
 

@@ -9,7 +9,8 @@ chain   : which of the seed hits is the situation the query is about? Hits are f
           query's time window (asking "what led here" anchors at the latest matching
           situation) and their closeness to a date the question's text names, minus a penalty
           growing with how close a later hit is (an older version of the same thing). The best
-          `candidates` are expanded over the event graph (explicit links, rare shared entities
+          `candidates` (`many_candidates` where the hits are a small sample of many allowed
+          rows) are expanded over the event graph (explicit links, rare shared entities
           and identifier terms) in the asked direction and gain the
           relevance of their chain (how much the events they reach are about the query: a
           look-alike usually stands alone or sits among unrelated events) and how much of that
@@ -196,16 +197,20 @@ class Engine:
         t_hi = np.iinfo(np.int64).max if filters.as_of is None else filters.as_of
         vecs = np.asarray(g.vectors(rows), np.float32).astype(np.float64)
         mean = vecs.mean(axis=0) if len(rows) >= 8 else None
-        # a second search only when the first may have missed many rows: it returned all it was
-        # asked, out of several times as many allowed rows (or an unknown number)
-        if mean is not None and p.specific_seeds > 0 and len(rows) >= p.seed_k and self._many_allowed(g, filters):
+        # the first search may have missed many rows: it returned all it was asked, out of several
+        # times as many allowed rows (or an unknown number). Then a second, centred search, and a
+        # wider pool of candidate heads
+        many = mean is not None and len(rows) >= p.seed_k and self._many_allowed(g, filters)
+        if many and p.specific_seeds > 0:
             rows, sims, lex, vecs = self._specific_seeds(g, q, mean, rows, sims, lex, vecs, filters)
         times = np.asarray(g.times(rows), np.int64)
         specific = heads.specific_similarity(vecs, q, mean)
         # what a hit is worth as a head before its chain is seen, and as a direct hit
         base = (specific + p.recency * heads.recency(times, filters, direction) + p.lexical * lex
                 + p.date_weight * heads.named_dates(times, dates, p.date_scale_days))
-        cands, people = self._candidates(g, q, rows, vecs, times, base, direction, t_lo, t_hi, filters.as_of)
+        n_cands = p.many_candidates if many else p.candidates
+        cands, people = self._candidates(g, q, rows, vecs, times, base, n_cands, direction, t_lo, t_hi,
+                                         filters.as_of)
         confidence = self._confidence(g, cands[0][2])
         free = None
         if p.kind_weight > 0 and mean is not None:
@@ -237,18 +242,19 @@ class Engine:
             hits = [(int(rows[x]), float(fused[x]), "direct hit") for x in by_fused.tolist()]
         return pack(g, ranked, budget, hits, share, p.hits_first * (1.0 - confidence)), None
 
-    def _candidates(self, g, q, rows, vecs, times, base, direction: int, t_lo: int, t_hi: int, as_of):
-        """The possible chain heads, best first, as (score, hit, expansion): the `candidates` hits
+    def _candidates(self, g, q, rows, vecs, times, base, n_cands: int, direction: int, t_lo: int, t_hi: int,
+                    as_of):
+        """The possible chain heads, best first, as (score, hit, expansion): the `n_cands` hits
         with the best prior, `base` less a penalty growing with how close a later hit is (an
         older version of it), each expanded over the event graph in the asked direction and
         scored with its chain's relevance and how much of it the candidate's own people worked
         (also returned: that part of each score, by hit). The penalty only lowers a score, so it
         is computed for a pool of twice the candidates, not all hits."""
         p = self.params
-        pool = np.lexsort((np.arange(len(rows)), -base))[:2 * p.candidates]
+        pool = np.lexsort((np.arange(len(rows)), -base))[:2 * n_cands]
         later = heads.later_cos(vecs.astype(np.float32), times, pool, p.threads)
         prior = base[pool] - p.older_version_penalty * np.maximum(later - p.older_version_cos, 0.0)
-        top = np.lexsort((pool, -prior))[:p.candidates]
+        top = np.lexsort((pool, -prior))[:n_cands]
         chosen = pool[top]
         expansions = g.expand(rows[chosen], np.ones(len(chosen), np.float32), direction, t_lo, t_hi, as_of)
         expansions = heads.widen_thin(g, rows[chosen], expansions, direction, t_lo, t_hi, as_of, p.widen_below)

@@ -148,7 +148,14 @@ class AnswerParams:
     expansion: str = "best_first"
     ppr_alpha: float = 0.3           # PPR teleport probability
     ppr_epsilon: float = 1e-3        # PPR push threshold
-    candidates: int = 64             # hits expanded as possible chain heads
+    candidates: int = 64             # hits expanded as possible chain heads ...
+    # ... or this many where the second, centred search is asked (the hits are a small sample of
+    # many look-alikes: seed_k filled out of at least specific_allowed_ratio times as many allowed
+    # rows), since there the asked event's prior ranks lower among them. 128: chain recall 1e6
+    # knobs A 0.800 -> 0.815, knobs F 0.777 -> 0.814, 3.4M events 0.681 -> 0.712, for about +2 ms
+    # chain p50 at 1e6; real histories within -0.008..+0.004; conversations and 1e5 questions
+    # (fewer allowed rows) keep `candidates` (bench/README.md, "A wider candidate pool")
+    many_candidates: int = 128
     threads: int = 2                 # threads one answer's expansions and older-version test run
                                      # in (independent parts, identical results; fastctx.parallel)
     # a reply is conversation structure (what came next), not a cause: it weighs what the other
@@ -295,7 +302,7 @@ class AnswerParams:
         except ValueError as e:
             raise InvalidQueryError(str(e)) from None
         # a hit, a head, a thread, a member of the chain
-        for name in ("seed_k", "current_seed_k", "candidates", "threads", "team_members"):
+        for name in ("seed_k", "current_seed_k", "candidates", "many_candidates", "threads", "team_members"):
             if getattr(self, name) < 1:
                 raise InvalidQueryError(f"AnswerParams.{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 < self.ppr_alpha <= 1:

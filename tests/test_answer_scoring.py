@@ -290,6 +290,36 @@ def test_specific_seeds_find_the_asked_event_that_plain_similarity_ranks_below_t
     assert idx.allowed_count(Filters(), 8, idx.view()) == 301
 
 
+def test_many_candidates_where_the_hits_are_a_small_sample_of_many_allowed_rows(tmp_path):
+    """The first walk expands `candidates` heads, or `many_candidates` where the seed search filled
+    seed_k out of at least specific_allowed_ratio times as many allowed rows (the same test that
+    asks the second, centred search): among many look-alikes the asked event's prior ranks lower."""
+    from dataclasses import replace
+
+    from conftest import event, write_corpus
+    from fastctx.index import Index, build
+
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(301, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    recs = [event(i, time=1_700_000_000 + 3600 * i, tokens=10) for i in range(len(vecs))]
+    build(write_corpus(tmp_path / "c", recs, vecs), tmp_path / "i")
+    idx = Index(tmp_path / "i")
+    q = vecs[7] + vecs[9]
+
+    def first_walk(**kw):
+        params = replace(AnswerParams(), seed_k=8, candidates=2, many_candidates=5, specific_seeds=0, **kw)
+        eng = Engine(idx, params=params)
+        walked, expand = [], eng.g.expand
+        eng.g.expand = lambda seeds, *a: walked.append(list(seeds)) or expand(seeds, *a)
+        eng.run(q, "chain", Filters(), "back", 100)
+        return walked[0]
+    wide = first_walk(specific_allowed_ratio=301 / 8)
+    narrow = first_walk(specific_allowed_ratio=302 / 8)
+    hits = set(idx.search(q, k=8).rows[0].tolist())
+    assert len(set(wide)) == 5 and len(set(narrow)) == 2 and set(wide) | set(narrow) <= hits
+
+
 def test_index_answer_params_reach_the_engine(tmp_path):
     from conftest import event, write_corpus
     from fastctx.index import Index, build
