@@ -119,17 +119,24 @@ def test_in_process_coordinator_equals_embedded(world):
 
 def test_specific_seeds_second_search_same_answers_sharded(world, monkeypatch):
     """The chain's second seed search (query less the hits' mean) runs through the same
-    protocol call, so the coordinator answers exactly as the embedded engine does."""
+    protocol call, and the wider candidate pool is chosen by the same allowed count (the
+    coordinator's from its shards' Search replies), so the coordinator answers exactly as the
+    embedded engine does."""
     from fastctx.answer import Engine
-    added = []
-    inner = Engine._specific_seeds
+    added, pools = [], []
+    inner, inner_c = Engine._specific_seeds, Engine._candidates
 
     def spy(self, g, q, mean, rows, *rest):
         out = inner(self, g, q, mean, rows, *rest)
         added.append(len(out[0]) - len(rows))
         return out
+
+    def spy_c(self, g, q, rows, vecs, times, base, n_cands, *rest):
+        pools.append(n_cands)
+        return inner_c(self, g, q, rows, vecs, times, base, n_cands, *rest)
     monkeypatch.setattr(Engine, "_specific_seeds", spy)
-    params = AnswerParams(seed_k=64, specific_seeds=64)
+    monkeypatch.setattr(Engine, "_candidates", spy_c)
+    params = AnswerParams(seed_k=64, specific_seeds=64, candidates=8, many_candidates=24)
     one = Engine(world["one"], params=params)
     co = open_local(world["four_dir"], params=params)
     n = 0
@@ -141,6 +148,7 @@ def test_specific_seeds_second_search_same_answers_sharded(world, monkeypatch):
         _same(a, co.query(q, **kw), f"case {i} {kw}")
         n += 1
     assert n == 8 * 3 and sum(x > 0 for x in added) >= 8   # the second search found new hits
+    assert pools[0::2] == pools[1::2] and set(pools) == {8, 24}   # each pool as one process chose it
 
 
 def test_four_servers_equal_one_embedded_shard(world, cluster):
