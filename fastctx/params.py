@@ -152,9 +152,10 @@ class AnswerParams:
     # ... or this many where the second, centred search is asked (the hits are a small sample of
     # many look-alikes: seed_k filled out of at least specific_allowed_ratio times as many allowed
     # rows), since there the asked event's prior ranks lower among them. 128: chain recall 1e6
-    # knobs A 0.800 -> 0.815, knobs F 0.777 -> 0.814, 3.4M events 0.681 -> 0.712, for about +2 ms
-    # chain p50 at 1e6; real histories within -0.008..+0.004; conversations and 1e5 questions
-    # (fewer allowed rows) keep `candidates` (bench/README.md, "A wider candidate pool")
+    # knobs A 0.800 -> 0.811, knobs F 0.777 -> 0.815, 3.4M events 0.681 -> 0.712, for about +4 ms
+    # chain p50 at 1e6; git histories of 4,096 commits and more -0.008..+0.004 (libevent without
+    # ids: 2 of 12 questions lost); conversations and 1e5 questions (fewer allowed rows) keep
+    # `candidates` (bench/README.md, "A wider candidate pool")
     many_candidates: int = 128
     threads: int = 2                 # threads one answer's expansions and older-version test run
                                      # in (independent parts, identical results; fastctx.parallel)
