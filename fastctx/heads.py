@@ -234,8 +234,7 @@ def widen_thin(g, seeds: np.ndarray, expansions: list, direction: int, t_lo: int
     if not sum(lens):
         return expansions
     # the seeds' and every reached row's times in one read
-    t = np.asarray(g.times(np.concatenate([seeds] + [np.asarray(ex[0], np.int64) for ex in wide]).tolist()),
-                   np.int64)
+    t = np.asarray(g.times(np.concatenate([seeds] + [np.asarray(ex[0], np.int64) for ex in wide])), np.int64)
     out = list(expansions)
     at = len(seeds)
     for j, t_seed, ex, n in zip(thin, t[:len(seeds)].tolist(), wide, lens):
