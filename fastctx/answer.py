@@ -178,8 +178,9 @@ class Engine:
         new = new[~np.isin(new, rows)]
         if len(new) == 0:
             return rows, sims, lex, vecs
-        nv = np.asarray(g.vectors(new), np.float64)
-        return (np.concatenate([rows, new]), np.concatenate([sims, nv @ np.asarray(q, np.float64)]),
+        nv = np.asarray(g.vectors(new), np.float32)
+        nsims = (nv @ np.asarray(q, np.float32)).astype(np.float64)
+        return (np.concatenate([rows, new]), np.concatenate([sims, nsims]),
                 np.concatenate([lex, np.zeros(len(new))]), np.vstack([vecs, nv]))
 
     # -- chain ---------------------------------------------------------------------------------
@@ -195,8 +196,9 @@ class Engine:
         slack = int(p.window_slack_days * DAY)
         t_lo = max(t_lo - slack, np.iinfo(np.int64).min // 2) if filters.time_from is not None else t_lo
         t_hi = np.iinfo(np.int64).max if filters.as_of is None else filters.as_of
-        vecs = np.asarray(g.vectors(rows), np.float32).astype(np.float64)
-        mean = vecs.mean(axis=0) if len(rows) >= 8 else None
+        # single precision as stored: a float64 copy of every hit's vector costs more than it buys
+        vecs = np.asarray(g.vectors(rows), np.float32)
+        mean = vecs.mean(axis=0, dtype=np.float64) if len(rows) >= 8 else None
         # the first search may have missed many rows: it returned all it was asked, out of several
         # times as many allowed rows (or an unknown number). Then a second, centred search, and a
         # wider pool of candidate heads
@@ -252,7 +254,7 @@ class Engine:
         is computed for a pool of twice the candidates, not all hits."""
         p = self.params
         pool = np.lexsort((np.arange(len(rows)), -base))[:2 * n_cands]
-        later = heads.later_cos(vecs.astype(np.float32), times, pool, p.threads)
+        later = heads.later_cos(vecs, times, pool, p.threads)
         prior = base[pool] - p.older_version_penalty * np.maximum(later - p.older_version_cos, 0.0)
         top = np.lexsort((pool, -prior))[:n_cands]
         chosen = pool[top]

@@ -77,17 +77,23 @@ def named_dates(times: np.ndarray, dates: Sequence[tuple[int, int]], scale_days:
 def specific_similarity(vecs: np.ndarray, q: np.ndarray, mean: Optional[np.ndarray] = None) -> np.ndarray:
     """Cosine of each hit to the query after removing what the hits share (`mean`, by default
     their mean): the words every hit has (the service, the topic) stop counting, and what is
-    specific to the query's situation decides. Plain similarity when there are too few hits."""
+    specific to the query's situation decides. Plain similarity when there are too few hits.
+    The products run in the vectors' own precision (no float64 copy of single-precision hits);
+    the result is float64."""
     q = np.asarray(q, np.float64)
+    dt = vecs.dtype if vecs.dtype in (np.float32, np.float64) else np.float64
+    vecs = np.asarray(vecs, dt)
     if len(vecs) < 8:
-        return vecs @ q
+        return (vecs @ q.astype(dt)).astype(np.float64)
     if mean is None:
-        mean = vecs.mean(axis=0)
+        mean = vecs.mean(axis=0, dtype=np.float64)
     # (v - m).(q - m) and |v - m| expanded, so no centred copy of the hits is made
     qc = q - mean
-    v_m = vecs @ mean
-    sq = np.maximum(np.einsum("ij,ij->i", vecs, vecs) - 2.0 * v_m + float(mean @ mean), 0.0)
-    return (vecs @ qc - float(mean @ qc)) / np.maximum(np.sqrt(sq) * np.linalg.norm(qc), 1e-12)
+    v_qc = (vecs @ qc.astype(dt)).astype(np.float64)
+    v_m = (vecs @ mean.astype(dt)).astype(np.float64)
+    v_v = np.einsum("ij,ij->i", vecs, vecs).astype(np.float64)
+    sq = np.maximum(v_v - 2.0 * v_m + float(mean @ mean), 0.0)
+    return (v_qc - float(mean @ qc)) / np.maximum(np.sqrt(sq) * np.linalg.norm(qc), 1e-12)
 
 
 def question_similarity(g, q: np.ndarray, rows: np.ndarray, mean: Optional[np.ndarray]) -> np.ndarray:
