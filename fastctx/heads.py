@@ -99,9 +99,9 @@ def specific_similarity(vecs: np.ndarray, q: np.ndarray, mean: Optional[np.ndarr
 def question_similarity(g, q: np.ndarray, rows: np.ndarray, mean: Optional[np.ndarray]) -> np.ndarray:
     """Query-specific similarity of any rows (reached events too) relative to the hits' `mean`;
     plain similarity where there were too few hits to have one."""
-    vecs = np.asarray(g.vectors(rows), np.float64)
+    vecs = np.asarray(g.vectors(rows), np.float32)
     if mean is None:
-        return vecs @ np.asarray(q, np.float64)
+        return (vecs @ np.asarray(q, np.float32)).astype(np.float64)
     return specific_similarity(vecs, q, mean)
 
 
@@ -149,7 +149,8 @@ def chain_relevance(g, q: np.ndarray, expansions, mass_cap: float = 1.0) -> np.n
     flat = np.concatenate([res[0][1:] for res in expansions])
     # candidates reach many of the same rows: each row's vector is read once
     uniq, inv = np.unique(flat, return_inverse=True)
-    qsim = np.maximum(np.asarray(g.vectors(uniq), np.float64) @ np.asarray(q, np.float64), 0.0)[inv.ravel()]
+    qsim = (np.asarray(g.vectors(uniq), np.float32) @ np.asarray(q, np.float32)).astype(np.float64)
+    qsim = np.maximum(qsim, 0.0)[inv.ravel()]
     ev = np.concatenate([res[1][1:] for res in expansions]).astype(np.float64)
     owner = np.repeat(np.arange(n), lens)
     mass = np.bincount(owner, weights=ev, minlength=n)
