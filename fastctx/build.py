@@ -26,6 +26,7 @@ import msgpack
 import numpy as np
 from pyroaring import BitMap
 
+from .codes import worth_writing, write_codes
 from .columns import csr_from_pairs, keys64, write_strings
 from .compaction import DEFAULT_SEGMENT_ROWS  # noqa: F401 - re-exported
 from .corpus import DERIVED_LINK_TYPES, LINK_CODE, LINK_TYPES, EventBatch
@@ -271,6 +272,8 @@ def save_segment(seg_dir: Path, arrays: SegmentArrays, ctx: ShardContext, params
     files += ["bitmaps.msgpack", "payload.bin"]
     hnsw = None
     vectors = arrays.cols["vectors.npy"]
+    if worth_writing(n):
+        files += write_codes(seg_dir, vectors)
     if n >= params.hnsw_min_rows:
         hnsw = {"space": "ip", "M": params.hnsw_m, "ef_construction": params.hnsw_ef_construction,
                 "seed": params.seed}

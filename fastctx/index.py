@@ -505,12 +505,15 @@ class Index(IndexWriter):
     def warm_up(self, engine: bool = True) -> None:
         """Compile kernels and build shard-wide views now rather than inside the first query.
         `engine=False` warms the seed search only (a shard server never runs the engine)."""
-        from .kernels.scan import dot_range, dot_rows
+        from .kernels.scan import code_dot_range, code_dot_rows, dot_range, dot_rows
         q = np.zeros(self.dim, np.float32)
         for shard in self.shards:
             for seg in shard.segments:  # each distinct array type (memory map or in memory) compiles once
                 dot_rows(seg.vectors, np.zeros(min(1, seg.n), np.int64), q)
                 dot_range(seg.vectors, 0, min(1, seg.n), q)
+                if seg.codes is not None:
+                    code_dot_rows(seg.codes.codes, seg.codes.scale, np.zeros(min(1, seg.n), np.int64), q)
+                    code_dot_range(seg.codes.codes, seg.codes.scale, 0, min(1, seg.n), q)
         if any(seg.has_hnsw for shard in self.shards for seg in shard.segments):
             from .kernels.hnsw_search import warm_up as warm_walk
             warm_walk(self.dim)   # compiles the filtered walk without reading any graph

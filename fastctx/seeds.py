@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from .codes import Codes, candidates, worth_it
 from .filters import Allowed
 from .kernels.scan import dot_range, dot_rows
 from .parallel import cuts, run_parts
@@ -16,9 +17,14 @@ EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.float32))
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k best scores, best first; ties by position (deterministic)."""
+    """Positions of the k best scores, best first; ties by position, at the k-th score too (the
+    same rows whichever other rows were scanned)."""
     if len(scores) > k:
         part = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[part].min()
+        above = np.flatnonzero(scores > kth)
+        if len(above) + np.count_nonzero(scores == kth) > k:     # a tie across the line: lowest positions
+            part = np.concatenate([above, np.flatnonzero(scores == kth)[:k - len(above)]])
     else:
         part = np.arange(len(scores))
     return part[np.lexsort((part, -scores[part]))]
@@ -41,8 +47,20 @@ def scan_scores(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, rows: Opti
     return out[0] if len(out) == 1 else np.concatenate(out)
 
 
-def exact_search(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, k: int, threads: int = 1):
+def exact_search(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, k: int, threads: int = 1,
+                 codes: Optional[Codes] = None):
+    """The k allowed rows most similar to `q`, best first, ties by row. With the segment's int8
+    `codes` (fastctx.codes) a large scan reads the codes first and scores in float32 only the
+    rows that could be among the k best: the same rows and scores as the plain scan."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
     rows = None if allowed.is_range else allowed.rows()
+    n = allowed.hi - allowed.lo if rows is None else len(rows)
+    if k < n and worth_it(codes, n, k):
+        pos = candidates(codes, q, allowed.lo, rows, n, k, threads)
+        rows = pos + allowed.lo if rows is None else rows[pos]
+        scores = scan_scores(vectors, q, allowed, rows, threads)
+        best = top_k(scores, k)
+        return rows[best], scores[best]
     scores = scan_scores(vectors, q, allowed, rows, threads)
     best = top_k(scores, k)
     return (best + allowed.lo if rows is None else rows[best]), scores[best]
@@ -62,7 +80,7 @@ def _hnsw_knn(index, qs: np.ndarray, k: int, ef: int):
 
 
 def hnsw_search(index, n: int, q: np.ndarray, allowed: Allowed, k: int, params: SearchParams,
-                vectors: np.ndarray):
+                vectors: np.ndarray, codes: Optional[Codes] = None):
     if allowed.count == n:
         return _hnsw_query(index, q, min(k, n), params.ef_search)
     fetch = min(n, math.ceil(k * n / allowed.count * params.overfetch) + 16)
@@ -74,7 +92,7 @@ def hnsw_search(index, n: int, q: np.ndarray, allowed: Allowed, k: int, params: 
             order = np.lexsort((rows, -scores))[:k]
             return rows[order], scores[order]
         fetch = min(n, fetch * 2)
-    return exact_search(vectors, q, allowed, k, params.scan_threads)  # the filter defeats the graph: scan
+    return exact_search(vectors, q, allowed, k, params.scan_threads, codes)  # the filter defeats the graph: scan
 
 
 def search_segment(seg, plan: SegmentPlan, allowed: Allowed, q: np.ndarray, k: int, params: SearchParams):
@@ -82,8 +100,8 @@ def search_segment(seg, plan: SegmentPlan, allowed: Allowed, q: np.ndarray, k: i
     if plan.strategy == "skip" or k <= 0:
         return EMPTY
     if plan.strategy.startswith("exact"):
-        return exact_search(seg.vectors, q, allowed, k, params.scan_threads)
-    return hnsw_search(seg.hnsw, seg.n, q, allowed, k, params, seg.vectors)
+        return exact_search(seg.vectors, q, allowed, k, params.scan_threads, seg.codes)
+    return hnsw_search(seg.hnsw, seg.n, q, allowed, k, params, seg.vectors, seg.codes)
 
 
 def allowed_mask(allowed: Allowed, n: int) -> np.ndarray:
@@ -112,7 +130,7 @@ def search_segment_batch(seg, plan: SegmentPlan, allowed: Allowed, qs: np.ndarra
         return rows, scores
     if plan.strategy.startswith("exact"):
         for i in range(nq):
-            r, s = exact_search(seg.vectors, qs[i], allowed, k, params.scan_threads)
+            r, s = exact_search(seg.vectors, qs[i], allowed, k, params.scan_threads, seg.codes)
             rows[i, :len(r)], scores[i, :len(s)] = r, s
         return rows, scores
     index, n = seg.hnsw, seg.n
@@ -137,6 +155,6 @@ def search_segment_batch(seg, plan: SegmentPlan, allowed: Allowed, qs: np.ndarra
             return rows, scores
         fetch = min(n, fetch * 2)
     for i in pending.tolist():   # the filter defeats the graph: scan instead
-        r, s = exact_search(seg.vectors, qs[i], allowed, k, params.scan_threads)
+        r, s = exact_search(seg.vectors, qs[i], allowed, k, params.scan_threads, seg.codes)
         rows[i, :len(r)], scores[i, :len(s)] = r, s
     return rows, scores

@@ -15,6 +15,7 @@ import msgpack
 import numpy as np
 from pyroaring import BitMap
 
+from .codes import CODE_FILES, Codes
 from .columns import KeyLookup, StringColumn
 from .errors import NPY_LOAD_ERRORS, CorruptIndexError
 from .format import check_checksum, verify_files
@@ -27,6 +28,7 @@ class SegmentBase:
     entity_base: int
     has_hnsw: bool = False
     hnsw = None
+    codes = None      # int8 codes of the vectors for large exact scans (fastctx.codes), if written
 
     @cached_property
     def id_lookup(self) -> KeyLookup:
@@ -71,6 +73,9 @@ class Segment(SegmentBase):
         self.source = self._load("source.npy", (n,), np.uint16)
         self.kind = self._load("kind.npy", (n,), np.uint16)
         self.vectors = self._load("vectors.npy", (n, dim), np.float32)
+        if CODE_FILES[0] in entry["files"]:     # segments written before the codes have none
+            self.codes = Codes(self._load("codes.npy", (n, dim), np.int8), self._load("code_scale.npy", (n,), np.float32),
+                               self._load("code_bound.npy", (n,), np.float32))
         self.id_keys = self._load("id_keys.npy", (n,), np.uint64)
         self.seq = self._load("seq.npy", (n,), np.uint64)
         self.chash = self._load("chash.npy", (n,), np.uint64)

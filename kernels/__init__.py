@@ -9,7 +9,7 @@ first query does not pay for compilation.
 
 import numpy as np
 
-from .scan import dot_range, dot_rows, later_max_dot
+from .scan import code_dot_range, code_dot_rows, dot_range, dot_rows, later_max_dot
 from .expand import (
     DIR_BACK,
     DIR_BOTH,
@@ -28,6 +28,8 @@ from .expand import (
 from .walks import walk_parts
 
 __all__ = [
+    "code_dot_range",
+    "code_dot_rows",
     "dot_range",
     "dot_rows",
     "later_max_dot",
