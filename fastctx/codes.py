@@ -88,7 +88,8 @@ def candidates(codes: Codes, q: np.ndarray, lo: int, rows: Optional[np.ndarray],
              for a, b in cuts(n_scan, threads, SPLIT_MIN_ROWS)]
     got = run_parts(parts)
     approx = (got[0] if len(got) == 1 else np.concatenate(got)).astype(np.float64)
-    bound = codes.bound[lo:lo + n_scan] if rows is None else codes.bound[rows]
+    bound = np.asarray(codes.bound)      # a plain view of the map: numpy's memmap indexing is slow
+    bound = bound[lo:lo + n_scan] if rows is None else bound[rows]
     # the query's norm with a margin for the float64 arithmetic below
     err = bound.astype(np.float64) * (float(np.linalg.norm(q.astype(np.float64))) * (1.0 + 1e-6))
     lower = approx - err
