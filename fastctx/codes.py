@@ -1,13 +1,14 @@
-"""Int8 codes of a segment's vectors: exact scans that read about a third of the bytes.
+"""Int8 codes of a segment's vectors: large exact scans at about half the time, same answers.
 
 An exact scan of many rows (a filter that allows thousands to tens of thousands of a large
-segment's rows) is bound by memory traffic: at dim 384 each float32 row is 1.5 KB, read once per
-query from memory no cache holds. So a segment on disk also stores its vectors as int8 codes
-with one scale per row, and a bound on how far a coded row's score can be from its float32
-score. A scan reads the codes first (a quarter of the bytes), keeps every row whose float32
-score could still reach the k-th best (its coded score plus its bound, against the k-th best
-coded score less its bound), and scores only those with the float32 kernel, in the same row
-order as a full scan: the top k is the full scan's, score for score (seeds.exact_search).
+segment's rows) is bound by memory: its rows are scattered through the segment, each a cache
+miss, and at dim 384 each float32 row is 1.5 KB. So a segment on disk also stores its vectors
+as int8 codes with one scale per row, and a bound on how far a coded row's score can be from
+its float32 score. A scan reads the codes first (a quarter of the bytes; the kernel prefetches
+each row's lines a few rows ahead), keeps every row whose float32 score could still reach the
+k-th best (its coded score plus its bound, against the k-th best coded score less its bound),
+and scores only those with the float32 kernel, in the same row order as a full scan: the top k
+is the full scan's, score for score (seeds.exact_search).
 
 The bound of row i, times the query's norm, covers |float32 score - coded score|:
 ``|v - scale * codes|`` (the coding error, by Cauchy-Schwarz) plus the rounding of both
