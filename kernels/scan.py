@@ -32,7 +32,8 @@ def _prefetch_row(typingctx, arr, row):
         itemsize = context.get_abi_sizeof(context.get_data_type(aty.dtype))
         cols = cgutils.unpack_tuple(builder, a.shape, 2)[1]
         row_bytes = builder.mul(cols, ir.Constant(cols.type, itemsize))
-        start = builder.mul(args[1], row_bytes)
+        row = context.cast(builder, args[1], signature.args[1], types.intp)
+        start = builder.mul(row, row_bytes)
         base = builder.bitcast(a.data, ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])

@@ -36,6 +36,8 @@ def test_code_kernels_match_numpy(n, dim, seed, data):
     want = c.scale.astype(np.float64) * (c.codes.astype(np.float64) @ q.astype(np.float64))
     rows = np.array(data.draw(st.lists(st.integers(0, n - 1), max_size=40)) if n else [], dtype=np.int64)
     np.testing.assert_allclose(code_dot_rows(c.codes, c.scale, rows, q), want[rows], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(code_dot_rows(c.codes, c.scale, rows.astype(np.int32), q),
+                                  code_dot_rows(c.codes, c.scale, rows, q))   # any integer row type
     lo = data.draw(st.integers(0, n))
     hi = data.draw(st.integers(lo, n))
     got = code_dot_range(c.codes, c.scale, lo, hi, q)
