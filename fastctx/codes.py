@@ -21,9 +21,6 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .kernels.scan import code_dot_range, code_dot_rows
-from .parallel import cuts, run_parts
-
 CODE_FILES = ("codes.npy", "code_scale.npy", "code_bound.npy")
 CHUNK_VALUES = 1 << 22   # values quantised at once (float64 temporaries of ~32 MB each, at any dim)
 # A coded scan pays off where it leaves few rows to score in float32: a scan of at least this many
@@ -32,7 +29,6 @@ CHUNK_VALUES = 1 << 22   # values quantised at once (float64 temporaries of ~32 
 # ms), k = 1,024 loses at 8,192 rows (1.38 -> 1.50 ms) and gains from 12,288 (1.84 -> 1.73 ms)
 MIN_ROWS = 4096
 MIN_ROWS_PER_K = 10
-SPLIT_MIN_ROWS = 2048     # a coded scan of fewer rows stays in one thread (fastctx.parallel)
 
 
 class Codes(NamedTuple):
@@ -80,20 +76,18 @@ def worth_it(codes: Optional[Codes], n_scan: int, k: int) -> bool:
     return codes is not None and n_scan >= max(MIN_ROWS, MIN_ROWS_PER_K * k)
 
 
-def candidates(codes: Codes, q: np.ndarray, lo: int, rows: Optional[np.ndarray], n_scan: int, k: int,
-               threads: int = 1) -> np.ndarray:
-    """Ascending positions (into `rows`, or into the range [lo, lo + n_scan) when `rows` is None)
-    of every row whose float32 score could be among the k best: a coded scan, then the k-th best
-    lower bound as the line. `q` is the float32 query the float32 scan will use."""
-    parts = [(code_dot_range, (codes.codes, codes.scale, lo + a, lo + b, q)) if rows is None
-             else (code_dot_rows, (codes.codes, codes.scale, rows[a:b], q))
-             for a, b in cuts(n_scan, threads, SPLIT_MIN_ROWS)]
-    got = run_parts(parts)
-    approx = (got[0] if len(got) == 1 else np.concatenate(got)).astype(np.float64)
+def candidates(codes: Codes, approx: np.ndarray, q: np.ndarray, lo: int, rows: Optional[np.ndarray],
+               k: int) -> np.ndarray:
+    """Ascending positions (into `rows`, or into the range [lo, lo + len(approx)) when `rows` is
+    None) of every row whose float32 score could be among the k best (0 < k < len(approx)), from
+    the rows' coded scores `approx` (`kernels.scan.code_dot_rows` / `code_dot_range`): the k-th
+    best lower bound is the line. `q` is the float32 query the float32 scan will use."""
+    n_scan = len(approx)
     bound = np.asarray(codes.bound)      # a plain view of the map: numpy's memmap indexing is slow
     bound = bound[lo:lo + n_scan] if rows is None else bound[rows]
     # the query's norm with a margin for the float64 arithmetic below
     err = bound.astype(np.float64) * (float(np.linalg.norm(q.astype(np.float64))) * (1.0 + 1e-6))
+    approx = np.asarray(approx, np.float64)
     lower = approx - err
     line = np.partition(lower, n_scan - k)[n_scan - k]    # the k-th best lower bound
     return np.flatnonzero(approx + err >= line)

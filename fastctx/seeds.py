@@ -8,7 +8,7 @@ import numpy as np
 
 from .codes import Codes, candidates, worth_it
 from .filters import Allowed
-from .kernels.scan import dot_range, dot_rows
+from .kernels.scan import code_dot_range, code_dot_rows, dot_range, dot_rows
 from .parallel import cuts, run_parts
 from .params import SearchParams
 from .planner import SegmentPlan
@@ -34,17 +34,25 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 SPLIT_MIN_ROWS = 2048
 
 
+def _scan(kernels: tuple, matrices: tuple, q: np.ndarray, lo: int, rows: Optional[np.ndarray], n: int,
+          threads: int) -> np.ndarray:
+    """Scores of `rows` (or of the range [lo, lo + n) when None) by a (range, rows) kernel pair
+    over `matrices`, a large scan cut into up to `threads` parts run at once (fastctx.parallel;
+    the same scores)."""
+    by_range, by_rows = kernels
+    parts = [(by_range, (*matrices, lo + a, lo + b, q)) if rows is None else (by_rows, (*matrices, rows[a:b], q))
+             for a, b in cuts(n, threads, SPLIT_MIN_ROWS)]
+    out = run_parts(parts)
+    return out[0] if len(out) == 1 else np.concatenate(out)
+
+
 def scan_scores(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, rows: Optional[np.ndarray],
                 threads: int = 1) -> np.ndarray:
     """float32 scores of the allowed rows (`rows`, or the range `allowed.lo:hi` when None):
-    `dot_rows` / `dot_range`, a large scan cut into up to `threads` parts run at once
-    (fastctx.parallel; the same scores)."""
+    `dot_rows` / `dot_range`, in up to `threads` parts."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     n = allowed.hi - allowed.lo if rows is None else len(rows)
-    parts = [(dot_range, (vectors, allowed.lo + a, allowed.lo + b, q)) if rows is None
-             else (dot_rows, (vectors, rows[a:b], q)) for a, b in cuts(n, threads, SPLIT_MIN_ROWS)]
-    out = run_parts(parts)
-    return out[0] if len(out) == 1 else np.concatenate(out)
+    return _scan((dot_range, dot_rows), (vectors,), q, allowed.lo, rows, n, threads)
 
 
 def exact_search(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, k: int, threads: int = 1,
@@ -56,7 +64,8 @@ def exact_search(vectors: np.ndarray, q: np.ndarray, allowed: Allowed, k: int, t
     rows = None if allowed.is_range else allowed.rows()
     n = allowed.hi - allowed.lo if rows is None else len(rows)
     if k < n and worth_it(codes, n, k):
-        pos = candidates(codes, q, allowed.lo, rows, n, k, threads)
+        approx = _scan((code_dot_range, code_dot_rows), (codes.codes, codes.scale), q, allowed.lo, rows, n, threads)
+        pos = candidates(codes, approx, q, allowed.lo, rows, k)
         rows = pos + allowed.lo if rows is None else rows[pos]
         scores = scan_scores(vectors, q, allowed, rows, threads)
         best = top_k(scores, k)

@@ -74,7 +74,8 @@ class Segment(SegmentBase):
         self.kind = self._load("kind.npy", (n,), np.uint16)
         self.vectors = self._load("vectors.npy", (n, dim), np.float32)
         if CODE_FILES[0] in entry["files"]:     # segments written before the codes have none
-            self.codes = Codes(self._load("codes.npy", (n, dim), np.int8), self._load("code_scale.npy", (n,), np.float32),
+            self.codes = Codes(self._load("codes.npy", (n, dim), np.int8),
+                               self._load("code_scale.npy", (n,), np.float32),
                                self._load("code_bound.npy", (n,), np.float32))
         self.id_keys = self._load("id_keys.npy", (n,), np.uint64)
         self.seq = self._load("seq.npy", (n,), np.uint64)

@@ -73,7 +73,7 @@ def test_candidates_keep_every_row_of_the_top_k():
     for seed in range(5):
         q = _rows(np.random.default_rng(seed), 1, 48)[0]
         for k in (1, 10, 300):
-            pos = candidates(c, q, 0, rows, len(rows), k)
+            pos = candidates(c, code_dot_rows(c.codes, c.scale, rows, q), q, 0, rows, k)
             assert np.all(np.diff(pos) > 0)
             best = np.argsort(-dot_rows(v, rows, q), kind="stable")[:k]
             assert set(best.tolist()) <= set(pos.tolist())
