@@ -7,9 +7,9 @@ bare repository and turn each non-merge commit, oldest first, into an orgmem-v1 
 - `kind`: "revert" (a revert), "reapply" (a revert of a revert, a re-land), "backport"
   (a cherry-pick recorded with -x), else "commit";
 - `tokens`: an estimate, one token per 4 characters of the message (at least 1);
-- `entities`: `file:PATH` for each touched file (the first `MAX_FILES`; a renamed file under
-  both names: git is never asked for file contents, so a blobless clone imports), `dir:PATH`
-  for each directory above them, `person:Name <email>` for the author and, when different, the
+- `entities`: `file:PATH` for each touched file (a renamed file under both names: git is never
+  asked for file contents, so a blobless clone imports) unless the commit touches more than
+  `MAX_FILES`, `dir:PATH` for each directory above them, `person:Name <email>` for the author and, when different, the
   committer (names and emails as the repository's .mailmap gives them; emails lower-cased),
   and `ticket:ID` for ticket-like references in the message (see `tickets()`; none from quoted
   HTML blocks, such as another project's release notes in a dependency bump);
@@ -40,7 +40,11 @@ from typing import Callable, Iterator, Optional, Union
 from .encoder import check_match, from_spec, spec_of
 from .errors import CorpusError, FastctxError
 
-MAX_FILES = 256          # file entities per commit: a tree-wide reformat should not name every file
+# A commit touching more files names none of them, only their directories. Such a commit (a
+# release gathering its changelog fragments, a tree-wide reformat or rename) shares a rarely
+# touched file with each commit that wrote one, so through its files it joined every change of a
+# release into one story: a question's answer filled with the release's other changes.
+MAX_FILES = 32
 SOURCE = "git"
 _RS, _US = "\x1e", "\x1f"
 _FORMAT = f"--format={_RS}%H{_US}%ct{_US}%aN{_US}%aE{_US}%cN{_US}%cE{_US}%B{_US}"
@@ -178,8 +182,9 @@ def _person(name: str, email: str) -> str:
 def _entities(files: list[str], people: list[str], ticket_ids: list[str]) -> list[str]:
     ents: dict[str, None] = {}
     dirs: dict[str, None] = {}
-    for f in files[:MAX_FILES]:
-        ents.setdefault(f"file:{f}")
+    if len(files) <= MAX_FILES:
+        for f in files:
+            ents.setdefault(f"file:{f}")
     for f in files:
         parts = f.split("/")[:-1]
         for i in range(1, len(parts) + 1):

@@ -308,6 +308,20 @@ def test_a_rename_lists_both_names_and_file_contents_are_never_read(tmp_path):
     assert {"file:src/ledger.py", "file:src/book.py"} <= set(events[1]["entities"])
 
 
+
+def test_a_commit_touching_many_files_names_only_their_directories(tmp_path):
+    """A release commit that gathers every changelog fragment names no file (it would tie itself to
+    each commit that wrote one); its directories stay, and so do a smaller commit's files."""
+    from fastctx.ingest_git import MAX_FILES
+    r = Repo(tmp_path / "work")
+    r.commit("Fix the resolver", {"src/resolve.py": "x\n", "news/101.bugfix": "Fixed.\n"})
+    many = {f"news/{100 + i}.bugfix": "" for i in range(MAX_FILES)} | {"docs/changes.rst": "all\n"}
+    r.commit("Release 1.0", many)
+    small, release = read_git(r.path)
+    assert {"file:src/resolve.py", "file:news/101.bugfix", "dir:src", "dir:news"} <= set(small["entities"])
+    assert not [e for e in release["entities"] if e.startswith("file:")]
+    assert {"dir:news", "dir:docs"} <= set(release["entities"])
+
 FUTURE = 9_999_999_999      # 2286: git takes any committer date, the index holds 1970..2200
 
 
