@@ -1,7 +1,7 @@
 """Turn a git history into an orgmem-v1 corpus with evaluation queries (real data for the engine).
 
     python bench/git_corpus.py REPO OUT_DIR [--strip-tickets] [--encoder SPEC] [--max-commits N]
-                               [--branch REF] [--home OWNER/REPO]
+                               [--branch REF] [--home OWNER/REPO] [--max-files N]
 
 Events come from `fastctx.ingest_git.read_git` (one per non-merge commit). Queries (see
 bench/README.md, "Real git histories"):
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from fastctx.encoder import from_spec, spec_of
-from fastctx.ingest_git import _embed, read_git, strip_tickets, tickets
+from fastctx.errors import FastctxError
+from fastctx.ingest_git import MAX_FILES, _embed, read_git, strip_tickets, tickets
 
 CHAIN_MIN, CHAIN_MAX = 3, 12
 BUDGET = 2000
@@ -160,9 +161,9 @@ def write_orgmem(out: Path, events: list[dict], vecs: np.ndarray, pairs: list[tu
 
 
 def write_corpus(repo, out: Path, *, strip: bool = False, encoder: str = "hashing", max_commits=None,
-                 branch=None, home=None, log=print) -> dict:
+                 branch=None, home=None, max_files: int = MAX_FILES, log=print) -> dict:
     t0 = time.perf_counter()
-    events = read_git(repo, branch, max_commits=max_commits, home=home)
+    events = read_git(repo, branch, max_commits=max_commits, home=home, max_files=max_files)
     log(f"read {len(events)} commits in {time.perf_counter() - t0:.1f}s")
     pairs = chain_queries(events, home) + current_queries(events)
     if strip:
@@ -176,7 +177,7 @@ def write_corpus(repo, out: Path, *, strip: bool = False, encoder: str = "hashin
     log(f"encoded {len(events)} events and {len(pairs)} queries with {encoder} in {time.perf_counter() - t1:.1f}s")
     meta = write_orgmem(out, events, vecs, pairs, qvecs, sources=["git"], params={
         "encoder": getattr(enc, "name", encoder), "encoder_spec": spec_of(enc), "repo": str(repo),
-        "strip_tickets": strip, "max_commits": max_commits, "home": home,
+        "strip_tickets": strip, "max_commits": max_commits, "home": home, "max_files": max_files,
         "chain_group_size": [CHAIN_MIN, CHAIN_MAX], "budget_tokens": BUDGET})
     n_chain = sum(q["type"] == "chain" for q, _ in pairs)
     log(f"wrote {out}: {len(events)} events, {n_chain} chain and {len(pairs) - n_chain} current queries")
@@ -192,10 +193,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-commits", type=int, default=None, help="only the most recent N commits")
     ap.add_argument("--branch", default=None)
     ap.add_argument("--home", default=None, help="owner/repo of the history's own tracker (issue URLs)")
+    ap.add_argument("--max-files", type=int, default=MAX_FILES,
+                    help=f"a commit touching more files names none of them (default {MAX_FILES})")
     a = ap.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    write_corpus(a.repo, a.out, strip=a.strip_tickets, encoder=a.encoder, max_commits=a.max_commits,
-                 branch=a.branch, home=a.home, log=log)
+    try:
+        write_corpus(a.repo, a.out, strip=a.strip_tickets, encoder=a.encoder, max_commits=a.max_commits,
+                     branch=a.branch, home=a.home, max_files=a.max_files, log=log)
+    except FastctxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

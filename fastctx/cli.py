@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import FastctxError
+from .ingest_git import MAX_FILES
 from .shards.config import server_options
 
 SAMPLE_CORPUS = Path(__file__).parent / "sample_corpus"
@@ -223,13 +224,15 @@ def ingest() -> None:
               help="Encoder of a new index (default hashing); an existing index uses the one it records.")
 @click.option("--branch", default=None, metavar="REF", help="Commits reachable from this ref (default HEAD).")
 @click.option("--max-commits", type=click.IntRange(1), default=None, help="Only the most recent N commits.")
+@click.option("--max-files", type=click.IntRange(1), default=MAX_FILES, show_default=True,
+              help="A commit touching more files names none of them as entities, only their directories.")
 @click.option("--batch", "batch_size", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
               help="Commits per durable batch.")
 @click.option("--skip-invalid", is_flag=True,
               help="Leave out, and list, commits the index cannot hold (a committer date after 2200) "
                    "instead of stopping before anything is written.")
 def ingest_git_cmd(repo: Path, index_dir: Path, encoder_spec: Optional[str], branch: Optional[str],
-                   max_commits: Optional[int], batch_size: int, skip_invalid: bool) -> None:
+                   max_commits: Optional[int], max_files: int, batch_size: int, skip_invalid: bool) -> None:
     """One event per non-merge commit of REPO (a clone or a bare repository) into INDEX_DIR,
     created if absent. Commits already in the index are skipped, so a re-run adds only new ones."""
     from .ingest_git import ingest_git
@@ -241,7 +244,7 @@ def ingest_git_cmd(repo: Path, index_dir: Path, encoder_spec: Optional[str], bra
 
     try:
         r = ingest_git(repo, index_dir, encoder=encoder_spec, branch=branch, batch_size=batch_size,
-                       max_commits=max_commits, skip_invalid=skip_invalid,
+                       max_commits=max_commits, max_files=max_files, skip_invalid=skip_invalid,
                        progress=progress if bar is not None else None)
     except FastctxError as e:
         _fail(e)

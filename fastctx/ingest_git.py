@@ -9,7 +9,7 @@ bare repository and turn each non-merge commit, oldest first, into an orgmem-v1 
 - `tokens`: an estimate, one token per 4 characters of the message (at least 1);
 - `entities`: `file:PATH` for each touched file (a renamed file under both names: git is never
   asked for file contents, so a blobless clone imports) unless the commit touches more than
-  `MAX_FILES`, `dir:PATH` for each directory above them, `person:Name <email>` for the author and, when different, the
+  `max_files` (`MAX_FILES`, 32), `dir:PATH` for each directory above them, `person:Name <email>` for the author and, when different, the
   committer (names and emails as the repository's .mailmap gives them; emails lower-cased),
   and `ticket:ID` for ticket-like references in the message (see `tickets()`; none from quoted
   HTML blocks, such as another project's release notes in a dependency bump);
@@ -179,10 +179,10 @@ def _person(name: str, email: str) -> str:
     return f"person:{' '.join(name.split())} <{email.strip().lower()}>"
 
 
-def _entities(files: list[str], people: list[str], ticket_ids: list[str]) -> list[str]:
+def _entities(files: list[str], people: list[str], ticket_ids: list[str], max_files: int = MAX_FILES) -> list[str]:
     ents: dict[str, None] = {}
     dirs: dict[str, None] = {}
-    if len(files) <= MAX_FILES:
+    if len(files) <= max_files:
         for f in files:
             ents.setdefault(f"file:{f}")
     for f in files:
@@ -195,6 +195,11 @@ def _entities(files: list[str], people: list[str], ticket_ids: list[str]) -> lis
     for t in ticket_ids:
         ents.setdefault(f"ticket:{t}")
     return list(ents)
+
+
+def _check_max_files(max_files) -> None:
+    if not isinstance(max_files, int) or isinstance(max_files, bool) or max_files < 1:
+        raise CorpusError(f"must be a whole number of at least 1, not {max_files!r}", field="max_files")
 
 
 def estimate_tokens(text: str) -> int:
@@ -260,10 +265,12 @@ def _records(stream) -> Iterator[bytes]:
 
 
 def iter_git(repo: Union[str, Path], branch: Optional[str] = None, *, max_commits: Optional[int] = None,
-             home: Optional[str] = None) -> Iterator[dict]:
+             home: Optional[str] = None, max_files: int = MAX_FILES) -> Iterator[dict]:
     """Yield one orgmem event record per non-merge commit reachable from `branch` (HEAD by
     default), oldest first; `max_commits` keeps the most recent N. `home` ("owner/repo") names
-    the repository's own tracker for issue URLs (default: from the origin remote)."""
+    the repository's own tracker for issue URLs (default: from the origin remote). A commit
+    touching more than `max_files` files names none of them (their directories stay)."""
+    _check_max_files(max_files)
     ref = branch or "HEAD"
     repo = _check_repo(repo, ref)
     home = home or _home(repo)
@@ -295,7 +302,7 @@ def iter_git(repo: Union[str, Path], branch: Optional[str] = None, *, max_commit
             known.add(sha)
             yield {"id": sha, "time": int(ctime), "source": SOURCE, "kind": _kind(message, lk),
                    "tokens": estimate_tokens(message),
-                   "entities": _entities(files, people, tickets(message, home)),
+                   "entities": _entities(files, people, tickets(message, home), max_files),
                    "links": lk, "text": message}
     finally:
         proc.stdout.close()
@@ -412,7 +419,8 @@ def _write_failed(e: Exception, index_dir: Path, outcome: str) -> Optional[Fastc
 
 def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: Optional[str] = None,
                branch: Optional[str] = None, batch_size: int = 1000, max_commits: Optional[int] = None,
-               skip_invalid: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+               skip_invalid: bool = False, progress: Optional[Callable[[int, int], None]] = None,
+               max_files: int = MAX_FILES) -> dict:
     """Append the commits of `repo` to the index at `index_dir`, creating it (with `encoder`,
     default "hashing") when it does not exist. Returns {"commits", "added", "skipped",
     "updated", "links", "dangling_links", "left_out"}; `progress(done, total)` is called per batch.
@@ -423,10 +431,12 @@ def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: 
     index that was there, the batches added before the error stay (a re-run adds the rest)."""
     from .errors import IndexExistsError
     from .index import INDEX_MARKER, Index
+    _check_max_files(max_files)
     index_dir = Path(index_dir)
     repo = _check_repo(repo, branch or "HEAD")
     head = _commit_of(repo, branch or "HEAD")
-    run = dict(repo=repo, head=head, batch_size=batch_size, max_commits=max_commits, progress=progress)
+    run = dict(repo=repo, head=head, batch_size=batch_size, max_commits=max_commits, max_files=max_files,
+               progress=progress)
     if (index_dir / INDEX_MARKER).exists():
         with _open_existing(index_dir, encoder) as idx:
             left_out = _check_commits(repo, head, max_commits, skip_invalid)
@@ -455,7 +465,7 @@ def ingest_git(repo: Union[str, Path], index_dir: Union[str, Path], *, encoder: 
         raise
 
 
-def _append(idx, *, repo: Path, head: str, batch_size: int, max_commits: Optional[int],
+def _append(idx, *, repo: Path, head: str, batch_size: int, max_commits: Optional[int], max_files: int,
             progress: Optional[Callable[[int, int], None]], left_out: dict[str, str]) -> dict:
     """`ingest_git`'s import into the open index `idx`, in batches of `batch_size` commits."""
     total = count_commits(repo, head) if progress else 0
@@ -482,7 +492,7 @@ def _append(idx, *, repo: Path, head: str, batch_size: int, max_commits: Optiona
         if progress:
             progress(report["commits"], total)
 
-    for rec in iter_git(repo, head, max_commits=max_commits):
+    for rec in iter_git(repo, head, max_commits=max_commits, max_files=max_files):
         report["commits"] += 1
         if rec["id"] in left_out:
             continue

@@ -321,6 +321,20 @@ def test_a_commit_touching_many_files_names_only_their_directories(tmp_path):
     assert {"file:src/resolve.py", "file:news/101.bugfix", "dir:src", "dir:news"} <= set(small["entities"])
     assert not [e for e in release["entities"] if e.startswith("file:")]
     assert {"dir:news", "dir:docs"} <= set(release["entities"])
+    _, release = read_git(r.path, max_files=MAX_FILES + 1)
+    assert {"file:news/101.bugfix", "file:docs/changes.rst"} <= set(release["entities"])
+
+    # the CLI's --max-files: with 1, the two-file fix names no file either
+    res = CliRunner().invoke(main, ["ingest", "git", str(r.path), str(tmp_path / "idx"), "--max-files", "1"])
+    assert res.exit_code == 0, res.output
+    with fastctx.open(tmp_path / "idx") as idx:
+        fix = idx.get([small["id"]])[0]
+    assert "dir:src" in fix.entities and not [e for e in fix.entities if e.startswith("file:")]
+
+    # a bad value is an error naming the field, and no index is made
+    with pytest.raises(CorpusError, match="max_files"):
+        ingest_git(r.path, tmp_path / "bad", max_files=0)
+    assert not (tmp_path / "bad").exists()
 
 FUTURE = 9_999_999_999      # 2286: git takes any committer date, the index holds 1970..2200
 
