@@ -9,8 +9,8 @@ bare repository and turn each non-merge commit, oldest first, into an orgmem-v1 
 - `tokens`: an estimate, one token per 4 characters of the message (at least 1);
 - `entities`: `file:PATH` for each touched file (a renamed file under both names: git is never
   asked for file contents, so a blobless clone imports) unless the commit touches more than
-  `max_files` (`MAX_FILES`, 32), `dir:PATH` for each directory above them, `person:Name <email>` for the author and, when different, the
-  committer (names and emails as the repository's .mailmap gives them; emails lower-cased),
+  `max_files` (`MAX_FILES`, 32), `dir:PATH` for each directory above them, `person:Name
+  <email>` for the author and, when different, the committer (names and emails as the repository's .mailmap gives them; emails lower-cased),
   and `ticket:ID` for ticket-like references in the message (see `tickets()`; none from quoted
   HTML blocks, such as another project's release notes in a dependency bump);
 - `links` from what the message says, only to commits emitted earlier: "This reverts commit

@@ -308,7 +308,6 @@ def test_a_rename_lists_both_names_and_file_contents_are_never_read(tmp_path):
     assert {"file:src/ledger.py", "file:src/book.py"} <= set(events[1]["entities"])
 
 
-
 def test_a_commit_touching_many_files_names_only_their_directories(tmp_path):
     """A release commit that gathers every changelog fragment names no file (it would tie itself to
     each commit that wrote one); its directories stay, and so do a smaller commit's files."""
@@ -335,6 +334,7 @@ def test_a_commit_touching_many_files_names_only_their_directories(tmp_path):
     with pytest.raises(CorpusError, match="max_files"):
         ingest_git(r.path, tmp_path / "bad", max_files=0)
     assert not (tmp_path / "bad").exists()
+
 
 FUTURE = 9_999_999_999      # 2286: git takes any committer date, the index holds 1970..2200
 
