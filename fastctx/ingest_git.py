@@ -10,9 +10,10 @@ bare repository and turn each non-merge commit, oldest first, into an orgmem-v1 
 - `entities`: `file:PATH` for each touched file (a renamed file under both names: git is never
   asked for file contents, so a blobless clone imports) unless the commit touches more than
   `max_files` (`MAX_FILES`, 32), `dir:PATH` for each directory above them, `person:Name
-  <email>` for the author and, when different, the committer (names and emails as the repository's .mailmap gives them; emails lower-cased),
-  and `ticket:ID` for ticket-like references in the message (see `tickets()`; none from quoted
-  HTML blocks, such as another project's release notes in a dependency bump);
+  <email>` for the author and, when different, the committer (names and emails as the
+  repository's .mailmap gives them; emails lower-cased), and `ticket:ID` for ticket-like
+  references in the message (see `tickets()`; none from quoted HTML blocks, such as another
+  project's release notes in a dependency bump);
 - `links` from what the message says, only to commits emitted earlier: "This reverts commit
   SHA" -> reverts, "cherry picked from commit SHA" -> backport_of, "fixes / fix / fixed SHA" ->
   fixes, "follow-up to SHA" -> follow_up, "refs / references / see SHA" -> references, and
