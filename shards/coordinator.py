@@ -126,9 +126,11 @@ class DistributedGraph:
         reqs = {k: r for k, r in reqs.items() if k not in self.missing}
         if not reqs:
             return {}
-        # on a replica of the state every shard serves, what is fetched after the seeds is read
-        # from the same files in this process (no round trip); seeds stay the shards' work
-        local = method == "Fetch" and self.rep is not None
+        # on a replica of the state every shard serves (known once the question's first Search
+        # round has answered), all that follows is read from the same files in this process, by
+        # the servers' own code: fetches, and the searches after the seeds (the centred second
+        # search, the chain's people's). No round trip; the seeds stay the shards' work
+        local = method in ("Fetch", "Search") and self.rep is not None
         cluster = self.rep.local if local else self.cluster
         res, failed = cluster.scatter(method, reqs, self.deadline, CallStats() if local else self.stats)
         if failed:
