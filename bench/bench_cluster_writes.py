@@ -97,9 +97,8 @@ def main() -> int:
     ap.add_argument("--kill-at", type=float, default=0.3, help="share of the second half acked before the kill")
     a = ap.parse_args()
     w = a.work
-    if w.exists():
-        shutil.rmtree(w / "a", ignore_errors=True), shutil.rmtree(w / "b", ignore_errors=True)
-        shutil.rmtree(w / "idx", ignore_errors=True)
+    for part in ("a", "b", "idx", "logs"):      # a fresh run; W/one (the one-shot build) is kept
+        shutil.rmtree(w / part, ignore_errors=True)
     split(a.corpus, w / "a", w / "b")
     n_b = sum(1 for _ in open(w / "b" / "events.jsonl"))
     t0 = time.perf_counter()
