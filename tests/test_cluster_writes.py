@@ -19,25 +19,14 @@ import fastctx
 from fastctx.errors import FastctxError, ShardUnavailableError
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_cluster_writes import split  # noqa: E402  (the bench's half-and-half split of a corpus)
+
 GEN = ROOT.parent / "shared" / "orgmem" / "generate.py"
 EXE = Path(sys.executable).parent / "fastctx"
 N_SHARDS = 4
 
 pytestmark = pytest.mark.skipif(not GEN.exists(), reason="orgmem generator not available")
-
-
-def _split(corpus: Path, out_a: Path, out_b: Path) -> None:
-    """First half of the events (by line) into out_a, the rest into out_b, same meta."""
-    lines = (corpus / "events.jsonl").read_text().splitlines()
-    vec = np.load(corpus / "vectors.npy")
-    meta = json.loads((corpus / "meta.json").read_text())
-    h = len(lines) // 2
-    for out, sl in ((out_a, slice(0, h)), (out_b, slice(h, None))):
-        out.mkdir()
-        (out / "events.jsonl").write_text("\n".join(lines[sl]) + "\n")
-        np.save(out / "vectors.npy", vec[sl])
-        part = lines[sl]
-        (out / "meta.json").write_text(json.dumps({**meta, "n_events": len(part), "n_queries": 0}))
 
 
 _listening = server_address
@@ -61,7 +50,7 @@ def corpora(tmp_path_factory):
     d = tmp_path_factory.mktemp("cw")
     subprocess.run([sys.executable, str(GEN), str(d / "full"), "--events", "3000", "--seed", "1"], check=True,
                    capture_output=True, timeout=300)
-    _split(d / "full", d / "a", d / "b")
+    split(d / "full", d / "a", d / "b")
     return d
 
 
